@@ -1,0 +1,53 @@
+"""batchgen: streamed, journaled, resumable batch runs against OpenAI-compatible chat APIs.
+
+Public API::
+
+    from batchgen import load_job, run_job
+    job = load_job("jobs/essays.yaml")
+    summary = run_job(job)
+    print(summary.done, summary.failed, summary.exit_code)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchgenError",
+    "Job",
+    "JobFileError",
+    "Overrides",
+    "RunOptions",
+    "RunSummary",
+    "__version__",
+    "load_job",
+    "run_job",
+]
+
+if TYPE_CHECKING:
+    from .errors import BatchgenError, JobFileError
+    from .jobfile import Job, Overrides, load_job
+    from .runner import RunOptions, RunSummary, run_job
+
+_LAZY = {
+    "BatchgenError": "errors",
+    "JobFileError": "errors",
+    "Job": "jobfile",
+    "Overrides": "jobfile",
+    "load_job": "jobfile",
+    "RunOptions": "runner",
+    "RunSummary": "runner",
+    "run_job": "runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that `batchgen --help` starts fast.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchgen' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,191 @@
+"""The ``batchgen`` command. The only module that prints, exits or imports click.
+
+Heavy modules are imported inside the commands, so ``batchgen --help`` starts
+in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from .jobfile import Job, Overrides
+    from .runner import RunSummary
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(click.ClickException):
+    """A BatchgenError on its way out, with the exit code it asks for."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"batchgen: {self.format_message()}", err=True)
+
+
+def _errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import BatchgenError, JobFileError  # noqa: PLC0415
+
+        try:
+            return func(*args, **kwargs)
+        except JobFileError as exc:
+            n = len(exc.problems)
+            head = f"the job file has {n} problem{'s' if n != 1 else ''}; nothing was run:"
+            raise Failure(f"{head}\n{exc}", exc.exit_code) from None
+        except BatchgenError as exc:
+            raise Failure(str(exc), exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _job_options(func: F) -> F:
+    options = [
+        click.option("--name", help="Run name (default: the job's `name:` or the file's stem)."),
+        click.option("--out", "out", metavar="DIR",
+                     help="Output root; the run lives in DIR/<name>/ (default: outputs)."),
+        click.option("--model", help="Default model for prompts that name none."),
+        click.option("--base-url", help="OpenAI-compatible endpoint (default: DashScope)."),
+        click.option("--api-key-env", metavar="VAR",
+                     help="Environment variable that holds the API key."),
+        click.option("--concurrency", type=click.IntRange(1, 4096),
+                     help="Streams at once (default 8)."),
+        click.option("--local", is_flag=True,
+                     help="Run on the embedded local model (llama.cpp) instead of an API."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _overrides(kwargs: dict[str, Any]) -> Overrides:
+    from .jobfile import Overrides  # noqa: PLC0415
+
+    return Overrides(
+        name=kwargs.get("name"), out=kwargs.get("out"), model=kwargs.get("model"),
+        base_url=kwargs.get("base_url"), api_key_env=kwargs.get("api_key_env"),
+        concurrency=kwargs.get("concurrency"), local=bool(kwargs.get("local")),
+        max_cost=kwargs.get("max_cost"), currency=kwargs.get("currency"),
+    )
+
+
+def _load(file: str, kwargs: dict[str, Any]) -> Job:
+    from .jobfile import load_job  # noqa: PLC0415
+
+    return load_job(file, _overrides(kwargs))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchgen")
+def main() -> None:
+    """Streamed, journaled, resumable batch generation against OpenAI-compatible APIs.
+
+    \b
+    batchgen validate jobs/essays.yaml   check a job file, call nothing
+    batchgen run jobs/essays.yaml        run it (again: resumes, skips what is done)
+    batchgen status outputs/essays       what is done, running, failed
+    """
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_job_options
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
+@click.option("--verbose", "-v", is_flag=True, help="Log each attempt's failure as it happens.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "lines"]),
+              default="auto", show_default=True, help="Progress display.")
+@_errors
+def run(file: str, quiet: bool, verbose: bool, progress_mode: str, **kwargs: Any) -> None:
+    """Run every prompt of FILE (YAML or JSONL), streamed, journaled and resumable.
+
+    Exit codes: 0 all done, 1 some failed, 2 bad usage or job file, 3 stopped
+    by budget, 4 stopped by a run-fatal API error, 75 run directory locked,
+    130 interrupted (run again to resume).
+    """
+    from .progress import make_progress  # noqa: PLC0415
+    from .runner import RunOptions, run_job  # noqa: PLC0415
+
+    job = _load(file, kwargs)
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                            stream=sys.stderr)
+    mode = "quiet" if quiet else {"lines": "lines", "bar": "bar"}.get(progress_mode, "auto")
+    try:
+        summary = run_job(job, RunOptions(progress=make_progress(job.name, mode)))
+    except KeyboardInterrupt:
+        click.echo(f"batchgen: interrupted; run again to resume ({job.run_dir})", err=True)
+        sys.exit(130)
+    _print_summary(job, summary)
+    sys.exit(summary.exit_code)
+
+
+def _print_summary(job: Job, summary: RunSummary) -> None:
+    parts = [f"{summary.done} done"]
+    if summary.skipped:
+        parts.append(f"{summary.skipped} skipped (already done)")
+    parts.append(f"{summary.failed} failed")
+    if summary.pending:
+        parts.append(f"{summary.pending} not run")
+    click.echo(f"{job.name}: {', '.join(parts)} -> {summary.run_dir}")
+    if summary.failed:
+        click.echo(f"  failed requests: {summary.run_dir / 'failed.jsonl'} "
+                   f"(why: batchgen status {summary.run_dir})")
+    if summary.fatal is not None:
+        click.echo(f"batchgen: stopped: {summary.fatal}", err=True)
+    elif summary.stopped_by == "interrupt":
+        click.echo("batchgen: interrupted; run the same command again to resume", err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_job_options
+@_errors
+def validate(file: str, **kwargs: Any) -> None:
+    """Check FILE without calling anything; print what a run would do."""
+    import os  # noqa: PLC0415
+
+    job = _load(file, kwargs)
+    click.echo(f"{file}: ok")
+    click.echo(f"  requests: {job.info.requests}")
+    click.echo(f"  models:   {', '.join(job.info.models)}")
+    where = "embedded local model (llama.cpp)" if job.endpoint.local else job.endpoint.base_url
+    click.echo(f"  endpoint: {where}")
+    click.echo(f"  writes:   {job.run_dir}/")
+    env = job.endpoint.api_key_env
+    if env and not os.environ.get(env):
+        click.echo(f"  note: {env} is not set; `batchgen run` needs it")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--failed", "show_failed", type=int, default=10, show_default=True,
+              help="How many failed requests to list with their reasons.")
+@_errors
+def status(run_dir: str, show_failed: int) -> None:
+    """What RUN_DIR holds: done / streaming / pending / failed, tokens so far."""
+    from .status import read_status  # noqa: PLC0415
+
+    st = read_status(Path(run_dir), failed_limit=show_failed)
+    state = "running" if st.running else "not running"
+    click.echo(f"{run_dir}: {state}")
+    click.echo(f"  requests:  {st.total}")
+    click.echo(f"  done:      {st.done}")
+    click.echo(f"  streaming: {st.streaming}")
+    click.echo(f"  pending:   {st.pending}")
+    click.echo(f"  failed:    {st.failed}")
+    click.echo(f"  attempts:  {st.attempts}")
+    est = f" ({st.estimated_attempts} attempts estimated)" if st.estimated_attempts else ""
+    click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, {st.completion_tokens:,} completion{est}")
+    for fail in st.failures:
+        click.echo(f"  failed {fail}")

@@ -1,0 +1,297 @@
+"""The asyncio core of a run: launch requests, stream attempts, journal text.
+
+One task per active request; at most ``2 × concurrency`` exist at a time, so
+memory does not grow with the job. Each task runs its attempts under the
+tenacity policy; every attempt passes the :class:`Gate` (pause, RPM/TPM) and
+holds an :class:`AdaptiveLimit` slot while it streams. Text lands in memory
+buffers; a flusher commits them to the store a few times a second and writes
+``texts/`` files for requests that finished, after their commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import retry, tokens
+from .errors import (
+    AttemptError,
+    ModerationError,
+    RequestFatalError,
+    RunFatalError,
+    TransientError,
+)
+from .exports import write_texts
+from .limits import AdaptiveLimit, Breaker, Gate
+from .progress import Progress
+from .store import AttemptEnd, Pending, RunStore
+from .stream import StreamResult, stream_attempt
+from .usage import Usage, estimate, from_report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_RESERVE = 4096  # tokens assumed for TPM when a request sets no max_tokens
+
+
+class _Stopped(Exception):
+    """The run stopped launching; this request stays pending."""
+
+
+@dataclass
+class _Live:
+    """Text of one streaming attempt: all of it, and the part not yet stored."""
+
+    attempt_id: int
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    pending_content: list[str] = field(default_factory=list)
+    pending_reasoning: list[str] = field(default_factory=list)
+    seq: int = 0
+
+    def on_text(self, content: str, reasoning: str) -> None:
+        if content:
+            self.content.append(content)
+            self.pending_content.append(content)
+        if reasoning:
+            self.reasoning.append(reasoning)
+            self.pending_reasoning.append(reasoning)
+
+    def take_segment(self) -> tuple[int, int, str, str] | None:
+        if not self.pending_content and not self.pending_reasoning:
+            return None
+        row = (self.attempt_id, self.seq, "".join(self.pending_content),
+               "".join(self.pending_reasoning))
+        self.seq += 1
+        self.pending_content.clear()
+        self.pending_reasoning.clear()
+        return row
+
+
+@dataclass
+class Outcome:
+    """What the engine did, for the summary and the exit code."""
+
+    done: int = 0
+    failed: int = 0
+    fatal: RunFatalError | None = None
+    stopped_by: str | None = None  # "budget" | "interrupt" | "fatal"
+
+
+@dataclass
+class EngineDeps:
+    """Side effects, passed in (STYLE.md 4)."""
+
+    store: RunStore
+    client: Any
+    run_dir: Path
+    run_id: int
+    progress: Progress
+    clock: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+    redact: retry.Redact
+    rng: random.Random
+    flush_interval: float = 0.2
+    admit: Callable[[Pending], str | None] | None = None  # budget: reason to stop, or None
+    on_usage: Callable[[Pending, Usage | None, bool], None] | None = None
+
+
+class Engine:
+    def __init__(self, deps: EngineDeps, *, concurrency: int, max_attempts: int,
+                 rpm: float | None, tpm: float | None) -> None:
+        self.d = deps
+        self.max_attempts = max_attempts
+        self.limit = AdaptiveLimit(concurrency, deps.clock)
+        self.gate = Gate(rpm=rpm, tpm=tpm, clock=deps.clock, sleep=deps.sleep)
+        self.breaker = Breaker(self.gate)
+        self.max_active = max(2 * concurrency, concurrency + 4)
+        self.outcome = Outcome()
+        self.live: dict[int, _Live] = {}
+        self.finished_texts: list[tuple[str, str, str]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    # ------------------------------------------------------------ control
+
+    def stop(self, reason: str) -> None:
+        """Stop launching attempts; in-flight ones finish unless cancelled."""
+        self.stopping = True
+        if self.outcome.stopped_by is None:
+            self.outcome.stopped_by = reason
+
+    def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def run(self) -> Outcome:
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            await self._launch_all()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self.flush()
+        return self.outcome
+
+    async def _launch_all(self) -> None:
+        room = asyncio.Semaphore(self.max_active)
+        try:
+            for pending in self.d.store.pending():
+                await room.acquire()
+                if self.stopping:
+                    room.release()
+                    break
+                if self.d.admit is not None:
+                    reason = self.d.admit(pending)
+                    if reason is not None:
+                        room.release()
+                        self.stop(reason)
+                        break
+                task = asyncio.create_task(self._request(pending))
+                self.tasks.add(task)
+                task.add_done_callback(lambda t: (self.tasks.discard(t), room.release()))
+        finally:
+            while self.tasks:
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------ requests
+
+    async def _request(self, p: Pending) -> None:
+        number = p.attempts
+        reserve = tokens.prompt_tokens(p.body.get("messages") or []) + int(
+            p.body.get("max_tokens") or p.body.get("max_completion_tokens")
+            or DEFAULT_OUTPUT_RESERVE
+        )
+        try:
+            async for attempt in retry.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
+                                              rng=self.d.rng):
+                with attempt:
+                    if self.stopping:
+                        raise _Stopped
+                    await self.gate.wait(reserve)
+                    await self.limit.acquire()
+                    try:
+                        if self.stopping:
+                            raise _Stopped
+                        number += 1
+                        await self._attempt(p, number, reserve)
+                    finally:
+                        self.limit.release()
+        except _Stopped:
+            return
+        except RunFatalError as exc:
+            if self.outcome.fatal is None:
+                self.outcome.fatal = exc
+            self.stop("fatal")
+        except (TransientError, RequestFatalError):
+            self.d.store.mark(p.id, "failed")
+            self.outcome.failed += 1
+            self.d.progress.update(failed=1, in_flight=self.limit.active)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        if not self.stopping:
+            await self.d.sleep(seconds)
+
+    async def _attempt(self, p: Pending, number: int, reserve: int) -> None:
+        store = self.d.store
+        attempt_id = store.start_attempt(p, run_id=self.d.run_id, n=number, now=self.d.clock())
+        live = _Live(attempt_id)
+        self.live[attempt_id] = live
+        result = StreamResult()
+        try:
+            await stream_attempt(self.d.client, p.body, live.on_text, result,
+                                 redact=self.d.redact)
+            if result.finish_reason == "content_filter":
+                raise ModerationError("the provider's content filter stopped the output",
+                                      error_class="moderation", code="content_filter",
+                                      provider_request_id=result.request_id)
+        except asyncio.CancelledError:
+            self._end(live, p, AttemptEnd(status="aborted", error_class="interrupted",
+                                          error_message="stopped by the user",
+                                          provider_request_id=result.request_id),
+                      self._billed(p, live, result))
+            raise
+        except Exception as exc:
+            err = retry.classify(exc, redact=self.d.redact)
+            self._end(live, p, AttemptEnd(
+                status="error", error_class=err.error_class, error_code=err.code,
+                http_status=err.http_status, error_message=err.message,
+                provider_request_id=err.provider_request_id or result.request_id,
+            ), self._billed(p, live, result))
+            self._learn(err)
+            raise err from None
+        content, reasoning = "".join(live.content), "".join(live.reasoning)
+        usage = from_report(result.usage, p.body, content, reasoning)
+        self._end(live, p, AttemptEnd(status="done", finish_reason=result.finish_reason,
+                                      provider_request_id=result.request_id),
+                  usage, compact=(content, reasoning))
+        store.mark(p.id, "done", attempt_id)
+        self.finished_texts.append((p.id, content, reasoning))
+        self.outcome.done += 1
+        self.limit.on_success()
+        self.breaker.record(True)
+        self.gate.settle(reserve, usage.total_tokens)
+        self.d.progress.update(done=1, tokens=usage.completion_tokens,
+                               in_flight=self.limit.active - 1)
+
+    def _billed(self, p: Pending, live: _Live, result: StreamResult) -> Usage | None:
+        """What an unfinished attempt cost: nothing if no byte of output came back."""
+        if result.usage:
+            return from_report(result.usage, p.body, "".join(live.content),
+                               "".join(live.reasoning))
+        if result.chunks == 0:
+            return None
+        return estimate(p.body, "".join(live.content), "".join(live.reasoning))
+
+    def _end(self, live: _Live, p: Pending, end: AttemptEnd, usage: Usage | None,
+             compact: tuple[str, str] | None = None) -> None:
+        if compact is None:
+            segment = live.take_segment()
+            if segment is not None:
+                self.d.store.add_segments([segment])
+        self.d.store.end_attempt(live.attempt_id, end, usage=usage, now=self.d.clock(),
+                                 compact=compact)
+        self.live.pop(live.attempt_id, None)
+        if self.d.on_usage is not None:
+            self.d.on_usage(p, usage, end.status == "done")
+
+    def _learn(self, err: AttemptError) -> None:
+        """Feed an attempt's failure to the rate limiter and the retry budget."""
+        if isinstance(err, TransientError):
+            if err.http_status == 429 or err.error_class == "rate_limited":
+                self.limit.on_throttle()
+                self.gate.pause_for(err.retry_after if err.retry_after is not None
+                                    else retry.backoff(1, None, self.d.rng) + 1.0)
+            self.breaker.record(False)
+
+    # ------------------------------------------------------------ journal
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.d.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Commit buffered text, then write the files of finished requests."""
+        rows = [s for s in (live.take_segment() for live in list(self.live.values())) if s]
+        if rows:
+            self.d.store.add_segments(rows)
+        self.d.store.commit()
+        finished, self.finished_texts = self.finished_texts, []
+        if finished:
+            try:
+                await asyncio.to_thread(_write_all, self.d.run_dir, finished)
+            except OSError as exc:  # the store has the text; export writes it again
+                log.warning("could not write texts/ files yet: %s", exc)
+        self.d.progress.update(in_flight=self.limit.active)
+
+
+def _write_all(run_dir: Path, finished: list[tuple[str, str, str]]) -> None:
+    for request_id, content, reasoning in finished:
+        write_texts(run_dir, request_id, content, reasoning)

@@ -1,0 +1,130 @@
+"""Files derived from the run store: texts/, results.jsonl, failed.jsonl.
+
+Every file is written to a temporary file in the same directory, fsynced and
+then renamed over the old one, so a reader never sees half a file and a crash
+never leaves one. The store is the truth: each of these can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .models import ID_RE
+from .store import RunStore
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()
+
+
+def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> None:
+    """Write ``path`` so that it holds either the old or the whole new content."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _MODE)  # mkstemp makes 0600; results are ordinary files
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(chunks, bytes):
+                fh.write(chunks)
+            else:
+                for chunk in chunks:
+                    fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def clean_temp(run_dir: Path) -> None:
+    """Remove temp files a killed process left behind (never a finished file)."""
+    for folder in (run_dir, run_dir / "texts"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def text_path(run_dir: Path, request_id: str, reasoning: bool = False) -> Path:
+    """texts/<id>.md — ids are checked again here: they name files."""
+    if not ID_RE.match(request_id):  # pragma: no cover - the job loader refuses these
+        raise ValueError(f"unsafe request id {request_id!r}")
+    return run_dir / "texts" / (f"{request_id}.reasoning.md" if reasoning else f"{request_id}.md")
+
+
+def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str) -> None:
+    write_atomic(text_path(run_dir, request_id), content.encode("utf-8"))
+    if reasoning:
+        write_atomic(text_path(run_dir, request_id, reasoning=True), reasoning.encode("utf-8"))
+
+
+def _usage(row: Any) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "total_tokens": row["total_tokens"],
+    }
+    if row["reasoning_tokens"] is not None:
+        usage["reasoning_tokens"] = row["reasoning_tokens"]
+    if row["cached_tokens"] is not None:
+        usage["cached_tokens"] = row["cached_tokens"]
+    if row["estimated"]:
+        usage["estimated"] = True
+    return usage
+
+
+CostOf = Callable[[Any], dict[str, Any] | None]
+
+
+def export_all(store: RunStore, run_dir: Path, cost_of: CostOf | None = None) -> dict[str, int]:
+    """Rewrite results.jsonl and failed.jsonl; restore any missing texts/ file."""
+    (run_dir / "texts").mkdir(parents=True, exist_ok=True)
+    counts = {"done": 0, "failed": 0, "texts_restored": 0}
+
+    def results() -> Iterable[bytes]:
+        for row in store.done_in_order():
+            content = row["content"] or ""
+            reasoning = row["reasoning"] or ""
+            line: dict[str, Any] = {"id": row["id"], "model": row["model"], "content": content}
+            if reasoning:
+                line["reasoning_content"] = reasoning
+            line["finish_reason"] = row["finish_reason"]
+            line["usage"] = _usage(row) if row["prompt_tokens"] is not None else None
+            line["attempts"] = row["attempts"]
+            line["fingerprint"] = row["fingerprint"]
+            if row["tags"]:
+                line["tags"] = json.loads(row["tags"])
+            if cost_of is not None:
+                line["cost"] = cost_of(row)
+            counts["done"] += 1
+            path = text_path(run_dir, row["id"])
+            if not path.exists():
+                write_texts(run_dir, row["id"], content, reasoning)
+                counts["texts_restored"] += 1
+            yield (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+
+    def failed() -> Iterable[bytes]:
+        for row in store.failed_in_order():
+            body = json.loads(row["body"])
+            entry: dict[str, Any] = {"id": row["id"], "model": body.pop("model"),
+                                     "messages": body.pop("messages"), **body}
+            if row["tags"]:
+                entry["tags"] = json.loads(row["tags"])
+            counts["failed"] += 1
+            yield (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+
+    write_atomic(run_dir / "results.jsonl", results())
+    write_atomic(run_dir / "failed.jsonl", failed())
+    return counts

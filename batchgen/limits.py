@@ -1,0 +1,160 @@
+"""How fast to go: streams in flight, RPM/TPM pacing, back-off on 429.
+
+- :class:`AdaptiveLimit` caps streams in flight. A 429 halves the cap; every
+  ``cap`` successes grow it by one, back up to the configured concurrency
+  (AIMD, as TCP does).
+- :class:`Gate` is what every attempt passes before it starts: a global pause
+  (after a 429 or when most recent attempts fail), and RPM / TPM pacing that
+  spaces starts evenly (DashScope enforces per-second rates, so a minute's
+  quota is never spent in one burst).
+
+Clock and sleep come in as parameters, so tests run without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# Start a hair slower than the limit, so jitter between our clock and the
+# server's window never puts one request too many into a minute.
+PACING_MARGIN = 1.005
+
+
+class AdaptiveLimit:
+    """At most ``limit`` holders at once; the limit adapts to throttling."""
+
+    def __init__(self, ceiling: int, clock: Clock) -> None:
+        self.ceiling = ceiling
+        self.limit = ceiling
+        self.active = 0
+        self._clock = clock
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._successes = 0
+        self._last_cut = float("-inf")
+
+    async def acquire(self) -> None:
+        while self.active >= self.limit:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+                raise
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.active
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+    def on_success(self) -> None:
+        if self.limit >= self.ceiling:
+            return
+        self._successes += 1
+        if self._successes >= self.limit:
+            self._successes = 0
+            self.limit += 1
+            self._wake()
+
+    def on_throttle(self, quiet_for: float = 1.0) -> None:
+        """Halve the limit, at most once per ``quiet_for`` seconds of 429s."""
+        now = self._clock()
+        if now - self._last_cut < quiet_for:
+            return
+        self._last_cut = now
+        self._successes = 0
+        self.limit = max(1, self.limit // 2)
+
+
+class Gate:
+    """Global pause + RPM/TPM pacing. ``wait(tokens)`` before every start."""
+
+    def __init__(self, *, rpm: float | None, tpm: float | None, clock: Clock,
+                 sleep: Sleep) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self._clock = clock
+        self._sleep = sleep
+        self._paused_until = 0.0
+        self._next_request = 0.0
+        self._next_token = 0.0
+        self._lock = asyncio.Lock()
+
+    def pause_for(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    @property
+    def paused_until(self) -> float:
+        return self._paused_until
+
+    async def wait(self, tokens: int = 0) -> None:
+        async with self._lock:  # starts are granted in arrival order
+            while True:
+                now = self._clock()
+                start = max(now, self._paused_until)
+                if self.rpm:
+                    start = max(start, self._next_request)
+                if self.tpm:
+                    start = max(start, self._next_token)
+                if start <= now:
+                    break
+                await self._sleep(start - now)
+            if self.rpm:
+                self._next_request = max(self._next_request, now) + 60.0 * PACING_MARGIN / self.rpm
+            if self.tpm and tokens:
+                self._next_token = (
+                    max(self._next_token, now) + tokens * 60.0 * PACING_MARGIN / self.tpm
+                )
+
+    def settle(self, reserved: int, actual: int) -> None:
+        """Give back the TPM reserved beyond what a request really used."""
+        if self.tpm and actual < reserved:
+            refund = (reserved - actual) * 60.0 / self.tpm
+            self._next_token = max(self._clock(), self._next_token - refund)
+
+
+class Breaker:
+    """Retry budget: when most recent attempts fail transiently, hold launches.
+
+    After ``window`` outcomes of which at least ``threshold`` failed, launches
+    pause for ``cooldown`` seconds, doubling while failures go on (to
+    ``max_cooldown``), and back to the start after a success.
+    """
+
+    def __init__(self, gate: Gate, *, window: int = 20, threshold: float = 0.8,
+                 cooldown: float = 5.0, max_cooldown: float = 60.0) -> None:
+        self.gate = gate
+        self.window: collections.deque[bool] = collections.deque(maxlen=window)
+        self.threshold = threshold
+        self.base = cooldown
+        self.cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self.trips = 0
+
+    def record(self, ok: bool) -> None:
+        self.window.append(ok)
+        if ok:
+            self.cooldown = self.base
+            return
+        if len(self.window) < self.window.maxlen:  # type: ignore[operator]
+            return
+        failures = self.window.count(False)
+        if failures >= self.threshold * len(self.window):
+            self.trips += 1
+            self.gate.pause_for(self.cooldown)
+            self.cooldown = min(self.max_cooldown, self.cooldown * 2)
+            self.window.clear()

@@ -1,0 +1,223 @@
+"""Error classification and the retry policy (the only place retries live).
+
+Every failure of an attempt becomes exactly one of:
+
+- :class:`TransientError` — retried with back-off: HTTP 408, 409, 429, 5xx (529
+  too), connection refused / reset / dropped mid-stream, no bytes for
+  ``idle_timeout`` seconds, a stream that ended before its ``finish_reason``, a
+  chunk that is not JSON, a mid-stream error event with a transient code;
+- :class:`RequestFatalError` / :class:`ModerationError` — this request fails,
+  the run goes on: other 4xx, content moderation;
+- :class:`RunFatalError` — the run stops: bad key, access denied, arrears,
+  quota used up for good.
+
+The SDK's own retries are off (``max_retries=0``). tenacity drives the attempts
+around the *whole* consumption of a stream (a ``@retry`` on an async generator
+would not see errors raised while iterating).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from .errors import (
+    AttemptError,
+    ModerationError,
+    RequestFatalError,
+    RunFatalError,
+    TransientError,
+)
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+RETRY_AFTER_CAP = 300.0
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+MODERATION_CODES = frozenset(
+    {"data_inspection_failed", "datainspectionfailed", "content_filter", "content_policy_violation"}
+)
+RUN_FATAL_CODES = frozenset(
+    {"invalid_api_key", "invalidapikey", "arrearage", "accessdenied", "access_denied",
+     "accessdenied.unpurchased", "account_deactivated", "billing_not_active"}
+)
+TRANSIENT_CODES = frozenset(
+    {"internal_error", "internalerror", "internalerror.algo", "server_error",
+     "serviceunavailable", "service_unavailable", "overloaded", "overloaded_error",
+     "requesttimeout", "timeout", "throttling", "rate_limit_exceeded",
+     "throttling.ratequota", "throttling.allocationquota", "system_error"}
+)
+_QUOTA_GONE = re.compile(
+    r"free (tier|quota)|balance|billing|plan|exhausted|used up|arrear|insufficient (funds|balance)",
+    re.I,
+)
+
+Redact = Callable[[str], str]
+
+
+def _no_redact(text: str) -> str:
+    return text
+
+
+def parse_error_body(body: object) -> tuple[str | None, str | None, str | None]:
+    """(code, message, type) from an error body in any of the shapes servers send.
+
+    The SDK hands over the ``error`` object, or the raw text when the body was
+    not JSON — DashScope's moderation 400 arrives as ``data: {...}`` text.
+    """
+    if isinstance(body, str | bytes):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        text = text.strip()
+        if text.startswith("data:"):
+            text = text[5:].strip()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None, text[:500] or None, None
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    if not isinstance(body, Mapping):
+        return None, None, None
+    code = body.get("code")
+    message = body.get("message")
+    kind = body.get("type")
+    return (
+        str(code) if code not in (None, "") else None,
+        str(message) if message not in (None, "") else None,
+        str(kind) if kind not in (None, "") else None,
+    )
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms``, ``retry-after``), capped."""
+    if not headers:
+        return None
+    value: float | None = None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = None
+    ra = headers.get("retry-after")
+    if value is None and ra:
+        try:
+            value = float(ra)
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(ra) if ra else None
+            if parsed is not None:
+                value = parsed.timestamp() - (time.time() if now is None else now)
+    if value is None:
+        return None
+    return max(0.0, min(value, RETRY_AFTER_CAP))
+
+
+def from_payload(
+    status: int | None,
+    body: object,
+    *,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+    redact: Redact = _no_redact,
+) -> AttemptError:
+    """Classify an HTTP error reply or a mid-stream error event."""
+    code, message, kind = parse_error_body(body)
+    low = {(code or "").lower(), (kind or "").lower()}
+    text = redact(message or (f"HTTP {status}" if status else "error event in the stream"))
+    fields: dict[str, Any] = {
+        "http_status": status,
+        "code": code or kind,
+        "provider_request_id": request_id,
+        "retry_after": retry_after_seconds(headers),
+    }
+    if low & MODERATION_CODES:
+        return ModerationError(text, **fields)
+    if "insufficient_quota" in low:
+        if _QUOTA_GONE.search(message or ""):
+            return RunFatalError(text, error_class="quota_exhausted", **fields)
+        return TransientError(text, error_class="rate_limited", **fields)
+    if status in (401, 403) or low & RUN_FATAL_CODES:
+        label = "auth" if status == 401 or "invalid_api_key" in low else "access_denied"
+        if "arrearage" in low:
+            label = "arrearage"
+        return RunFatalError(text, error_class=label, **fields)
+    if status is None:
+        if low & TRANSIENT_CODES or not (code or kind):
+            return TransientError(text, error_class="error_event", **fields)
+        return TransientError(text, error_class="error_event", **fields)
+    if status in RETRY_STATUS or status >= 500:
+        label = {429: "rate_limited", 408: "timeout", 409: "conflict"}.get(status, "server_error")
+        return TransientError(text, error_class=label, **fields)
+    return RequestFatalError(text, error_class=f"http_{status}", **fields)
+
+
+def _mro_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def classify(exc: BaseException, *, redact: Redact = _no_redact) -> AttemptError:
+    """Turn anything an attempt raised into exactly one :class:`AttemptError`."""
+    if isinstance(exc, AttemptError):
+        return exc
+    names = _mro_names(exc)
+    if "APIStatusError" in names:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        return from_payload(
+            getattr(exc, "status_code", None),
+            getattr(exc, "body", None),
+            headers=headers,
+            request_id=getattr(exc, "request_id", None),
+            redact=redact,
+        )
+    # openai wraps errors raised before a response; httpx / httpx2 errors raised
+    # while reading the body reach us unwrapped. Both are matched by class name
+    # so that either transport generation is understood.
+    if names & {"APITimeoutError", "TimeoutException", "ReadTimeout", "TimeoutError"}:
+        return TransientError(
+            redact(str(exc) or "no bytes within the idle timeout"), error_class="idle_timeout"
+        )
+    if names & {"APIConnectionError", "TransportError", "ConnectionError", "OSError"}:
+        return TransientError(redact(str(exc) or type(exc).__name__), error_class="connection")
+    return RequestFatalError(
+        redact(f"{type(exc).__name__}: {exc}"), error_class="internal_error"
+    )
+
+
+def backoff(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Full-jitter exponential back-off, never shorter than the server asked."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
+    delay = rng.uniform(0, ceiling)
+    if retry_after is not None:
+        delay = retry_after + rng.uniform(0, min(1.0, retry_after * 0.1 + 0.1))
+    return delay
+
+
+def policy(
+    max_attempts: int,
+    *,
+    sleep: Callable[[float], Awaitable[None]],
+    rng: random.Random | None = None,
+) -> AsyncRetrying:
+    """The per-request policy: retry transient errors up to ``max_attempts`` tries."""
+    generator = rng or random.Random()
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.retry_after if isinstance(exc, AttemptError) else None
+        return backoff(state.attempt_number, retry_after, generator)
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(max_attempts),
+        wait=wait,
+        retry=retry_if_exception_type(TransientError),
+        sleep=sleep,
+        reraise=True,
+    )

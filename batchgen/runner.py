@@ -1,0 +1,183 @@
+"""One run, start to end: check, lock, plan from the store, run, export.
+
+Nothing is written before the job file validated and the API key was found.
+The plan is rebuilt from the run store every time (resume is derived from
+disk, never from memory): finished requests with an unchanged fingerprint are
+skipped without a call, attempts a killed process left streaming are recorded
+as aborted, and everything else runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .engine import Engine, EngineDeps, Outcome
+from .errors import RunFatalError
+from .exports import clean_temp, export_all
+from .jobfile import Job
+from .lock import RunLock
+from .progress import NullProgress, Progress
+from .secrets import Redactor, api_key_from_env, quiet_transport_logs
+from .store import RunStore
+from .usage import estimate
+
+EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+
+ClientFactory = Callable[[str, str, Job], Any]
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``exit_code`` follows the README's table."""
+
+    run_dir: Path
+    total: int
+    skipped: int
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    fatal: RunFatalError | None = None
+    stopped_by: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by == "interrupt":
+            return EXIT_INTERRUPTED
+        if self.fatal is not None:
+            return EXIT_FATAL
+        if self.stopped_by == "budget":
+            return EXIT_BUDGET
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+@dataclass
+class RunOptions:
+    """Side effects of a run, with real defaults (tests pass fakes)."""
+
+    progress: Progress = field(default_factory=NullProgress)
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    client_factory: ClientFactory | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    flush_interval: float = 0.2
+    handle_signals: bool = True
+
+
+def default_client(base_url: str, api_key: str, job: Job) -> Any:
+    from .stream import make_client  # noqa: PLC0415 - keeps openai off the skip path
+
+    return make_client(base_url, api_key, connect_timeout=job.run.connect_timeout,
+                       idle_timeout=job.run.idle_timeout,
+                       max_connections=job.run.concurrency)
+
+
+def run_job(job: Job, options: RunOptions | None = None) -> RunSummary:
+    """Run ``job`` to its end (or until stopped). Blocking; see :class:`RunSummary`."""
+    return asyncio.run(run_job_async(job, options or RunOptions()))
+
+
+async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
+    api_key = api_key_from_env(job.endpoint.api_key_env)  # before anything is written
+    quiet_transport_logs()
+    redact = Redactor(api_key)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(job.run_dir)
+    lock.acquire()
+    (job.run_dir / "texts").mkdir(exist_ok=True)
+    clean_temp(job.run_dir)
+    try:
+        return await _locked_run(job, opts, api_key, redact)
+    finally:
+        lock.release()
+
+
+async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor) -> RunSummary:
+    store = RunStore(job.run_dir / "run.db")
+    try:
+        run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
+                                 region=job.endpoint.region, pid=os.getpid(),
+                                 version=__version__, now=opts.clock())
+        store.recover(estimate, now=opts.clock())
+        total = store.sync_requests(job.requests())
+        todo = store.count_todo()
+        summary = RunSummary(run_dir=job.run_dir, total=total, skipped=total - todo)
+        opts.progress.start(todo, total - todo)
+        outcome = Outcome()
+        if todo:
+            outcome = await _run_engine(job, opts, store, run_id, api_key, redact)
+        summary.done, summary.failed = outcome.done, outcome.failed
+        summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
+        summary.pending = store.count_todo() - _failed_count(store)
+        export_all(store, job.run_dir)
+        store.end_run(run_id, _status(summary), opts.clock())
+        return summary
+    finally:
+        opts.progress.close()
+        store.close()
+
+
+async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
+                      api_key: str, redact: Redactor) -> Outcome:
+    factory = opts.client_factory or default_client
+    client = factory(job.endpoint.base_url, api_key, job)
+    engine = Engine(
+        EngineDeps(store=store, client=client, run_dir=job.run_dir, run_id=run_id,
+                   progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
+                   redact=redact, rng=opts.rng, flush_interval=opts.flush_interval),
+        concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
+        rpm=job.run.rpm, tpm=job.run.tpm,
+    )
+    restore = _install_signals(engine) if opts.handle_signals else (lambda: None)
+    try:
+        return await engine.run()
+    finally:
+        restore()
+        close = getattr(client, "close", None)
+        if close is not None:
+            await close()
+
+
+def _install_signals(engine: Engine) -> Callable[[], None]:
+    """First SIGINT/SIGTERM: stop and record in-flight attempts as aborted.
+    A second one exits at once; the store is consistent at every commit."""
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    def handler() -> None:
+        nonlocal hits
+        hits += 1
+        if hits > 1:
+            os._exit(EXIT_INTERRUPTED)
+        engine.stop("interrupt")
+        engine.cancel_all()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler)
+
+    def restore() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+def _failed_count(store: RunStore) -> int:
+    return store.counts()["failed"]
+
+
+def _status(summary: RunSummary) -> str:
+    if summary.stopped_by:
+        return f"stopped:{summary.stopped_by}"
+    return "failed" if summary.failed else "done"

@@ -1,0 +1,381 @@
+"""The run store: one SQLite file (WAL) that is the journal of record.
+
+Schema (see DESIGN.md)::
+
+    meta      (key, value)                       schema version, job name
+    runs      (id, started, ended, status, endpoint, base_url, pid, version)
+    requests  (id, position, fingerprint, model, body, tags, state, done_attempt)
+    attempts  (id, request_id, fingerprint, model, run_id, n, mode, started, ended,
+               status, finish_reason, error_class, error_code, http_status,
+               error_message, provider_request_id)
+    segments  (attempt_id, seq, content, reasoning)   text as it streamed in
+    usage     (attempt_id, prompt, completion, total, reasoning, cached,
+               estimated, raw)
+
+A request is done when ``requests.done_attempt`` points at an attempt whose
+status is ``done``; its text is that attempt's segments in ``seq`` order. A
+finished attempt's segments are compacted into one row in the same
+transaction that marks it done. Writes accumulate in one open transaction;
+the runner commits a few times a second (``commit``), so a ``kill -9`` loses at
+most that fraction of a second of streamed text and never a finished result.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+from .models import Request
+from .usage import Usage
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL DEFAULT 'running',
+    endpoint TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    region TEXT,
+    pid INTEGER,
+    version TEXT
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    position INTEGER,
+    fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    body TEXT NOT NULL,
+    tags TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    done_attempt INTEGER
+);
+CREATE INDEX IF NOT EXISTS requests_todo ON requests(position)
+    WHERE position IS NOT NULL AND state != 'done';
+CREATE INDEX IF NOT EXISTS requests_position ON requests(position)
+    WHERE position IS NOT NULL;
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'fresh',
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL DEFAULT 'streaming',
+    finish_reason TEXT,
+    error_class TEXT,
+    error_code TEXT,
+    http_status INTEGER,
+    error_message TEXT,
+    provider_request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_request ON attempts(request_id);
+CREATE INDEX IF NOT EXISTS attempts_streaming ON attempts(status) WHERE status = 'streaming';
+CREATE TABLE IF NOT EXISTS segments (
+    attempt_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    content TEXT NOT NULL DEFAULT '',
+    reasoning TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (attempt_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    attempt_id INTEGER PRIMARY KEY,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER,
+    cached_tokens INTEGER,
+    estimated INTEGER NOT NULL,
+    raw TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request that still needs a finished attempt."""
+
+    id: str
+    position: int
+    fingerprint: str
+    model: str
+    body: dict[str, Any]
+    tags: tuple[str, ...]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How an attempt ended; everything goes into its ``attempts`` row."""
+
+    status: str  # done | error | aborted
+    finish_reason: str | None = None
+    error_class: str | None = None
+    error_code: str | None = None
+    http_status: int | None = None
+    error_message: str | None = None
+    provider_request_id: str | None = None
+
+
+class RunStore:
+    """All reads and writes of ``run.db``. One writer at a time (the lock says who)."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                if not path.exists():
+                    raise StoreError(f"no run store at {path}")
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            else:
+                self.db = sqlite3.connect(path, timeout=10)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(_SCHEMA)
+                self._check_version()
+                self.db.commit()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the run store ({exc})") from None
+        self.db.execute("PRAGMA busy_timeout=10000")
+
+    def _check_version(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer batchgen (schema {row[0]}); upgrade batchgen"
+            )
+
+    def close(self) -> None:
+        try:
+            self.db.commit()
+        finally:
+            self.db.close()
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    # ------------------------------------------------------------- runs
+
+    def begin_run(self, *, endpoint: str, base_url: str, region: str | None,
+                  pid: int, version: str, now: float) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (started, endpoint, base_url, region, pid, version) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (now, endpoint, base_url, region, pid, version),
+        )
+        self.db.commit()
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def end_run(self, run_id: int, status: str, now: float) -> None:
+        self.db.execute("UPDATE runs SET ended=?, status=? WHERE id=?", (now, status, run_id))
+        self.db.commit()
+
+    def recover(self, estimate: Any, now: float) -> int:
+        """Attempts left ``streaming`` by a killed process become ``aborted``.
+
+        Their usage is estimated from the request and the text on disk
+        (``estimate(body, content, reasoning) -> Usage``): they were billed.
+        """
+        rows = self.db.execute(
+            "SELECT a.id, r.body FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE a.status = 'streaming'"
+        ).fetchall()
+        for attempt_id, body in rows:
+            content, reasoning = self.attempt_text(attempt_id)
+            self.end_attempt(
+                attempt_id,
+                AttemptEnd(status="aborted", error_class="interrupted",
+                           error_message="the process stopped while this attempt streamed"),
+                usage=estimate(json.loads(body), content, reasoning),
+                now=now,
+            )
+        self.db.commit()
+        return len(rows)
+
+    # ---------------------------------------------------------- requests
+
+    def sync_requests(self, requests: Iterable[Request]) -> int:
+        """Make ``requests`` match the job: positions, bodies, fingerprints.
+
+        A request whose fingerprint changed becomes pending again; its earlier
+        attempts stay in the ledger. Requests no longer in the job keep their
+        rows (they were paid for) but lose their position.
+        """
+        db = self.db
+        db.execute("UPDATE requests SET position = NULL WHERE position IS NOT NULL")
+        sql = (
+            "INSERT INTO requests (id, position, fingerprint, model, body, tags) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "position = excluded.position, model = excluded.model, tags = excluded.tags, "
+            "state = CASE WHEN requests.fingerprint = excluded.fingerprint "
+            "  THEN requests.state ELSE 'pending' END, "
+            "done_attempt = CASE WHEN requests.fingerprint = excluded.fingerprint "
+            "  THEN requests.done_attempt ELSE NULL END, "
+            "body = CASE WHEN requests.fingerprint = excluded.fingerprint "
+            "  THEN requests.body ELSE excluded.body END, "
+            "fingerprint = excluded.fingerprint"
+        )
+        count = 0
+        batch: list[tuple[Any, ...]] = []
+        for req in requests:
+            batch.append((req.id, req.position, req.fingerprint, req.model,
+                          req.body_json or _dumps(req.body),
+                          _dumps(list(req.tags)) if req.tags else None))
+            if len(batch) >= 2000:
+                db.executemany(sql, batch)
+                count += len(batch)
+                batch.clear()
+        if batch:
+            db.executemany(sql, batch)
+            count += len(batch)
+        db.commit()
+        return count
+
+    def pending(self, page: int = 256) -> Iterator[Pending]:
+        """Requests of the job that still need work, in job order, a page at a time."""
+        last = -1
+        while True:
+            rows = self.db.execute(
+                "SELECT r.id, r.position, r.fingerprint, r.model, r.body, r.tags, "
+                " (SELECT COUNT(*) FROM attempts a WHERE a.request_id = r.id "
+                "  AND a.fingerprint = r.fingerprint) "
+                "FROM requests r WHERE r.position IS NOT NULL AND r.state != 'done' "
+                "AND r.position > ? ORDER BY r.position LIMIT ?",
+                (last, page),
+            ).fetchall()
+            if not rows:
+                return
+            for rid, pos, fp, model, body, tags, n in rows:
+                yield Pending(rid, pos, fp, model, json.loads(body),
+                              tuple(json.loads(tags)) if tags else (), n)
+                last = pos
+
+    def count_todo(self) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM requests WHERE position IS NOT NULL AND state != 'done'"
+        ).fetchone()
+        return int(row[0])
+
+    def mark(self, request_id: str, state: str, attempt_id: int | None = None) -> None:
+        if state == "done":
+            self.db.execute("UPDATE requests SET state='done', done_attempt=? WHERE id=?",
+                            (attempt_id, request_id))
+        else:
+            self.db.execute("UPDATE requests SET state=? WHERE id=?", (state, request_id))
+
+    # ---------------------------------------------------------- attempts
+
+    def start_attempt(self, req: Pending, *, run_id: int, n: int, now: float) -> int:
+        cur = self.db.execute(
+            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, started) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (req.id, req.fingerprint, req.model, run_id, n, now),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def add_segments(self, rows: list[tuple[int, int, str, str]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO segments (attempt_id, seq, content, reasoning) "
+            "VALUES (?, ?, ?, ?)",
+            rows,
+        )
+
+    def end_attempt(self, attempt_id: int, end: AttemptEnd, *, usage: Usage | None,
+                    now: float, compact: tuple[str, str] | None = None) -> None:
+        """Record how an attempt ended; ``compact`` replaces its segments by one row."""
+        self.db.execute(
+            "UPDATE attempts SET ended=?, status=?, finish_reason=?, error_class=?, "
+            "error_code=?, http_status=?, error_message=?, provider_request_id=? WHERE id=?",
+            (now, end.status, end.finish_reason, end.error_class, end.error_code,
+             end.http_status, end.error_message, end.provider_request_id, attempt_id),
+        )
+        if usage is not None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (attempt_id, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
+                 usage.reasoning_tokens, usage.cached_tokens, int(usage.estimated), usage.raw),
+            )
+        if compact is not None:
+            self.db.execute("DELETE FROM segments WHERE attempt_id=?", (attempt_id,))
+            self.db.execute("INSERT INTO segments VALUES (?, 0, ?, ?)", (attempt_id, *compact))
+
+    def attempt_text(self, attempt_id: int) -> tuple[str, str]:
+        rows = self.db.execute(
+            "SELECT content, reasoning FROM segments WHERE attempt_id=? ORDER BY seq",
+            (attempt_id,),
+        ).fetchall()
+        return "".join(r[0] for r in rows), "".join(r[1] for r in rows)
+
+    # ----------------------------------------------------------- reading
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def done_in_order(self) -> Iterator[sqlite3.Row]:
+        """Finished requests of the job in job order, with their text and usage."""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        yield from cur.execute(
+            "SELECT r.id, r.model, r.fingerprint, r.tags, a.id AS attempt_id, a.finish_reason, "
+            " a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
+            "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "
+            " s.content, s.reasoning, u.prompt_tokens, u.completion_tokens, u.total_tokens, "
+            " u.reasoning_tokens, u.cached_tokens, u.estimated "
+            "FROM requests r JOIN attempts a ON a.id = r.done_attempt "
+            "LEFT JOIN segments s ON s.attempt_id = a.id AND s.seq = 0 "
+            "LEFT JOIN usage u ON u.attempt_id = a.id "
+            "WHERE r.position IS NOT NULL AND r.state = 'done' ORDER BY r.position"
+        )
+
+    def failed_in_order(self) -> Iterator[sqlite3.Row]:
+        """Requests of the job that failed for good, with their last attempt's error."""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        yield from cur.execute(
+            "SELECT r.id, r.body, r.tags, a.error_class, a.error_code, a.http_status, "
+            " a.error_message FROM requests r LEFT JOIN attempts a ON a.id = "
+            " (SELECT MAX(id) FROM attempts x WHERE x.request_id = r.id) "
+            "WHERE r.position IS NOT NULL AND r.state = 'failed' ORDER BY r.position"
+        )
+
+    def counts(self) -> dict[str, int]:
+        out = {"done": 0, "failed": 0, "pending": 0}
+        for state, n in self.db.execute(
+            "SELECT state, COUNT(*) FROM requests WHERE position IS NOT NULL GROUP BY state"
+        ):
+            out[state] = n
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE a.status = 'streaming' AND r.state != 'done'"
+        ).fetchone()
+        out["streaming"] = int(row[0])
+        return out
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read-only helper for reports and status."""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        return cur.execute(sql, params).fetchall()
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,68 @@
+"""Shared fixtures: a loopback fake API, a canary key, job-file writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakeserver import Config, FakeServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CANARY = "sk-canary-7f3a9c1e5b2d4f6a8c0e"
+KEY_ENV = "BATCHGEN_TEST_KEY"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    server = FakeServer(Config(api_key=CANARY))
+    server.start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _canary_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, CANARY)
+
+
+def write_job(path: Path, fake: FakeServer | None, prompts: list[dict[str, Any]],
+              **extra: Any) -> Path:
+    """A YAML job file aimed at the fake server (JSON is valid YAML)."""
+    job: dict[str, Any] = {
+        "name": extra.pop("name", "t"),
+        "output_dir": str(path.parent / "out"),
+        "endpoint": {"base_url": fake.base_url if fake else "https://example.invalid/v1",
+                     "api_key_env": KEY_ENV},
+        "defaults": {"model": "qwen-plus"},
+        "prompts": prompts,
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(job.get(key), dict):
+            job[key] = {**job[key], **value}
+        else:
+            job[key] = value
+    path.write_text(json.dumps(job, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def read_results(run_dir: Path) -> list[dict[str, Any]]:
+    text = (run_dir / "results.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``batchgen ...`` in a real subprocess (exit codes, signals, stdout)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "batchgen", *args], cwd=cwd, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,544 @@
+"""A loopback fake of an OpenAI-compatible chat API, DashScope's wire format.
+
+Byte for byte what Model Studio's compatible mode sends for a streamed call
+with ``stream_options.include_usage``: content chunks (``"usage":null``), the
+last content chunk with ``finish_reason`` and ``delta.content: ""``, then
+``{"choices":[],...,"usage":{...}}``, then ``data: [DONE]``; QwQ-style chunks
+carry ``reasoning_content`` while ``content`` is null. Error replies use the
+``{"error": {...}, "request_id": ...}`` shape, and moderation's 400 arrives as
+``data: {...}`` text.
+
+Text is generated deterministically from the request, so two runs can be
+compared byte for byte. Behaviour is scripted in the prompt text itself::
+
+    [[len=40]]          40 content tokens (default: 16-48, from the hash)
+    [[think=20]]        20 reasoning tokens first (QwQ / Qwen3 thinking)
+    [[delay=0.01]]      seconds between chunks
+    [[faults=429,cut@3,ok]]   what attempt 1, 2, 3 ... get (then ok)
+
+Faults: ``429`` (``429:ra=2`` Retry-After seconds, ``429:date=2`` as an HTTP
+date, ``429:ms=1500`` retry-after-ms), ``408 409 500 502 503 504 529``,
+``400 404 413``, ``inspect`` (moderation 400 in ``data:`` form), ``401``,
+``403``, ``arrearage``, ``quota`` (insufficient_quota, free quota used up),
+``reset`` (connection closed before headers), ``cut@N`` (closed after N
+chunks), ``stall@N:S`` (silent for S seconds after N chunks), ``badjson@N``,
+``errevent@N`` (transient error event after N chunks), ``inspect@N``
+(moderation error event after N chunks), ``nodone`` (no ``[DONE]``, then
+close), ``nousage`` (no usage chunk), ``hang`` (finish and usage, then
+silence), ``ok``.
+
+The server keeps a billing ledger (``GET /_control/ledger``): per HTTP
+request the prompt tokens and the completion tokens it actually sent, so cut
+streams are billed for what they delivered, as Model Studio bills them.
+Server-wide ``rpm`` / ``tpm`` limits answer 429 over a sliding minute.
+
+Run it alone: ``python -m tests.fakeserver --port 0`` prints ``PORT <n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import hashlib
+import json
+import math
+import re
+import resource
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+
+VOCAB = (
+    "the of and to in is was for on are with as it at be this by from or an not "
+    "which have but all were when we there can more if will one about so out up "
+    "time only new some could these two may first then do any like my now over "
+    "such our man me even most made after also did many before must through back "
+    "years where much your way well down should because each just those people "
+    "how too little state good very make world still own see men work long get "
+    "here between both life being under never day same another know while last"
+).split()
+CJK_VOCAB = "我们的是在一有不了人这中大为上个国和地到以说时要就出会可也你对生能而子那得于着下自之年过发后作里用道行所然家种事成方多经么去法学如都同现当没动面起看定天分还进好小部其些主样理心她本前开但因只从想实日"
+DIRECTIVE = re.compile(r"\[\[(\w+)=([^\]]*)\]\]")
+_TOKEN_RE = re.compile(r"[A-Za-z]{1,6}|\d{1,3}|[^\sA-Za-z\d]")
+
+
+def _has_cjk(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """The fake's tokenizer: short word pieces, ~1.6 CJK characters a token."""
+    total = 0
+    for message in messages:
+        total += 3
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else [
+            p.get("text", "") if p.get("type") == "text" else None
+            for p in (content or [])
+        ]
+        for part in parts:
+            if part is None:
+                total += 1000  # an image
+                continue
+            cjk = sum(1 for ch in part if "\u4e00" <= ch <= "\u9fff")
+            rest = "".join(ch for ch in part if not "\u4e00" <= ch <= "\u9fff")
+            total += math.ceil(cjk / 1.6) + len(_TOKEN_RE.findall(rest))
+    return total
+
+
+@dataclass
+class Plan:
+    """What one HTTP request gets."""
+
+    tokens: list[str]
+    reasoning: list[str]
+    finish_reason: str
+    delay: float
+    fault: str
+    prompt_tokens: int
+    model: str
+
+
+@dataclass
+class Config:
+    delay: float = 0.0
+    api_key: str | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    default_len: int | None = None
+    tick: float | None = None  # one shared timer for all streams (benchmarks)
+
+
+@dataclass
+class Ledger:
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    throttled: int = 0
+    keys_seen: set[str] = field(default_factory=set)
+
+
+def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
+    messages = body.get("messages") or []
+    model = str(body.get("model", "qwen-plus"))
+    text = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+    directives = dict(DIRECTIVE.findall(text))
+    seed = hashlib.sha256((model + "\n" + text).encode()).digest()
+    length = int(directives.get("len", config.default_len or 16 + seed[0] % 33))
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    finish = "stop"
+    if max_tokens is not None and length > int(max_tokens):
+        length, finish = int(max_tokens), "length"
+    think = int(directives.get("think", 0))
+    if think == 0 and (model.startswith(("qwq", "qvq")) or body.get("enable_thinking")):
+        think = 8 + seed[1] % 8
+    faults = [f.strip() for f in directives.get("faults", "").split(",") if f.strip()]
+    fault = faults[attempt - 1] if attempt <= len(faults) else "ok"
+    cjk = _has_cjk(text)
+    rng = int.from_bytes(seed[:8], "big")
+
+    def words(n: int, salt: int) -> list[str]:
+        out = []
+        state = rng ^ salt
+        for i in range(n):
+            state = (state * 6364136223846793005 + 1442695040888963407) & (2**64 - 1)
+            if cjk:
+                a = CJK_VOCAB[(state >> 33) % len(CJK_VOCAB)]
+                b = CJK_VOCAB[(state >> 17) % len(CJK_VOCAB)]
+                out.append(a + b)
+            else:
+                word = VOCAB[(state >> 33) % len(VOCAB)]
+                out.append(word if i == 0 else " " + word)
+        return out
+
+    return Plan(
+        tokens=words(length, 0), reasoning=words(think, 0x5EED), finish_reason=finish,
+        delay=float(directives.get("delay", config.delay)), fault=fault,
+        prompt_tokens=count_prompt_tokens(messages), model=model,
+    )
+
+
+class FakeServer:
+    """Serve until stopped. ``start_in_thread()`` for in-process tests."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.ledger = Ledger()
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._window: collections.deque[tuple[float, int]] = collections.deque()
+        self._tick_streams: set[asyncio.Queue[None]] = set()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(self._handle, host, port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.tick:
+            self._loop.create_task(self._ticker(self.config.tick))
+        return self.port
+
+    def start_in_thread(self) -> int:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self.port
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._server is not None:
+            loop.call_soon_threadsafe(self._server.close)
+        if self._thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(5)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/compatible-mode/v1"
+
+    # ------------------------------------------------------------- serving
+
+    async def _ticker(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for queue in list(self._tick_streams):
+                queue.put_nowait(None)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = h.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                length = int(headers.get("content-length", "0"))
+                raw = await reader.readexactly(length) if length else b""
+                keep = await self._route(method, path, headers, raw, writer)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes,
+                     writer: asyncio.StreamWriter) -> bool:
+        if path.startswith("/_control/"):
+            return await self._control(method, path, raw, writer)
+        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+            await self._json(writer, 404, {"error": {"message": "not found", "type": "not_found",
+                                                     "code": "not_found", "param": None}})
+            return True
+        auth = headers.get("authorization", "")
+        with self._lock:
+            self.ledger.requests += 1
+            self.ledger.keys_seen.add(auth.removeprefix("Bearer ").strip())
+        if self.config.api_key is not None and auth != f"Bearer {self.config.api_key}":
+            await self._error(writer, 401, "invalid_api_key", "Incorrect API key provided. ",
+                              "invalid_request_error")
+            return True
+        body = json.loads(raw)
+        key = hashlib.sha256(
+            json.dumps([body.get("model"), body.get("messages")], sort_keys=True).encode()
+        ).hexdigest()
+        with self._lock:
+            attempt = self.ledger.attempts.get(key, 0) + 1
+            self.ledger.attempts[key] = attempt
+        plan = plan_for(body, attempt, self.config)
+        entry: dict[str, Any] = {"key": key, "attempt": attempt, "model": plan.model,
+                                 "fault": plan.fault, "status": 200, "prompt_tokens": 0,
+                                 "completion_tokens": 0, "complete": False,
+                                 "stream": bool(body.get("stream")),
+                                 "include_usage": bool((body.get("stream_options") or {})
+                                                       .get("include_usage")),
+                                 "body": body}
+        with self._lock:
+            self.ledger.entries.append(entry)
+        if self._throttled(plan):
+            entry["status"] = 429
+            with self._lock:
+                self.ledger.throttled += 1
+            await self._error(writer, 429, "limit_requests",
+                              "Requests rate limit exceeded, please try again later.",
+                              "limit_requests", extra_headers={"Retry-After": "1"})
+            return True
+        return await self._reply(plan, entry, writer)
+
+    def _throttled(self, plan: Plan) -> bool:
+        cfg = self.config
+        if not cfg.rpm and not cfg.tpm:
+            return False
+        now = time.monotonic()
+        cost = plan.prompt_tokens + len(plan.tokens) + len(plan.reasoning)
+        with self._lock:
+            while self._window and self._window[0][0] <= now - 60.0:
+                self._window.popleft()
+            if cfg.rpm and len(self._window) + 1 > cfg.rpm:
+                return True
+            if cfg.tpm and sum(c for _, c in self._window) + cost > cfg.tpm:
+                return True
+            self._window.append((now, cost))
+        return False
+
+    async def _reply(self, plan: Plan, entry: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
+        fault = plan.fault
+        name, _, arg = fault.partition("@")
+        status_faults = {"408", "409", "500", "502", "503", "504", "529", "400", "404", "413"}
+        if fault == "reset":
+            entry["status"] = 0
+            writer.transport.abort()
+            return False
+        if name.startswith("429"):
+            entry["status"] = 429
+            extra: dict[str, str] = {}
+            opts = dict(o.split("=") for o in name.split(":")[1:])
+            if "ra" in opts:
+                extra["Retry-After"] = opts["ra"]
+            if "date" in opts:
+                extra["Retry-After"] = formatdate(time.time() + float(opts["date"]), usegmt=True)
+            if "ms" in opts:
+                extra["retry-after-ms"] = opts["ms"]
+            await self._error(writer, 429, "limit_requests",
+                              "Requests rate limit exceeded, please try again later.",
+                              "limit_requests", extra_headers=extra)
+            return True
+        if name in status_faults:
+            entry["status"] = int(name)
+            code = {"400": "invalid_parameter_error", "404": "model_not_found",
+                    "413": "request_too_large"}.get(name, "internal_error")
+            await self._error(writer, int(name), code, f"fake {name}", code)
+            return True
+        if fault == "inspect":
+            entry["status"] = 400
+            payload = {"error": {"code": "data_inspection_failed", "param": None,
+                                 "message": "Input data may contain inappropriate content.",
+                                 "type": "data_inspection_failed"},
+                       "id": f"chatcmpl-{uuid.uuid4()}", "request_id": str(uuid.uuid4())}
+            await self._raw(writer, 400, b"data: " + json.dumps(payload).encode() + b"\n\n",
+                            "text/event-stream;charset=UTF-8")
+            return True
+        if fault in ("401", "403", "arrearage", "quota"):
+            entry["status"] = {"401": 401, "403": 403, "arrearage": 400, "quota": 429}[fault]
+            code, msg = {
+                "401": ("invalid_api_key", "Incorrect API key provided. "),
+                "403": ("AccessDenied", "Access denied."),
+                "arrearage": ("Arrearage",
+                              "Access denied, please make sure your account is in good standing."),
+                "quota": ("insufficient_quota",
+                          "You exceeded your current quota: the free quota is used up."),
+            }[fault]
+            await self._error(writer, entry["status"], code, msg, code)
+            return True
+        return await self._stream(plan, entry, writer, name, arg)
+
+    async def _stream(self, plan: Plan, entry: dict[str, Any], writer: asyncio.StreamWriter,
+                      fault: str, arg: str) -> bool:
+        rid = f"chatcmpl-{uuid.uuid4()}"
+        created = int(time.time())
+        tail = (f',"object":"chat.completion.chunk","usage":null,"created":{created},'
+                f'"system_fingerprint":null,"model":{json.dumps(plan.model)},"id":"{rid}"}}')
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream;charset=UTF-8\r\n"
+            b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n"
+            + f"x-request-id: {uuid.uuid4()}\r\n\r\n".encode()
+        )
+        entry["prompt_tokens"] = plan.prompt_tokens
+        events: list[tuple[str, bytes]] = []
+        first = ('data: {"choices":[{"delta":{"content":' +
+                 ('null,"role":"assistant","reasoning_content":""' if plan.reasoning
+                  else '"","role":"assistant"') +
+                 '},"index":0,"logprobs":null,"finish_reason":null}]' + tail + "\n\n")
+        events.append(("meta", first.encode()))
+        for piece in plan.reasoning:
+            events.append(("token", (
+                'data: {"choices":[{"delta":{"content":null,"reasoning_content":'
+                + json.dumps(piece, ensure_ascii=False)
+                + '},"finish_reason":null,"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
+        for piece in plan.tokens:
+            events.append(("token", (
+                'data: {"choices":[{"delta":{"content":' + json.dumps(piece, ensure_ascii=False)
+                + '},"finish_reason":null,"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
+        events.append(("finish", (
+            'data: {"choices":[{"finish_reason":"' + plan.finish_reason
+            + '","delta":{"content":""},"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
+        completion = len(plan.tokens) + len(plan.reasoning)
+        usage: dict[str, Any] = {"prompt_tokens": plan.prompt_tokens,
+                                 "completion_tokens": completion,
+                                 "total_tokens": plan.prompt_tokens + completion,
+                                 "prompt_tokens_details": {"cached_tokens": 0}}
+        if plan.reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": len(plan.reasoning)}
+        usage_tail = tail.replace('"usage":null', '"usage":' + json.dumps(usage,
+                                                                            separators=(",", ":")))
+        if fault != "nousage" and entry["include_usage"]:
+            events.append(("usage", ('data: {"choices":[]' + usage_tail + "\n\n").encode()))
+        if fault not in ("nodone", "hang"):
+            events.append(("done", b"data: [DONE]\n\n"))
+        n_arg = int(arg.split(":")[0]) if arg else 0
+        queue: asyncio.Queue[None] | None = None
+        if self.config.tick and plan.delay == self.config.delay:
+            queue = asyncio.Queue()
+            self._tick_streams.add(queue)
+        sent_chunks = 0
+        try:
+            for kind, data in events:
+                if kind == "token":
+                    if fault == "cut" and sent_chunks >= n_arg:
+                        writer.transport.abort()
+                        return False
+                    if fault == "stall" and sent_chunks == n_arg:
+                        await writer.drain()
+                        await asyncio.sleep(float(arg.split(":")[1]))
+                    if fault in ("errevent", "inspect") and sent_chunks >= n_arg:
+                        await self._error_event(writer, fault)
+                        return False
+                    if fault == "badjson" and sent_chunks == n_arg:
+                        writer.write(_chunk(b'data: {"choices":[{"delta":{"content":"x"\n\n'))
+                    if queue is not None:
+                        await queue.get()
+                    elif plan.delay:
+                        await asyncio.sleep(plan.delay)
+                    sent_chunks += 1
+                    entry["completion_tokens"] += 1
+                if kind == "usage":
+                    entry["complete"] = True
+                writer.write(_chunk(data))
+                if kind == "token" and (queue is None or sent_chunks % 8 == 0):
+                    await writer.drain()
+            entry["complete"] = True
+            if fault == "hang":
+                await writer.drain()
+                await asyncio.sleep(3600)
+            if fault == "nodone":
+                await writer.drain()
+                writer.transport.abort()
+                return False
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return True
+        finally:
+            if queue is not None:
+                self._tick_streams.discard(queue)
+
+    async def _error_event(self, writer: asyncio.StreamWriter, fault: str) -> None:
+        if fault == "inspect":
+            err = {"code": "data_inspection_failed", "param": None,
+                   "message": "Output data may contain inappropriate content.",
+                   "type": "data_inspection_failed"}
+        else:
+            err = {"code": "internal_error", "param": None,
+                   "message": "An internal error has occured, please try again later.",
+                   "type": "internal_error"}
+        payload = {"error": err, "request_id": str(uuid.uuid4())}
+        writer.write(_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n"))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    # ------------------------------------------------------------- replies
+
+    async def _error(self, writer: asyncio.StreamWriter, status: int, code: str, message: str,
+                     kind: str, extra_headers: dict[str, str] | None = None) -> None:
+        payload = {"error": {"message": message, "type": kind, "param": None, "code": code},
+                   "request_id": str(uuid.uuid4())}
+        await self._json(writer, status, payload, extra_headers)
+
+    async def _json(self, writer: asyncio.StreamWriter, status: int, payload: Any,
+                    extra_headers: dict[str, str] | None = None) -> None:
+        await self._raw(writer, status, json.dumps(payload).encode(), "application/json",
+                        extra_headers)
+
+    async def _raw(self, writer: asyncio.StreamWriter, status: int, data: bytes, ctype: str,
+                   extra_headers: dict[str, str] | None = None) -> None:
+        head = f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(data)}\r\n"
+        head += f"x-request-id: {uuid.uuid4()}\r\n"
+        for k, v in (extra_headers or {}).items():
+            head += f"{k}: {v}\r\n"
+        writer.write(head.encode() + b"\r\n" + data)
+        await writer.drain()
+
+    async def _control(self, method: str, path: str, raw: bytes,
+                       writer: asyncio.StreamWriter) -> bool:
+        if path == "/_control/ledger":
+            with self._lock:
+                entries = [{k: v for k, v in e.items() if k != "body"}
+                           for e in self.ledger.entries]
+                data = {"entries": entries, "requests": self.ledger.requests,
+                        "throttled": self.ledger.throttled}
+            await self._json(writer, 200, data)
+        elif path == "/_control/stats":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            await self._json(writer, 200, {"cpu": usage.ru_utime + usage.ru_stime,
+                                           "requests": self.ledger.requests,
+                                           "throttled": self.ledger.throttled})
+        elif path == "/_control/config" and method == "POST":
+            for k, v in json.loads(raw).items():
+                setattr(self.config, k, v)
+            await self._json(writer, 200, {"ok": True})
+        elif path == "/_control/reset" and method == "POST":
+            with self._lock:
+                self.ledger = Ledger()
+                self._window.clear()
+            await self._json(writer, 200, {"ok": True})
+        else:
+            await self._json(writer, 404, {"error": "no such control"})
+        return True
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--tick", type=float, default=None)
+    parser.add_argument("--len", dest="default_len", type=int, default=None)
+    parser.add_argument("--rpm", type=float, default=None)
+    parser.add_argument("--tpm", type=float, default=None)
+    parser.add_argument("--api-key", default=None)
+    args = parser.parse_args()
+    server = FakeServer(Config(delay=args.tick or args.delay, api_key=args.api_key, rpm=args.rpm,
+                               tpm=args.tpm, default_len=args.default_len, tick=args.tick))
+
+    async def serve() -> None:
+        port = await server.start(port=args.port)
+        print(f"PORT {port}", flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
