@@ -99,7 +99,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @_job_options
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.option("--verbose", "-v", is_flag=True, help="Log each attempt's failure as it happens.")
@@ -148,7 +148,7 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @_job_options
 @_errors
 def validate(file: str, **kwargs: Any) -> None:
@@ -189,3 +189,24 @@ def status(run_dir: str, show_failed: int) -> None:
     click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, {st.completion_tokens:,} completion{est}")
     for fail in st.failures:
         click.echo(f"  failed {fail}")
+
+
+@main.group()
+def local() -> None:
+    """The embedded local endpoint (llama.cpp llama-server + a small model)."""
+
+
+@local.command("check")
+@click.option("--model-path", help="A GGUF model to check instead of the bundled one.")
+def local_check(model_path: str | None) -> None:
+    """Say whether llama-server and the model are found (exit 0 when both are)."""
+    from .local import INSTALL_HINT, check  # noqa: PLC0415
+
+    found = check(model_path)
+    ok = found.server is not None and found.model is not None
+    click.echo(f"llama-server: {found.server or 'not found'} ({found.server_from})")
+    click.echo(f"model:        {found.model or 'not found'} ({found.model_from})")
+    if not ok:
+        click.echo(INSTALL_HINT)
+        sys.exit(1)
+    click.echo("ok: `batchgen run jobs/example.yaml` runs on this model")

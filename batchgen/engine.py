@@ -115,6 +115,8 @@ class Engine:
         self.finished_texts: list[tuple[str, str, str]] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self._finished = asyncio.Event()
+        self._closing = False
 
     # ------------------------------------------------------------ control
 
@@ -133,9 +135,10 @@ class Engine:
         try:
             await self._launch_all()
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            # A flag, not cancel(): wait_for() in 3.11 can swallow a cancellation.
+            self._closing = True
+            self._finished.set()
+            await flusher
             await self.flush()
         return self.outcome
 
@@ -233,6 +236,7 @@ class Engine:
                   usage, compact=(content, reasoning))
         store.mark(p.id, "done", attempt_id)
         self.finished_texts.append((p.id, content, reasoning))
+        self._finished.set()
         self.outcome.done += 1
         self.limit.on_success()
         self.breaker.record(True)
@@ -273,9 +277,14 @@ class Engine:
     # ------------------------------------------------------------ journal
 
     async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.d.flush_interval)
-            await self.flush()
+        # Every flush_interval, and at once when a request finished: a finished
+        # result should be on disk before a kill can make a re-run pay for it.
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), self.d.flush_interval)
+            self._finished.clear()
+            if not self._closing:
+                await self.flush()
 
     async def flush(self) -> None:
         """Commit buffered text, then write the files of finished requests."""

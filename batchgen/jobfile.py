@@ -234,7 +234,11 @@ def _yaml_sources(file: Path, spec: JobSpec, line_map: LineMap) -> tuple[_Source
             raise JobFileError([Problem(str(file), where, "prompts_file",
                                         "must be a .jsonl file (one prompt object a line)")])
         full = file.parent / pf
-        _read_checked(full, None)
+        try:
+            _read_checked(full, None)
+        except JobFileError as exc:
+            raise JobFileError([Problem(str(file), where, "prompts_file",
+                                        f"{pf}: {exc.problems[0].message}")]) from None
         sources.append(_Source(file=full, stat=_stat(full)))
     return tuple(sources)
 

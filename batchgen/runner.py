@@ -10,6 +10,7 @@ as aborted, and everything else runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -130,29 +131,46 @@ async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor
 
 async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                       api_key: str, redact: Redactor) -> Outcome:
-    factory = opts.client_factory or default_client
-    client = factory(job.endpoint.base_url, api_key, job)
-    engine = Engine(
-        EngineDeps(store=store, client=client, run_dir=job.run_dir, run_id=run_id,
-                   progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
-                   redact=redact, rng=opts.rng, flush_interval=opts.flush_interval),
-        concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
-        rpm=job.run.rpm, tpm=job.run.tpm,
-    )
-    restore = _install_signals(engine) if opts.handle_signals else (lambda: None)
+    """Start the endpoint (a local server, if asked), then the engine; both stop on signals."""
+    holder: dict[str, Any] = {}
+    restore = _install_signals(holder) if opts.handle_signals else (lambda: None)
     try:
-        return await engine.run()
+        async with contextlib.AsyncExitStack() as stack:
+            base_url = job.endpoint.base_url
+            if job.endpoint.local:
+                from .local import LocalServer  # noqa: PLC0415
+
+                base_url = await stack.enter_async_context(LocalServer(
+                    job.run_dir, model_path=job.endpoint.model_path,
+                    concurrency=job.run.concurrency, server_args=job.endpoint.server_args))
+            factory = opts.client_factory or default_client
+            client = factory(base_url, api_key, job)
+            close = getattr(client, "close", None)
+            if close is not None:
+                stack.push_async_callback(close)
+            engine = Engine(
+                EngineDeps(store=store, client=client, run_dir=job.run_dir, run_id=run_id,
+                           progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
+                           redact=redact, rng=opts.rng, flush_interval=opts.flush_interval),
+                concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
+                rpm=job.run.rpm, tpm=job.run.tpm,
+            )
+            holder["engine"] = engine
+            return await engine.run()
+    except asyncio.CancelledError:
+        if not holder.get("interrupted"):
+            raise
+        return Outcome(stopped_by="interrupt")
     finally:
         restore()
-        close = getattr(client, "close", None)
-        if close is not None:
-            await close()
 
 
-def _install_signals(engine: Engine) -> Callable[[], None]:
-    """First SIGINT/SIGTERM: stop and record in-flight attempts as aborted.
-    A second one exits at once; the store is consistent at every commit."""
+def _install_signals(holder: dict[str, Any]) -> Callable[[], None]:
+    """First SIGINT/SIGTERM: stop launching and record in-flight attempts as
+    aborted (or abandon start-up). A second one exits at once; the store is
+    consistent at every commit."""
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
     hits = 0
 
     def handler() -> None:
@@ -160,8 +178,13 @@ def _install_signals(engine: Engine) -> Callable[[], None]:
         hits += 1
         if hits > 1:
             os._exit(EXIT_INTERRUPTED)
-        engine.stop("interrupt")
-        engine.cancel_all()
+        holder["interrupted"] = True
+        engine = holder.get("engine")
+        if engine is not None:
+            engine.stop("interrupt")
+            engine.cancel_all()
+        elif main is not None:
+            main.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, handler)

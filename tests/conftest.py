@@ -66,3 +66,36 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         [sys.executable, "-m", "batchgen", *args], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+class FakeProcess:
+    """The fake API in its own process, so it outlives a killed batchgen."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakeserver", "--port", "0", *args],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        self.port = int(line.split()[1])
+        self.base_url = f"http://127.0.0.1:{self.port}/compatible-mode/v1"
+
+    def get(self, what: str) -> Any:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_control/{what}") as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def fake_process() -> Iterator[FakeProcess]:
+    server = FakeProcess("--api-key", CANARY)
+    yield server
+    server.stop()

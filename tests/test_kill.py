@@ -1,0 +1,88 @@
+"""Kill test: SIGKILL a real `batchgen run` at random moments, re-run until it
+exits 0, and compare the outputs with an uninterrupted run byte for byte."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, FakeProcess, write_job
+
+pytestmark = pytest.mark.slow
+
+
+def start(job: Path, out: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "run", str(job), "--out", str(out), "-q"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    files = {p.relative_to(run_dir).as_posix(): p.read_bytes()
+             for p in (run_dir / "texts").iterdir()}
+    files["results.jsonl"] = (run_dir / "results.jsonl").read_bytes()
+    return files
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+    tmp_path: Path, fake_process: FakeProcess
+) -> None:
+    prompts = [{"id": f"r{i:02d}", "prompt": f"[[len={30 + i % 20}]] [[delay=0.02]] essay {i}"}
+               for i in range(48)]
+    prompts += [{"id": "think", "model": "qwq-plus", "prompt": "[[delay=0.02]] reason"}]
+    job = write_job(tmp_path / "job.yaml", None, prompts, run={"concurrency": 6})
+    text = job.read_text().replace("https://example.invalid/v1", fake_process.base_url)
+    job.write_text(text)
+
+    clean = start(job, tmp_path / "clean")
+    assert clean.wait(120) == 0, clean.stderr.read() if clean.stderr else ""
+    paid_by_clean = len(fake_process.get("ledger")["entries"])
+
+    rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
+    kills = 0
+    for _round in range(30):
+        proc = start(job, tmp_path / "killed")
+        time.sleep(rng.uniform(0.5, 3.0))
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    else:
+        pytest.fail("the run never finished")
+    assert kills >= 2, "the run finished before it could be killed twice; slow it down"
+
+    clean_dir, killed_dir = tmp_path / "clean" / "t", tmp_path / "killed" / "t"
+    assert snapshot(killed_dir) == snapshot(clean_dir)
+    db = sqlite3.connect(killed_dir / "run.db")
+    # one finished attempt per request; the killed ones are recorded as aborted
+    assert db.execute("SELECT COUNT(*) FROM attempts WHERE status='done'").fetchone()[0] == 49
+    assert db.execute("SELECT COUNT(*) FROM attempts WHERE status='streaming'").fetchone()[0] == 0
+    aborted = db.execute("SELECT COUNT(*) FROM attempts WHERE status='aborted'").fetchone()[0]
+    assert aborted > 0
+    # every aborted attempt that streamed something carries an estimated usage row
+    assert db.execute(
+        "SELECT COUNT(*) FROM attempts a JOIN segments s ON s.attempt_id = a.id "
+        "LEFT JOIN usage u ON u.attempt_id = a.id WHERE a.status='aborted' AND u.estimated IS NOT 1"
+    ).fetchone()[0] == 0
+    # a finished request is paid for twice only if a kill hit the last fraction
+    # of a second before its commit; at most one stream per slot per kill
+    ledger = fake_process.get("ledger")["entries"][paid_by_clean:]
+    complete: dict[str, int] = {}
+    for entry in ledger:
+        if entry["complete"]:
+            complete[entry["key"]] = complete.get(entry["key"], 0) + 1
+    extra = sum(n - 1 for n in complete.values())
+    assert len(complete) == 49
+    assert extra <= kills, (extra, kills)

@@ -1,0 +1,146 @@
+"""SSE parsing: the wire shapes real servers send, split at awkward places."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from batchgen.errors import ModerationError, TransientError
+from batchgen.stream import StreamResult, _consume, request_kwargs
+from batchgen.usage import from_report
+
+
+class Body:
+    """Stands in for an httpx response: yields the given byte pieces."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+def consume(raw: bytes, split: int | None = None) -> tuple[str, str, StreamResult]:
+    pieces = [raw] if split is None else [raw[i:i + split] for i in range(0, len(raw), split)]
+    content: list[str] = []
+    reasoning: list[str] = []
+
+    def on_text(c: str, r: str) -> None:
+        content.append(c)
+        reasoning.append(r)
+
+    result = StreamResult()
+    asyncio.run(_consume(Body(pieces), on_text, result, lambda s: s))
+    return "".join(content), "".join(reasoning), result
+
+
+def sse(*objs: object, done: bool = True, sep: bytes = b"\n\n", prefix: bytes = b"data: ") -> bytes:
+    out = b"".join(prefix + json.dumps(o, ensure_ascii=False).encode() + sep for o in objs)
+    return out + (prefix + b"[DONE]" + sep if done else b"")
+
+
+def chunk(content: str | None = None, reasoning: str | None = None,
+          finish: str | None = None, usage: object = None, key: str = "reasoning_content"
+          ) -> dict[str, object]:
+    delta: dict[str, object] = {"content": content}
+    if reasoning is not None:
+        delta[key] = reasoning
+    return {"choices": [{"delta": delta, "finish_reason": finish, "index": 0,
+                         "logprobs": None}],
+            "object": "chat.completion.chunk", "usage": usage, "model": "qwen-plus",
+            "id": "chatcmpl-1"}
+
+
+USAGE = {"prompt_tokens": 22, "completion_tokens": 17, "total_tokens": 39,
+         "prompt_tokens_details": {"cached_tokens": 5}}
+DASHSCOPE = sse(
+    chunk("", None), chunk("你好"), chunk("！我是通义千问"), chunk("", finish="stop"),
+    {"choices": [], "object": "chat.completion.chunk", "usage": USAGE, "model": "qwen-plus",
+     "id": "chatcmpl-1"},
+)
+
+
+@pytest.mark.parametrize("split", [None, 1, 7, 64])
+def test_dashscope_stream_in_any_split(split: int | None) -> None:
+    content, reasoning, result = consume(DASHSCOPE, split)
+    assert content == "你好！我是通义千问"
+    assert reasoning == ""
+    assert result.finish_reason == "stop" and result.done_marker
+    assert result.usage == USAGE
+
+
+def test_qwq_reasoning_then_content() -> None:
+    raw = sse(chunk(None, "嗯，"), chunk(None, "让我想想"), chunk("答案", None),
+              chunk("", finish="stop"),
+              {"choices": [], "usage": {**USAGE, "completion_tokens_details":
+                                        {"reasoning_tokens": 9}}})
+    content, reasoning, result = consume(raw)
+    assert (content, reasoning) == ("答案", "嗯，让我想想")
+    usage = from_report(result.usage, {"messages": []}, content, reasoning)
+    assert (usage.reasoning_tokens, usage.cached_tokens, usage.estimated) == (9, 5, False)
+
+
+def test_vllm_reasoning_field_crlf_and_no_space_after_colon() -> None:
+    raw = sse(chunk(None, "think", key="reasoning"), chunk("ok", finish="stop"),
+              sep=b"\r\n\r\n", prefix=b"data:")
+    content, reasoning, result = consume(raw, split=5)
+    assert (content, reasoning, result.finish_reason) == ("ok", "think", "stop")
+
+
+def test_usage_beside_non_empty_choices_is_kept() -> None:
+    raw = sse(chunk("a"), chunk("b", finish="stop", usage={"prompt_tokens": 3,
+                                                           "completion_tokens": 2,
+                                                           "total_tokens": 5}))
+    _, _, result = consume(raw)
+    assert result.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_comments_event_ids_and_multiline_data() -> None:
+    raw = (b": keep-alive\n\nid: 1\nretry: 100\ndata: {\"choices\":[{\"delta\":\n"
+           b"data: {\"content\":\"x\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n")
+    content, _, result = consume(raw)
+    assert content == "x" and result.finish_reason == "stop"
+
+
+def test_missing_done_and_trailing_newline_still_complete() -> None:
+    raw = sse(chunk("a"), chunk("", finish="length"), done=False).rstrip(b"\n")
+    content, _, result = consume(raw)
+    assert content == "a" and result.finish_reason == "length" and not result.done_marker
+
+
+def test_malformed_chunk_is_transient() -> None:
+    raw = sse(chunk("a"))[:-20] + b"\n\n" + sse(chunk("b"))
+    with pytest.raises(TransientError) as info:
+        consume(raw)
+    assert info.value.error_class == "malformed_chunk"
+
+
+def test_error_event_after_content() -> None:
+    raw = sse(chunk("some text"), done=False) + sse(
+        {"error": {"code": "data_inspection_failed", "message": "Output data may contain "
+                   "inappropriate content.", "type": "data_inspection_failed"}}, done=False)
+    with pytest.raises(ModerationError):
+        consume(raw)
+    transient = sse(chunk("x"), done=False) + sse(
+        {"error": {"code": "internal_error", "message": "try again"}}, done=False)
+    with pytest.raises(TransientError):
+        consume(transient)
+    typed = b"event: error\ndata: {\"message\": \"overloaded\"}\n\n"
+    with pytest.raises(TransientError):
+        consume(typed)
+
+
+def test_request_kwargs_pass_every_parameter_through() -> None:
+    body = {"model": "qwen-plus", "messages": [{"role": "user", "content": "x"}],
+            "temperature": 0.2, "response_format": {"type": "json_object"},
+            "extra_body": {"enable_thinking": True, "thinking_budget": 50}}
+    kwargs = request_kwargs(body)
+    assert kwargs["stream"] is True
+    assert kwargs["stream_options"] == {"include_usage": True}
+    assert kwargs["extra_body"] == {"temperature": 0.2, "response_format": {"type": "json_object"},
+                                    "enable_thinking": True, "thinking_budget": 50}
+    assert "extra_body" in body  # the stored body is not changed
