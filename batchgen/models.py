@@ -216,7 +216,9 @@ class EndpointSpec(_Strict):
     """``endpoint:`` — where requests go and which variable holds the key."""
 
     base_url: str = DEFAULT_BASE_URL
-    api_key_env: str | None = Field(default=DEFAULT_API_KEY_ENV, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_env: str | None = Field(
+        default=DEFAULT_API_KEY_ENV, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
     region: str | None = None
     local: bool = False
     model_path: str | None = None

@@ -170,12 +170,12 @@ def from_validation(
     """One :class:`Problem` per wrong key, located by ``line_of``."""
     grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for err in exc.errors(include_url=False):
-        loc: list[Any] = []
+        steps: list[Any] = []
         for step in err["loc"]:
             if _is_type_tag(step):
                 break
-            loc.append(step)
-        grouped.setdefault(tuple(loc), []).append(dict(err))
+            steps.append(step)
+        grouped.setdefault(tuple(steps), []).append(dict(err))
     problems = []
     for loc, errs in grouped.items():
         owner = model_at(model, loc[:-1])

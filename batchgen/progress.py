@@ -52,7 +52,7 @@ class BarProgress:
         self._last_postfix = 0.0
 
     def start(self, total: int, skipped: int) -> None:
-        from tqdm import tqdm  # noqa: PLC0415 - only runs that show a bar pay for it
+        from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc=self.name, unit="req", file=self.stream,
                         dynamic_ncols=True, smoothing=0.1)

@@ -95,7 +95,9 @@ def parse_error_body(body: object) -> tuple[str | None, str | None, str | None]:
     )
 
 
-def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+def retry_after_seconds(
+    headers: Mapping[str, str] | None, now: float | None = None
+) -> float | None:
     """Seconds the server asked us to wait (``retry-after-ms``, ``retry-after``), capped."""
     if not headers:
         return None

@@ -77,7 +77,7 @@ class RunOptions:
 
 
 def default_client(base_url: str, api_key: str, job: Job) -> Any:
-    from .stream import make_client  # noqa: PLC0415 - keeps openai off the skip path
+    from .stream import make_client
 
     return make_client(base_url, api_key, connect_timeout=job.run.connect_timeout,
                        idle_timeout=job.run.idle_timeout,
@@ -138,7 +138,7 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
         async with contextlib.AsyncExitStack() as stack:
             base_url = job.endpoint.base_url
             if job.endpoint.local:
-                from .local import LocalServer  # noqa: PLC0415
+                from .local import LocalServer
 
                 base_url = await stack.enter_async_context(LocalServer(
                     job.run_dir, model_path=job.endpoint.model_path,

@@ -59,7 +59,7 @@ def make_client(
     max_connections: int,
 ) -> AsyncOpenAI:
     """An async client with the SDK's retries off and an idle (read) timeout."""
-    import openai  # noqa: PLC0415 - lazy: costs ~1 s of start-up
+    import openai
 
     limits_type = type(openai.DEFAULT_CONNECTION_LIMITS)
     limits = limits_type(
@@ -142,9 +142,8 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
         if b"\n" not in chunk:
             continue
         *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
             if not line:
                 if data:
                     if _dispatch(b"\n".join(data), event, on_text, result, redact):
@@ -173,8 +172,9 @@ def _dispatch(payload: bytes, event: bytes, on_text: OnText, result: StreamResul
     try:
         obj = json.loads(payload)
     except ValueError:
+        shown = redact(payload[:80].decode("utf-8", "replace"))
         raise TransientError(
-            f"chunk {result.chunks + 1} is not valid JSON: {redact(payload[:80].decode('utf-8', 'replace'))!r}",
+            f"chunk {result.chunks + 1} is not valid JSON: {shown!r}",
             error_class="malformed_chunk",
             provider_request_id=result.request_id,
         ) from None

@@ -8,8 +8,8 @@ silent last-one-wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -68,18 +68,18 @@ class _Loader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
-                event = self.peek_event()
+                event = self.peek_event()  # type: ignore[no-untyped-call]
                 raise YamlProblem(
                     f"more than {MAX_ALIASES} YAML aliases; write the values out "
                     "or move prompts to a JSONL prompts_file",
                     event.start_mark.line + 1,
                 )
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        return super().compose_node(parent, index)
 
     def check_keys(self, node: MappingNode) -> dict[Any, int]:
         keys: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 raise YamlProblem(
                     f"key {key!r} is not text; quote it", key_node.start_mark.line + 1
@@ -139,11 +139,11 @@ def load_yaml(text: str) -> tuple[Any, LineMap]:
     """Parse one YAML document; return the data and where each key was."""
     loader = _Loader(text)
     try:
-        node = loader.get_single_node()  # type: ignore[no-untyped-call]
+        node = loader.get_single_node()
         if node is None:
             return None, loader.line_map
         _expanded_size(node, {})
-        data = loader.construct_document(node)  # type: ignore[no-untyped-call]
+        data = loader.construct_document(node)
     except YamlProblem:
         raise
     except yaml.MarkedYAMLError as exc:
@@ -156,6 +156,6 @@ def load_yaml(text: str) -> tuple[Any, LineMap]:
     except RecursionError:
         raise YamlProblem("YAML nests too deeply", None) from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
     loader.line_map.root = data
     return data, loader.line_map

@@ -64,7 +64,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
         [sys.executable, "-m", "batchgen", *args], cwd=cwd, env=full_env,
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, check=False, timeout=timeout,
     )
 
 

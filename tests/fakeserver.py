@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -61,7 +62,10 @@ VOCAB = (
     "how too little state good very make world still own see men work long get "
     "here between both life being under never day same another know while last"
 ).split()
-CJK_VOCAB = "我们的是在一有不了人这中大为上个国和地到以说时要就出会可也你对生能而子那得于着下自之年过发后作里用道行所然家种事成方多经么去法学如都同现当没动面起看定天分还进好小部其些主样理心她本前开但因只从想实日"
+CJK_VOCAB = (
+    "我们的是在一有不了人这中大为上个国和地到以说时要就出会可也你对生能而子那得于着下自之年过发后作"
+    "里用道行所然家种事成方多经么去法学如都同现当没动面起看定天分还进好小部其些主样理心她本前开但因只从想实日"
+)
 DIRECTIVE = re.compile(r"\[\[(\w+)=([^\]]*)\]\]")
 _TOKEN_RE = re.compile(r"[A-Za-z]{1,6}|\d{1,3}|[^\sA-Za-z\d]")
 
@@ -401,7 +405,7 @@ class FakeServer:
             events.append(("usage", ('data: {"choices":[]' + usage_tail + "\n\n").encode()))
         if fault not in ("nodone", "hang"):
             events.append(("done", b"data: [DONE]\n\n"))
-        n_arg = int(arg.split(":")[0]) if arg else 0
+        n_arg = int(arg.split(":", maxsplit=1)[0]) if arg else 0
         queue: asyncio.Queue[None] | None = None
         if self.config.tick and plan.delay == self.config.delay:
             queue = asyncio.Queue()
@@ -534,10 +538,8 @@ def main() -> None:
         print(f"PORT {port}", flush=True)
         await asyncio.Event().wait()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -100,8 +100,8 @@ CASES: list[tuple[str, str, str, int | None, str]] = [
     ("unknown-top-key", "j.yaml", GOOD_HEAD + "promts: []\n", 4, "did you mean 'prompts'"),
     ("unknown-param", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n    temprature: 1\n", 6,
      "did you mean 'temperature'"),
-    ("provider-key-top", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n    enable_thinking: true\n",
-     6, "extra_body"),
+    ("provider-key-top", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - prompt: x\n    enable_thinking: true\n", 6, "extra_body"),
     ("unknown-run-key", "j.yaml", GOOD_HEAD + "run: {concurency: 3}\nprompts: [{prompt: x}]\n", 4,
      "did you mean 'concurrency'"),
     ("wrong-type-temp", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n    temperature: hot\n", 6,
@@ -191,7 +191,7 @@ def test_broken_job_file_exit_2_with_location_and_nothing_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, name: str, content: str,
     line: int | None, says: str,
 ) -> None:
-    import batchgen.jobfile as jobfile
+    from batchgen import jobfile
 
     monkeypatch.setattr(jobfile, "MAX_YAML_BYTES", 512)
     monkeypatch.chdir(tmp_path)

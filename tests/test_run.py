@@ -14,7 +14,7 @@ from batchgen.jobfile import Overrides
 from batchgen.lock import RunLock
 from batchgen.runner import RunOptions
 from tests.conftest import CANARY, KEY_ENV, read_results, run_cli, write_job
-from tests.fakeserver import FakeServer, plan_for, Config
+from tests.fakeserver import Config, FakeServer, plan_for
 
 
 async def no_sleep(_seconds: float) -> None:

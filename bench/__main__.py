@@ -1,0 +1,44 @@
+"""Run the benchmark suite and print a Markdown table of ratios.
+
+    python -m bench            full mode (for the notes; minutes)
+    python -m bench --quick    CI mode (seconds): checks the suite runs
+    python -m bench --only P1,P6
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+SUITE = {
+    "P1": "bench.p1_cpu",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    parser.add_argument("--only", help="comma-separated: " + ",".join(SUITE))
+    args = parser.parse_args()
+    chosen = args.only.split(",") if args.only else list(SUITE)
+    print(f"batchgen benchmarks ({'quick' if args.quick else 'full'} mode)\n")
+    print("| benchmark | measured | target | |")
+    print("|---|---|---|---|")
+    failed = False
+    for name in chosen:
+        module = importlib.import_module(SUITE[name])
+        start = time.perf_counter()
+        try:
+            for line in module.run(args.quick):
+                print(line, flush=True)
+        except Exception as exc:  # a benchmark that crashes is a real failure
+            print(f"| {name} | crashed: {exc!r} | | |", flush=True)
+            failed = True
+        print(f"<!-- {name} took {time.perf_counter() - start:.1f} s -->", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

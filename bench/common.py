@@ -1,0 +1,80 @@
+"""Helpers shared by the benchmarks: a fake API in its own process, timers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY_ENV = "BATCHGEN_BENCH_KEY"
+os.environ.setdefault(KEY_ENV, "bench-key")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def control(self, what: str, payload: dict[str, Any] | None = None) -> Any:
+        url = f"http://127.0.0.1:{self.port}/_control/{what}"
+        data = json.dumps(payload).encode() if payload is not None else None
+        with urllib.request.urlopen(urllib.request.Request(url, data=data)) as resp:
+            return json.loads(resp.read())
+
+    def cpu(self) -> float:
+        return float(self.control("stats")["cpu"])
+
+
+@contextmanager
+def fake_server(*args: str) -> Iterator[Server]:
+    """The tests' fake API, alone in a process, so its CPU is not ours."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakeserver", "--port", "0", *args],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    port = int(line.split()[1])
+    try:
+        yield Server(proc, port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def write_jsonl(path: Path, n: int, tokens: int, extra: str = "") -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"r{i}", "prompt": f"[[len={tokens}]]{extra} request {i}"})
+                     + "\n")
+    return path
+
+
+class CPU:
+    """Process CPU seconds (user + system) and wall seconds of a block."""
+
+    def __enter__(self) -> CPU:
+        self.t0 = time.process_time()
+        self.w0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu = time.process_time() - self.t0
+        self.wall = time.perf_counter() - self.w0
+
+
+def row(name: str, value: str, target: str, ok: bool | None) -> str:
+    mark = "" if ok is None else ("PASS" if ok else "MISS")
+    return f"| {name} | {value} | {target} | {mark} |"

