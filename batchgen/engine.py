@@ -28,7 +28,7 @@ from .errors import (
     TransientError,
 )
 from .exports import write_texts
-from .limits import AdaptiveLimit, Breaker, Gate
+from .limits import AdaptiveLimit, Breaker, Gate, ratelimit_pause
 from .progress import Progress
 from .store import AttemptEnd, Pending, RunStore
 from .stream import StreamResult, stream_attempt
@@ -192,8 +192,10 @@ class Engine:
         except RunFatalError as exc:
             if self.outcome.fatal is None:
                 self.outcome.fatal = exc
+                log.warning("stopping the run: %s", exc)
             self.stop("fatal")
-        except (TransientError, RequestFatalError):
+        except (TransientError, RequestFatalError) as exc:
+            log.warning("%s failed for good: %s", p.id, exc)
             self.d.store.mark(p.id, "failed")
             self.outcome.failed += 1
             self.d.progress.update(failed=1, in_flight=self.limit.active)
@@ -223,6 +225,7 @@ class Engine:
             raise
         except Exception as exc:
             err = retry.classify(exc, redact=self.d.redact)
+            log.info("%s attempt %d failed: %s", p.id, number, err)
             self._end(live, p, AttemptEnd(
                 status="error", error_class=err.error_class, error_code=err.code,
                 http_status=err.http_status, error_message=err.message,
@@ -230,6 +233,7 @@ class Engine:
             ), self._billed(p, live, result))
             self._learn(err)
             raise err from None
+        self._note_headers(result)
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         usage = from_report(result.usage, p.body, content, reasoning)
         self._end(live, p, AttemptEnd(status="done", finish_reason=result.finish_reason,
@@ -265,6 +269,12 @@ class Engine:
         self.live.pop(live.attempt_id, None)
         if self.d.on_usage is not None:
             self.d.on_usage(p, usage, end.status == "done")
+
+    def _note_headers(self, result: StreamResult) -> None:
+        pause = ratelimit_pause(result.ratelimit) if result.ratelimit else None
+        if pause:
+            log.info("rate limit exhausted per x-ratelimit headers; holding starts %.1f s", pause)
+            self.gate.pause_for(pause)
 
     def _learn(self, err: AttemptError) -> None:
         """Feed an attempt's failure to the rate limiter and the retry budget."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from collections.abc import Awaitable, Callable
 
 Clock = Callable[[], float]
@@ -125,6 +126,32 @@ class Gate:
         if self.tpm and actual < reserved:
             refund = (reserved - actual) * 60.0 / self.tpm
             self._next_token = max(self._clock(), self._next_token - refund)
+
+
+def parse_duration(text: str) -> float | None:
+    """'1s', '6m0s', '20ms', '0.5' -> seconds (OpenAI-style x-ratelimit-reset-*)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total = 0.0
+    for number, unit in re.findall(r"([0-9.]+)(ms|h|m|s)", text):
+        total += float(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    return total if total > 0 else None
+
+
+def ratelimit_pause(headers: dict[str, str]) -> float | None:
+    """Seconds to hold starts when ``x-ratelimit-remaining-*`` says none are left."""
+    pause = None
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        if remaining is not None and remaining.strip() in ("0", "0.0") and reset:
+            seconds = parse_duration(reset)
+            if seconds is not None:
+                pause = max(pause or 0.0, min(seconds, 300.0))
+    return pause
 
 
 class Breaker:

@@ -48,12 +48,6 @@ RUN_FATAL_CODES = frozenset(
     {"invalid_api_key", "invalidapikey", "arrearage", "accessdenied", "access_denied",
      "accessdenied.unpurchased", "account_deactivated", "billing_not_active"}
 )
-TRANSIENT_CODES = frozenset(
-    {"internal_error", "internalerror", "internalerror.algo", "server_error",
-     "serviceunavailable", "service_unavailable", "overloaded", "overloaded_error",
-     "requesttimeout", "timeout", "throttling", "rate_limit_exceeded",
-     "throttling.ratequota", "throttling.allocationquota", "system_error"}
-)
 _QUOTA_GONE = re.compile(
     r"free (tier|quota)|balance|billing|plan|exhausted|used up|arrear|insufficient (funds|balance)",
     re.I,
@@ -150,9 +144,7 @@ def from_payload(
         if "arrearage" in low:
             label = "arrearage"
         return RunFatalError(text, error_class=label, **fields)
-    if status is None:
-        if low & TRANSIENT_CODES or not (code or kind):
-            return TransientError(text, error_class="error_event", **fields)
+    if status is None:  # an error event mid-stream: worth another attempt
         return TransientError(text, error_class="error_event", **fields)
     if status in RETRY_STATUS or status >= 500:
         label = {429: "rate_limited", 408: "timeout", 409: "conflict"}.get(status, "server_error")

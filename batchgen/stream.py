@@ -27,8 +27,14 @@ from .retry import Redact, from_payload
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-# After the finish_reason and usage have arrived, wait this long for [DONE].
-DONE_GRACE = 5.0
+# After the finish_reason and usage have arrived, wait this long for [DONE]:
+# nothing that matters can follow, and a server that goes quiet instead of
+# closing must not hold a finished request.
+DONE_GRACE = 1.0
+RATELIMIT_HEADERS = (
+    "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+)
 
 OnText = Callable[[str, str], None]
 
@@ -43,7 +49,7 @@ class StreamResult:
     chunks: int = 0
     response_id: str | None = None
     request_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    ratelimit: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -110,7 +116,9 @@ async def stream_attempt(
         async with client.chat.completions.with_streaming_response.create(
             **request_kwargs(body)
         ) as response:
-            result.request_id = response.http_response.headers.get("x-request-id")
+            headers = response.http_response.headers
+            result.request_id = headers.get("x-request-id")
+            result.ratelimit = {k: headers[k] for k in RATELIMIT_HEADERS if k in headers}
             await _consume(response.http_response, on_text, result, redact)
     except Exception:
         if result.complete:

@@ -99,3 +99,21 @@ def fake_process() -> Iterator[FakeProcess]:
     server = FakeProcess("--api-key", CANARY)
     yield server
     server.stop()
+
+
+class FakeTime:
+    """A clock that moves only when something sleeps: back-offs are recorded, not slept."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        import asyncio
+
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
