@@ -212,7 +212,7 @@ class Engine:
         result = StreamResult()
         try:
             await stream_attempt(self.d.client, p.body, live.on_text, result,
-                                 redact=self.d.redact)
+                                 redact=self.d.redact, on_open=self.gate.on_accepted)
             if result.finish_reason == "content_filter":
                 raise ModerationError("the provider's content filter stopped the output",
                                       error_class="moderation", code="content_filter",
@@ -280,9 +280,14 @@ class Engine:
         """Feed an attempt's failure to the rate limiter and the retry budget."""
         if isinstance(err, TransientError):
             if err.http_status == 429 or err.error_class == "rate_limited":
+                # Back off globally: the first 429 pauses every start; after that
+                # the learned start rate is the back-off (a pause per 429 would
+                # idle the whole run each time the rate probes the limit).
+                if self.gate.learned_rate is None:
+                    self.gate.pause_for(err.retry_after if err.retry_after is not None
+                                        else retry.backoff(1, None, self.d.rng) + 1.0)
                 self.limit.on_throttle()
-                self.gate.pause_for(err.retry_after if err.retry_after is not None
-                                    else retry.backoff(1, None, self.d.rng) + 1.0)
+                self.gate.on_throttle()
             self.breaker.record(False)
 
     # ------------------------------------------------------------ journal

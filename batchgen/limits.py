@@ -6,7 +6,10 @@
 - :class:`Gate` is what every attempt passes before it starts: a global pause
   (after a 429 or when most recent attempts fail), and RPM / TPM pacing that
   spaces starts evenly (DashScope enforces per-second rates, so a minute's
-  quota is never spent in one burst).
+  quota is never spent in one burst). Without configured limits, a 429 makes
+  the gate learn a start rate: 90% of the rate the server just accepted
+  (streams opened over the last seconds), grown 1% with every accepted one —
+  short requests are limited by rate, not by how many stream at once.
 
 Clock and sleep come in as parameters, so tests run without sleeping.
 """
@@ -21,9 +24,13 @@ from collections.abc import Awaitable, Callable
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-# Start a hair slower than the limit, so jitter between our clock and the
-# server's window never puts one request too many into a minute.
-PACING_MARGIN = 1.005
+# Start a little slower than the limit, so that jitter between our clock and
+# the server's window never puts one request too many into a second.
+PACING_MARGIN = 1.02
+# Learned rate after a 429: this share of the rate the server just accepted...
+RATE_CUT = 0.9
+# ...grown back by this fraction with every success.
+RATE_GROWTH = 0.01
 
 
 class AdaptiveLimit:
@@ -93,6 +100,10 @@ class Gate:
         self._paused_until = 0.0
         self._next_request = 0.0
         self._next_token = 0.0
+        self._next_learned = 0.0
+        self.learned_rate: float | None = None  # requests/s, after 429s
+        self._successes: collections.deque[float] = collections.deque(maxlen=4096)
+        self._last_cut = float("-inf")
         self._lock = asyncio.Lock()
 
     def pause_for(self, seconds: float) -> None:
@@ -101,6 +112,9 @@ class Gate:
     @property
     def paused_until(self) -> float:
         return self._paused_until
+
+    def now(self) -> float:
+        return self._clock()
 
     async def wait(self, tokens: int = 0) -> None:
         async with self._lock:  # starts are granted in arrival order
@@ -111,15 +125,38 @@ class Gate:
                     start = max(start, self._next_request)
                 if self.tpm:
                     start = max(start, self._next_token)
+                if self.learned_rate:
+                    start = max(start, self._next_learned)
                 if start <= now:
                     break
                 await self._sleep(start - now)
+            if self.learned_rate:
+                self._next_learned = max(self._next_learned, now) + 1.0 / self.learned_rate
             if self.rpm:
                 self._next_request = max(self._next_request, now) + 60.0 * PACING_MARGIN / self.rpm
             if self.tpm and tokens:
                 self._next_token = (
                     max(self._next_token, now) + tokens * 60.0 * PACING_MARGIN / self.tpm
                 )
+
+    def on_throttle(self) -> None:
+        """A 429: start no faster than the rate the server just accepted."""
+        now = self._clock()
+        if now - self._last_cut < 1.0:
+            return
+        self._last_cut = now
+        recent = [t for t in self._successes if t > now - 2.0]
+        if recent:
+            accepted = len(recent) / max(1.0, now - recent[0])
+        else:
+            accepted = (self.learned_rate or 2.0) / 2
+        self.learned_rate = max(0.1, accepted * RATE_CUT)
+
+    def on_accepted(self) -> None:
+        """The server accepted a request (its stream opened)."""
+        self._successes.append(self._clock())
+        if self.learned_rate is not None:
+            self.learned_rate *= 1 + RATE_GROWTH
 
     def settle(self, reserved: int, actual: int) -> None:
         """Give back the TPM reserved beyond what a request really used."""
@@ -173,10 +210,13 @@ class Breaker:
         self.trips = 0
 
     def record(self, ok: bool) -> None:
-        self.window.append(ok)
         if ok:
+            self.window.append(ok)
             self.cooldown = self.base
             return
+        if self.gate.now() < self.gate.paused_until:
+            return  # the burst that tripped the breaker is still landing
+        self.window.append(ok)
         if len(self.window) < self.window.maxlen:  # type: ignore[operator]
             return
         failures = self.window.count(False)

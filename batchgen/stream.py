@@ -104,6 +104,7 @@ async def stream_attempt(
     result: StreamResult,
     *,
     redact: Redact,
+    on_open: Callable[[], None] | None = None,
 ) -> StreamResult:
     """Run one streamed request to its end, feeding text to ``on_text``.
 
@@ -119,6 +120,8 @@ async def stream_attempt(
             headers = response.http_response.headers
             result.request_id = headers.get("x-request-id")
             result.ratelimit = {k: headers[k] for k in RATELIMIT_HEADERS if k in headers}
+            if on_open is not None:
+                on_open()
             await _consume(response.http_response, on_text, result, redact)
     except Exception:
         if result.complete:

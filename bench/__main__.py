@@ -14,6 +14,7 @@ import time
 
 SUITE = {
     "P1": "bench.p1_cpu",
+    "P3": "bench.p3_ratelimit",
 }
 
 

@@ -18,8 +18,9 @@ compared byte for byte. Behaviour is scripted in the prompt text itself::
 
 Faults: ``429`` (``429:ra=2`` Retry-After seconds, ``429:date=2`` as an HTTP
 date, ``429:ms=1500`` retry-after-ms), ``408 409 500 502 503 504 529``,
-``400 404 413``, ``inspect`` (moderation 400 in ``data:`` form), ``401``,
-``403``, ``arrearage``, ``quota`` (insufficient_quota, free quota used up),
+``400 404 413``, ``inspect`` (moderation 400 in ``data:`` form), ``401`` (its
+message echoes the key it was sent, as some servers do),
+``403``, ``arrearage``,  ``quota`` (insufficient_quota, free quota used up),
 ``reset`` (connection closed before headers), ``cut@N`` (closed after N
 chunks), ``stall@N:S`` (silent for S seconds after N chunks), ``badjson@N``,
 ``errevent@N`` (transient error event after N chunks), ``inspect@N``
@@ -30,7 +31,8 @@ silence), ``ok``.
 The server keeps a billing ledger (``GET /_control/ledger``): per HTTP
 request the prompt tokens and the completion tokens it actually sent, so cut
 streams are billed for what they delivered, as Model Studio bills them.
-Server-wide ``rpm`` / ``tpm`` limits answer 429 over a sliding minute.
+Server-wide ``rpm`` / ``tpm`` limits answer 429 over a sliding minute and,
+at a 60th of the limit, over a sliding second (Model Studio's per-second rule).
 
 Run it alone: ``python -m tests.fakeserver --port 0`` prints ``PORT <n>``.
 """
@@ -209,10 +211,17 @@ class FakeServer:
         loop = self._loop
         if loop is None:
             return
-        if self._server is not None:
-            loop.call_soon_threadsafe(self._server.close)
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            loop.stop()
+
         if self._thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            asyncio.run_coroutine_threadsafe(shutdown(), loop)
             self._thread.join(5)
 
     @property
@@ -293,7 +302,7 @@ class FakeServer:
                               "Requests rate limit exceeded, please try again later.",
                               "limit_requests", extra_headers={"Retry-After": "1"})
             return True
-        return await self._reply(plan, entry, writer)
+        return await self._reply(plan, entry, writer, auth.removeprefix("Bearer "))
 
     def _throttled(self, plan: Plan) -> bool:
         cfg = self.config
@@ -304,14 +313,19 @@ class FakeServer:
         with self._lock:
             while self._window and self._window[0][0] <= now - 60.0:
                 self._window.popleft()
-            if cfg.rpm and len(self._window) + 1 > cfg.rpm:
+            last_second = [c for t, c in reversed(self._window) if t > now - 1.0]
+            # per minute, and per second at a 60th of it, as Model Studio enforces
+            if cfg.rpm and (len(self._window) + 1 > cfg.rpm
+                            or len(last_second) + 1 > math.ceil(cfg.rpm / 60)):
                 return True
-            if cfg.tpm and sum(c for _, c in self._window) + cost > cfg.tpm:
+            if cfg.tpm and (sum(c for _, c in self._window) + cost > cfg.tpm
+                            or sum(last_second) + cost > cfg.tpm / 60):
                 return True
             self._window.append((now, cost))
         return False
 
-    async def _reply(self, plan: Plan, entry: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
+    async def _reply(self, plan: Plan, entry: dict[str, Any], writer: asyncio.StreamWriter,
+                     key: str) -> bool:
         fault = plan.fault
         name, _, arg = fault.partition("@")
         status_faults = {"408", "409", "500", "502", "503", "504", "529", "400", "404", "413"}
@@ -351,7 +365,8 @@ class FakeServer:
         if fault in ("401", "403", "arrearage", "quota"):
             entry["status"] = {"401": 401, "403": 403, "arrearage": 400, "quota": 429}[fault]
             code, msg = {
-                "401": ("invalid_api_key", "Incorrect API key provided. "),
+                # some servers echo the key they were sent: batchgen must scrub it
+                "401": ("invalid_api_key", f"Incorrect API key provided: {key}"),
                 "403": ("AccessDenied", "Access denied."),
                 "arrearage": ("Arrearage",
                               "Access denied, please make sure your account is in good standing."),
