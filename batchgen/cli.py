@@ -105,8 +105,14 @@ def main() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Log each attempt's failure as it happens.")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "lines"]),
               default="auto", show_default=True, help="Progress display.")
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True),
+              help="Stop launching before the run directory's spend could pass this.")
+@click.option("--currency", help="Currency of --max-cost (CNY, USD).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (to run, to skip, tokens, worst-case cost); call nothing.")
 @_errors
-def run(file: str, quiet: bool, verbose: bool, progress_mode: str, **kwargs: Any) -> None:
+def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool,
+        **kwargs: Any) -> None:
     """Run every prompt of FILE (YAML or JSONL), streamed, journaled and resumable.
 
     Exit codes: 0 all done, 1 some failed, 2 bad usage or job file, 3 stopped
@@ -117,6 +123,9 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, **kwargs: Any
     from .runner import RunOptions, run_job
 
     job = _load(file, kwargs)
+    if dry_run:
+        _print_plan(job)
+        return
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                             stream=sys.stderr)
@@ -130,6 +139,26 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, **kwargs: Any
     sys.exit(summary.exit_code)
 
 
+def _print_plan(job: Job) -> None:
+    from .budget import plan
+
+    p = plan(job)
+    where = "embedded local model" if job.endpoint.local else job.endpoint.base_url
+    click.echo(f"{job.name}: dry run, nothing called or written")
+    click.echo(f"  endpoint:      {where}")
+    click.echo(f"  to run:        {p.to_run}")
+    click.echo(f"  to skip:       {p.to_skip} (already done)")
+    click.echo(f"  models:        {', '.join(f'{m} ×{n}' for m, n in p.models.items()) or '-'}")
+    click.echo(f"  prompt tokens: ~{p.prompt_tokens:,} (estimated)")
+    for currency, cost in sorted(p.worst_case.items()):
+        click.echo(f"  worst case:    {cost:,.4f} {currency} (every request to its max_tokens)")
+    if p.unknown_cost:
+        unknown = ", ".join(sorted(p.unknown_cost))
+        click.echo(f"  unknown cost:  {unknown} (no price; add `pricing:`)")
+    if job.budget:
+        click.echo(f"  budget:        {job.budget.max_cost:,.4f} {job.budget.currency}")
+
+
 def _print_summary(job: Job, summary: RunSummary) -> None:
     parts = [f"{summary.done} done"]
     if summary.skipped:
@@ -141,8 +170,13 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
     if summary.failed:
         click.echo(f"  failed requests: {summary.run_dir / 'failed.jsonl'} "
                    f"(why: batchgen status {summary.run_dir})")
+    click.echo(f"  cost report: {summary.run_dir / 'report.md'} "
+               f"(batchgen report {summary.run_dir})")
     if summary.fatal is not None:
         click.echo(f"batchgen: stopped: {summary.fatal}", err=True)
+    elif summary.stopped_by == "budget":
+        click.echo("batchgen: stopped by the budget; raise it and run again to continue",
+                   err=True)
     elif summary.stopped_by == "interrupt":
         click.echo("batchgen: interrupted; run the same command again to resume", err=True)
 
@@ -211,3 +245,18 @@ def local_check(model_path: str | None) -> None:
         click.echo(INSTALL_HINT)
         sys.exit(1)
     click.echo("ok: `batchgen run jobs/example.yaml` runs on this model")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "csv"]),
+              default="table", show_default=True)
+@click.option("--by", "group_by", type=click.Choice(["model", "tag"]), default="model",
+              show_default=True, help="Rows per model, or per prompt tag.")
+@_errors
+def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
+    """The cost report of one or more run directories (shards merge)."""
+    from .report import build_report, render
+
+    click.echo(render(build_report([Path(d) for d in run_dirs], group_by), fmt), nl=False)

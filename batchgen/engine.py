@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import retry, tokens
+from .budget import BudgetGuard
 from .errors import (
     AttemptError,
     ModerationError,
@@ -97,8 +98,7 @@ class EngineDeps:
     redact: retry.Redact
     rng: random.Random
     flush_interval: float = 0.2
-    admit: Callable[[Pending], str | None] | None = None  # budget: reason to stop, or None
-    on_usage: Callable[[Pending, Usage | None, bool], None] | None = None
+    budget: BudgetGuard | None = None
 
 
 class Engine:
@@ -150,11 +150,13 @@ class Engine:
                 if self.stopping:
                     room.release()
                     break
-                if self.d.admit is not None:
-                    reason = self.d.admit(pending)
+                if self.d.budget is not None:
+                    reason = self.d.budget.admit(pending)
                     if reason is not None:
+                        # stop launching; what was admitted runs to its end
                         room.release()
-                        self.stop(reason)
+                        if self.outcome.stopped_by is None:
+                            self.outcome.stopped_by = reason
                         break
                 task = asyncio.create_task(self._request(pending))
                 self.tasks.add(task)
@@ -183,6 +185,8 @@ class Engine:
                     try:
                         if self.stopping:
                             raise _Stopped
+                        if number > p.attempts and not self._retry_fits(p):
+                            raise _Stopped
                         number += 1
                         await self._attempt(p, number, reserve)
                     finally:
@@ -199,6 +203,18 @@ class Engine:
             self.d.store.mark(p.id, "failed")
             self.outcome.failed += 1
             self.d.progress.update(failed=1, in_flight=self.limit.active)
+        finally:
+            if self.d.budget is not None:
+                self.d.budget.release(p)
+
+    def _retry_fits(self, p: Pending) -> bool:
+        """A retry spends again: it goes only while the budget still fits."""
+        budget = self.d.budget
+        if budget is None or budget.spent + sum(budget.reserved.values()) <= budget.budget.max_cost:
+            return True
+        if self.outcome.stopped_by is None:
+            self.outcome.stopped_by = "budget"
+        return False
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         if not self.stopping:
@@ -267,8 +283,8 @@ class Engine:
         self.d.store.end_attempt(live.attempt_id, end, usage=usage, now=self.d.clock(),
                                  compact=compact)
         self.live.pop(live.attempt_id, None)
-        if self.d.on_usage is not None:
-            self.d.on_usage(p, usage, end.status == "done")
+        if self.d.budget is not None:
+            self.d.budget.charge(p, usage)
 
     def _note_headers(self, result: StreamResult) -> None:
         pause = ratelimit_pause(result.ratelimit) if result.ratelimit else None

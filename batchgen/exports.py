@@ -11,11 +11,12 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .models import ID_RE
+from .pricing import PriceBook, StoreCosts
 from .store import RunStore
 
 
@@ -85,16 +86,28 @@ def _usage(row: Any) -> dict[str, Any]:
     return usage
 
 
-CostOf = Callable[[Any], dict[str, Any] | None]
+def _cost(row: Any) -> dict[str, Any] | None:
+    if row["currency"] is None or row["cost"] is None:
+        return None  # no price for this model: unknown, not 0
+    cost: dict[str, Any] = {"amount": round(row["cost"], 8), "currency": row["currency"]}
+    if row["cost_estimated"]:
+        cost["estimated"] = True
+    return cost
 
 
-def export_all(store: RunStore, run_dir: Path, cost_of: CostOf | None = None) -> dict[str, int]:
-    """Rewrite results.jsonl and failed.jsonl; restore any missing texts/ file."""
+def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) -> dict[str, int]:
+    """Rewrite results.jsonl and failed.jsonl; restore any missing texts/ file.
+
+    With a price ``book``, each result carries its ``cost`` (all its attempts).
+    """
+    with_cost = book is not None
+    if book is not None:
+        StoreCosts(store.db, book)  # registers the bg_cost SQL functions
     (run_dir / "texts").mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0, "texts_restored": 0}
 
     def results() -> Iterable[bytes]:
-        for row in store.done_in_order():
+        for row in store.done_in_order(with_cost=with_cost):
             content = row["content"] or ""
             reasoning = row["reasoning"] or ""
             line: dict[str, Any] = {"id": row["id"], "model": row["model"], "content": content}
@@ -106,8 +119,8 @@ def export_all(store: RunStore, run_dir: Path, cost_of: CostOf | None = None) ->
             line["fingerprint"] = row["fingerprint"]
             if row["tags"]:
                 line["tags"] = json.loads(row["tags"])
-            if cost_of is not None:
-                line["cost"] = cost_of(row)
+            if with_cost:
+                line["cost"] = _cost(row)
             counts["done"] += 1
             path = text_path(run_dir, row["id"])
             if not path.exists():
@@ -128,3 +141,12 @@ def export_all(store: RunStore, run_dir: Path, cost_of: CostOf | None = None) ->
     write_atomic(run_dir / "results.jsonl", results())
     write_atomic(run_dir / "failed.jsonl", failed())
     return counts
+
+
+def write_reports(run_dir: Path) -> None:
+    """report.md and report.json beside the results, after every run."""
+    from .report import build_report, render
+
+    report = build_report([run_dir])
+    write_atomic(run_dir / "report.md", render(report, "md").encode("utf-8"))
+    write_atomic(run_dir / "report.json", render(report, "json").encode("utf-8"))

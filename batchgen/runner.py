@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .budget import BudgetGuard, check_budget
 from .engine import Engine, EngineDeps, Outcome
 from .errors import RunFatalError
-from .exports import clean_temp, export_all
+from .exports import clean_temp, export_all, write_reports
 from .jobfile import Job
 from .lock import RunLock
+from .pricing import PriceBook, overrides_to_json
 from .progress import NullProgress, Progress
 from .secrets import Redactor, api_key_from_env, quiet_transport_logs
 from .store import RunStore
@@ -91,6 +93,9 @@ def run_job(job: Job, options: RunOptions | None = None) -> RunSummary:
 
 async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
     api_key = api_key_from_env(job.endpoint.api_key_env)  # before anything is written
+    book = PriceBook(job.pricing)
+    if job.budget is not None:
+        check_budget(job, book)  # before anything is written, too
     quiet_transport_logs()
     redact = Redactor(api_key)
     job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,17 +104,19 @@ async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
     (job.run_dir / "texts").mkdir(exist_ok=True)
     clean_temp(job.run_dir)
     try:
-        return await _locked_run(job, opts, api_key, redact)
+        return await _locked_run(job, opts, api_key, redact, book)
     finally:
         lock.release()
 
 
-async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor) -> RunSummary:
+async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor,
+                      book: PriceBook) -> RunSummary:
     store = RunStore(job.run_dir / "run.db")
     try:
         run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
                                  region=job.endpoint.region, pid=os.getpid(),
                                  version=__version__, now=opts.clock())
+        store.set_meta("pricing", overrides_to_json(job.pricing))
         store.recover(estimate, now=opts.clock())
         total = store.sync_requests(job.requests())
         todo = store.count_todo()
@@ -117,12 +124,14 @@ async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor
         opts.progress.start(todo, total - todo)
         outcome = Outcome()
         if todo:
-            outcome = await _run_engine(job, opts, store, run_id, api_key, redact)
+            guard = BudgetGuard(job.budget, job, book, store) if job.budget else None
+            outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard)
         summary.done, summary.failed = outcome.done, outcome.failed
         summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
         summary.pending = store.count_todo() - _failed_count(store)
-        export_all(store, job.run_dir)
+        export_all(store, job.run_dir, book)
         store.end_run(run_id, _status(summary), opts.clock())
+        write_reports(job.run_dir)
         return summary
     finally:
         opts.progress.close()
@@ -130,7 +139,7 @@ async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor
 
 
 async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
-                      api_key: str, redact: Redactor) -> Outcome:
+                      api_key: str, redact: Redactor, budget: BudgetGuard | None) -> Outcome:
     """Start the endpoint (a local server, if asked), then the engine; both stop on signals."""
     holder: dict[str, Any] = {}
     restore = _install_signals(holder) if opts.handle_signals else (lambda: None)
@@ -151,7 +160,8 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
             engine = Engine(
                 EngineDeps(store=store, client=client, run_dir=job.run_dir, run_id=run_id,
                            progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
-                           redact=redact, rng=opts.rng, flush_interval=opts.flush_interval),
+                           redact=redact, rng=opts.rng, flush_interval=opts.flush_interval,
+                           budget=budget),
                 concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
                 rpm=job.run.rpm, tpm=job.run.tpm,
             )

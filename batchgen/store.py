@@ -330,13 +330,29 @@ class RunStore:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    def done_in_order(self) -> Iterator[sqlite3.Row]:
-        """Finished requests of the job in job order, with their text and usage."""
+    def done_in_order(self, with_cost: bool = False) -> Iterator[sqlite3.Row]:
+        """Finished requests of the job in job order, with their text and usage.
+
+        ``with_cost`` adds what each request cost over all its attempts (needs
+        the ``bg_cost`` functions of :class:`batchgen.pricing.StoreCosts`).
+        """
+        cost = (
+            ", (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
+            "   ux.reasoning_tokens, ux.cached_tokens)) FROM attempts x "
+            "   LEFT JOIN usage ux ON ux.attempt_id = x.id WHERE x.request_id = r.id "
+            "   AND x.fingerprint = r.fingerprint) AS cost, "
+            " (SELECT MAX(ux.estimated) FROM attempts x JOIN usage ux ON ux.attempt_id = x.id "
+            "   WHERE x.request_id = r.id AND x.fingerprint = r.fingerprint) AS cost_estimated, "
+            " bg_currency(a.run_id, a.model) AS currency "
+        ) if with_cost else " "
         cur = self.db.cursor()
         cur.row_factory = sqlite3.Row
-        yield from cur.execute(
-            "SELECT r.id, r.model, r.fingerprint, r.tags, a.id AS attempt_id, a.finish_reason, "
-            " a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
+        # `cost` is one of two fixed fragments above; nothing here comes from a user
+        sql = (
+            "SELECT r.id, r.model, r.fingerprint, r.tags, a.id AS attempt_id, "  # noqa: S608
+            "a.finish_reason"
+            + cost
+            + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "
             " s.content, s.reasoning, u.prompt_tokens, u.completion_tokens, u.total_tokens, "
             " u.reasoning_tokens, u.cached_tokens, u.estimated "
@@ -345,6 +361,7 @@ class RunStore:
             "LEFT JOIN usage u ON u.attempt_id = a.id "
             "WHERE r.position IS NOT NULL AND r.state = 'done' ORDER BY r.position"
         )
+        yield from cur.execute(sql)
 
     def failed_in_order(self) -> Iterator[sqlite3.Row]:
         """Requests of the job that failed for good, with their last attempt's error."""

@@ -152,10 +152,12 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
         state = rng ^ salt
         for i in range(n):
             state = (state * 6364136223846793005 + 1442695040888963407) & (2**64 - 1)
-            if cjk:
+            if cjk:  # one or two characters a token, 1.6 on average (as Qwen's)
                 a = CJK_VOCAB[(state >> 33) % len(CJK_VOCAB)]
                 b = CJK_VOCAB[(state >> 17) % len(CJK_VOCAB)]
-                out.append(a + b)
+                out.append(a + b if (state >> 7) % 5 < 3 else a)
+            elif i and (state >> 9) % 8 == 0:  # punctuation is a token of its own
+                out.append(",." [(state >> 13) % 2])
             else:
                 word = VOCAB[(state >> 33) % len(VOCAB)]
                 out.append(word if i == 0 else " " + word)

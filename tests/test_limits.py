@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from batchgen.limits import PACING_MARGIN, AdaptiveLimit, Gate, parse_duration, ratelimit_pause
 from tests.conftest import FakeTime
@@ -19,7 +20,7 @@ def test_rpm_spaces_starts_evenly_instead_of_bursting() -> None:
             starts.append(time.now)
 
     asyncio.run(go())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(abs(g - 0.5 * PACING_MARGIN) < 1e-9 for g in gaps)
     assert starts[0] == 0.0
 

@@ -90,6 +90,10 @@ def test_small_job_end_to_end_with_reported_usage(tmp_path: Path) -> None:
         assert not (run_dir / "texts" / f"{r['id']}.reasoning.md").exists()
     assert not (run_dir / PID_FILE).exists()
     assert "3 done" in out
+    report = json.loads((run_dir / "report.json").read_text())  # a local run costs 0
+    assert report["unknown_cost"] == []
+    assert [(t["cost"], t["currency"]) for t in report["totals"]] == [(0.0, "USD")]
+    assert all(r["cost"] == {"amount": 0.0, "currency": "USD"} for r in results)
 
 
 def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) -> None:

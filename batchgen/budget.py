@@ -1,0 +1,134 @@
+"""Budget guard and dry-run plan: worst-case cost before anything is spent.
+
+Before a request starts, what the run directory has spent so far plus the
+worst case of every request in flight (its prompt estimate at the input price
+and its ``max_tokens`` at the higher of the output and thinking prices) must
+fit under ``max_cost``. When it would not, the run stops launching, lets
+in-flight requests finish, writes its report and exits 3. A request without
+``max_tokens`` is assumed to produce at most 8,192 tokens here; set
+``max_tokens`` for a hard bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import tokens
+from .errors import UsageError
+from .jobfile import Job
+from .models import Budget
+from .pricing import ASSUMED_MAX_OUTPUT, ModelPrice, PriceBook, PriceList, StoreCosts
+from .store import Pending, RunStore
+from .usage import Usage
+
+
+def worst_case(price: ModelPrice, body: dict[str, Any]) -> float:
+    prompt = tokens.prompt_tokens(body.get("messages") or [])
+    max_out = int(body.get("max_tokens") or body.get("max_completion_tokens")
+                  or ASSUMED_MAX_OUTPUT)
+    return price.worst_case(prompt, max_out)
+
+
+def endpoint_list(job: Job, book: PriceBook) -> PriceList | None:
+    return book.list_for(job.endpoint.base_url, job.endpoint.region, job.endpoint.local)
+
+
+def check_budget(job: Job, book: PriceBook) -> None:
+    """A budget needs a price, in its currency, for every model of the job."""
+    assert job.budget is not None
+    plist = endpoint_list(job, book)
+    for model in job.info.models:
+        price = book.price(plist, model)
+        if price is None:
+            raise UsageError(
+                f"a budget is set but model {model!r} has no price on this endpoint; "
+                "add it under `pricing:` in the job file"
+            )
+        if price.currency != job.budget.currency:
+            raise UsageError(
+                f"the budget is in {job.budget.currency} but {model!r} is priced in "
+                f"{price.currency}; set budget.currency: {price.currency}"
+            )
+
+
+class BudgetGuard:
+    """Admits a request only while spent + in-flight worst cases fit."""
+
+    def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore) -> None:
+        self.budget = budget
+        self.book = book
+        self.plist = endpoint_list(job, book)
+        check_budget(job, book)
+        StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
+        self.spent = 0.0
+        for row in store.query(
+            "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
+            "u.reasoning_tokens, u.cached_tokens) AS cost, bg_currency(a.run_id, a.model) AS cur "
+            "FROM attempts a JOIN usage u ON u.attempt_id = a.id"
+        ):
+            if row["cost"] is not None and row["cur"] == budget.currency:
+                self.spent += row["cost"]
+        self.reserved: dict[str, float] = {}
+
+    def _price(self, model: str) -> ModelPrice:
+        price = self.book.price(self.plist, model)
+        assert price is not None  # checked for every model of the job in __init__
+        return price
+
+    def admit(self, p: Pending) -> str | None:
+        """None to go ahead (and reserve), or the reason to stop."""
+        worst = worst_case(self._price(p.model), p.body)
+        if self.spent + sum(self.reserved.values()) + worst > self.budget.max_cost:
+            return "budget"
+        self.reserved[p.id] = worst
+        return None
+
+    def charge(self, p: Pending, usage: Usage | None) -> None:
+        if usage is not None:
+            self.spent += self._price(p.model).cost(usage.prompt_tokens, usage.completion_tokens,
+                                                    usage.reasoning_tokens, usage.cached_tokens)
+
+    def release(self, p: Pending) -> None:
+        self.reserved.pop(p.id, None)
+
+
+@dataclass
+class Plan:
+    """What ``run --dry-run`` prints: nothing was called or written."""
+
+    to_run: int = 0
+    to_skip: int = 0
+    prompt_tokens: int = 0
+    worst_case: dict[str, float] = field(default_factory=dict)
+    unknown_cost: set[str] = field(default_factory=set)
+    models: dict[str, int] = field(default_factory=dict)
+
+
+def plan(job: Job) -> Plan:
+    book = PriceBook(job.pricing)
+    plist = endpoint_list(job, book)
+    db = job.run_dir / "run.db"
+    store = RunStore(db, readonly=True) if db.exists() else None
+    result = Plan()
+    try:
+        for req in job.requests():
+            if store is not None:
+                done = store.query("SELECT 1 FROM requests WHERE id=? AND fingerprint=? "
+                                   "AND state='done'", (req.id, req.fingerprint))
+                if done:
+                    result.to_skip += 1
+                    continue
+            result.to_run += 1
+            result.models[req.model] = result.models.get(req.model, 0) + 1
+            result.prompt_tokens += tokens.prompt_tokens(req.body.get("messages") or [])
+            price = book.price(plist, req.model)
+            if price is None:
+                result.unknown_cost.add(req.model)
+            else:
+                result.worst_case[price.currency] = (
+                    result.worst_case.get(price.currency, 0.0) + worst_case(price, req.body))
+    finally:
+        if store is not None:
+            store.close()
+    return result
