@@ -31,13 +31,14 @@ from .errors import (
 from .exports import write_texts
 from .limits import AdaptiveLimit, Breaker, Gate, ratelimit_pause
 from .progress import Progress
-from .store import AttemptEnd, Pending, RunStore
+from .store import AttemptEnd, Ended, Pending, RunStore
 from .stream import StreamResult, stream_attempt
 from .usage import Usage, estimate, from_report
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT_RESERVE = 4096  # tokens assumed for TPM when a request sets no max_tokens
+DEFAULT_OUTPUT_RESERVE = 4096
+FINISH_BATCH = 0.01  # seconds: finished requests committed together  # tokens assumed for TPM when a request sets no max_tokens
 
 
 class _Stopped(Exception):
@@ -112,7 +113,7 @@ class Engine:
         self.max_active = max(2 * concurrency, concurrency + 4)
         self.outcome = Outcome()
         self.live: dict[int, _Live] = {}
-        self.finished_texts: list[tuple[str, str, str]] = []
+        self.finished: list[Ended] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self._finished = asyncio.Event()
@@ -252,11 +253,14 @@ class Engine:
         self._note_headers(result)
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         usage = from_report(result.usage, p.body, content, reasoning)
-        self._end(live, p, AttemptEnd(status="done", finish_reason=result.finish_reason,
-                                      provider_request_id=result.request_id),
-                  usage, compact=(content, reasoning))
-        store.mark(p.id, "done", attempt_id)
-        self.finished_texts.append((p.id, content, reasoning))
+        # Journaled by the flusher, many at once, within FINISH_BATCH seconds.
+        self.finished.append(Ended(
+            attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
+                                   provider_request_id=result.request_id),
+            usage, self.d.clock(), request_id=p.id, content=content, reasoning=reasoning))
+        self.live.pop(attempt_id, None)
+        if self.d.budget is not None:
+            self.d.budget.charge(p, usage)
         self._finished.set()
         self.outcome.done += 1
         self.limit.on_success()
@@ -274,14 +278,12 @@ class Engine:
             return None
         return estimate(p.body, "".join(live.content), "".join(live.reasoning))
 
-    def _end(self, live: _Live, p: Pending, end: AttemptEnd, usage: Usage | None,
-             compact: tuple[str, str] | None = None) -> None:
-        if compact is None:
-            segment = live.take_segment()
-            if segment is not None:
-                self.d.store.add_segments([segment])
-        self.d.store.end_attempt(live.attempt_id, end, usage=usage, now=self.d.clock(),
-                                 compact=compact)
+    def _end(self, live: _Live, p: Pending, end: AttemptEnd, usage: Usage | None) -> None:
+        """An attempt that did not finish: its text so far and its end, now."""
+        segment = live.take_segment()
+        if segment is not None:
+            self.d.store.add_segments([segment])
+        self.d.store.end_attempt(live.attempt_id, end, usage=usage, now=self.d.clock())
         self.live.pop(live.attempt_id, None)
         if self.d.budget is not None:
             self.d.budget.charge(p, usage)
@@ -308,23 +310,39 @@ class Engine:
 
     # ------------------------------------------------------------ journal
 
+    def closing(self) -> bool:
+        return self._closing
+
     async def _flush_loop(self) -> None:
         # Every flush_interval, and at once when a request finished: a finished
         # result should be on disk before a kill can make a re-run pay for it.
+        loop = asyncio.get_running_loop()
+        next_segments = loop.time() + self.d.flush_interval
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished.wait(), self.d.flush_interval)
+                await asyncio.wait_for(self._finished.wait(),
+                                       max(0.0, next_segments - loop.time()))
+            if self._finished.is_set():
+                await asyncio.sleep(FINISH_BATCH)  # let finishes that arrive together share it
             self._finished.clear()
-            if not self._closing:
-                await self.flush()
+            if self.closing():
+                break
+            segments = loop.time() >= next_segments
+            if segments:
+                next_segments = loop.time() + self.d.flush_interval
+            await self.flush(segments=segments)
 
-    async def flush(self) -> None:
-        """Commit buffered text, then write the files of finished requests."""
-        rows = [s for s in (live.take_segment() for live in list(self.live.values())) if s]
-        if rows:
-            self.d.store.add_segments(rows)
+    async def flush(self, segments: bool = True) -> None:
+        """Commit (with the text streamed so far when ``segments``), then write
+        the files of requests that finished; their text went in with them."""
+        if segments:
+            rows = [s for s in (live.take_segment() for live in list(self.live.values())) if s]
+            if rows:
+                self.d.store.add_segments(rows)
+        finished, self.finished = self.finished, []
+        if finished:
+            self.d.store.end_attempts(finished)
         self.d.store.commit()
-        finished, self.finished_texts = self.finished_texts, []
         if finished:
             try:
                 await asyncio.to_thread(_write_all, self.d.run_dir, finished)
@@ -333,6 +351,7 @@ class Engine:
         self.d.progress.update(in_flight=self.limit.active)
 
 
-def _write_all(run_dir: Path, finished: list[tuple[str, str, str]]) -> None:
-    for request_id, content, reasoning in finished:
-        write_texts(run_dir, request_id, content, reasoning)
+def _write_all(run_dir: Path, finished: list[Ended]) -> None:
+    for done in finished:
+        assert done.request_id is not None
+        write_texts(run_dir, done.request_id, done.content, done.reasoning)

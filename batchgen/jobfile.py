@@ -128,7 +128,9 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
     count = 0
     models: dict[str, None] = {}
     seen: set[str] = set()
+    plan = hashlib.sha256()
     for req in _resolve_all(job, collect):
+        plan.update(f"{req.id}\0{req.fingerprint}\n".encode())
         if req.id in seen:
             collect(Problem(req.source.rsplit(":", 1)[0], _line(req.source), "id",
                             f"duplicate id {req.id!r}: ids must be unique in a job"))
@@ -140,7 +142,8 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
     if problems:
         raise JobFileError(problems)
     files = tuple(str(s.file) for s in sources)
-    info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)))
+    info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
+                   plan_digest=plan.hexdigest())
     return replace(job, info=info)
 
 

@@ -357,3 +357,4 @@ class JobInfo:
     requests: int
     models: tuple[str, ...]
     files: tuple[str, ...] = field(default=())
+    plan_digest: str = ""  # SHA-256 over every (id, fingerprint) in job order

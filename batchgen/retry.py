@@ -156,6 +156,22 @@ def _mro_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
+def _root(exc: BaseException) -> BaseException:
+    """The original error: transports re-raise their own under another name
+    (aiohttp's ServerDisconnectedError arrives as httpx's ConnectTimeout)."""
+    seen = 0
+    while exc.__cause__ is not None and seen < 10:
+        exc = exc.__cause__
+        seen += 1
+    return exc
+
+
+TIMEOUTS = frozenset({"APITimeoutError", "TimeoutException", "ReadTimeout", "TimeoutError",
+                      "SocketTimeoutError", "ServerTimeoutError"})
+TRANSPORT_ERRORS = frozenset({"APIConnectionError", "TransportError", "ConnectionError", "OSError",
+                              "ClientError", "HTTPError"})
+
+
 def classify(exc: BaseException, *, redact: Redact = _no_redact) -> AttemptError:
     """Turn anything an attempt raised into exactly one :class:`AttemptError`."""
     if isinstance(exc, AttemptError):
@@ -171,15 +187,15 @@ def classify(exc: BaseException, *, redact: Redact = _no_redact) -> AttemptError
             request_id=getattr(exc, "request_id", None),
             redact=redact,
         )
-    # openai wraps errors raised before a response; httpx / httpx2 errors raised
-    # while reading the body reach us unwrapped. Both are matched by class name
-    # so that either transport generation is understood.
-    if names & {"APITimeoutError", "TimeoutException", "ReadTimeout", "TimeoutError"}:
-        return TransientError(
-            redact(str(exc) or "no bytes within the idle timeout"), error_class="idle_timeout"
-        )
-    if names & {"APIConnectionError", "TransportError", "ConnectionError", "OSError"}:
-        return TransientError(redact(str(exc) or type(exc).__name__), error_class="connection")
+    # openai wraps errors raised before a response; transport errors raised
+    # while reading the body reach us unwrapped. They are matched by class name
+    # (of the original error first), so httpx, httpx2 and aiohttp are understood.
+    for names in (_mro_names(_root(exc)), names):
+        text = redact(str(exc) or type(exc).__name__)
+        if names & TIMEOUTS:
+            return TransientError(text, error_class="idle_timeout")
+        if names & TRANSPORT_ERRORS:
+            return TransientError(text, error_class="connection")
     return RequestFatalError(
         redact(f"{type(exc).__name__}: {exc}"), error_class="internal_error"
     )

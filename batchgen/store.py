@@ -116,6 +116,20 @@ class Pending:
 
 
 @dataclass(frozen=True)
+class Ended:
+    """One ended attempt, for :meth:`RunStore.end_attempts`. A finished one
+    carries its ``request_id`` and full text."""
+
+    attempt_id: int
+    end: AttemptEnd
+    usage: Usage | None
+    now: float
+    request_id: str | None = None
+    content: str = ""
+    reasoning: str = ""
+
+
+@dataclass(frozen=True)
 class AttemptEnd:
     """How an attempt ended; everything goes into its ``attempts`` row."""
 
@@ -264,6 +278,10 @@ class RunStore:
                               tuple(json.loads(tags)) if tags else (), n)
                 last = pos
 
+    def last_attempt_id(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
+        return int(row[0])
+
     def count_todo(self) -> int:
         row = self.db.execute(
             "SELECT COUNT(*) FROM requests WHERE position IS NOT NULL AND state != 'done'"
@@ -296,23 +314,36 @@ class RunStore:
         )
 
     def end_attempt(self, attempt_id: int, end: AttemptEnd, *, usage: Usage | None,
-                    now: float, compact: tuple[str, str] | None = None) -> None:
-        """Record how an attempt ended; ``compact`` replaces its segments by one row."""
-        self.db.execute(
+                    now: float) -> None:
+        """Record how an unfinished attempt ended (error, aborted)."""
+        self.end_attempts([Ended(attempt_id, end, usage, now)])
+
+    def end_attempts(self, batch: list[Ended]) -> None:
+        """Record many ended attempts at once. A finished one (``request_id``
+        set) gets its segments compacted into one row and its request marked
+        done — in the same transaction, so a result is either all there or not."""
+        db = self.db
+        db.executemany(
             "UPDATE attempts SET ended=?, status=?, finish_reason=?, error_class=?, "
             "error_code=?, http_status=?, error_message=?, provider_request_id=? WHERE id=?",
-            (now, end.status, end.finish_reason, end.error_class, end.error_code,
-             end.http_status, end.error_message, end.provider_request_id, attempt_id),
+            [(e.now, e.end.status, e.end.finish_reason, e.end.error_class, e.end.error_code,
+              e.end.http_status, e.end.error_message, e.end.provider_request_id, e.attempt_id)
+             for e in batch],
         )
-        if usage is not None:
-            self.db.execute(
-                "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (attempt_id, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
-                 usage.reasoning_tokens, usage.cached_tokens, int(usage.estimated), usage.raw),
-            )
-        if compact is not None:
-            self.db.execute("DELETE FROM segments WHERE attempt_id=?", (attempt_id,))
-            self.db.execute("INSERT INTO segments VALUES (?, 0, ?, ?)", (attempt_id, *compact))
+        db.executemany(
+            "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.attempt_id, u.prompt_tokens, u.completion_tokens, u.total_tokens,
+              u.reasoning_tokens, u.cached_tokens, int(u.estimated), u.raw)
+             for e in batch if (u := e.usage) is not None],
+        )
+        done = [e for e in batch if e.request_id is not None]
+        if done:
+            db.executemany("DELETE FROM segments WHERE attempt_id=?",
+                           [(e.attempt_id,) for e in done])
+            db.executemany("INSERT INTO segments VALUES (?, 0, ?, ?)",
+                           [(e.attempt_id, e.content, e.reasoning) for e in done])
+            db.executemany("UPDATE requests SET state='done', done_attempt=? WHERE id=?",
+                           [(e.attempt_id, e.request_id) for e in done])
 
     def attempt_text(self, attempt_id: int) -> tuple[str, str]:
         rows = self.db.execute(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,12 @@ from .retry import Redact, from_payload
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+
+# Streams older than COALESCE_AFTER seconds read at most every COALESCE_FOR s.
+COALESCE_AFTER = 1.0
+COALESCE_FOR = 0.05
+
+_decode = json.JSONDecoder().raw_decode  # half the cost of json.loads(bytes) per chunk
 
 # After the finish_reason and usage have arrived, wait this long for [DONE]:
 # nothing that matters can follow, and a server that goes quiet instead of
@@ -64,7 +71,12 @@ def make_client(
     idle_timeout: float,
     max_connections: int,
 ) -> AsyncOpenAI:
-    """An async client with the SDK's retries off and an idle (read) timeout."""
+    """An async client with the SDK's retries off and an idle (read) timeout.
+
+    The transport is aiohttp where the SDK supports it (``DefaultAioHttpClient``):
+    it costs about 40% less CPU per chunk and per request than httpx here
+    (``python -m bench``). ``BATCHGEN_HTTP=httpx`` picks httpx.
+    """
     import openai
 
     limits_type = type(openai.DEFAULT_CONNECTION_LIMITS)
@@ -74,23 +86,39 @@ def make_client(
         keepalive_expiry=30.0,
     )
     timeout = openai.Timeout(connect=connect_timeout, read=idle_timeout, write=60.0, pool=None)
+    http_client: Any = None
+    if os.environ.get("BATCHGEN_HTTP", "aiohttp") == "aiohttp":
+        try:
+            http_client = openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
+        except (AttributeError, ImportError, RuntimeError):
+            http_client = None  # an SDK without aiohttp support, or aiohttp missing
+    if http_client is None:
+        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
     return openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,
         timeout=timeout,
-        http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
+        http_client=http_client,
     )
 
 
 def request_kwargs(body: dict[str, Any]) -> dict[str, Any]:
-    """SDK keyword arguments for a stored body: everything but model and
-    messages travels in ``extra_body`` so any parameter passes through as is."""
-    extra: dict[str, Any] = {k: v for k, v in body.items() if k not in ("model", "messages")}
+    """SDK keyword arguments for a stored body.
+
+    Everything but the model travels in ``extra_body``, which the SDK sends
+    as given and lets take precedence over its own arguments: any parameter
+    passes through unchanged, and the SDK skips its per-request walk over the
+    typed message structure (about a millisecond of CPU a request). The
+    ``messages`` argument is still given — empty — because ``create`` requires it.
+    """
+    extra: dict[str, Any] = {k: v for k, v in body.items() if k != "model"}
     extra.update(extra.pop("extra_body", None) or {})
+    extra["stream"] = True
+    extra["stream_options"] = {"include_usage": True}
     return {
         "model": body["model"],
-        "messages": body["messages"],
+        "messages": [],
         "stream": True,
         "stream_options": {"include_usage": True},
         "extra_body": extra,
@@ -141,6 +169,8 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
     data: list[bytes] = []
     event = b""
     chunks = http.aiter_bytes().__aiter__()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     while True:
         try:
             if result.complete and result.usage is not None:
@@ -149,6 +179,11 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
                 chunk = await chunks.__anext__()
         except (StopAsyncIteration, TimeoutError):
             break
+        if loop.time() - started > COALESCE_AFTER:
+            # A long generation: let a few chunks gather in the socket buffer
+            # between reads. Each wake-up of a stream costs more CPU than parsing
+            # a chunk, and nothing here needs text sooner than the journal does.
+            await asyncio.sleep(COALESCE_FOR)
         buffer += chunk
         if b"\n" not in chunk:
             continue
@@ -157,7 +192,8 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if not line:
                 if data:
-                    if _dispatch(b"\n".join(data), event, on_text, result, redact):
+                    payload = data[0] if len(data) == 1 else b"\n".join(data)
+                    if _dispatch(payload, event, on_text, result, redact):
                         return
                     data = []
                 event = b""
@@ -181,7 +217,10 @@ def _dispatch(payload: bytes, event: bytes, on_text: OnText, result: StreamResul
         result.done_marker = True
         return True
     try:
-        obj = json.loads(payload)
+        text = payload.decode()
+        obj, end = _decode(text)
+        if end != len(text) and text[end:].strip():
+            raise ValueError("trailing data")
     except ValueError:
         shown = redact(payload[:80].decode("utf-8", "replace"))
         raise TransientError(

@@ -14,7 +14,11 @@ import time
 
 SUITE = {
     "P1": "bench.p1_cpu",
+    "P2": "bench.p2_concurrency",
     "P3": "bench.p3_ratelimit",
+    "P4": "bench.p4_memory",
+    "P5": "bench.p5_rerun",
+    "P6": "bench.p6_startup",
 }
 
 

@@ -233,8 +233,12 @@ class FakeServer:
     # ------------------------------------------------------------- serving
 
     async def _ticker(self, interval: float) -> None:
+        """One chunk per stream every ``interval`` s, on absolute deadlines (no drift)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
         while True:
-            await asyncio.sleep(interval)
+            deadline += interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
             for queue in list(self._tick_streams):
                 queue.put_nowait(None)
 
@@ -244,6 +248,7 @@ class FakeServer:
                 line = await reader.readline()
                 if not line:
                     return
+                received = time.monotonic()
                 method, path, _ = line.decode("latin-1").split(" ", 2)
                 headers: dict[str, str] = {}
                 while True:
@@ -254,7 +259,7 @@ class FakeServer:
                     headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0"))
                 raw = await reader.readexactly(length) if length else b""
-                keep = await self._route(method, path, headers, raw, writer)
+                keep = await self._route(method, path, headers, raw, writer, received)
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -264,7 +269,7 @@ class FakeServer:
                 writer.close()
 
     async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes,
-                     writer: asyncio.StreamWriter) -> bool:
+                     writer: asyncio.StreamWriter, received: float = 0.0) -> bool:
         if path.startswith("/_control/"):
             return await self._control(method, path, raw, writer)
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
@@ -293,7 +298,7 @@ class FakeServer:
                                  "stream": bool(body.get("stream")),
                                  "include_usage": bool((body.get("stream_options") or {})
                                                        .get("include_usage")),
-                                 "body": body}
+                                 "body": body, "received": received}
         with self._lock:
             self.ledger.entries.append(entry)
         if self._throttled(plan):
@@ -391,6 +396,7 @@ class FakeServer:
             + f"x-request-id: {uuid.uuid4()}\r\n\r\n".encode()
         )
         entry["prompt_tokens"] = plan.prompt_tokens
+        entry["started"] = time.monotonic()
         events: list[tuple[str, bytes]] = []
         first = ('data: {"choices":[{"delta":{"content":' +
                  ('null,"role":"assistant","reasoning_content":""' if plan.reasoning
@@ -454,6 +460,7 @@ class FakeServer:
                 if kind == "token" and (queue is None or sent_chunks % 8 == 0):
                     await writer.drain()
             entry["complete"] = True
+            entry["ended"] = time.monotonic()
             if fault == "hang":
                 await writer.drain()
                 await asyncio.sleep(3600)

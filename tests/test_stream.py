@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from batchgen.errors import ModerationError, TransientError
 from batchgen.stream import StreamResult, _consume, request_kwargs
 from batchgen.usage import from_report
+from tests.fakeserver import FakeServer
 
 
 class Body:
@@ -139,8 +141,26 @@ def test_request_kwargs_pass_every_parameter_through() -> None:
             "temperature": 0.2, "response_format": {"type": "json_object"},
             "extra_body": {"enable_thinking": True, "thinking_budget": 50}}
     kwargs = request_kwargs(body)
-    assert kwargs["stream"] is True
-    assert kwargs["stream_options"] == {"include_usage": True}
-    assert kwargs["extra_body"] == {"temperature": 0.2, "response_format": {"type": "json_object"},
-                                    "enable_thinking": True, "thinking_budget": 50}
+    assert kwargs["model"] == "qwen-plus" and kwargs["stream"] is True
+    # extra_body is sent as is and wins over the SDK's own arguments
+    assert kwargs["extra_body"] == {
+        "messages": [{"role": "user", "content": "x"}], "temperature": 0.2,
+        "response_format": {"type": "json_object"}, "enable_thinking": True,
+        "thinking_budget": 50, "stream": True, "stream_options": {"include_usage": True}}
     assert "extra_body" in body  # the stored body is not changed
+
+
+def test_the_wire_body_is_the_stored_body(tmp_path: Path, fake: FakeServer) -> None:
+    from batchgen import load_job, run_job
+    from tests.conftest import write_job
+
+    messages = [{"role": "system", "content": "s"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    job = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "messages": messages,
+                                                   "temperature": 0.3, "seed": 7,
+                                                   "extra_body": {"top_k": 5}}])
+    run_job(load_job(job))
+    (entry,) = fake.ledger.entries
+    assert entry["body"] == {"model": "qwen-plus", "messages": messages, "temperature": 0.3,
+                             "seed": 7, "top_k": 5, "stream": True,
+                             "stream_options": {"include_usage": True}}
