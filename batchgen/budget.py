@@ -62,7 +62,7 @@ class BudgetGuard:
         check_budget(job, book)
         StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
         self.spent = 0.0
-        for row in store.query(
+        for row in store.iterate(
             "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
             "u.reasoning_tokens, u.cached_tokens) AS cost, bg_currency(a.run_id, a.model) AS cur "
             "FROM attempts a JOIN usage u ON u.attempt_id = a.id"

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from .errors import (
     RunFatalError,
     TransientError,
 )
-from .exports import write_texts
+from .exports import text_files, write_many_atomic
 from .limits import AdaptiveLimit, Breaker, Gate, ratelimit_pause
 from .progress import Progress
 from .store import AttemptEnd, Ended, Pending, RunStore
@@ -37,8 +39,10 @@ from .usage import Usage, estimate, from_report
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT_RESERVE = 4096
-FINISH_BATCH = 0.01  # seconds: finished requests committed together  # tokens assumed for TPM when a request sets no max_tokens
+DEFAULT_OUTPUT_RESERVE = 4096  # tokens assumed for TPM when a request sets no max_tokens
+FINISH_BATCH = 0.01  # seconds: finished requests committed together
+MAX_PENDING_TEXT = 8 * 1024 * 1024  # bytes of finished results waiting for their files
+ENDED_OVERHEAD = 2048  # bytes a finished result holds besides its text
 
 
 class _Stopped(Exception):
@@ -118,6 +122,10 @@ class Engine:
         self.stopping = False
         self._finished = asyncio.Event()
         self._closing = False
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-texts")
+        self._writes: set[asyncio.Future[None]] = set()
+        self._pending_bytes = 0
+        self._room = asyncio.Event()
 
     # ------------------------------------------------------------ control
 
@@ -141,6 +149,8 @@ class Engine:
             self._finished.set()
             await flusher
             await self.flush()
+            await self._drain_writes()
+            self._writer.shutdown(wait=True)
         return self.outcome
 
     async def _launch_all(self) -> None:
@@ -148,6 +158,7 @@ class Engine:
         try:
             for pending in self.d.store.pending():
                 await room.acquire()
+                await self._writer_room()
                 if self.stopping:
                     room.release()
                     break
@@ -344,14 +355,39 @@ class Engine:
             self.d.store.end_attempts(finished)
         self.d.store.commit()
         if finished:
-            try:
-                await asyncio.to_thread(_write_all, self.d.run_dir, finished)
-            except OSError as exc:  # the store has the text; export writes it again
-                log.warning("could not write texts/ files yet: %s", exc)
+            # Files follow the commit on a writer thread, so commits never wait
+            # for them. Creating a file costs ~1 ms here: when short requests
+            # finish faster than that, the launcher waits (see _writer_room).
+            size = sum(len(d.content) + len(d.reasoning) + ENDED_OVERHEAD for d in finished)
+            self._pending_bytes += size
+            future = asyncio.get_running_loop().run_in_executor(
+                self._writer, _write_all, self.d.run_dir, finished)
+            future.add_done_callback(functools.partial(self._written, size=size))
+            self._writes.add(future)
         self.d.progress.update(in_flight=self.limit.active)
+
+    def _written(self, future: asyncio.Future[None], *, size: int) -> None:
+        self._writes.discard(future)
+        self._pending_bytes -= size
+        self._room.set()
+        if not future.cancelled() and future.exception() is not None:
+            # the store has the text; the export at the end writes it again
+            log.warning("could not write texts/ files yet: %s", future.exception())
+
+    async def _writer_room(self) -> None:
+        """Hold launches while too much finished text waits for its files."""
+        while self._pending_bytes > MAX_PENDING_TEXT:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _drain_writes(self) -> None:
+        while self._writes:
+            await asyncio.wait(list(self._writes))
 
 
 def _write_all(run_dir: Path, finished: list[Ended]) -> None:
+    files = []
     for done in finished:
         assert done.request_id is not None
-        write_texts(run_dir, done.request_id, done.content, done.reasoning)
+        files += text_files(run_dir, done.request_id, done.content, done.reasoning)
+    write_many_atomic(files)

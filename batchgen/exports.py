@@ -8,6 +8,8 @@ never leaves one. The store is the truth: each of these can be rebuilt from it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import tempfile
@@ -49,6 +51,59 @@ def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> None:
         raise
 
 
+def _syncfs(fd: int) -> bool:
+    """Flush every dirty page of the file system holding ``fd`` (Linux syncfs).
+
+    One call makes a whole batch of files durable; an fsync each costs about
+    a millisecond here, which capped short-request runs at ~300 files/s.
+    """
+    syncfs = _syncfs_function()
+    return syncfs is not None and syncfs(fd) == 0
+
+
+@functools.cache
+def _syncfs_function() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux: an fsync per file instead
+        return None
+
+
+def write_many_atomic(items: list[tuple[Path, bytes]]) -> None:
+    """Like :func:`write_atomic` for many files of one folder, with one sync.
+
+    Every file is written to a temporary file, all are made durable (one
+    ``syncfs``, or an fsync each where that is missing), and only then renamed.
+    """
+    if not items:
+        return
+    folder = items[0][0].parent
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in items:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), _MODE)
+                fh.write(data)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            if not _syncfs(dir_fd):
+                for tmp, _ in temps:
+                    with open(tmp, "rb") as fh:
+                        os.fsync(fh.fileno())
+            for tmp, path in temps:
+                os.replace(tmp, path)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+
+
 def clean_temp(run_dir: Path) -> None:
     """Remove temp files a killed process left behind (never a finished file)."""
     for folder in (run_dir, run_dir / "texts"):
@@ -65,10 +120,16 @@ def text_path(run_dir: Path, request_id: str, reasoning: bool = False) -> Path:
     return run_dir / "texts" / (f"{request_id}.reasoning.md" if reasoning else f"{request_id}.md")
 
 
-def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str) -> None:
-    write_atomic(text_path(run_dir, request_id), content.encode("utf-8"))
+def text_files(run_dir: Path, request_id: str, content: str,
+               reasoning: str) -> list[tuple[Path, bytes]]:
+    files = [(text_path(run_dir, request_id), content.encode("utf-8"))]
     if reasoning:
-        write_atomic(text_path(run_dir, request_id, reasoning=True), reasoning.encode("utf-8"))
+        files.append((text_path(run_dir, request_id, reasoning=True), reasoning.encode("utf-8")))
+    return files
+
+
+def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str) -> None:
+    write_many_atomic(text_files(run_dir, request_id, content, reasoning))
 
 
 def _usage(row: Any) -> dict[str, Any]:

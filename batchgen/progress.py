@@ -84,7 +84,7 @@ class BarProgress:
 class LineProgress:
     """One plain line every ``interval`` seconds, for logs."""
 
-    def __init__(self, name: str, stream: TextIO, interval: float = 10.0) -> None:
+    def __init__(self, name: str, stream: TextIO, interval: float = 5.0) -> None:
         self.name = name
         self.stream = stream
         self.interval = interval

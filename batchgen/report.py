@@ -99,7 +99,7 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
             book = PriceBook(overrides_from_json(store.meta("pricing")))
             costs = StoreCosts(store.db, book)
             currency_of: dict[str, str | None] = {}
-            for a in store.query(
+            for a in store.iterate(
                 "SELECT a.run_id, a.model, r.tags, u.prompt_tokens, u.completion_tokens, "
                 "u.reasoning_tokens, u.cached_tokens, u.estimated FROM attempts a "
                 "LEFT JOIN usage u ON u.attempt_id = a.id "
@@ -135,7 +135,7 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
                         r.cost += cost
                         if a["estimated"]:
                             r.estimated_cost += cost
-            for req in store.query(
+            for req in store.iterate(
                 "SELECT model, tags, state FROM requests WHERE position IS NOT NULL "
                 "AND state IN ('done', 'failed')"
             ):

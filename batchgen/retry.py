@@ -190,11 +190,11 @@ def classify(exc: BaseException, *, redact: Redact = _no_redact) -> AttemptError
     # openai wraps errors raised before a response; transport errors raised
     # while reading the body reach us unwrapped. They are matched by class name
     # (of the original error first), so httpx, httpx2 and aiohttp are understood.
-    for names in (_mro_names(_root(exc)), names):
-        text = redact(str(exc) or type(exc).__name__)
-        if names & TIMEOUTS:
+    text = redact(str(exc) or type(exc).__name__)
+    for kinds in (_mro_names(_root(exc)), names):
+        if kinds & TIMEOUTS:
             return TransientError(text, error_class="idle_timeout")
-        if names & TRANSPORT_ERRORS:
+        if kinds & TRANSPORT_ERRORS:
             return TransientError(text, error_class="connection")
     return RequestFatalError(
         redact(f"{type(exc).__name__}: {exc}"), error_class="internal_error"

@@ -216,12 +216,9 @@ def _quiet_gc() -> Iterator[None]:
     512 streams delayed every stream (bench P2)."""
     gc.collect()
     gc.freeze()
-    old = gc.get_threshold()
-    gc.set_threshold(max(old[0], 10_000), old[1], old[2])
     try:
         yield
     finally:
-        gc.set_threshold(*old)
         gc.unfreeze()
 
 

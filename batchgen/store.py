@@ -419,10 +419,14 @@ class RunStore:
         return out
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Read-only helper for reports and status."""
+        """Read-only helper for small results (status, checks)."""
+        return list(self.iterate(sql, params))
+
+    def iterate(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
+        """Rows one at a time: reports walk every attempt without holding them."""
         cur = self.db.cursor()
         cur.row_factory = sqlite3.Row
-        return cur.execute(sql, params).fetchall()
+        yield from cur.execute(sql, params)
 
 
 def _dumps(obj: Any) -> str:

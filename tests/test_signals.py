@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, FakeProcess, read_results, write_job
+from tests.conftest import ROOT, FakeProcess, read_results, run_cli, write_job
 from tests.fakeserver import Config, plan_for
 
 pytestmark = pytest.mark.slow
@@ -60,6 +60,12 @@ def test_signal_stops_cleanly_with_130_and_resumes(tmp_path: Path, fake_process:
     db = tmp_path / "out" / "t" / "run.db"
     proc = start(job)
     wait_for_text(db)
+    if sig == signal.SIGINT:  # status works while the run is active
+        status = run_cli("status", str(tmp_path / "out" / "t"))
+        assert status.returncode == 0, status.stderr
+        assert "running" in status.stdout and "not running" not in status.stdout
+        streaming = int(status.stdout.split("streaming:")[1].split()[0])
+        assert streaming >= 1
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
