@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from .errors import (
     AttemptError,
@@ -36,6 +36,7 @@ from .errors import (
     TransientError,
 )
 
+THROTTLE_FACTOR = 4
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 300.0
@@ -216,16 +217,31 @@ def policy(
     sleep: Callable[[float], Awaitable[None]],
     rng: random.Random | None = None,
 ) -> AsyncRetrying:
-    """The per-request policy: retry transient errors up to ``max_attempts`` tries."""
+    """The per-request policy: retry transient errors up to ``max_attempts`` tries.
+
+    A 429 says "not now", not "this request is broken": throttled attempts
+    count against a separate, larger allowance (``THROTTLE_FACTOR`` ×), so a
+    request does not fail for good because its neighbours used up the quota.
+    The global pause and learned start rate (limits.py) keep 429s rare.
+    """
     generator = rng or random.Random()
+    spent = {"throttled": 0, "other": 0}
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after if isinstance(exc, AttemptError) else None
         return backoff(state.attempt_number, retry_after, generator)
 
+    def stop(state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, AttemptError) and exc.error_class == "rate_limited":
+            spent["throttled"] += 1
+            return spent["throttled"] >= max_attempts * THROTTLE_FACTOR
+        spent["other"] += 1
+        return spent["other"] >= max_attempts
+
     return AsyncRetrying(
-        stop=stop_after_attempt(max_attempts),
+        stop=stop,
         wait=wait,
         retry=retry_if_exception_type(TransientError),
         sleep=sleep,

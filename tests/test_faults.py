@@ -224,3 +224,12 @@ def test_most_requests_failing_pauses_new_launches(tmp_path: Path, fake: FakeSer
     assert summary.failed == 24
     # the breaker's cooldown: longer than any back-off of a second attempt (≤ 2 s)
     assert any(s > 4.0 for s in time.sleeps), time.sleeps
+
+
+def test_throttling_has_a_larger_allowance_than_other_failures(tmp_path: Path,
+                                                               fake: FakeServer) -> None:
+    ran = run_one(tmp_path, fake, ",".join(["429"] * 7), max_attempts=3)
+    assert ran.state == "done" and len(ran.attempts) == 8
+    (tmp_path / "b").mkdir()
+    ran = run_one(tmp_path / "b", fake, ",".join(["503"] * 7), max_attempts=3)
+    assert ran.state == "failed" and len(ran.attempts) == 3
