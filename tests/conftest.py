@@ -117,3 +117,20 @@ class FakeTime:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds)
         await asyncio.sleep(0)
+
+
+def kill_until_done(start: Any, rng: Any, lo: float, hi: float, rounds: int = 30) -> int:
+    """Start a run, SIGKILL it after a random lo..hi s, again until it exits 0.
+    Returns how many times it was killed."""
+    import signal
+    import time
+
+    for kills in range(rounds):
+        proc = start()
+        time.sleep(rng.uniform(lo, hi))
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            return kills
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    pytest.fail("the run never finished")

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, FakeProcess, write_job
+from tests.conftest import ROOT, FakeProcess, kill_until_done, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -49,18 +47,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     paid_by_clean = len(fake_process.get("ledger")["entries"])
 
     rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
-    kills = 0
-    for _round in range(30):
-        proc = start(job, tmp_path / "killed")
-        time.sleep(rng.uniform(0.5, 3.0))
-        if proc.poll() is not None:
-            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    else:
-        pytest.fail("the run never finished")
+    kills = kill_until_done(lambda: start(job, tmp_path / "killed"), rng, 0.5, 3.0)
     assert kills >= 2, "the run finished before it could be killed twice; slow it down"
 
     clean_dir, killed_dir = tmp_path / "clean" / "t", tmp_path / "killed" / "t"

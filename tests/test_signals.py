@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, FakeProcess, read_results, run_cli, write_job
+from tests.conftest import ROOT, FakeProcess, kill_until_done, read_results, run_cli, write_job
 from tests.fakeserver import Config, plan_for
 
 pytestmark = pytest.mark.slow
@@ -121,19 +121,7 @@ def test_kill_9_during_retry_backoff_resumes(tmp_path: Path) -> None:
         clean = start(jobs[0])
         _, err = clean.communicate(timeout=180)
         assert clean.returncode == 0, err
-        rng = random.Random(11)
-        kills = 0
-        for _ in range(30):
-            proc = start(jobs[1])
-            time.sleep(rng.uniform(0.6, 2.5))
-            if proc.poll() is not None:
-                assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-                break
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        else:
-            pytest.fail("never finished")
+        kills = kill_until_done(lambda: start(jobs[1]), random.Random(11), 0.6, 2.5)
         assert kills >= 1
         clean_results = read_results(tmp_path / "clean" / "out" / "t")
         killed_results = read_results(tmp_path / "killed" / "out" / "t")
