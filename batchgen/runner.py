@@ -51,7 +51,6 @@ class RunSummary:
     pending: int = 0
     fatal: RunFatalError | None = None
     stopped_by: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
