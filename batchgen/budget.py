@@ -58,8 +58,7 @@ class BudgetGuard:
     def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore) -> None:
         self.budget = budget
         self.book = book
-        self.plist = endpoint_list(job, book)
-        check_budget(job, book)
+        self.plist = endpoint_list(job, book)  # every model priced: see check_budget
         StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
         self.spent = 0.0
         for row in store.iterate(
