@@ -234,15 +234,26 @@ def local() -> None:
 @local.command("check")
 @click.option("--model-path", help="A GGUF model to check instead of the bundled one.")
 def local_check(model_path: str | None) -> None:
-    """Say whether llama-server and the model are found (exit 0 when both are)."""
-    from .local import INSTALL_HINT, check
+    """Start llama-server for real, stream one tiny request, stop it (exit 0 when it works)."""
+    import asyncio
 
-    found = check(model_path)
-    ok = found.server is not None and found.model is not None
+    from .local import SAFE_FLAGS, self_test
+
+    report = asyncio.run(self_test(model_path))
+    found = report.found
     click.echo(f"llama-server: {found.server or 'not found'} ({found.server_from})")
     click.echo(f"model:        {found.model or 'not found'} ({found.model_from})")
-    if not ok:
-        click.echo(INSTALL_HINT)
+    if report.started_in is not None:
+        safe = f", with {' '.join(SAFE_FLAGS)} after a crash" if report.safe_mode else ""
+        click.echo(f"started:      healthy in {report.started_in:.1f} s{safe}")
+    if report.streamed_in is not None:
+        click.echo(f"streamed:     {report.chunks} chunks in {report.streamed_in:.2f} s: "
+                   f"{report.reply.strip()[:60]!r}")
+    if not report.ok:
+        click.echo(f"failed:       {report.error}")
+        if report.log_tail:
+            click.echo("last lines of the server's log:")
+            click.echo(report.log_tail)
         sys.exit(1)
     click.echo("ok: `batchgen run jobs/example.yaml` runs on this model")
 

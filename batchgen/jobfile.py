@@ -285,6 +285,11 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[_Source, 
     defaults = spec.defaults
     if ov.model:
         defaults = defaults.model_copy(update={"model": ov.model})
+    elif local and defaults.model is None:
+        # the local endpoint serves one model: a job need not name it
+        from .local import model_name
+
+        defaults = defaults.model_copy(update={"model": model_name(ep.model_path)})
     out_root = Path(ov.out or spec.output_dir or "outputs")
     return Job(
         name=name, path=file, run_dir=out_root / name, endpoint=endpoint, run=run,

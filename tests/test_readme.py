@@ -25,6 +25,11 @@ def test_two_setup_commands_one_runs_a_job_one_runs_the_tests() -> None:
     assert (ROOT / "jobs" / "example.yaml").exists()
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert commands[1] in ci.splitlines(), "CI must run the README's test command verbatim"
+    # both build llama.cpp portably, with the flags batchgen's own hints name
+    from batchgen.local import PORTABLE_CMAKE_ARGS
+
+    for command in commands:
+        assert command.startswith(f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install')
 
 
 def test_readme_job_example_validates(tmp_path: Path) -> None:
