@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -265,9 +266,11 @@ class Engine:
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         usage = from_report(result.usage, p.body, content, reasoning)
         # Journaled by the flusher, many at once, within FINISH_BATCH seconds.
+        calls = json.dumps(result.tool_call_list(), ensure_ascii=False) \
+            if result.tool_calls else None
         self.finished.append(Ended(
             attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
-                                   provider_request_id=result.request_id),
+                                   provider_request_id=result.request_id, tool_calls=calls),
             usage, self.d.clock(), request_id=p.id, content=content, reasoning=reasoning))
         self.live.pop(attempt_id, None)
         if self.d.budget is not None:

@@ -81,6 +81,7 @@ class AttemptError(BatchgenError):
     """One streamed attempt failed. The fields say what the server said."""
 
     error_class = "error"
+    in_stream = False  # the server sent it as an error event inside a 200 stream
 
     def __init__(
         self,

@@ -132,6 +132,16 @@ def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str) ->
     write_many_atomic(text_files(run_dir, request_id, content, reasoning))
 
 
+def _jsonl(obj: dict[str, Any]) -> bytes:
+    """One JSON line, UTF-8. U+2028 / U+2029 are escaped: they are valid inside
+    JSON strings, but readers that split lines the Unicode way (Python's
+    ``str.splitlines``, some JSONL tools) would cut a record in two there."""
+    text = json.dumps(obj, ensure_ascii=False)
+    if "\u2028" in text or "\u2029" in text:
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (text + "\n").encode("utf-8")
+
+
 def _usage(row: Any) -> dict[str, Any]:
     usage: dict[str, Any] = {
         "prompt_tokens": row["prompt_tokens"],
@@ -175,6 +185,8 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
             if reasoning:
                 line["reasoning_content"] = reasoning
             line["finish_reason"] = row["finish_reason"]
+            if row["tool_calls"]:
+                line["tool_calls"] = json.loads(row["tool_calls"])
             line["usage"] = _usage(row) if row["prompt_tokens"] is not None else None
             line["attempts"] = row["attempts"]
             line["fingerprint"] = row["fingerprint"]
@@ -187,7 +199,7 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
             if not path.exists():
                 write_texts(run_dir, row["id"], content, reasoning)
                 counts["texts_restored"] += 1
-            yield (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+            yield _jsonl(line)
 
     def failed() -> Iterable[bytes]:
         for row in store.failed_in_order():
@@ -197,7 +209,7 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
             if row["tags"]:
                 entry["tags"] = json.loads(row["tags"])
             counts["failed"] += 1
-            yield (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+            yield _jsonl(entry)
 
     write_atomic(run_dir / "results.jsonl", results())
     write_atomic(run_dir / "failed.jsonl", failed())

@@ -145,12 +145,32 @@ def from_payload(
         if "arrearage" in low:
             label = "arrearage"
         return RunFatalError(text, error_class=label, **fields)
-    if status is None:  # an error event mid-stream: worth another attempt
+    if status is None:  # an error event mid-stream
+        said = _status_in_body(body)
+        if said is not None and 400 <= said < 500 and said not in RETRY_STATUS:
+            # the body says what HTTP would have: this request is refused as written
+            return RequestFatalError(text, error_class="error_event", **fields)
         return TransientError(text, error_class="error_event", **fields)
     if status in RETRY_STATUS or status >= 500:
         label = {429: "rate_limited", 408: "timeout", 409: "conflict"}.get(status, "server_error")
         return TransientError(text, error_class=label, **fields)
     return RequestFatalError(text, error_class=f"http_{status}", **fields)
+
+
+def _status_in_body(body: object) -> int | None:
+    """An HTTP status an error event carries (``status_code``, ``status`` or a
+    numeric ``code``, as OpenRouter and Groq send), if any."""
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    if not isinstance(body, Mapping):
+        return None
+    for key in ("status_code", "status", "code"):
+        value = body.get(key)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None
 
 
 def _mro_names(exc: BaseException) -> set[str]:

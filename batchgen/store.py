@@ -33,7 +33,13 @@ from .errors import StoreError
 from .models import Request
 from .usage import Usage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Columns added after schema 1, as (table, column, SQL type). A store written
+# by an older batchgen gets them on open; old rows read them as NULL.
+_ADDED_COLUMNS = (
+    ("attempts", "tool_calls", "TEXT"),  # schema 2: assembled tool-call deltas (JSON)
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,7 +84,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_code TEXT,
     http_status INTEGER,
     error_message TEXT,
-    provider_request_id TEXT
+    provider_request_id TEXT,
+    tool_calls TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_request ON attempts(request_id);
 CREATE INDEX IF NOT EXISTS attempts_streaming ON attempts(status) WHERE status = 'streaming';
@@ -140,6 +147,7 @@ class AttemptEnd:
     http_status: int | None = None
     error_message: str | None = None
     provider_request_id: str | None = None
+    tool_calls: str | None = None  # JSON list, when the answer called tools
 
 
 class RunStore:
@@ -165,12 +173,16 @@ class RunStore:
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} was written by a newer batchgen (schema {row[0]}); upgrade batchgen"
             )
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                # names come from _ADDED_COLUMNS above, never from a user
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         try:
@@ -325,9 +337,11 @@ class RunStore:
         db = self.db
         db.executemany(
             "UPDATE attempts SET ended=?, status=?, finish_reason=?, error_class=?, "
-            "error_code=?, http_status=?, error_message=?, provider_request_id=? WHERE id=?",
+            "error_code=?, http_status=?, error_message=?, provider_request_id=?, tool_calls=? "
+            "WHERE id=?",
             [(e.now, e.end.status, e.end.finish_reason, e.end.error_class, e.end.error_code,
-              e.end.http_status, e.end.error_message, e.end.provider_request_id, e.attempt_id)
+              e.end.http_status, e.end.error_message, e.end.provider_request_id,
+              e.end.tool_calls, e.attempt_id)
              for e in batch],
         )
         db.executemany(
@@ -381,7 +395,7 @@ class RunStore:
         # `cost` is one of two fixed fragments above; nothing here comes from a user
         sql = (
             "SELECT r.id, r.model, r.fingerprint, r.tags, a.id AS attempt_id, "  # noqa: S608
-            "a.finish_reason"
+            "a.finish_reason, a.tool_calls"
             + cost
             + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "

@@ -3,11 +3,12 @@
 The SDK builds a pydantic object per chunk when iterated the usual way, which
 is most of a client's CPU. Instead this module opens the request with
 ``with_streaming_response`` (the SDK's raw streaming-response API), reads the
-body's bytes, splits SSE lines itself and parses each ``data:`` payload with
-:func:`json.loads`. It captures ``delta.content``, ``delta.reasoning_content``
-(DashScope, DeepSeek, llama.cpp) and ``delta.reasoning`` (vLLM), the
-``finish_reason``, and usage from the final ``choices: []`` chunk or from any
-chunk that carries it.
+body's bytes, and hands them to :class:`batchgen.sse.SSEDecoder` (framing) and
+:func:`batchgen.chunks.read_event` (what each chunk says). Every shape real
+providers send is read as the SDK reads it (tests/test_replay.py replays
+recordings from 14 providers); where the SDK drops data the server sent —
+thinking parts in a content list, ``reasoning_details``, tool-call deltas,
+Groq's ``x_groq.usage`` — batchgen keeps it.
 
 This module is the only one that imports ``openai``, and it does so lazily:
 a fully skipped re-run never pays for the import.
@@ -16,23 +17,26 @@ a fully skipped re-run never pays for the import.
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .chunks import StreamResult, read_event
 from .errors import TransientError
-from .retry import Redact, from_payload
+from .retry import Redact
+from .sse import EventTooLarge, SSEDecoder
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
+__all__ = ["StreamResult", "make_client", "request_kwargs", "stream_attempt"]
+
+log = logging.getLogger(__name__)
+
 # Streams older than COALESCE_AFTER seconds read at most every COALESCE_FOR s.
 COALESCE_AFTER = 1.0
 COALESCE_FOR = 0.05
-
-_decode = json.JSONDecoder().raw_decode  # half the cost of json.loads(bytes) per chunk
 
 # After the finish_reason and usage have arrived, wait this long for [DONE]:
 # nothing that matters can follow, and a server that goes quiet instead of
@@ -44,23 +48,6 @@ RATELIMIT_HEADERS = (
 )
 
 OnText = Callable[[str, str], None]
-
-
-@dataclass
-class StreamResult:
-    """What one attempt received. Complete when ``finish_reason`` is set."""
-
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    done_marker: bool = False
-    chunks: int = 0
-    response_id: str | None = None
-    request_id: str | None = None
-    ratelimit: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def complete(self) -> bool:
-        return self.finish_reason is not None
 
 
 def make_client(
@@ -136,10 +123,12 @@ async def stream_attempt(
 ) -> StreamResult:
     """Run one streamed request to its end, feeding text to ``on_text``.
 
-    Raises whatever the transport raises (``retry.classify`` sorts it out),
-    or a :class:`TransientError` for protocol failures seen here. When the
-    ``finish_reason`` already arrived, a later failure does not matter: the
-    generation is complete and retrying it would pay for it twice.
+    Raises whatever the transport raises (``retry.classify`` sorts it out), or
+    an :class:`AttemptError` for what the stream itself said: an error event,
+    a malformed chunk, an end before the answer was whole. Once the answer is
+    whole (``result.complete``), a transport failure does not matter: retrying
+    would pay for it twice. An error event does: the server said the answer
+    is not good, whatever it sent before.
     """
     try:
         async with client.chat.completions.with_streaming_response.create(
@@ -151,13 +140,14 @@ async def stream_attempt(
             if on_open is not None:
                 on_open()
             await _consume(response.http_response, on_text, result, redact)
-    except Exception:
-        if result.complete:
+    except Exception as exc:
+        if result.complete and not getattr(exc, "in_stream", False):
+            log.debug("ignored after a complete answer: %r", exc)
             return result
         raise
     if not result.complete:
         raise TransientError(
-            f"the stream ended after {result.chunks} chunks without a finish_reason",
+            f"the stream ended after {result.chunks} chunks without a finish_reason or [DONE]",
             error_class="incomplete_stream",
             provider_request_id=result.request_id,
         )
@@ -165,91 +155,34 @@ async def stream_attempt(
 
 
 async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Redact) -> None:
-    buffer = b""
-    data: list[bytes] = []
-    event = b""
+    decoder = SSEDecoder()
     chunks = http.aiter_bytes().__aiter__()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    while True:
-        try:
-            if result.complete and result.usage is not None:
-                chunk = await asyncio.wait_for(chunks.__anext__(), DONE_GRACE)
-            else:
-                chunk = await chunks.__anext__()
-        except (StopAsyncIteration, TimeoutError):
-            break
-        if loop.time() - started > COALESCE_AFTER:
-            # A long generation: let a few chunks gather in the socket buffer
-            # between reads. Each wake-up of a stream costs more CPU than parsing
-            # a chunk, and nothing here needs text sooner than the journal does.
-            await asyncio.sleep(COALESCE_FOR)
-        buffer += chunk
-        if b"\n" not in chunk:
-            continue
-        *lines, buffer = buffer.split(b"\n")
-        for raw in lines:
-            line = raw[:-1] if raw.endswith(b"\r") else raw
-            if not line:
-                if data:
-                    payload = data[0] if len(data) == 1 else b"\n".join(data)
-                    if _dispatch(payload, event, on_text, result, redact):
-                        return
-                    data = []
-                event = b""
-            elif line.startswith(b"data:"):
-                payload = line[5:]
-                data.append(payload[1:] if payload.startswith(b" ") else payload)
-            elif line.startswith(b"event:"):
-                event = line[6:].strip()
-            # ':' comments (keep-alives), id: and retry: lines carry nothing we need
-    if buffer.strip().startswith(b"data:"):
-        payload = buffer.strip()[5:]
-        data.append(payload[1:] if payload.startswith(b" ") else payload)
-    if data:
-        _dispatch(b"\n".join(data), event, on_text, result, redact)
-
-
-def _dispatch(payload: bytes, event: bytes, on_text: OnText, result: StreamResult,
-              redact: Redact) -> bool:
-    """Handle one SSE event; True once ``[DONE]`` arrived."""
-    if payload == b"[DONE]":
-        result.done_marker = True
-        return True
     try:
-        text = payload.decode()
-        obj, end = _decode(text)
-        if end != len(text) and text[end:].strip():
-            raise ValueError("trailing data")
-    except ValueError:
-        shown = redact(payload[:80].decode("utf-8", "replace"))
-        raise TransientError(
-            f"chunk {result.chunks + 1} is not valid JSON: {shown!r}",
-            error_class="malformed_chunk",
-            provider_request_id=result.request_id,
-        ) from None
-    if not isinstance(obj, dict):
-        raise TransientError(f"chunk {result.chunks + 1} is not a JSON object",
-                             error_class="malformed_chunk", provider_request_id=result.request_id)
-    result.chunks += 1
-    if event == b"error" or ("error" in obj and not obj.get("choices")):
-        raise from_payload(None, obj, request_id=result.request_id or obj.get("request_id"),
-                           redact=redact)
-    choices = obj.get("choices")
-    if choices:
-        choice = choices[0]
-        delta = choice.get("delta")
-        if delta:
-            content = delta.get("content")
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if content or reasoning:
-                on_text(content or "", reasoning or "")
-        finish = choice.get("finish_reason")
-        if finish:
-            result.finish_reason = finish
-    usage = obj.get("usage")
-    if usage:
-        result.usage = usage
-    if result.response_id is None:
-        result.response_id = obj.get("id")
-    return False
+        while True:
+            try:
+                if result.complete and result.usage is not None:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), DONE_GRACE)
+                else:
+                    chunk = await chunks.__anext__()
+            except (StopAsyncIteration, TimeoutError):
+                break
+            if loop.time() - started > COALESCE_AFTER:
+                # A long generation: let a few chunks gather in the socket buffer
+                # between reads. Each wake-up of a stream costs more CPU than parsing
+                # a chunk, and nothing here needs text sooner than the journal does.
+                await asyncio.sleep(COALESCE_FOR)
+            for event, data in decoder.feed(chunk):
+                text = read_event(data, event, result, redact)
+                if text is not None:
+                    on_text(*text)
+                elif result.done_marker:
+                    return
+        for event, data in decoder.close():
+            text = read_event(data, event, result, redact)
+            if text is not None:
+                on_text(*text)
+    except EventTooLarge as exc:
+        raise TransientError(f"the server sent {exc}", error_class="oversized_event",
+                             provider_request_id=result.request_id) from None

@@ -54,7 +54,7 @@ def write_job(path: Path, fake: FakeServer | None, prompts: list[dict[str, Any]]
 
 def read_results(run_dir: Path) -> list[dict[str, Any]]:
     text = (run_dir / "results.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines()]
+    return [json.loads(line) for line in text.split("\n") if line]
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

@@ -107,6 +107,7 @@ class Plan:
     fault: str
     prompt_tokens: int
     model: str
+    replay: str | None = None  # a recorded stream to play instead (tests/replay.py)
 
 
 @dataclass
@@ -167,6 +168,7 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
         tokens=words(length, 0), reasoning=words(think, 0x5EED), finish_reason=finish,
         delay=float(directives.get("delay", config.delay)), fault=fault,
         prompt_tokens=count_prompt_tokens(messages), model=model,
+        replay=directives.get("replay"),
     )
 
 
@@ -385,7 +387,26 @@ class FakeServer:
             }[fault]
             await self._error(writer, entry["status"], code, msg, code)
             return True
+        if plan.replay:
+            return await self._replay(plan.replay, entry, writer)
         return await self._stream(plan, entry, writer, name, arg)
+
+    async def _replay(self, case: str, entry: dict[str, Any],
+                      writer: asyncio.StreamWriter) -> bool:
+        """Play a recorded provider stream byte for byte (tests/replay.py)."""
+        from tests import replay
+
+        ctype = replay.sidecar(case).get("content_type", "text/event-stream")
+        writer.write(
+            f"HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ntransfer-encoding: chunked\r\n"
+            f"x-request-id: {uuid.uuid4()}\r\n\r\n".encode())
+        for piece in replay.fragments(case):
+            writer.write(_chunk(piece))
+            await writer.drain()
+        entry["complete"] = True
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
 
     async def _stream(self, plan: Plan, entry: dict[str, Any], writer: asyncio.StreamWriter,
                       fault: str, arg: str) -> bool:

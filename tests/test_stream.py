@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.errors import ModerationError, TransientError
+from batchgen.errors import ModerationError, RequestFatalError, TransientError
 from batchgen.stream import StreamResult, _consume, request_kwargs
 from batchgen.usage import from_report
 from tests.fakeserver import FakeServer
@@ -164,3 +164,56 @@ def test_the_wire_body_is_the_stored_body(tmp_path: Path, fake: FakeServer) -> N
     assert entry["body"] == {"model": "qwen-plus", "messages": messages, "temperature": 0.3,
                              "seed": 7, "top_k": 5, "stream": True,
                              "stream_options": {"include_usage": True}}
+
+
+def test_done_without_finish_reason_is_complete() -> None:
+    content, _, result = consume(sse(chunk("a"), {"choices": [], "usage": USAGE}))
+    assert content == "a" and result.finish_reason is None
+    assert result.done_marker and result.complete
+
+
+def test_an_error_beside_choices_after_the_finish_is_an_error() -> None:
+    raw = sse(chunk("text", finish="length"),
+              {"error": {"code": 400, "message": "Token limit reached"},
+               "choices": [{"delta": {"content": ""}, "index": 0}], "usage": USAGE})
+    with pytest.raises(RequestFatalError) as info:
+        consume(raw)
+    assert info.value.in_stream and info.value.error_class == "error_event"
+    body = Body([raw])
+    result = StreamResult()
+    with pytest.raises(RequestFatalError):
+        asyncio.run(_consume(body, lambda c, r: None, result, lambda s: s))
+    assert result.usage == USAGE  # the error chunk's usage is kept: that attempt was billed
+
+
+@pytest.mark.parametrize("eol", [b"\r", b"\n\r", b"\r\n"])
+def test_every_line_ending_reads_every_event(eol: bytes) -> None:
+    raw = b"".join(b"data: " + json.dumps(c).encode() + eol + eol
+                   for c in (chunk("Hello"), chunk(" the"), chunk(" end", finish="stop")))
+    for split in (None, 1, 3):
+        content, _, result = consume(raw, split)
+        assert content == "Hello the end" and result.finish_reason == "stop"
+
+
+def test_content_parts_thinking_and_reasoning_details() -> None:
+    parts = {"choices": [{"delta": {"content": [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]},
+        {"type": "text", "text": "Hi"}]}, "index": 0}]}
+    details = {"choices": [{"delta": {"content": "", "reasoning_details": [
+        {"type": "reasoning.text", "text": " more"},
+        {"type": "reasoning.encrypted", "data": "xx"}]}, "index": 0}]}
+    content, reasoning, _ = consume(sse(parts, details, chunk("", finish="stop")))
+    assert (content, reasoning) == ("Hi", "hmm more")
+
+
+@pytest.mark.parametrize("bad", [42, {"x": 1}, [1, 2]])
+def test_content_of_the_wrong_type_is_a_malformed_chunk(bad: object) -> None:
+    raw = sse({"choices": [{"delta": {"content": bad}, "index": 0}]})
+    with pytest.raises(TransientError) as info:
+        consume(raw)
+    assert info.value.error_class == "malformed_chunk"
+
+
+def test_unparseable_usage_is_ignored() -> None:
+    _, _, result = consume(sse(chunk("a", finish="stop"), {"choices": [], "usage": "lots"}))
+    assert result.complete and result.usage is None
