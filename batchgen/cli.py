@@ -59,6 +59,8 @@ def _job_options(func: F) -> F:
         click.option("--base-url", help="OpenAI-compatible endpoint (default: DashScope)."),
         click.option("--api-key-env", metavar="VAR",
                      help="Environment variable that holds the API key."),
+        click.option("--allow-key-env", "allow_key_env", metavar="VAR", multiple=True,
+                     help="Let the job file name VAR as its key variable (besides *_API_KEY)."),
         click.option("--concurrency", type=click.IntRange(1, 4096),
                      help="Streams at once (default 8)."),
         click.option("--local", is_flag=True,
@@ -77,6 +79,7 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
         base_url=kwargs.get("base_url"), api_key_env=kwargs.get("api_key_env"),
         concurrency=kwargs.get("concurrency"), local=bool(kwargs.get("local")),
         max_cost=kwargs.get("max_cost"), currency=kwargs.get("currency"),
+        allowed_key_envs=tuple(kwargs.get("allow_key_env") or ()),
     )
 
 
@@ -110,14 +113,17 @@ def main() -> None:
 @click.option("--currency", help="Currency of --max-cost (CNY, USD).")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (to run, to skip, tokens, worst-case cost); call nothing.")
+@click.option("--force", is_flag=True,
+              help="Run even though run.db is gone while finished texts remain (buys again).")
 @_errors
 def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool,
-        **kwargs: Any) -> None:
+        force: bool, **kwargs: Any) -> None:
     """Run every prompt of FILE (YAML or JSONL), streamed, journaled and resumable.
 
-    Exit codes: 0 all done, 1 some failed, 2 bad usage or job file, 3 stopped
-    by budget, 4 stopped by a run-fatal API error, 75 run directory locked,
-    130 interrupted (run again to resume).
+    Exit codes: 0 all done, 1 some failed or unfinished, 2 bad usage or job
+    file, 3 stopped by budget, 4 stopped by a run-fatal API error, 74 the disk
+    refused a write, 75 run directory locked, 130 interrupted (run again to
+    resume).
     """
     from .progress import make_progress
     from .runner import RunOptions, run_job
@@ -131,7 +137,7 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
                             stream=sys.stderr)
     mode = "quiet" if quiet else {"lines": "lines", "bar": "bar"}.get(progress_mode, "auto")
     try:
-        summary = run_job(job, RunOptions(progress=make_progress(job.name, mode)))
+        summary = run_job(job, RunOptions(progress=make_progress(job.name, mode), force=force))
     except KeyboardInterrupt:
         click.echo(f"batchgen: interrupted; run again to resume ({job.run_dir})", err=True)
         sys.exit(130)
@@ -172,13 +178,18 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
                    f"(why: batchgen status {summary.run_dir})")
     click.echo(f"  cost report: {summary.run_dir / 'report.md'} "
                f"(batchgen report {summary.run_dir})")
-    if summary.fatal is not None:
+    if summary.storage is not None:
+        click.echo(f"batchgen: stopped: {summary.storage}", err=True)
+    elif summary.fatal is not None:
         click.echo(f"batchgen: stopped: {summary.fatal}", err=True)
     elif summary.stopped_by == "budget":
         click.echo("batchgen: stopped by the budget; raise it and run again to continue",
                    err=True)
     elif summary.stopped_by == "interrupt":
         click.echo("batchgen: interrupted; run the same command again to resume", err=True)
+    elif summary.pending:
+        click.echo(f"batchgen: {summary.pending} requests were not finished; run the same "
+                   "command again", err=True)
 
 
 @main.command()

@@ -1,24 +1,25 @@
-"""The asyncio core of a run: launch requests, stream attempts, journal text.
+"""The asyncio core of a run: launch requests, stream attempts, hand text to the journal.
 
 One task per active request; at most ``2 × concurrency`` exist at a time, so
 memory does not grow with the job. Each task runs its attempts under the
 tenacity policy; every attempt passes the :class:`Gate` (pause, RPM/TPM) and
-holds an :class:`AdaptiveLimit` slot while it streams. Text lands in memory
-buffers; a flusher commits them to the store a few times a second and writes
-``texts/`` files for requests that finished, after their commit.
+holds an :class:`AdaptiveLimit` slot while it streams. Text goes to the
+:class:`~batchgen.journal.Journal`, which commits it to the store.
+
+Every request ends done, failed (with a reason) or pending: whatever goes
+wrong inside a request's task — a header that does not parse, a bug — is
+caught, logged and recorded as that request's failure; it never ends the task
+silently. A storage failure stops the whole run (exit 74).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,55 +30,25 @@ from .errors import (
     ModerationError,
     RequestFatalError,
     RunFatalError,
+    StorageError,
     TransientError,
 )
-from .exports import text_files, write_many_atomic
+from .journal import Journal, Live
 from .limits import AdaptiveLimit, Breaker, Gate, ratelimit_pause
 from .progress import Progress
+from .secrets import printable
 from .store import AttemptEnd, Ended, Pending, RunStore
 from .stream import StreamResult, stream_attempt
 from .usage import Usage, estimate, from_report
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_RESERVE = 4096  # tokens assumed for TPM when a request sets no max_tokens
-FINISH_BATCH = 0.01  # seconds: finished requests committed together
-MAX_PENDING_TEXT = 8 * 1024 * 1024  # bytes of finished results waiting for their files
-ENDED_OVERHEAD = 2048  # bytes a finished result holds besides its text
 
 
 class _Stopped(Exception):
     """The run stopped launching; this request stays pending."""
-
-
-@dataclass
-class _Live:
-    """Text of one streaming attempt: all of it, and the part not yet stored."""
-
-    attempt_id: int
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    pending_content: list[str] = field(default_factory=list)
-    pending_reasoning: list[str] = field(default_factory=list)
-    seq: int = 0
-
-    def on_text(self, content: str, reasoning: str) -> None:
-        if content:
-            self.content.append(content)
-            self.pending_content.append(content)
-        if reasoning:
-            self.reasoning.append(reasoning)
-            self.pending_reasoning.append(reasoning)
-
-    def take_segment(self) -> tuple[int, int, str, str] | None:
-        if not self.pending_content and not self.pending_reasoning:
-            return None
-        row = (self.attempt_id, self.seq, "".join(self.pending_content),
-               "".join(self.pending_reasoning))
-        self.seq += 1
-        self.pending_content.clear()
-        self.pending_reasoning.clear()
-        return row
 
 
 @dataclass
@@ -87,7 +58,8 @@ class Outcome:
     done: int = 0
     failed: int = 0
     fatal: RunFatalError | None = None
-    stopped_by: str | None = None  # "budget" | "interrupt" | "fatal"
+    storage: StorageError | None = None
+    stopped_by: str | None = None  # "budget" | "interrupt" | "fatal" | "storage"
 
 
 @dataclass
@@ -109,7 +81,8 @@ class EngineDeps:
 
 class Engine:
     def __init__(self, deps: EngineDeps, *, concurrency: int, max_attempts: int,
-                 rpm: float | None, tpm: float | None) -> None:
+                 rpm: float | None, tpm: float | None, idle_timeout: float = 120.0,
+                 max_duration: float | None = None) -> None:
         self.d = deps
         self.max_attempts = max_attempts
         self.limit = AdaptiveLimit(concurrency, deps.clock)
@@ -117,16 +90,12 @@ class Engine:
         self.breaker = Breaker(self.gate)
         self.max_active = max(2 * concurrency, concurrency + 4)
         self.outcome = Outcome()
-        self.live: dict[int, _Live] = {}
-        self.finished: list[Ended] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self._finished = asyncio.Event()
-        self._closing = False
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-texts")
-        self._writes: set[asyncio.Future[None]] = set()
-        self._pending_bytes = 0
-        self._room = asyncio.Event()
+        self.journal = Journal(deps.store, deps.run_dir, clock=deps.clock,
+                               flush_interval=deps.flush_interval,
+                               on_failure=self._storage_failed)
+        self.watchdog = Watchdog(idle_timeout=idle_timeout, max_duration=max_duration)
 
     # ------------------------------------------------------------ control
 
@@ -140,18 +109,22 @@ class Engine:
         for task in list(self.tasks):
             task.cancel()
 
+    def _storage_failed(self, error: StorageError) -> None:
+        """Nothing more can be saved: buy nothing more."""
+        self.outcome.storage = error
+        self.stop("storage")
+        self.cancel_all()
+
     async def run(self) -> Outcome:
-        flusher = asyncio.create_task(self._flush_loop())
+        flusher = asyncio.create_task(self.journal.run())
+        ticker = asyncio.create_task(self.watchdog.run())
         try:
             await self._launch_all()
         finally:
-            # A flag, not cancel(): wait_for() in 3.11 can swallow a cancellation.
-            self._closing = True
-            self._finished.set()
+            ticker.cancel()
+            self.journal.stop()
             await flusher
-            await self.flush()
-            await self._drain_writes()
-            self._writer.shutdown(wait=True)
+            await self.journal.close()
         return self.outcome
 
     async def _launch_all(self) -> None:
@@ -159,7 +132,7 @@ class Engine:
         try:
             for pending in self.d.store.pending():
                 await room.acquire()
-                await self._writer_room()
+                await self.journal.room()
                 if self.stopping:
                     room.release()
                     break
@@ -182,30 +155,10 @@ class Engine:
     # ------------------------------------------------------------ requests
 
     async def _request(self, p: Pending) -> None:
-        number = p.attempts
-        reserve = tokens.prompt_tokens(p.body.get("messages") or []) + int(
-            p.body.get("max_tokens") or p.body.get("max_completion_tokens")
-            or DEFAULT_OUTPUT_RESERVE
-        )
         try:
-            async for attempt in retry.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
-                                              rng=self.d.rng):
-                with attempt:
-                    if self.stopping:
-                        raise _Stopped
-                    await self.gate.wait(reserve)
-                    await self.limit.acquire()
-                    try:
-                        if self.stopping:
-                            raise _Stopped
-                        if number > p.attempts and not self._retry_fits(p):
-                            raise _Stopped
-                        number += 1
-                        await self._attempt(p, number, reserve)
-                    finally:
-                        self.limit.release()
-        except _Stopped:
-            return
+            await self._attempts(p)
+        except (_Stopped, StorageError):
+            return  # pending: a re-run picks it up
         except RunFatalError as exc:
             if self.outcome.fatal is None:
                 self.outcome.fatal = exc
@@ -213,12 +166,46 @@ class Engine:
             self.stop("fatal")
         except (TransientError, RequestFatalError) as exc:
             log.warning("%s failed for good: %s", p.id, exc)
-            self.d.store.mark(p.id, "failed")
-            self.outcome.failed += 1
-            self.d.progress.update(failed=1, in_flight=self.limit.active)
+            self._fail(p, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, or something no one foresaw: this request only
+            log.exception("%s: unexpected error", p.id)
+            self._fail(p, printable(self.d.redact(f"{type(exc).__name__}: {exc}")))
         finally:
             if self.d.budget is not None:
                 self.d.budget.release(p)
+
+    def _fail(self, p: Pending, reason: str | None) -> None:
+        try:
+            self.journal.mark_failed(p.id, reason)
+        except StorageError:
+            return
+        self.outcome.failed += 1
+        self.d.progress.update(failed=1, in_flight=self.limit.active)
+
+    async def _attempts(self, p: Pending) -> None:
+        number = p.attempts
+        reserve = tokens.prompt_tokens(p.body.get("messages") or []) + int(
+            p.body.get("max_tokens") or p.body.get("max_completion_tokens")
+            or DEFAULT_OUTPUT_RESERVE
+        )
+        async for attempt in retry.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
+                                          rng=self.d.rng):
+            with attempt:
+                if self.stopping:
+                    raise _Stopped
+                await self.gate.wait(reserve)
+                await self.limit.acquire()
+                try:
+                    if self.stopping:
+                        raise _Stopped
+                    if number > p.attempts and not self._retry_fits(p):
+                        raise _Stopped
+                    number += 1
+                    await self._attempt(p, number, reserve)
+                finally:
+                    self.limit.release()
 
     def _retry_fits(self, p: Pending) -> bool:
         """A retry spends again: it goes only while the budget still fits."""
@@ -234,14 +221,13 @@ class Engine:
             await self.d.sleep(seconds)
 
     async def _attempt(self, p: Pending, number: int, reserve: int) -> None:
-        store = self.d.store
-        attempt_id = store.start_attempt(p, run_id=self.d.run_id, n=number, now=self.d.clock())
-        live = _Live(attempt_id)
-        self.live[attempt_id] = live
+        live = self.journal.open(p, run_id=self.d.run_id, n=number)
         result = StreamResult()
+        watch = self.watchdog.watch()
         try:
             await stream_attempt(self.d.client, p.body, live.on_text, result,
-                                 redact=self.d.redact, on_open=self.gate.on_accepted)
+                                 redact=self.d.redact, on_open=self.gate.on_accepted,
+                                 watch=watch)
             if result.finish_reason == "content_filter":
                 raise ModerationError("the provider's content filter stopped the output",
                                       error_class="moderation", code="content_filter",
@@ -262,48 +248,56 @@ class Engine:
             ), self._billed(p, live, result))
             self._learn(err)
             raise err from None
-        self._note_headers(result)
+        finally:
+            self.watchdog.release(watch)
+        self._finish(p, live, result, reserve)
+
+    def _finish(self, p: Pending, live: Live, result: StreamResult, reserve: int) -> None:
+        """The answer is whole and paid for: nothing after this point may lose it."""
         content, reasoning = "".join(live.content), "".join(live.reasoning)
-        usage = from_report(result.usage, p.body, content, reasoning)
-        # Journaled by the flusher, many at once, within FINISH_BATCH seconds.
+        try:
+            usage = from_report(result.usage, p.body, content, reasoning)
+        except Exception:  # usage is accounting: estimate it rather than lose the answer
+            log.exception("%s: unreadable usage %r; estimated", p.id, result.usage)
+            usage = estimate(p.body, content, reasoning)
         calls = json.dumps(result.tool_call_list(), ensure_ascii=False) \
             if result.tool_calls else None
-        self.finished.append(Ended(
-            attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
-                                   provider_request_id=result.request_id, tool_calls=calls),
+        self.journal.finish(Ended(
+            live.attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
+                                        provider_request_id=result.request_id, tool_calls=calls),
             usage, self.d.clock(), request_id=p.id, content=content, reasoning=reasoning))
-        self.live.pop(attempt_id, None)
         if self.d.budget is not None:
             self.d.budget.charge(p, usage)
-        self._finished.set()
         self.outcome.done += 1
         self.limit.on_success()
         self.breaker.record(True)
         self.gate.settle(reserve, usage.total_tokens)
+        self._note_headers(result)
         self.d.progress.update(done=1, tokens=usage.completion_tokens,
                                in_flight=self.limit.active - 1)
 
-    def _billed(self, p: Pending, live: _Live, result: StreamResult) -> Usage | None:
+    def _billed(self, p: Pending, live: Live, result: StreamResult) -> Usage | None:
         """What an unfinished attempt cost: nothing if no byte of output came back."""
+        content, reasoning = "".join(live.content), "".join(live.reasoning)
         if result.usage:
-            return from_report(result.usage, p.body, "".join(live.content),
-                               "".join(live.reasoning))
+            try:
+                return from_report(result.usage, p.body, content, reasoning)
+            except Exception:  # unreadable usage: estimated below
+                log.info("%s: unreadable usage %r", p.id, result.usage)
         if result.chunks == 0:
             return None
-        return estimate(p.body, "".join(live.content), "".join(live.reasoning))
+        return estimate(p.body, content, reasoning)
 
-    def _end(self, live: _Live, p: Pending, end: AttemptEnd, usage: Usage | None) -> None:
+    def _end(self, live: Live, p: Pending, end: AttemptEnd, usage: Usage | None) -> None:
         """An attempt that did not finish: its text so far and its end, now."""
-        segment = live.take_segment()
-        if segment is not None:
-            self.d.store.add_segments([segment])
-        self.d.store.end_attempt(live.attempt_id, end, usage=usage, now=self.d.clock())
-        self.live.pop(live.attempt_id, None)
+        self.journal.end(live, end, usage)
         if self.d.budget is not None:
             self.d.budget.charge(p, usage)
 
     def _note_headers(self, result: StreamResult) -> None:
-        pause = ratelimit_pause(result.ratelimit) if result.ratelimit else None
+        if not result.ratelimit:
+            return
+        pause = ratelimit_pause(result.ratelimit)
         if pause:
             log.info("rate limit exhausted per x-ratelimit headers; holding starts %.1f s", pause)
             self.gate.pause_for(pause)
@@ -321,76 +315,3 @@ class Engine:
                 self.limit.on_throttle()
                 self.gate.on_throttle()
             self.breaker.record(False)
-
-    # ------------------------------------------------------------ journal
-
-    def closing(self) -> bool:
-        return self._closing
-
-    async def _flush_loop(self) -> None:
-        # Every flush_interval, and at once when a request finished: a finished
-        # result should be on disk before a kill can make a re-run pay for it.
-        loop = asyncio.get_running_loop()
-        next_segments = loop.time() + self.d.flush_interval
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished.wait(),
-                                       max(0.0, next_segments - loop.time()))
-            if self._finished.is_set():
-                await asyncio.sleep(FINISH_BATCH)  # let finishes that arrive together share it
-            self._finished.clear()
-            if self.closing():
-                break
-            segments = loop.time() >= next_segments
-            if segments:
-                next_segments = loop.time() + self.d.flush_interval
-            await self.flush(segments=segments)
-
-    async def flush(self, segments: bool = True) -> None:
-        """Commit (with the text streamed so far when ``segments``), then write
-        the files of requests that finished; their text went in with them."""
-        if segments:
-            rows = [s for s in (live.take_segment() for live in list(self.live.values())) if s]
-            if rows:
-                self.d.store.add_segments(rows)
-        finished, self.finished = self.finished, []
-        if finished:
-            self.d.store.end_attempts(finished)
-        self.d.store.commit()
-        if finished:
-            # Files follow the commit on a writer thread, so commits never wait
-            # for them. Creating a file costs ~1 ms here: when short requests
-            # finish faster than that, the launcher waits (see _writer_room).
-            size = sum(len(d.content) + len(d.reasoning) + ENDED_OVERHEAD for d in finished)
-            self._pending_bytes += size
-            future = asyncio.get_running_loop().run_in_executor(
-                self._writer, _write_all, self.d.run_dir, finished)
-            future.add_done_callback(functools.partial(self._written, size=size))
-            self._writes.add(future)
-        self.d.progress.update(in_flight=self.limit.active)
-
-    def _written(self, future: asyncio.Future[None], *, size: int) -> None:
-        self._writes.discard(future)
-        self._pending_bytes -= size
-        self._room.set()
-        if not future.cancelled() and future.exception() is not None:
-            # the store has the text; the export at the end writes it again
-            log.warning("could not write texts/ files yet: %s", future.exception())
-
-    async def _writer_room(self) -> None:
-        """Hold launches while too much finished text waits for its files."""
-        while self._pending_bytes > MAX_PENDING_TEXT:
-            self._room.clear()
-            await self._room.wait()
-
-    async def _drain_writes(self) -> None:
-        while self._writes:
-            await asyncio.wait(list(self._writes))
-
-
-def _write_all(run_dir: Path, finished: list[Ended]) -> None:
-    files = []
-    for done in finished:
-        assert done.request_id is not None
-        files += text_files(run_dir, done.request_id, done.content, done.reasoning)
-    write_many_atomic(files)

@@ -7,6 +7,7 @@ The whole tree::
     │   └── JobFileError             a job file is broken; lists every problem   (2)
     ├── LockedError                  another run holds the run directory         (75)
     ├── StoreError                   run.db unreadable or from a newer batchgen  (1)
+    ├── StorageError                 the disk refused a write (full, read-only)  (74)
     ├── LocalEndpointError           llama-server / model missing or not healthy (1)
     └── AttemptError                 one streamed attempt failed; carries data
         ├── TransientError           worth another attempt (429, 5xx, cut, stall)
@@ -71,6 +72,21 @@ class LockedError(BatchgenError):
 
 class StoreError(BatchgenError):
     """The run store cannot be used."""
+
+
+class StorageError(BatchgenError):
+    """The run directory's disk refused a write: full, read-only, failing.
+
+    The run stops launching at once (what is committed stays) and exits 74,
+    sysexits' EX_IOERR. ``no_space`` tells a full disk from other failures.
+    """
+
+    exit_code = 74
+
+    def __init__(self, message: str, *, path: str, no_space: bool) -> None:
+        super().__init__(message)
+        self.path = path
+        self.no_space = no_space
 
 
 class LocalEndpointError(BatchgenError):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .errors import JobFileError, Problem, UsageError
+from .ids import ClashFinder
 from .models import (
     ID_RE,
     PARAM_NAMES,
@@ -43,6 +46,8 @@ MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3
 MAX_LINE_BYTES = 32 * 1024 * 1024
 MAX_PROBLEMS = 20
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+KEY_ENV_RE = re.compile(r"^[A-Za-z0-9_]*API_?KEY$", re.IGNORECASE)
+KEY_ENVS_VAR = "BATCHGEN_ALLOWED_KEY_ENVS"  # more names a job file may use, comma-separated
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Overrides:
     local: bool = False
     max_cost: float | None = None
     currency: str | None = None
+    allowed_key_envs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
         sources: tuple[_Source, ...] = (_Source(file=file, stat=_stat(file)),)
     else:
         spec, line_map = _parse_yaml(file, raw)
+        _check_key_env(file, spec, line_map, ov)
         sources = _yaml_sources(file, spec, line_map)
 
     job = _assemble(file, spec, ov, sources)
@@ -127,16 +134,17 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
 
     count = 0
     models: dict[str, None] = {}
-    seen: set[str] = set()
+    clashes = ClashFinder()
     plan = hashlib.sha256()
     for req in _resolve_all(job, collect):
         plan.update(f"{req.id}\0{req.fingerprint}\n".encode())
-        if req.id in seen:
-            collect(Problem(req.source.rsplit(":", 1)[0], _line(req.source), "id",
-                            f"duplicate id {req.id!r}: ids must be unique in a job"))
-        seen.add(req.id)
+        clashes.add(req.id)
         count += 1
         models.setdefault(req.model)
+    suspects = clashes.positions()
+    if suspects and len(problems) < MAX_PROBLEMS:
+        for problem in _clash_problems(job, suspects):
+            collect(problem)
     if not problems and count == 0:
         problems.append(Problem(str(file), None, None, "the job has no prompts"))
     if problems:
@@ -145,6 +153,26 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
                    plan_digest=plan.hexdigest())
     return replace(job, info=info)
+
+
+def _clash_problems(job: Job, positions: set[int]) -> Iterator[Problem]:
+    """Read the suspect requests again and name each clash with both its lines."""
+    first: dict[str, Request] = {}
+    for req in _resolve_all(job, lambda _problem: None):
+        if req.position not in positions:
+            continue
+        folded = req.id.casefold()
+        earlier = first.setdefault(folded, req)
+        if earlier is req:
+            continue
+        where = f"line {_line(earlier.source)}" if earlier.source.rsplit(":", 1)[0] == \
+            req.source.rsplit(":", 1)[0] else earlier.source
+        if earlier.id == req.id:
+            message = f"duplicate id {req.id!r} (first on {where}): ids must be unique in a job"
+        else:
+            message = (f"id {req.id!r} differs from {earlier.id!r} ({where}) only in case: on "
+                       "macOS and Windows both name the same file in texts/; rename one")
+        yield Problem(req.source.rsplit(":", 1)[0], _line(req.source), "id", message)
 
 
 # ------------------------------------------------------------------ reading
@@ -163,7 +191,14 @@ def _read_checked(file: Path, cap: int | None) -> str:
     """The whole text for YAML (``cap`` set); for JSONL only checks it is readable."""
     name = str(file)
     try:
-        size = file.stat().st_size
+        st = file.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise JobFileError([Problem(name, None, None,
+                                        "is not a regular file (a FIFO, socket or device); "
+                                        "write the job to a file")])
+        size = st.st_size
         with file.open("rb") as fh:
             head = fh.read(8192 if cap is None else cap + 1)
     except IsADirectoryError:
@@ -220,6 +255,26 @@ def _parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
     if problems:
         raise JobFileError(sorted(problems, key=lambda p: p.line or 0))
     return spec, line_map
+
+
+def allowed_key_env(name: str, extra: tuple[str, ...] = ()) -> bool:
+    """May a job file name this variable as the one that holds its API key?"""
+    allowed = {*extra, *re.split(r"[\s,]+", os.environ.get(KEY_ENVS_VAR, ""))} - {""}
+    return bool(KEY_ENV_RE.match(name)) or name in allowed
+
+
+def _check_key_env(file: Path, spec: JobSpec, line_map: LineMap, ov: Overrides) -> None:
+    """A job file from someone else must not pick any variable (GITHUB_TOKEN)
+    to send as the bearer key to the endpoint it names."""
+    name = spec.endpoint.api_key_env
+    if ov.api_key_env or name is None or "api_key_env" not in spec.endpoint.model_fields_set:
+        return
+    if not allowed_key_env(name, ov.allowed_key_envs):
+        raise JobFileError([Problem(
+            str(file), line_map.line_of(("endpoint", "api_key_env")), "endpoint.api_key_env",
+            f"{name} does not look like an API-key variable (*_API_KEY); a job file may not "
+            f"choose any variable to send as its key. Pass --api-key-env {name}, or allow it "
+            f"with --allow-key-env {name} or {KEY_ENVS_VAR}={name}")])
 
 
 def _yaml_sources(file: Path, spec: JobSpec, line_map: LineMap) -> tuple[_Source, ...]:

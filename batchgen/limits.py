@@ -169,11 +169,14 @@ def parse_duration(text: str) -> float | None:
     """'1s', '6m0s', '20ms', '0.5' -> seconds (OpenAI-style x-ratelimit-reset-*)."""
     text = text.strip()
     try:
-        return float(text)
+        value = float(text)
+        return value if 0 <= value < float("inf") else None
     except ValueError:
         pass
+    if not re.fullmatch(r"(?:\d+(?:\.\d+)?(?:ms|h|m|s))+", text):
+        return None  # "1.2.3s" and other junk: ignored, never fatal to a paid answer
     total = 0.0
-    for number, unit in re.findall(r"([0-9.]+)(ms|h|m|s)", text):
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text):
         total += float(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
     return total if total > 0 else None
 

@@ -237,6 +237,7 @@ class RunSpec(_Strict):
     max_attempts: int = Field(default=6, ge=1, le=100)
     idle_timeout: float = Field(default=120.0, gt=0)
     connect_timeout: float = Field(default=30.0, gt=0)
+    max_duration: float | None = Field(default=None, gt=0)
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
 
@@ -340,6 +341,7 @@ class RunSettings:
     max_attempts: int = 6
     idle_timeout: float = 120.0
     connect_timeout: float = 30.0
+    max_duration: float | None = None
     rpm: float | None = None
     tpm: float | None = None
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,56 +98,9 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
             raise StoreError(f"{run_dir} holds no run (no run.db)")
         store = RunStore(db_path, readonly=True)
         try:
-            book = PriceBook(overrides_from_json(store.meta("pricing")))
-            costs = StoreCosts(store.db, book)
-            currency_of: dict[str, str | None] = {}
-            for a in store.iterate(
-                "SELECT a.run_id, a.model, r.tags, u.prompt_tokens, u.completion_tokens, "
-                "u.reasoning_tokens, u.cached_tokens, u.estimated FROM attempts a "
-                "LEFT JOIN usage u ON u.attempt_id = a.id "
-                "LEFT JOIN requests r ON r.id = a.request_id"
-            ):
-                price = costs.price(a["run_id"], a["model"])
-                currency = price.currency if price else None
-                currency_of.setdefault(a["model"], currency)
-                if price is None:
-                    unknown.add(a["model"])
-                else:
-                    seen_prices.setdefault((price.list_name, price.model), {
-                        "list": price.list_name, "model": price.model, "as_of": price.as_of,
-                        "source": price.source})
-                cost = costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
-                                  a["completion_tokens"], a["reasoning_tokens"],
-                                  a["cached_tokens"])
-                for key in _keys(group_by, a["model"], a["tags"]):
-                    r = row(key, currency)
-                    r.attempts += 1
-                    if a["prompt_tokens"] is None:
-                        continue
-                    tokens = a["prompt_tokens"] + a["completion_tokens"]
-                    r.prompt_tokens += a["prompt_tokens"]
-                    r.completion_tokens += a["completion_tokens"]
-                    r.reasoning_tokens += a["reasoning_tokens"] or 0
-                    r.cached_tokens += a["cached_tokens"] or 0
-                    if a["estimated"]:
-                        r.estimated_tokens += tokens
-                    if cost is None or r.cost is None:
-                        r.cost = None
-                    else:
-                        r.cost += cost
-                        if a["estimated"]:
-                            r.estimated_cost += cost
-            for req in store.iterate(
-                "SELECT model, tags, state FROM requests WHERE position IS NOT NULL "
-                "AND state IN ('done', 'failed')"
-            ):
-                currency = currency_of.get(req["model"])
-                for key in _keys(group_by, req["model"], req["tags"]):
-                    r = row(key, currency)
-                    if req["state"] == "done":
-                        r.requests_done += 1
-                    else:
-                        r.requests_failed += 1
+            _add_store(store, group_by, row, seen_prices, unknown)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{db_path} cannot be read ({exc}); it may be damaged") from None
         finally:
             store.close()
 
@@ -167,6 +122,61 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
             "add it to the job's `pricing:` block"
         )
     return report
+
+
+def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], Row],
+               seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str]) -> None:
+    """Add one run store's attempts and requests to the report's rows."""
+    book = PriceBook(overrides_from_json(store.meta("pricing")))
+    costs = StoreCosts(store.db, book)
+    currency_of: dict[str, str | None] = {}
+    for a in store.iterate(
+        "SELECT a.run_id, a.model, r.tags, u.prompt_tokens, u.completion_tokens, "
+        "u.reasoning_tokens, u.cached_tokens, u.estimated FROM attempts a "
+        "LEFT JOIN usage u ON u.attempt_id = a.id "
+        "LEFT JOIN requests r ON r.id = a.request_id"
+    ):
+        price = costs.price(a["run_id"], a["model"])
+        currency = price.currency if price else None
+        currency_of.setdefault(a["model"], currency)
+        if price is None:
+            unknown.add(a["model"])
+        else:
+            seen_prices.setdefault((price.list_name, price.model), {
+                "list": price.list_name, "model": price.model, "as_of": price.as_of,
+                "source": price.source})
+        cost = costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
+                          a["completion_tokens"], a["reasoning_tokens"],
+                          a["cached_tokens"])
+        for key in _keys(group_by, a["model"], a["tags"]):
+            r = row(key, currency)
+            r.attempts += 1
+            if a["prompt_tokens"] is None:
+                continue
+            tokens = a["prompt_tokens"] + a["completion_tokens"]
+            r.prompt_tokens += a["prompt_tokens"]
+            r.completion_tokens += a["completion_tokens"]
+            r.reasoning_tokens += a["reasoning_tokens"] or 0
+            r.cached_tokens += a["cached_tokens"] or 0
+            if a["estimated"]:
+                r.estimated_tokens += tokens
+            if cost is None or r.cost is None:
+                r.cost = None
+            else:
+                r.cost += cost
+                if a["estimated"]:
+                    r.estimated_cost += cost
+    for req in store.iterate(
+        "SELECT model, tags, state FROM requests WHERE position IS NOT NULL "
+        "AND state IN ('done', 'failed')"
+    ):
+        currency = currency_of.get(req["model"])
+        for key in _keys(group_by, req["model"], req["tags"]):
+            r = row(key, currency)
+            if req["state"] == "done":
+                r.requests_done += 1
+            else:
+                r.requests_failed += 1
 
 
 # ------------------------------------------------------------------ rendering

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import random
 import re
 import time
@@ -35,6 +36,7 @@ from .errors import (
     RunFatalError,
     TransientError,
 )
+from .secrets import printable
 
 THROTTLE_FACTOR = 4
 BACKOFF_BASE = 1.0
@@ -108,10 +110,12 @@ def retry_after_seconds(
         try:
             value = float(ra)
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(ra) if ra else None
-            if parsed is not None:
+            try:
+                parsed = email.utils.parsedate_to_datetime(ra)
                 value = parsed.timestamp() - (time.time() if now is None else now)
-    if value is None:
+            except (TypeError, ValueError, OverflowError):
+                value = None  # neither seconds nor a date ("1.5s"): ignored, not fatal
+    if value is None or math.isnan(value):
         return None
     return max(0.0, min(value, RETRY_AFTER_CAP))
 
@@ -127,7 +131,9 @@ def from_payload(
     """Classify an HTTP error reply or a mid-stream error event."""
     code, message, kind = parse_error_body(body)
     low = {(code or "").lower(), (kind or "").lower()}
-    text = redact(message or (f"HTTP {status}" if status else "error event in the stream"))
+    text = redact(printable(message or (f"HTTP {status}" if status else
+                                        "error event in the stream")))
+    code = printable(code) if code else code
     fields: dict[str, Any] = {
         "http_status": status,
         "code": code or kind,
@@ -151,6 +157,13 @@ def from_payload(
             # the body says what HTTP would have: this request is refused as written
             return RequestFatalError(text, error_class="error_event", **fields)
         return TransientError(text, error_class="error_event", **fields)
+    if 300 <= status < 400:
+        target = (headers or {}).get("location") or "another address"
+        return RequestFatalError(
+            redact(printable(f"the server redirected (HTTP {status}) to {target}; batchgen "
+                             "does not follow redirects for API calls: set base_url to the "
+                             "address that answers")),
+            error_class="redirect", **fields)
     if status in RETRY_STATUS or status >= 500:
         label = {429: "rate_limited", 408: "timeout", 409: "conflict"}.get(status, "server_error")
         return TransientError(text, error_class=label, **fields)
@@ -211,14 +224,14 @@ def classify(exc: BaseException, *, redact: Redact = _no_redact) -> AttemptError
     # openai wraps errors raised before a response; transport errors raised
     # while reading the body reach us unwrapped. They are matched by class name
     # (of the original error first), so httpx, httpx2 and aiohttp are understood.
-    text = redact(str(exc) or type(exc).__name__)
+    text = redact(printable(str(exc) or type(exc).__name__))
     for kinds in (_mro_names(_root(exc)), names):
         if kinds & TIMEOUTS:
             return TransientError(text, error_class="idle_timeout")
         if kinds & TRANSPORT_ERRORS:
             return TransientError(text, error_class="connection")
     return RequestFatalError(
-        redact(f"{type(exc).__name__}: {exc}"), error_class="internal_error"
+        redact(printable(f"{type(exc).__name__}: {exc}")), error_class="internal_error"
     )
 
 

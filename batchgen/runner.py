@@ -15,6 +15,7 @@ import gc
 import os
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from typing import Any
 from . import __version__
 from .budget import BudgetGuard, check_budget
 from .engine import Engine, EngineDeps, Outcome
-from .errors import RunFatalError
+from .errors import RunFatalError, StorageError, UsageError
 from .exports import clean_temp, export_all, write_reports
 from .jobfile import Job
+from .journal import storage_error
 from .lock import RunLock
 from .pricing import PriceBook, overrides_to_json
 from .progress import NullProgress, Progress
@@ -35,6 +37,7 @@ from .store import RunStore
 from .usage import estimate
 
 EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused a write
 
 ClientFactory = Callable[[str, str, Job], Any]
 
@@ -50,18 +53,21 @@ class RunSummary:
     failed: int = 0
     pending: int = 0
     fatal: RunFatalError | None = None
+    storage: StorageError | None = None
     stopped_by: str | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.storage is not None:
+            return EXIT_STORAGE
         if self.stopped_by == "interrupt":
             return EXIT_INTERRUPTED
         if self.fatal is not None:
             return EXIT_FATAL
         if self.stopped_by == "budget":
             return EXIT_BUDGET
-        if self.failed:
-            return EXIT_FAILED
+        if self.failed or self.pending:
+            return EXIT_FAILED  # never 0 while a request of the job is unfinished
         return EXIT_OK
 
 
@@ -76,14 +82,15 @@ class RunOptions:
     rng: random.Random = field(default_factory=random.Random)
     flush_interval: float = 0.2
     handle_signals: bool = True
+    force: bool = False  # run even where the store is gone but finished texts are not
 
 
 def default_client(base_url: str, api_key: str, job: Job) -> Any:
     from .stream import make_client
 
+    # idleness is the engine's Watchdog's to judge (it knows when the process was stopped)
     return make_client(base_url, api_key, connect_timeout=job.run.connect_timeout,
-                       idle_timeout=job.run.idle_timeout,
-                       max_connections=job.run.concurrency)
+                       idle_timeout=None, max_connections=job.run.concurrency)
 
 
 def run_job(job: Job, options: RunOptions | None = None) -> RunSummary:
@@ -108,65 +115,120 @@ async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
     book = PriceBook(job.pricing)
     if job.budget is not None:
         check_budget(job, book)  # before anything is written, too
+    _check_store_not_lost(job.run_dir, opts.force)
     quiet_transport_logs()
     redact = Redactor(api_key)
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(job.run_dir)
-    lock.acquire()
-    (job.run_dir / "texts").mkdir(exist_ok=True)
-    clean_temp(job.run_dir)
     try:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(job.run_dir)
+        lock.acquire()
+    except OSError as exc:
+        raise storage_error(exc, job.run_dir) from None
+    try:
+        try:
+            (job.run_dir / "texts").mkdir(exist_ok=True)
+            clean_temp(job.run_dir)
+        except OSError as exc:
+            raise storage_error(exc, job.run_dir) from None
         return await _locked_run(job, opts, api_key, redact, book)
     finally:
         lock.release()
+
+
+def _check_store_not_lost(run_dir: Path, force: bool) -> None:
+    """An empty or missing run.db beside finished texts means the journal was
+    lost: a run would buy every answer again. Say so; go on only with --force."""
+    db = run_dir / "run.db"
+    texts = run_dir / "texts"
+    try:
+        lost = not db.exists() or db.stat().st_size == 0
+        finished = next((p for p in texts.iterdir() if p.suffix == ".md"), None) \
+            if lost and texts.is_dir() else None
+    except OSError:
+        return  # unreadable: the open below says what is wrong
+    if finished is not None and not force:
+        state = "is empty" if db.exists() else "is missing"
+        raise UsageError(
+            f"{db} {state}, but {texts} holds finished answers: a run would buy every one "
+            "of them again. Restore run.db from a backup, or run again with --force to "
+            "start over (the texts are kept until overwritten)"
+        )
 
 
 async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor,
                       book: PriceBook) -> RunSummary:
     store = RunStore(job.run_dir / "run.db")
     try:
-        run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
-                                 region=job.endpoint.region, pid=os.getpid(),
-                                 version=__version__, now=opts.clock())
-        store.set_meta("pricing", overrides_to_json(job.pricing))
-        recovered = store.recover(estimate, now=opts.clock())
-        # The same plan as last time (same ids, same fingerprints, same order)
-        # needs no second pass over the job file: a finished 100k-prompt run
-        # re-runs in about the time `validate` takes.
-        if store.meta("plan") != job.info.plan_digest:
-            store.sync_requests(job.requests())
-            store.set_meta("plan", job.info.plan_digest)
-            store.commit()
-        total = job.info.requests
-        todo = store.count_todo()
-        summary = RunSummary(run_dir=job.run_dir, total=total, skipped=total - todo)
-        opts.progress.start(todo, total - todo)
-        outcome = Outcome()
-        if todo:
-            guard = BudgetGuard(job.budget, job, book, store) if job.budget else None
-            outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard)
-        summary.done, summary.failed = outcome.done, outcome.failed
-        summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
-        summary.pending = store.count_todo() - _failed_count(store)
-        # Outputs are derived from the store; rewrite them only when it changed
-        # since they were last written in full (or when one is missing).
-        state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{recovered}:" \
-                f"{overrides_to_json(job.pricing)}"
-        outputs = ("results.jsonl", "failed.jsonl", "report.md", "report.json")
-        if store.meta("exported") != state or not all(
-            (job.run_dir / name).exists() for name in outputs
-        ):
-            export_all(store, job.run_dir, book)
-            store.end_run(run_id, _status(summary), opts.clock())
-            write_reports(job.run_dir)
-            store.set_meta("exported", state)
-            store.commit()
-        else:
-            store.end_run(run_id, _status(summary), opts.clock())
+        try:
+            summary = await _run_and_export(job, opts, store, api_key, redact, book)
+        except (StorageError, sqlite3.OperationalError, OSError) as exc:
+            summary = RunSummary(run_dir=job.run_dir, total=job.info.requests, skipped=0,
+                                 storage=storage_error(exc, job.run_dir))
+        if summary.storage is not None:
+            summary.storage = _with_counts(summary.storage, store)
         return summary
     finally:
         opts.progress.close()
-        store.close()
+        with contextlib.suppress(sqlite3.Error):
+            store.close()
+
+
+def _with_counts(error: StorageError, store: RunStore) -> StorageError:
+    """The storage error, with what is safe and what is left."""
+    try:
+        counts = store.counts()
+    except sqlite3.Error:
+        return error
+    left = counts["pending"] + counts["failed"]
+    fix = "free space and run again" if error.no_space else "fix the disk and run again"
+    return StorageError(f"{error}: {counts['done']} requests done, {left} not finished; {fix}",
+                        path=error.path, no_space=error.no_space)
+
+
+async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: str,
+                          redact: Redactor, book: PriceBook) -> RunSummary:
+    run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
+                             region=job.endpoint.region, pid=os.getpid(),
+                             version=__version__, now=opts.clock())
+    store.set_meta("pricing", overrides_to_json(job.pricing))
+    recovered = store.recover(estimate, now=opts.clock())
+    # The same plan as last time (same ids, same fingerprints, same order)
+    # needs no second pass over the job file: a finished 100k-prompt run
+    # re-runs in about the time `validate` takes.
+    if store.meta("plan") != job.info.plan_digest:
+        store.sync_requests(job.requests())
+        store.set_meta("plan", job.info.plan_digest)
+        store.commit()
+    total = job.info.requests
+    todo = store.count_todo()
+    summary = RunSummary(run_dir=job.run_dir, total=total, skipped=total - todo)
+    opts.progress.start(todo, total - todo)
+    outcome = Outcome()
+    if todo:
+        guard = BudgetGuard(job.budget, job, book, store) if job.budget else None
+        outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard)
+    summary.done, summary.failed = outcome.done, outcome.failed
+    summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
+    summary.storage = outcome.storage
+    summary.pending = store.counts()["pending"]
+    if summary.storage is not None:
+        return summary  # the disk refuses writes: the outputs stay as they were
+    # Outputs are derived from the store; rewrite them only when it changed
+    # since they were last written in full (or when one is missing).
+    state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{recovered}:" \
+            f"{overrides_to_json(job.pricing)}"
+    outputs = ("results.jsonl", "failed.jsonl", "report.md", "report.json")
+    if store.meta("exported") != state or not all(
+        (job.run_dir / name).exists() for name in outputs
+    ):
+        export_all(store, job.run_dir, book)
+        store.end_run(run_id, _status(summary), opts.clock())
+        write_reports(job.run_dir)
+        store.set_meta("exported", state)
+        store.commit()
+    else:
+        store.end_run(run_id, _status(summary), opts.clock())
+    return summary
 
 
 async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
@@ -194,7 +256,8 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                            redact=redact, rng=opts.rng, flush_interval=opts.flush_interval,
                            budget=budget),
                 concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
-                rpm=job.run.rpm, tpm=job.run.tpm,
+                rpm=job.run.rpm, tpm=job.run.tpm, idle_timeout=job.run.idle_timeout,
+                max_duration=job.run.max_duration,
             )
             holder["engine"] = engine
             with _quiet_gc():
@@ -250,10 +313,6 @@ def _install_signals(holder: dict[str, Any]) -> Callable[[], None]:
             loop.remove_signal_handler(sig)
 
     return restore
-
-
-def _failed_count(store: RunStore) -> int:
-    return store.counts()["failed"]
 
 
 def _status(summary: RunSummary) -> str:

@@ -10,8 +10,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from .errors import UsageError
+
+# C0/C1 control characters but tab and newline, and the bidi overrides that can
+# make a terminal show text in another order than it is
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text from a server, safe to print: escape sequences and other control
+    characters shown escaped (``\\x1b``), never sent to the terminal."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
 
 TRANSPORT_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "hpack")
 

@@ -27,7 +27,7 @@ pieces and is joined once, when its end arrives.
 
 from __future__ import annotations
 
-MAX_EVENT_BYTES = 16 * 1024 * 1024  # far beyond any real chunk (the largest seen: 2 MiB)
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # far beyond any real chunk (the largest seen: 2 MiB)
 
 Event = tuple[bytes, bytes]  # (event type, data); type b"" when the event names none
 

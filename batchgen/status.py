@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,28 +32,34 @@ def read_status(run_dir: Path, failed_limit: int = 10) -> Status:
         raise StoreError(f"{run_dir} holds no run (no run.db); is it a run directory?")
     store = RunStore(db, readonly=True)
     try:
-        counts = store.counts()
-        st = Status(running=RunLock.is_held(run_dir))
-        st.done, st.failed = counts["done"], counts["failed"]
-        st.streaming = counts["streaming"] if st.running else 0
-        st.total = st.done + st.failed + counts["pending"]
-        st.pending = counts["pending"] - st.streaming
-        row = store.query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(u.prompt_tokens), 0) AS p, "
-            "COALESCE(SUM(u.completion_tokens), 0) AS c, COALESCE(SUM(u.estimated), 0) AS e "
-            "FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id"
-        )[0]
-        st.attempts, st.prompt_tokens = row["n"], row["p"]
-        st.completion_tokens, st.estimated_attempts = row["c"], row["e"]
-        for fail in store.failed_in_order():
-            if len(st.failures) >= failed_limit:
-                break
-            where = " ".join(
-                str(x) for x in (fail["error_class"],
-                                 f"HTTP {fail['http_status']}" if fail["http_status"] else None,
-                                 fail["error_code"]) if x
-            )
-            st.failures.append(f"{fail['id']}: {where}: {fail['error_message'] or ''}".rstrip())
-        return st
+        return _read(store, run_dir, failed_limit)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{db} cannot be read ({exc}); it may be damaged") from None
     finally:
         store.close()
+
+
+def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
+    counts = store.counts()
+    st = Status(running=RunLock.is_held(run_dir))
+    st.done, st.failed = counts["done"], counts["failed"]
+    st.streaming = counts["streaming"] if st.running else 0
+    st.total = st.done + st.failed + counts["pending"]
+    st.pending = counts["pending"] - st.streaming
+    row = store.query(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(u.prompt_tokens), 0) AS p, "
+        "COALESCE(SUM(u.completion_tokens), 0) AS c, COALESCE(SUM(u.estimated), 0) AS e "
+        "FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id"
+    )[0]
+    st.attempts, st.prompt_tokens = row["n"], row["p"]
+    st.completion_tokens, st.estimated_attempts = row["c"], row["e"]
+    for fail in store.failed_in_order():
+        if len(st.failures) >= failed_limit:
+            break
+        where = " ".join(
+            str(x) for x in (fail["error_class"],
+                             f"HTTP {fail['http_status']}" if fail["http_status"] else None,
+                             fail["error_code"]) if x
+        )
+        st.failures.append(f"{fail['id']}: {where}: {fail['error_message'] or ''}".rstrip())
+    return st

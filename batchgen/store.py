@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ SCHEMA_VERSION = 2
 # by an older batchgen gets them on open; old rows read them as NULL.
 _ADDED_COLUMNS = (
     ("attempts", "tool_calls", "TEXT"),  # schema 2: assembled tool-call deltas (JSON)
+    ("requests", "reason", "TEXT"),  # schema 2: why a request failed outside any attempt
 )
 
 _SCHEMA = """
@@ -62,7 +64,8 @@ CREATE TABLE IF NOT EXISTS requests (
     body TEXT NOT NULL,
     tags TEXT,
     state TEXT NOT NULL DEFAULT 'pending',
-    done_attempt INTEGER
+    done_attempt INTEGER,
+    reason TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_todo ON requests(position)
     WHERE position IS NOT NULL AND state != 'done';
@@ -159,7 +162,7 @@ class RunStore:
             if readonly:
                 if not path.exists():
                     raise StoreError(f"no run store at {path}")
-                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+                self.db = _open_readonly(path)
             else:
                 self.db = sqlite3.connect(path, timeout=10)
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -300,20 +303,23 @@ class RunStore:
         ).fetchone()
         return int(row[0])
 
-    def mark(self, request_id: str, state: str, attempt_id: int | None = None) -> None:
+    def mark(self, request_id: str, state: str, attempt_id: int | None = None,
+             reason: str | None = None) -> None:
         if state == "done":
-            self.db.execute("UPDATE requests SET state='done', done_attempt=? WHERE id=?",
-                            (attempt_id, request_id))
+            self.db.execute("UPDATE requests SET state='done', done_attempt=?, reason=NULL "
+                            "WHERE id=?", (attempt_id, request_id))
         else:
-            self.db.execute("UPDATE requests SET state=? WHERE id=?", (state, request_id))
+            self.db.execute("UPDATE requests SET state=?, reason=? WHERE id=?",
+                            (state, reason, request_id))
 
     # ---------------------------------------------------------- attempts
 
-    def start_attempt(self, req: Pending, *, run_id: int, n: int, now: float) -> int:
+    def start_attempt(self, req: Pending, *, run_id: int, n: int, now: float,
+                      mode: str = "fresh") -> int:
         cur = self.db.execute(
-            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, started) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (req.id, req.fingerprint, req.model, run_id, n, now),
+            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (req.id, req.fingerprint, req.model, run_id, n, mode, now),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -356,8 +362,8 @@ class RunStore:
                            [(e.attempt_id,) for e in done])
             db.executemany("INSERT INTO segments VALUES (?, 0, ?, ?)",
                            [(e.attempt_id, e.content, e.reasoning) for e in done])
-            db.executemany("UPDATE requests SET state='done', done_attempt=? WHERE id=?",
-                           [(e.attempt_id, e.request_id) for e in done])
+            db.executemany("UPDATE requests SET state='done', done_attempt=?, reason=NULL "
+                           "WHERE id=?", [(e.attempt_id, e.request_id) for e in done])
 
     def attempt_text(self, attempt_id: int) -> tuple[str, str]:
         rows = self.db.execute(
@@ -413,8 +419,11 @@ class RunStore:
         cur = self.db.cursor()
         cur.row_factory = sqlite3.Row
         yield from cur.execute(
-            "SELECT r.id, r.body, r.tags, a.error_class, a.error_code, a.http_status, "
-            " a.error_message FROM requests r LEFT JOIN attempts a ON a.id = "
+            "SELECT r.id, r.body, r.tags, CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
+            " THEN 'internal_error' ELSE a.error_class END AS error_class, a.error_code, "
+            " a.http_status, "
+            " COALESCE(r.reason, a.error_message) AS error_message "
+            "FROM requests r LEFT JOIN attempts a ON a.id = "
             " (SELECT MAX(id) FROM attempts x WHERE x.request_id = r.id) "
             "WHERE r.position IS NOT NULL AND r.state = 'failed' ORDER BY r.position"
         )
@@ -441,6 +450,27 @@ class RunStore:
         cur = self.db.cursor()
         cur.row_factory = sqlite3.Row
         yield from cur.execute(sql, params)
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """Read a store without writing anything, also in a read-only directory.
+
+    ``mode=ro`` still needs the WAL's shared-memory file; where that cannot be
+    created (a read-only directory or mount, someone else's files), the store
+    is opened ``immutable``: a finished run has no WAL left to miss.
+    """
+    uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=10)
+    try:
+        db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return db
+    except sqlite3.OperationalError as exc:
+        db.close()
+        if "no such table" in str(exc):
+            raise StoreError(f"{path} is not a batchgen run store") from None
+    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=10)
+    db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    return db
 
 
 def _dumps(obj: Any) -> str:

@@ -26,6 +26,7 @@ from .chunks import StreamResult, read_event
 from .errors import TransientError
 from .retry import Redact
 from .sse import EventTooLarge, SSEDecoder
+from .watchdog import Watch
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -34,9 +35,11 @@ __all__ = ["StreamResult", "make_client", "request_kwargs", "stream_attempt"]
 
 log = logging.getLogger(__name__)
 
-# Streams older than COALESCE_AFTER seconds read at most every COALESCE_FOR s.
+# Streams older than COALESCE_AFTER seconds read at most every COALESCE_FOR s,
+# unless a read brought COALESCE_BYTES or more (then the data is coming fast).
 COALESCE_AFTER = 1.0
 COALESCE_FOR = 0.05
+COALESCE_BYTES = 16 * 1024
 
 # After the finish_reason and usage have arrived, wait this long for [DONE]:
 # nothing that matters can follow, and a server that goes quiet instead of
@@ -55,10 +58,14 @@ def make_client(
     api_key: str,
     *,
     connect_timeout: float,
-    idle_timeout: float,
+    idle_timeout: float | None,
     max_connections: int,
 ) -> AsyncOpenAI:
-    """An async client with the SDK's retries off and an idle (read) timeout.
+    """An async client with the SDK's retries off.
+
+    ``idle_timeout`` is the transport's read timeout; a run passes ``None``
+    and leaves idleness to its :class:`~batchgen.watchdog.Watchdog`, which
+    does not count time the process was stopped.
 
     The transport is aiohttp where the SDK supports it (``DefaultAioHttpClient``):
     it costs about 40% less CPU per chunk and per request than httpx here
@@ -74,13 +81,18 @@ def make_client(
     )
     timeout = openai.Timeout(connect=connect_timeout, read=idle_timeout, write=60.0, pool=None)
     http_client: Any = None
+    # Redirects are not followed: a 307/308 would re-send the prompt (and the
+    # key's request) to another origin, a 301/302 turn the POST into a GET
+    # whose reply looks like an answer. They fail the request, naming the target.
     if os.environ.get("BATCHGEN_HTTP", "aiohttp") == "aiohttp":
         try:
-            http_client = openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
+            http_client = openai.DefaultAioHttpClient(limits=limits, timeout=timeout,
+                                                      follow_redirects=False)
         except (AttributeError, ImportError, RuntimeError):
             http_client = None  # an SDK without aiohttp support, or aiohttp missing
     if http_client is None:
-        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout,
+                                                     follow_redirects=False)
     return openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -120,6 +132,7 @@ async def stream_attempt(
     *,
     redact: Redact,
     on_open: Callable[[], None] | None = None,
+    watch: Watch | None = None,
 ) -> StreamResult:
     """Run one streamed request to its end, feeding text to ``on_text``.
 
@@ -139,7 +152,17 @@ async def stream_attempt(
             result.ratelimit = {k: headers[k] for k in RATELIMIT_HEADERS if k in headers}
             if on_open is not None:
                 on_open()
-            await _consume(response.http_response, on_text, result, redact)
+            await _consume(response.http_response, on_text, result, redact, watch)
+    except asyncio.CancelledError:
+        if watch is None or watch.fired is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the watchdog's cancel, not the user's: a failed attempt
+        what = ("no data arrived for the idle timeout" if watch.fired == "idle_timeout"
+                else "the attempt ran longer than run.max_duration")
+        raise TransientError(what, error_class=watch.fired,
+                             provider_request_id=result.request_id) from None
     except Exception as exc:
         if result.complete and not getattr(exc, "in_stream", False):
             log.debug("ignored after a complete answer: %r", exc)
@@ -154,7 +177,8 @@ async def stream_attempt(
     return result
 
 
-async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Redact) -> None:
+async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Redact,
+                   watch: Watch | None = None) -> None:
     decoder = SSEDecoder()
     chunks = http.aiter_bytes().__aiter__()
     loop = asyncio.get_running_loop()
@@ -168,7 +192,9 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
                     chunk = await chunks.__anext__()
             except (StopAsyncIteration, TimeoutError):
                 break
-            if loop.time() - started > COALESCE_AFTER:
+            if watch is not None:
+                watch.seen = True
+            if len(chunk) < COALESCE_BYTES and loop.time() - started > COALESCE_AFTER:
                 # A long generation: let a few chunks gather in the socket buffer
                 # between reads. Each wake-up of a stream costs more CPU than parsing
                 # a chunk, and nothing here needs text sooner than the journal does.

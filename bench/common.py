@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY_ENV = "BATCHGEN_BENCH_KEY"
+KEY_ENV = "BATCHGEN_BENCH_API_KEY"
 os.environ.setdefault(KEY_ENV, "bench-key")
 
 

@@ -16,7 +16,7 @@ from tests.fakeserver import Config, FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY = "sk-canary-7f3a9c1e5b2d4f6a8c0e"
-KEY_ENV = "BATCHGEN_TEST_KEY"
+KEY_ENV = "BATCHGEN_TEST_API_KEY"
 
 
 @pytest.fixture

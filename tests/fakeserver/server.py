@@ -1,175 +1,21 @@
-"""A loopback fake of an OpenAI-compatible chat API, DashScope's wire format.
-
-Byte for byte what Model Studio's compatible mode sends for a streamed call
-with ``stream_options.include_usage``: content chunks (``"usage":null``), the
-last content chunk with ``finish_reason`` and ``delta.content: ""``, then
-``{"choices":[],...,"usage":{...}}``, then ``data: [DONE]``; QwQ-style chunks
-carry ``reasoning_content`` while ``content`` is null. Error replies use the
-``{"error": {...}, "request_id": ...}`` shape, and moderation's 400 arrives as
-``data: {...}`` text.
-
-Text is generated deterministically from the request, so two runs can be
-compared byte for byte. Behaviour is scripted in the prompt text itself::
-
-    [[len=40]]          40 content tokens (default: 16-48, from the hash)
-    [[think=20]]        20 reasoning tokens first (QwQ / Qwen3 thinking)
-    [[delay=0.01]]      seconds between chunks
-    [[faults=429,cut@3,ok]]   what attempt 1, 2, 3 ... get (then ok)
-
-Faults: ``429`` (``429:ra=2`` Retry-After seconds, ``429:date=2`` as an HTTP
-date, ``429:ms=1500`` retry-after-ms), ``408 409 500 502 503 504 529``,
-``400 404 413``, ``inspect`` (moderation 400 in ``data:`` form), ``401`` (its
-message echoes the key it was sent, as some servers do),
-``403``, ``arrearage``,  ``quota`` (insufficient_quota, free quota used up),
-``reset`` (connection closed before headers), ``cut@N`` (closed after N
-chunks), ``stall@N:S`` (silent for S seconds after N chunks), ``badjson@N``,
-``errevent@N`` (transient error event after N chunks), ``inspect@N``
-(moderation error event after N chunks), ``nodone`` (no ``[DONE]``, then
-close), ``nousage`` (no usage chunk), ``hang`` (finish and usage, then
-silence), ``ok``.
-
-The server keeps a billing ledger (``GET /_control/ledger``): per HTTP
-request the prompt tokens and the completion tokens it actually sent, so cut
-streams are billed for what they delivered, as Model Studio bills them.
-Server-wide ``rpm`` / ``tpm`` limits answer 429 over a sliding minute and,
-at a 60th of the limit, over a sliding second (Model Studio's per-second rule).
-
-Run it alone: ``python -m tests.fakeserver --port 0`` prints ``PORT <n>``.
-"""
+"""The fake API's HTTP side: routing, the billing ledger, limits, faults, streams."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import contextlib
 import hashlib
 import json
 import math
-import re
 import resource
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
-VOCAB = (
-    "the of and to in is was for on are with as it at be this by from or an not "
-    "which have but all were when we there can more if will one about so out up "
-    "time only new some could these two may first then do any like my now over "
-    "such our man me even most made after also did many before must through back "
-    "years where much your way well down should because each just those people "
-    "how too little state good very make world still own see men work long get "
-    "here between both life being under never day same another know while last"
-).split()
-CJK_VOCAB = (
-    "我们的是在一有不了人这中大为上个国和地到以说时要就出会可也你对生能而子那得于着下自之年过发后作"
-    "里用道行所然家种事成方多经么去法学如都同现当没动面起看定天分还进好小部其些主样理心她本前开但因只从想实日"
-)
-DIRECTIVE = re.compile(r"\[\[(\w+)=([^\]]*)\]\]")
-_TOKEN_RE = re.compile(r"[A-Za-z]{1,6}|\d{1,3}|[^\sA-Za-z\d]")
-
-
-def _has_cjk(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
-
-
-def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """The fake's tokenizer: short word pieces, ~1.6 CJK characters a token."""
-    total = 0
-    for message in messages:
-        total += 3
-        content = message.get("content")
-        parts = [content] if isinstance(content, str) else [
-            p.get("text", "") if p.get("type") == "text" else None
-            for p in (content or [])
-        ]
-        for part in parts:
-            if part is None:
-                total += 1000  # an image
-                continue
-            cjk = sum(1 for ch in part if "\u4e00" <= ch <= "\u9fff")
-            rest = "".join(ch for ch in part if not "\u4e00" <= ch <= "\u9fff")
-            total += math.ceil(cjk / 1.6) + len(_TOKEN_RE.findall(rest))
-    return total
-
-
-@dataclass
-class Plan:
-    """What one HTTP request gets."""
-
-    tokens: list[str]
-    reasoning: list[str]
-    finish_reason: str
-    delay: float
-    fault: str
-    prompt_tokens: int
-    model: str
-    replay: str | None = None  # a recorded stream to play instead (tests/replay.py)
-
-
-@dataclass
-class Config:
-    delay: float = 0.0
-    api_key: str | None = None
-    rpm: float | None = None
-    tpm: float | None = None
-    default_len: int | None = None
-    tick: float | None = None  # one shared timer for all streams (benchmarks)
-
-
-@dataclass
-class Ledger:
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    attempts: dict[str, int] = field(default_factory=dict)
-    requests: int = 0
-    throttled: int = 0
-    keys_seen: set[str] = field(default_factory=set)
-
-
-def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
-    messages = body.get("messages") or []
-    model = str(body.get("model", "qwen-plus"))
-    text = json.dumps(messages, ensure_ascii=False, sort_keys=True)
-    directives = dict(DIRECTIVE.findall(text))
-    seed = hashlib.sha256((model + "\n" + text).encode()).digest()
-    length = int(directives.get("len", config.default_len or 16 + seed[0] % 33))
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-    finish = "stop"
-    if max_tokens is not None and length > int(max_tokens):
-        length, finish = int(max_tokens), "length"
-    think = int(directives.get("think", 0))
-    if think == 0 and (model.startswith(("qwq", "qvq")) or body.get("enable_thinking")):
-        think = 8 + seed[1] % 8
-    faults = [f.strip() for f in directives.get("faults", "").split(",") if f.strip()]
-    fault = faults[attempt - 1] if attempt <= len(faults) else "ok"
-    cjk = _has_cjk(text)
-    rng = int.from_bytes(seed[:8], "big")
-
-    def words(n: int, salt: int) -> list[str]:
-        out = []
-        state = rng ^ salt
-        for i in range(n):
-            state = (state * 6364136223846793005 + 1442695040888963407) & (2**64 - 1)
-            if cjk:  # one or two characters a token, 1.6 on average (as Qwen's)
-                a = CJK_VOCAB[(state >> 33) % len(CJK_VOCAB)]
-                b = CJK_VOCAB[(state >> 17) % len(CJK_VOCAB)]
-                out.append(a + b if (state >> 7) % 5 < 3 else a)
-            elif i and (state >> 9) % 8 == 0:  # punctuation is a token of its own
-                out.append(",." [(state >> 13) % 2])
-            else:
-                word = VOCAB[(state >> 33) % len(VOCAB)]
-                out.append(word if i == 0 else " " + word)
-        return out
-
-    return Plan(
-        tokens=words(length, 0), reasoning=words(think, 0x5EED), finish_reason=finish,
-        delay=float(directives.get("delay", config.delay)), fault=fault,
-        prompt_tokens=count_prompt_tokens(messages), model=model,
-        replay=directives.get("replay"),
-    )
+from tests.fakeserver import hostile
+from tests.fakeserver.plan import Config, Ledger, Plan, plan_for
 
 
 class FakeServer:
@@ -341,6 +187,8 @@ class FakeServer:
         fault = plan.fault
         name, _, arg = fault.partition("@")
         status_faults = {"408", "409", "500", "502", "503", "504", "529", "400", "404", "413"}
+        if name.partition(":")[0] in hostile.FAULTS:
+            return await hostile.reply(fault, plan.tokens, plan.headers, writer, entry)
         if fault == "reset":
             entry["status"] = 0
             writer.transport.abort()
@@ -357,13 +205,14 @@ class FakeServer:
                 extra["retry-after-ms"] = opts["ms"]
             await self._error(writer, 429, "limit_requests",
                               "Requests rate limit exceeded, please try again later.",
-                              "limit_requests", extra_headers=extra)
+                              "limit_requests", extra_headers={**extra, **plan.headers})
             return True
         if name in status_faults:
             entry["status"] = int(name)
             code = {"400": "invalid_parameter_error", "404": "model_not_found",
                     "413": "request_too_large"}.get(name, "internal_error")
-            await self._error(writer, int(name), code, f"fake {name}", code)
+            await self._error(writer, int(name), code, f"fake {name}", code,
+                              extra_headers=plan.headers)
             return True
         if fault == "inspect":
             entry["status"] = 400
@@ -417,7 +266,9 @@ class FakeServer:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream;charset=UTF-8\r\n"
             b"transfer-encoding: chunked\r\nconnection: keep-alive\r\n"
-            + f"x-request-id: {uuid.uuid4()}\r\n\r\n".encode()
+            + f"x-request-id: {uuid.uuid4()}\r\n".encode()
+            + "".join(f"{k}: {v}\r\n" for k, v in plan.headers.items()).encode()
+            + b"\r\n"
         )
         entry["prompt_tokens"] = plan.prompt_tokens
         entry["started"] = time.monotonic()
@@ -566,29 +417,3 @@ class FakeServer:
 
 def _chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("--tick", type=float, default=None)
-    parser.add_argument("--len", dest="default_len", type=int, default=None)
-    parser.add_argument("--rpm", type=float, default=None)
-    parser.add_argument("--tpm", type=float, default=None)
-    parser.add_argument("--api-key", default=None)
-    args = parser.parse_args()
-    server = FakeServer(Config(delay=args.tick or args.delay, api_key=args.api_key, rpm=args.rpm,
-                               tpm=args.tpm, default_len=args.default_len, tick=args.tick))
-
-    async def serve() -> None:
-        port = await server.start(port=args.port)
-        print(f"PORT {port}", flush=True)
-        await asyncio.Event().wait()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-
-
-if __name__ == "__main__":
-    main()
