@@ -119,14 +119,32 @@ class FakeTime:
         await asyncio.sleep(0)
 
 
-def kill_until_done(start: Any, rng: Any, lo: float, hi: float, rounds: int = 30) -> int:
-    """Start a run, SIGKILL it after a random lo..hi s, again until it exits 0.
-    Returns how many times it was killed."""
+def runs_begun(run_db: Path) -> int:
+    """How many invocations of a run store started an attempt (0 before it exists)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(run_db) as db:
+            return int(db.execute("SELECT COUNT(DISTINCT run_id) FROM attempts").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def kill_until_done(start: Any, rng: Any, lo: float, hi: float, run_db: Path,
+                    rounds: int = 30) -> int:
+    """Start a run, SIGKILL it a random lo..hi s after its first attempt began
+    (start-up, a second or more for `import openai`, is not counted), again until
+    it exits 0. Returns how many times it was killed."""
     import signal
     import time
 
     for kills in range(rounds):
+        before = runs_begun(run_db)
         proc = start()
+        deadline = time.monotonic() + 60
+        while runs_begun(run_db) <= before and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(rng.uniform(lo, hi))
         if proc.poll() is not None:
             assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""

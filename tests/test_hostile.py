@@ -297,7 +297,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_disk_stops_buying_and_keeps_what_is_saved(
     tmp_path: Path, fake_process: FakeProcess, small_disk: Path
 ) -> None:
-    prompts = [{"id": f"r{i:02d}", "prompt": f"[[len=2500]] long answer {i}"} for i in range(30)]
+    prompts = [{"id": f"r{i:02d}", "prompt": f"[[len=8000]] long answer {i}"} for i in range(30)]
     job = write_job(tmp_path / "job.yaml", None, prompts, run={"concurrency": 4})
     text = job.read_text().replace("https://example.invalid/v1", fake_process.base_url)
     job.write_text(text.replace(str(tmp_path / "out"), str(small_disk)))

@@ -47,7 +47,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     paid_by_clean = len(fake_process.get("ledger")["entries"])
 
     rng = random.Random(int(os.environ.get("KILL_SEED", "7")))
-    kills = kill_until_done(lambda: start(job, tmp_path / "killed"), rng, 0.5, 3.0)
+    kills = kill_until_done(lambda: start(job, tmp_path / "killed"), rng, 0.3, 2.0,
+                            run_db=tmp_path / "killed" / "t" / "run.db")
     assert kills >= 2, "the run finished before it could be killed twice; slow it down"
 
     clean_dir, killed_dir = tmp_path / "clean" / "t", tmp_path / "killed" / "t"

@@ -121,7 +121,8 @@ def test_kill_9_during_retry_backoff_resumes(tmp_path: Path) -> None:
         clean = start(jobs[0])
         _, err = clean.communicate(timeout=180)
         assert clean.returncode == 0, err
-        kills = kill_until_done(lambda: start(jobs[1]), random.Random(11), 0.6, 2.5)
+        kills = kill_until_done(lambda: start(jobs[1]), random.Random(11), 0.3, 1.5,
+                                run_db=tmp_path / "killed" / "out" / "t" / "run.db")
         assert kills >= 1
         clean_results = read_results(tmp_path / "clean" / "out" / "t")
         killed_results = read_results(tmp_path / "killed" / "out" / "t")
