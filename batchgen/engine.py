@@ -25,6 +25,7 @@ from typing import Any
 
 from . import retry, tokens
 from .budget import BudgetGuard
+from .continuation import EchoFilter, Resume, continue_body, refusal
 from .errors import (
     AttemptError,
     ModerationError,
@@ -82,8 +83,11 @@ class EngineDeps:
 class Engine:
     def __init__(self, deps: EngineDeps, *, concurrency: int, max_attempts: int,
                  rpm: float | None, tpm: float | None, idle_timeout: float = 120.0,
-                 max_duration: float | None = None) -> None:
+                 max_duration: float | None = None, continuation: str = "none",
+                 resume: str = "auto") -> None:
         self.d = deps
+        # how an interrupted answer goes on ("none": it starts over)
+        self.form = continuation if resume == "auto" else "none"
         self.max_attempts = max_attempts
         self.limit = AdaptiveLimit(concurrency, deps.clock)
         self.gate = Gate(rpm=rpm, tpm=tpm, clock=deps.clock, sleep=deps.sleep)
@@ -220,12 +224,23 @@ class Engine:
         if not self.stopping:
             await self.d.sleep(seconds)
 
+    def _resume(self, p: Pending, number: int) -> Resume | None:
+        """The answer so far, when this attempt can go on from it."""
+        if self.form == "none" or number == 1 or refusal(p.body):
+            return None
+        return self.d.store.resumable(p.id, p.fingerprint, tokens.completion_tokens)
+
     async def _attempt(self, p: Pending, number: int, reserve: int) -> None:
-        live = self.journal.open(p, run_id=self.d.run_id, n=number)
+        resume = self._resume(p, number)
+        body = p.body if resume is None else continue_body(p.body, resume.text, self.form,
+                                                           resume.tokens)
+        live = self.journal.open(p, run_id=self.d.run_id, n=number, resume=resume)
+        on_text = live.on_text if resume is None or self.form != "prefill" \
+            else EchoFilter(resume.text, live.on_text)
         result = StreamResult()
         watch = self.watchdog.watch()
         try:
-            await stream_attempt(self.d.client, p.body, live.on_text, result,
+            await stream_attempt(self.d.client, body, on_text, result,
                                  redact=self.d.redact, on_open=self.gate.on_accepted,
                                  watch=watch)
             if result.finish_reason == "content_filter":
@@ -236,36 +251,46 @@ class Engine:
             self._end(live, p, AttemptEnd(status="aborted", error_class="interrupted",
                                           error_message="stopped by the user",
                                           provider_request_id=result.request_id),
-                      self._billed(p, live, result))
+                      self._billed(body, live, result))
             raise
         except Exception as exc:
             err = retry.classify(exc, redact=self.d.redact)
+            if resume is not None and isinstance(err, RequestFatalError) \
+                    and not isinstance(err, ModerationError) and err.http_status in (400, None) \
+                    and err.error_class in ("http_400", "error_event"):
+                # the server does not continue this request: one fresh attempt instead
+                err = TransientError(f"the continuation was refused: {err.message}",
+                                     error_class="continuation_refused", code=err.code,
+                                     http_status=err.http_status, retry_after=0.0,
+                                     provider_request_id=err.provider_request_id)
             log.info("%s attempt %d failed: %s", p.id, number, err)
             self._end(live, p, AttemptEnd(
                 status="error", error_class=err.error_class, error_code=err.code,
                 http_status=err.http_status, error_message=err.message,
                 provider_request_id=err.provider_request_id or result.request_id,
-            ), self._billed(p, live, result))
+            ), self._billed(body, live, result))
             self._learn(err)
             raise err from None
         finally:
             self.watchdog.release(watch)
-        self._finish(p, live, result, reserve)
+        self._finish(p, body, live, result, reserve, resume)
 
-    def _finish(self, p: Pending, live: Live, result: StreamResult, reserve: int) -> None:
+    def _finish(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
+                reserve: int, resume: Resume | None) -> None:
         """The answer is whole and paid for: nothing after this point may lose it."""
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         try:
-            usage = from_report(result.usage, p.body, content, reasoning)
+            usage = from_report(result.usage, body, content, reasoning)
         except Exception:  # usage is accounting: estimate it rather than lose the answer
             log.exception("%s: unreadable usage %r; estimated", p.id, result.usage)
-            usage = estimate(p.body, content, reasoning)
+            usage = estimate(body, content, reasoning)
         calls = json.dumps(result.tool_call_list(), ensure_ascii=False) \
             if result.tool_calls else None
+        whole = content if resume is None else resume.text + content
         self.journal.finish(Ended(
             live.attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
                                         provider_request_id=result.request_id, tool_calls=calls),
-            usage, self.d.clock(), request_id=p.id, content=content, reasoning=reasoning))
+            usage, self.d.clock(), request_id=p.id, content=whole, reasoning=reasoning))
         if self.d.budget is not None:
             self.d.budget.charge(p, usage)
         self.outcome.done += 1
@@ -276,17 +301,18 @@ class Engine:
         self.d.progress.update(done=1, tokens=usage.completion_tokens,
                                in_flight=self.limit.active - 1)
 
-    def _billed(self, p: Pending, live: Live, result: StreamResult) -> Usage | None:
-        """What an unfinished attempt cost: nothing if no byte of output came back."""
+    def _billed(self, body: dict[str, Any], live: Live, result: StreamResult) -> Usage | None:
+        """What an unfinished attempt cost: nothing if no byte of output came back.
+        ``body`` is what was sent: a continuation's prompt held the answer so far."""
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         if result.usage:
             try:
-                return from_report(result.usage, p.body, content, reasoning)
+                return from_report(result.usage, body, content, reasoning)
             except Exception:  # unreadable usage: estimated below
-                log.info("%s: unreadable usage %r", p.id, result.usage)
+                log.info("unreadable usage %r", result.usage)
         if result.chunks == 0:
             return None
-        return estimate(p.body, content, reasoning)
+        return estimate(body, content, reasoning)
 
     def _end(self, live: Live, p: Pending, end: AttemptEnd, usage: Usage | None) -> None:
         """An attempt that did not finish: its text so far and its end, now."""

@@ -189,6 +189,8 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
                 line["tool_calls"] = json.loads(row["tool_calls"])
             line["usage"] = _usage(row) if row["prompt_tokens"] is not None else None
             line["attempts"] = row["attempts"]
+            if row["continuations"]:
+                line["continuations"] = row["continuations"]
             line["fingerprint"] = row["fingerprint"]
             if row["tags"]:
                 line["tags"] = json.loads(row["tags"])

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .continuation import detect as detect_continuation
 from .errors import JobFileError, Problem, UsageError
 from .ids import ClashFinder
 from .models import (
@@ -327,6 +328,7 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[_Source, 
         local=local,
         model_path=ep.model_path,
         server_args=tuple(ep.server_args),
+        continuation=ep.continuation or detect_continuation(base_url, local),
     )
     run = RunSettings(**spec.run.model_dump())
     if ov.concurrency is not None:

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .continuation import Resume
 from .errors import StorageError
 from .exports import text_files, write_many_atomic
 from .store import AttemptEnd, Ended, Pending, RunStore
@@ -123,10 +124,10 @@ class Journal:
             log.error("stopping: %s (%s)", self.failure, exc)
             self.on_failure(self.failure)
 
-    def open(self, p: Pending, *, run_id: int, n: int, mode: str = "fresh") -> Live:
+    def open(self, p: Pending, *, run_id: int, n: int, resume: Resume | None = None) -> Live:
         with self.guard():
             attempt_id = self.store.start_attempt(p, run_id=run_id, n=n, now=self.clock(),
-                                                  mode=mode)
+                                                  resume=resume)
         live = Live(attempt_id)
         self.live[attempt_id] = live
         return live

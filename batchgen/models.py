@@ -223,6 +223,9 @@ class EndpointSpec(_Strict):
     local: bool = False
     model_path: str | None = None
     server_args: list[str] = Field(default_factory=list)
+    # how this endpoint continues an assistant message; default: detected from the URL
+    continuation: Literal["partial", "prefix", "continue_final_message", "prefill",
+                          "none"] | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -240,6 +243,8 @@ class RunSpec(_Strict):
     max_duration: float | None = Field(default=None, gt=0)
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
+    # auto: an interrupted answer goes on from its text where the endpoint can
+    resume: Literal["auto", "fresh"] = "auto"
 
 
 class BudgetSpec(_Strict):
@@ -333,6 +338,7 @@ class Endpoint:
     local: bool = False
     model_path: str | None = None
     server_args: tuple[str, ...] = ()
+    continuation: str = "none"
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,7 @@ class RunSettings:
     max_duration: float | None = None
     rpm: float | None = None
     tpm: float | None = None
+    resume: str = "auto"
 
 
 @dataclass(frozen=True)

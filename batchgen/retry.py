@@ -155,7 +155,7 @@ def from_payload(
         said = _status_in_body(body)
         if said is not None and 400 <= said < 500 and said not in RETRY_STATUS:
             # the body says what HTTP would have: this request is refused as written
-            return RequestFatalError(text, error_class="error_event", **fields)
+            return RequestFatalError(text, error_class=f"http_{said}", **fields)
         return TransientError(text, error_class="error_event", **fields)
     if 300 <= status < 400:
         target = (headers or {}).get("location") or "another address"

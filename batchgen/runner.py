@@ -257,7 +257,8 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                            budget=budget),
                 concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
                 rpm=job.run.rpm, tpm=job.run.tpm, idle_timeout=job.run.idle_timeout,
-                max_duration=job.run.max_duration,
+                max_duration=job.run.max_duration, continuation=job.endpoint.continuation,
+                resume=job.run.resume,
             )
             holder["engine"] = engine
             with _quiet_gc():

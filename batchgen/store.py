@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .continuation import CONTINUABLE, Resume
 from .errors import StoreError
 from .models import Request
 from .usage import Usage
@@ -41,6 +42,9 @@ SCHEMA_VERSION = 2
 _ADDED_COLUMNS = (
     ("attempts", "tool_calls", "TEXT"),  # schema 2: assembled tool-call deltas (JSON)
     ("requests", "reason", "TEXT"),  # schema 2: why a request failed outside any attempt
+    ("attempts", "continues", "INTEGER"),  # schema 2: the attempt whose answer this goes on
+    ("attempts", "continuations", "INTEGER"),  # schema 2: continuations in its chain so far
+    ("attempts", "prefix_chars", "INTEGER"),  # schema 2: length of the answer it went on from
 )
 
 _SCHEMA = """
@@ -88,7 +92,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     http_status INTEGER,
     error_message TEXT,
     provider_request_id TEXT,
-    tool_calls TEXT
+    tool_calls TEXT,
+    continues INTEGER,
+    continuations INTEGER,
+    prefix_chars INTEGER
 );
 CREATE INDEX IF NOT EXISTS attempts_request ON attempts(request_id);
 CREATE INDEX IF NOT EXISTS attempts_streaming ON attempts(status) WHERE status = 'streaming';
@@ -220,16 +227,20 @@ class RunStore:
         (``estimate(body, content, reasoning) -> Usage``): they were billed.
         """
         rows = self.db.execute(
-            "SELECT a.id, r.body FROM attempts a JOIN requests r ON r.id = a.request_id "
-            "WHERE a.status = 'streaming'"
+            "SELECT a.id, r.body, a.continues FROM attempts a "
+            "JOIN requests r ON r.id = a.request_id WHERE a.status = 'streaming'"
         ).fetchall()
-        for attempt_id, body in rows:
+        for attempt_id, body, continues in rows:
             content, reasoning = self.attempt_text(attempt_id)
+            sent = json.loads(body)
+            if continues:  # its prompt held the answer it went on from
+                prefix = {"role": "assistant", "content": self.chain_text(continues)}
+                sent = {**sent, "messages": [*sent["messages"], prefix]}
             self.end_attempt(
                 attempt_id,
                 AttemptEnd(status="aborted", error_class="interrupted",
                            error_message="the process stopped while this attempt streamed"),
-                usage=estimate(json.loads(body), content, reasoning),
+                usage=estimate(sent, content, reasoning),
                 now=now,
             )
         self.db.commit()
@@ -315,11 +326,16 @@ class RunStore:
     # ---------------------------------------------------------- attempts
 
     def start_attempt(self, req: Pending, *, run_id: int, n: int, now: float,
-                      mode: str = "fresh") -> int:
+                      resume: Resume | None = None) -> int:
+        """A new attempt: ``fresh``, or ``continue`` going on from ``resume``."""
         cur = self.db.execute(
-            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (req.id, req.fingerprint, req.model, run_id, n, mode, now),
+            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started, "
+            "continues, continuations, prefix_chars) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (req.id, req.fingerprint, req.model, run_id, n,
+             "fresh" if resume is None else "continue", now,
+             None if resume is None else resume.parent,
+             None if resume is None else resume.depth + 1,
+             None if resume is None else len(resume.text)),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -365,6 +381,56 @@ class RunStore:
             db.executemany("UPDATE requests SET state='done', done_attempt=?, reason=NULL "
                            "WHERE id=?", [(e.attempt_id, e.request_id) for e in done])
 
+    def resumable(self, request_id: str, fingerprint: str,
+                  count_tokens: Callable[[str], int]) -> Resume | None:
+        """The answer so far of an interrupted request, if it can go on from it.
+
+        The last attempt (of this version of the request) decides: stopped by
+        us or by a passing fault, with content and no reasoning; never after a
+        continuation was refused. Its text is the chain of attempts it went on
+        from. Tokens already generated are the attempts' usage (reported or
+        estimated), or ``count_tokens`` of their text where none was recorded.
+        """
+        rows = self.db.execute(
+            "SELECT a.id, a.continues, a.continuations, a.status, a.error_class, "
+            "u.completion_tokens FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
+            "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
+            (request_id, fingerprint),
+        ).fetchall()
+        if not rows or any(r[4] == "continuation_refused" for r in rows):
+            return None
+        by_id = {r[0]: r for r in rows}
+        last = next((r for r in reversed(rows) if r[3] != "streaming"), None)
+        while last is not None and last[4] == "rate_limited" and last[5] is None:
+            last = by_id.get(last[1]) if last[1] else None  # refused before any output
+        if last is None or last[3] not in ("aborted", "error") or last[4] not in CONTINUABLE:
+            return None
+        pieces: list[str] = []
+        tokens = 0
+        node: tuple[Any, ...] | None = last
+        while node is not None:
+            content, reasoning = self.attempt_text(node[0])
+            if reasoning:
+                return None  # a thinking answer starts over
+            pieces.append(content)
+            tokens += node[5] if node[5] is not None else count_tokens(content)
+            node = by_id.get(node[1]) if node[1] else None
+        text = "".join(reversed(pieces))
+        if not text:
+            return None
+        return Resume(parent=last[0], text=text, tokens=tokens, depth=last[2] or 0)
+
+    def chain_text(self, attempt_id: int) -> str:
+        """The answer so far at the end of ``attempt_id``: its text after the
+        text of every attempt it went on from."""
+        pieces = []
+        node: int | None = attempt_id
+        while node:
+            pieces.append(self.attempt_text(node)[0])
+            row = self.db.execute("SELECT continues FROM attempts WHERE id=?", (node,)).fetchone()
+            node = row[0] if row else None
+        return "".join(reversed(pieces))
+
     def attempt_text(self, attempt_id: int) -> tuple[str, str]:
         rows = self.db.execute(
             "SELECT content, reasoning FROM segments WHERE attempt_id=? ORDER BY seq",
@@ -401,7 +467,7 @@ class RunStore:
         # `cost` is one of two fixed fragments above; nothing here comes from a user
         sql = (
             "SELECT r.id, r.model, r.fingerprint, r.tags, a.id AS attempt_id, "  # noqa: S608
-            "a.finish_reason, a.tool_calls"
+            "a.finish_reason, a.tool_calls, a.continuations"
             + cost
             + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, FakeProcess, kill_until_done, write_job
+from tests.conftest import ROOT, FakeProcess, kill_until_done, read_results, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,15 @@ def start(job: Path, out: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def snapshot(run_dir: Path) -> dict[str, bytes]:
-    files = {p.relative_to(run_dir).as_posix(): p.read_bytes()
-             for p in (run_dir / "texts").iterdir()}
-    files["results.jsonl"] = (run_dir / "results.jsonl").read_bytes()
+ANSWER = ("id", "model", "content", "reasoning_content", "finish_reason", "fingerprint")
+
+
+def snapshot(run_dir: Path) -> dict[str, object]:
+    """Every text byte for byte, and each result's answer (its usage, attempts and
+    continuations tell how it was bought, which a kill changes)."""
+    files: dict[str, object] = {p.relative_to(run_dir).as_posix(): p.read_bytes()
+                                for p in (run_dir / "texts").iterdir()}
+    files["results"] = [{k: r.get(k) for k in ANSWER} for r in read_results(run_dir)]
     return files
 
 
@@ -38,7 +43,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     prompts = [{"id": f"r{i:02d}", "prompt": f"[[len={30 + i % 20}]] [[delay=0.02]] essay {i}"}
                for i in range(48)]
     prompts += [{"id": "think", "model": "qwq-plus", "prompt": "[[delay=0.02]] reason"}]
-    job = write_job(tmp_path / "job.yaml", None, prompts, run={"concurrency": 6})
+    job = write_job(tmp_path / "job.yaml", None, prompts, run={"concurrency": 6},
+                    endpoint={"continuation": "partial"})
     text = job.read_text().replace("https://example.invalid/v1", fake_process.base_url)
     job.write_text(text)
 
@@ -64,13 +70,16 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         "SELECT COUNT(*) FROM attempts a JOIN segments s ON s.attempt_id = a.id "
         "LEFT JOIN usage u ON u.attempt_id = a.id WHERE a.status='aborted' AND u.estimated IS NOT 1"
     ).fetchone()[0] == 0
-    # a finished request is paid for twice only if a kill hit the last fraction
-    # of a second before its commit; at most one stream per slot per kill
-    ledger = fake_process.get("ledger")["entries"][paid_by_clean:]
-    complete: dict[str, int] = {}
-    for entry in ledger:
-        if entry["complete"]:
-            complete[entry["key"]] = complete.get(entry["key"], 0) + 1
-    extra = sum(n - 1 for n in complete.values())
-    assert len(complete) == 49
-    assert extra <= kills, (extra, kills)
+    # Nothing is bought twice but the text in flight at a kill: what arrived
+    # since the last flush (0.2 s, 10 tokens here) and what was still on the
+    # wire. The thinking request is not continued: it starts over.
+    ledger = fake_process.get("ledger")["entries"]
+    clean, killed = ledger[:paid_by_clean], ledger[paid_by_clean:]
+    assert {e["key"] for e in killed if e["complete"]} == {e["key"] for e in clean}
+    needed = sum(e["completion_tokens"] for e in clean if e["model"] != "qwq-plus")
+    sent = sum(e["completion_tokens"] for e in killed if e["model"] != "qwq-plus")
+    in_flight = kills * 6 * 15
+    assert needed <= sent <= needed + in_flight, (sent, needed, kills)
+    continued = [r for r in read_results(killed_dir) if r.get("continuations")]
+    assert continued, "no answer went on from its text"
+    assert all(r["model"] != "qwq-plus" for r in continued)

@@ -135,6 +135,24 @@ def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) ->
         assert sorted(per_request) == [(f"q{i}", 1) for i in range(6)]
         assert conn.execute("SELECT COUNT(*) FROM attempts WHERE status='streaming'"
                             ).fetchone()[0] == 0
+        # The killed answers went on from their text (prefill): llama-server echoes
+        # the prefix at the start of its answer, and batchgen keeps it once.
+        continued = conn.execute(
+            "SELECT a.request_id, a.continues, a.prefix_chars FROM attempts a "
+            "WHERE a.status='done' AND a.mode='continue'").fetchall()
+    assert continued, "no killed answer went on from its text"
+    from batchgen.store import RunStore
+
+    store = RunStore(db, readonly=True)
+    by_id = {r["id"]: r for r in results}
+    for rid, parent, prefix_chars in continued:
+        prefix = store.chain_text(parent)
+        content = by_id[rid]["content"]
+        assert prefix_chars == len(prefix) > 0
+        assert content.startswith(prefix)
+        assert not content[len(prefix):].startswith(prefix), "the echoed prefix was kept"
+        assert by_id[rid]["continuations"] >= 1
+    store.close()
 
 
 def test_sigterm_stops_the_server_and_the_run_resumes(tmp_path: Path) -> None:

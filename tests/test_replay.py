@@ -109,7 +109,7 @@ def check(case: str, got: dict[str, Any]) -> None:
     if want["sdk_error"] and meta.get("score", True):
         # the SDK raised: the request must fail, with the server's message, not be "done"
         assert got["state"] == "failed", (case, got)
-        assert got["error_class"] == "error_event", (case, got)
+        assert got["error_class"] == "http_400", (case, got)  # a 400, said in the stream
         assert got["attempts"] == 1, "a 4xx said in the stream is not retried"
         return
     if case == "decoder-event-without-data":

@@ -178,7 +178,7 @@ def test_an_error_beside_choices_after_the_finish_is_an_error() -> None:
                "choices": [{"delta": {"content": ""}, "index": 0}], "usage": USAGE})
     with pytest.raises(RequestFatalError) as info:
         consume(raw)
-    assert info.value.in_stream and info.value.error_class == "error_event"
+    assert info.value.in_stream and info.value.error_class == "http_400"
     body = Body([raw])
     result = StreamResult()
     with pytest.raises(RequestFatalError):

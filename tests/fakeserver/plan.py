@@ -67,6 +67,8 @@ class Plan:
     prompt_tokens: int
     model: str
     replay: str | None = None  # a recorded stream to play instead (tests/replay.py)
+    continued: str | None = None  # the continuation form the request used
+    echo: str = ""  # repeated before the first token (llama-server's prefill)
     headers: dict[str, str] = field(default_factory=dict)  # [[header=Name:Value|...]]
 
 
@@ -78,6 +80,8 @@ class Config:
     tpm: float | None = None
     default_len: int | None = None
     tick: float | None = None  # one shared timer for all streams (benchmarks)
+    continuation_forms: tuple[str, ...] = ("partial", "prefix", "continue_final_message",
+                                           "prefill")
 
 
 @dataclass
@@ -89,19 +93,36 @@ class Ledger:
     keys_seen: set[str] = field(default_factory=set)
 
 
+def split_continuation(body: dict[str, Any]) -> tuple[list[dict[str, Any]],
+                                                      tuple[str, str] | None]:
+    """The request's own messages, and (form, text) when it continues an answer."""
+    messages = list(body.get("messages") or [])
+    if not messages or messages[-1].get("role") != "assistant":
+        return messages, None
+    last = messages.pop()
+    form = ("partial" if last.get("partial") else "prefix" if last.get("prefix")
+            else "continue_final_message" if body.get("continue_final_message") else "prefill")
+    return messages, (form, str(last.get("content") or ""))
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """Attempts of one request share a key, continuations included."""
+    messages, _ = split_continuation(body)
+    return hashlib.sha256(json.dumps([body.get("model"), messages], sort_keys=True).encode()
+                          ).hexdigest()
+
+
 def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
-    messages = body.get("messages") or []
+    messages, continued = split_continuation(body)
     model = str(body.get("model", "qwen-plus"))
     text = json.dumps(messages, ensure_ascii=False, sort_keys=True)
     directives = dict(DIRECTIVE.findall(text))
     seed = hashlib.sha256((model + "\n" + text).encode()).digest()
     length = int(directives.get("len", config.default_len or 16 + seed[0] % 33))
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-    finish = "stop"
-    if max_tokens is not None and length > int(max_tokens):
-        length, finish = int(max_tokens), "length"
     think = int(directives.get("think", 0))
-    if think == 0 and (model.startswith(("qwq", "qvq")) or body.get("enable_thinking")):
+    thinking = model.startswith(("qwq", "qvq")) or bool(body.get("enable_thinking"))
+    if think == 0 and thinking:
         think = 8 + seed[1] % 8
     faults = [f.strip() for f in directives.get("faults", "").split(",") if f.strip()]
     fault = faults[attempt - 1] if attempt <= len(faults) else "ok"
@@ -124,10 +145,40 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
                 out.append(word if i == 0 else " " + word)
         return out
 
+    tokens, reasoning = words(length, 0), words(think, 0x5EED)
+    echo = ""
+    if continued is not None:
+        form, prefix = continued
+        if form in ("partial", "prefix") and thinking:
+            fault = "refuse_continuation"  # Model Studio: no partial mode while thinking
+        elif directives.get("nocontinue") or form not in config.continuation_forms:
+            fault = "refuse_continuation"
+        tokens, reasoning = continue_tokens(tokens, prefix), []
+        echo = prefix if form == "prefill" else ""  # llama-server repeats the prefix
+    finish = "stop"
+    if max_tokens is not None and len(tokens) > int(max_tokens):
+        tokens, finish = tokens[:int(max_tokens)], "length"
     return Plan(
-        tokens=words(length, 0), reasoning=words(think, 0x5EED), finish_reason=finish,
+        tokens=tokens, reasoning=reasoning, finish_reason=finish,
         delay=float(directives.get("delay", config.delay)), fault=fault,
-        prompt_tokens=count_prompt_tokens(messages), model=model,
+        prompt_tokens=count_prompt_tokens(list(body.get("messages") or [])), model=model,
         replay=directives.get("replay"),
         headers=dict(h.split(":", 1) for h in directives.get("header", "").split("|") if h),
+        continued=continued[0] if continued else None, echo=echo,
     )
+
+
+def continue_tokens(tokens: list[str], prefix: str) -> list[str]:
+    """The rest of the answer after ``prefix``, cut where the whole answer's
+    tokens are cut; an answer that does not start with the prefix goes its own
+    way (a seam bug shows as different text, never as the right one)."""
+    whole = "".join(tokens)
+    if not whole.startswith(prefix):
+        return [" diverged", " from", " a", " prefix", " it", " never", " sent"]
+    out, at = [], 0
+    for token in tokens:
+        end = at + len(token)
+        if end > len(prefix):
+            out.append(token[max(0, len(prefix) - at):])
+        at = end
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import json
 import math
 import resource
@@ -15,7 +14,7 @@ from email.utils import formatdate
 from typing import Any
 
 from tests.fakeserver import hostile
-from tests.fakeserver.plan import Config, Ledger, Plan, plan_for
+from tests.fakeserver.plan import Config, Ledger, Plan, plan_for, request_key
 
 
 class FakeServer:
@@ -136,9 +135,7 @@ class FakeServer:
                               "invalid_request_error")
             return True
         body = json.loads(raw)
-        key = hashlib.sha256(
-            json.dumps([body.get("model"), body.get("messages")], sort_keys=True).encode()
-        ).hexdigest()
+        key = request_key(body)
         with self._lock:
             attempt = self.ledger.attempts.get(key, 0) + 1
             self.ledger.attempts[key] = attempt
@@ -149,7 +146,8 @@ class FakeServer:
                                  "stream": bool(body.get("stream")),
                                  "include_usage": bool((body.get("stream_options") or {})
                                                        .get("include_usage")),
-                                 "body": body, "received": received}
+                                 "body": body, "received": received,
+                                 "continued": plan.continued}
         with self._lock:
             self.ledger.entries.append(entry)
         if self._throttled(plan):
@@ -223,6 +221,12 @@ class FakeServer:
             await self._raw(writer, 400, b"data: " + json.dumps(payload).encode() + b"\n\n",
                             "text/event-stream;charset=UTF-8")
             return True
+        if fault == "refuse_continuation":
+            entry["status"] = 400
+            await self._error(writer, 400, "invalid_parameter_error",
+                              "partial mode is not supported for this model or mode",
+                              "invalid_request_error")
+            return True
         if fault in ("401", "403", "arrearage", "quota"):
             entry["status"] = {"401": 401, "403": 403, "arrearage": 400, "quota": 429}[fault]
             code, msg = {
@@ -283,9 +287,10 @@ class FakeServer:
                 'data: {"choices":[{"delta":{"content":null,"reasoning_content":'
                 + json.dumps(piece, ensure_ascii=False)
                 + '},"finish_reason":null,"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
-        for piece in plan.tokens:
+        for i, piece in enumerate(plan.tokens):
+            said = plan.echo + piece if i == 0 else piece  # llama-server echoes a prefill
             events.append(("token", (
-                'data: {"choices":[{"delta":{"content":' + json.dumps(piece, ensure_ascii=False)
+                'data: {"choices":[{"delta":{"content":' + json.dumps(said, ensure_ascii=False)
                 + '},"finish_reason":null,"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
         events.append(("finish", (
             'data: {"choices":[{"finish_reason":"' + plan.finish_reason
