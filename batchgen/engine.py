@@ -76,7 +76,7 @@ class EngineDeps:
     sleep: Callable[[float], Awaitable[None]]
     redact: retry.Redact
     rng: random.Random
-    flush_interval: float = 0.2
+    flush_interval: float = 0.1  # seconds between commits of streamed text
     budget: BudgetGuard | None = None
 
 

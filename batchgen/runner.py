@@ -80,7 +80,7 @@ class RunOptions:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     client_factory: ClientFactory | None = None
     rng: random.Random = field(default_factory=random.Random)
-    flush_interval: float = 0.2
+    flush_interval: float = 0.1  # seconds between commits of streamed text
     handle_signals: bool = True
     force: bool = False  # run even where the store is gone but finished texts are not
 

@@ -19,6 +19,7 @@ SUITE = {
     "P4": "bench.p4_memory",
     "P5": "bench.p5_rerun",
     "P6": "bench.p6_startup",
+    "P9": "bench.p9_resume",
 }
 
 
