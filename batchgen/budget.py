@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tokens
 from .errors import UsageError
+from .estimator import Estimator
 from .jobfile import Job
 from .models import Budget
 from .pricing import ASSUMED_MAX_OUTPUT, ModelPrice, PriceBook, PriceList, StoreCosts
@@ -23,8 +23,9 @@ from .store import Pending, RunStore
 from .usage import Usage
 
 
-def worst_case(price: ModelPrice, body: dict[str, Any]) -> float:
-    prompt = tokens.prompt_tokens(body.get("messages") or [])
+def worst_case(price: ModelPrice, body: dict[str, Any], estimator: Estimator | None = None
+               ) -> float:
+    prompt = (estimator or Estimator()).prompt(body)[0]
     max_out = int(body.get("max_tokens") or body.get("max_completion_tokens")
                   or ASSUMED_MAX_OUTPUT)
     return price.worst_case(prompt, max_out)
@@ -55,8 +56,10 @@ def check_budget(job: Job, book: PriceBook) -> None:
 class BudgetGuard:
     """Admits a request only while spent + in-flight worst cases fit."""
 
-    def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore) -> None:
+    def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore,
+                 estimator: Estimator | None = None) -> None:
         self.budget = budget
+        self.estimator = estimator or Estimator()
         self.book = book
         self.plist = endpoint_list(job, book)  # every model priced: see check_budget
         StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
@@ -77,7 +80,7 @@ class BudgetGuard:
 
     def admit(self, p: Pending) -> str | None:
         """None to go ahead (and reserve), or the reason to stop."""
-        worst = worst_case(self._price(p.model), p.body)
+        worst = worst_case(self._price(p.model), p.body, self.estimator)
         if self.spent + sum(self.reserved.values()) + worst > self.budget.max_cost:
             return "budget"
         self.reserved[p.id] = worst
@@ -109,6 +112,7 @@ def plan(job: Job) -> Plan:
     plist = endpoint_list(job, book)
     db = job.run_dir / "run.db"
     store = RunStore(db, readonly=True) if db.exists() else None
+    estimator = Estimator(store.calibration() if store is not None else None)
     result = Plan()
     try:
         for req in job.requests():
@@ -120,13 +124,14 @@ def plan(job: Job) -> Plan:
                     continue
             result.to_run += 1
             result.models[req.model] = result.models.get(req.model, 0) + 1
-            result.prompt_tokens += tokens.prompt_tokens(req.body.get("messages") or [])
+            result.prompt_tokens += estimator.prompt(req.body)[0]
             price = book.price(plist, req.model)
             if price is None:
                 result.unknown_cost.add(req.model)
             else:
                 result.worst_case[price.currency] = (
-                    result.worst_case.get(price.currency, 0.0) + worst_case(price, req.body))
+                    result.worst_case.get(price.currency, 0.0)
+                    + worst_case(price, req.body, estimator))
     finally:
         if store is not None:
             store.close()

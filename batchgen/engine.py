@@ -15,15 +15,16 @@ silently. A storage failure stops the whole run (exit 74).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import retry, tokens
+from . import retry
 from .budget import BudgetGuard
 from .continuation import EchoFilter, Resume, continue_body, refusal
 from .errors import (
@@ -34,6 +35,7 @@ from .errors import (
     StorageError,
     TransientError,
 )
+from .estimator import Estimator
 from .journal import Journal, Live
 from .limits import AdaptiveLimit, Breaker, Gate, ratelimit_pause
 from .progress import Progress
@@ -78,6 +80,7 @@ class EngineDeps:
     rng: random.Random
     flush_interval: float = 0.1  # seconds between commits of streamed text
     budget: BudgetGuard | None = None
+    estimator: Estimator = field(default_factory=Estimator)
 
 
 class Engine:
@@ -190,7 +193,7 @@ class Engine:
 
     async def _attempts(self, p: Pending) -> None:
         number = p.attempts
-        reserve = tokens.prompt_tokens(p.body.get("messages") or []) + int(
+        reserve = self.d.estimator.prompt(p.body)[0] + int(
             p.body.get("max_tokens") or p.body.get("max_completion_tokens")
             or DEFAULT_OUTPUT_RESERVE
         )
@@ -224,14 +227,24 @@ class Engine:
         if not self.stopping:
             await self.d.sleep(seconds)
 
-    def _resume(self, p: Pending, number: int) -> Resume | None:
-        """The answer so far, when this attempt can go on from it."""
+    async def _resume(self, p: Pending, number: int) -> Resume | None:
+        """The answer so far, when this attempt can go on from it; its tokens
+        counted by the model's tokenizer where there is one (the rest of
+        ``max_tokens`` is what the continuation may still produce)."""
         if self.form == "none" or number == 1 or refusal(p.body):
             return None
-        return self.d.store.resumable(p.id, p.fingerprint, tokens.completion_tokens)
+        estimator = self.d.estimator
+        resume = self.d.store.resumable(
+            p.id, p.fingerprint, lambda text: estimator.text(p.model, text)[0])
+        counter = estimator.counter_for(p.model)
+        if resume is not None and counter is not None:
+            with contextlib.suppress(Exception):  # the stored estimate stands
+                resume = replace(resume, tokens=await asyncio.to_thread(counter.count,
+                                                                        resume.text))
+        return resume
 
     async def _attempt(self, p: Pending, number: int, reserve: int) -> None:
-        resume = self._resume(p, number)
+        resume = await self._resume(p, number)
         body = p.body if resume is None else continue_body(p.body, resume.text, self.form,
                                                            resume.tokens)
         live = self.journal.open(p, run_id=self.d.run_id, n=number, resume=resume)
@@ -279,11 +292,14 @@ class Engine:
                 reserve: int, resume: Resume | None) -> None:
         """The answer is whole and paid for: nothing after this point may lose it."""
         content, reasoning = "".join(live.content), "".join(live.reasoning)
+        estimator = self.d.estimator
         try:
-            usage = from_report(result.usage, body, content, reasoning)
+            usage = from_report(result.usage, body, content, reasoning, estimator)
         except Exception:  # usage is accounting: estimate it rather than lose the answer
             log.exception("%s: unreadable usage %r; estimated", p.id, result.usage)
-            usage = estimate(body, content, reasoning)
+            usage = estimate(body, content, reasoning, estimator)
+        if resume is None:  # what the server reports teaches the estimates
+            estimator.calibration.learn(p.model, body, usage, content, reasoning)
         calls = json.dumps(result.tool_call_list(), ensure_ascii=False) \
             if result.tool_calls else None
         whole = content if resume is None else resume.text + content
@@ -307,12 +323,12 @@ class Engine:
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         if result.usage:
             try:
-                return from_report(result.usage, body, content, reasoning)
+                return from_report(result.usage, body, content, reasoning, self.d.estimator)
             except Exception:  # unreadable usage: estimated below
                 log.info("unreadable usage %r", result.usage)
         if result.chunks == 0:
             return None
-        return estimate(body, content, reasoning)
+        return estimate(body, content, reasoning, self.d.estimator)
 
     def _end(self, live: Live, p: Pending, end: AttemptEnd, usage: Usage | None) -> None:
         """An attempt that did not finish: its text so far and its end, now."""

@@ -13,10 +13,16 @@ USD are never added together.
                "requests_failed", "attempts", "prompt_tokens",
                "completion_tokens", "reasoning_tokens", "cached_tokens",
                "estimated_tokens", "cost" (null when unknown),
-               "estimated_cost"}],
+               "estimated_cost", "tokens_by_method": {method: tokens}}],
      "totals": [{"currency", "cost", "estimated_cost"}],
      "unknown_cost": [model], "prices": [{"list", "model", "as_of", "source"}],
      "warnings": [text]}
+
+Each token counts under how it was obtained (``tokens_by_method``): ``exact``
+(reported by the server), ``derived`` (reported for another attempt of the
+same request with the same messages), ``tokenizer``, ``calibrated`` or
+``static`` (estimates; see ``batchgen.estimator``). ``estimated_tokens`` are
+the last three.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
+from .estimator import ESTIMATED, METHODS
 from .pricing import PriceBook, StoreCosts, overrides_from_json
 from .store import RunStore
 
@@ -53,6 +60,7 @@ class Row:
     estimated_tokens: int = 0
     cost: float | None = 0.0
     estimated_cost: float = 0.0
+    tokens_by_method: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,7 +140,8 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
     currency_of: dict[str, str | None] = {}
     for a in store.iterate(
         "SELECT a.run_id, a.model, r.tags, u.prompt_tokens, u.completion_tokens, "
-        "u.reasoning_tokens, u.cached_tokens, u.estimated FROM attempts a "
+        "u.reasoning_tokens, u.cached_tokens, u.estimated, u.prompt_method, "
+        "u.completion_method FROM attempts a "
         "LEFT JOIN usage u ON u.attempt_id = a.id "
         "LEFT JOIN requests r ON r.id = a.request_id"
     ):
@@ -153,13 +162,16 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
             r.attempts += 1
             if a["prompt_tokens"] is None:
                 continue
-            tokens = a["prompt_tokens"] + a["completion_tokens"]
             r.prompt_tokens += a["prompt_tokens"]
             r.completion_tokens += a["completion_tokens"]
             r.reasoning_tokens += a["reasoning_tokens"] or 0
             r.cached_tokens += a["cached_tokens"] or 0
-            if a["estimated"]:
-                r.estimated_tokens += tokens
+            old = "static" if a["estimated"] else "exact"  # a store from before schema 2
+            for tokens, method in ((a["prompt_tokens"], a["prompt_method"] or old),
+                                   (a["completion_tokens"], a["completion_method"] or old)):
+                r.tokens_by_method[method] = r.tokens_by_method.get(method, 0) + tokens
+                if method in ESTIMATED:
+                    r.estimated_tokens += tokens
             if cost is None or r.cost is None:
                 r.cost = None
             else:
@@ -215,6 +227,13 @@ def _footer(report: Report) -> list[str]:
         lines.append("total: nothing priced")
     if report.unknown_cost:
         lines.append("unknown cost: " + ", ".join(report.unknown_cost))
+    methods: dict[str, int] = {}
+    for r in report.rows:
+        for method, count in r.tokens_by_method.items():
+            methods[method] = methods.get(method, 0) + count
+    if set(methods) - {"exact"}:
+        lines.append("tokens: " + ", ".join(f"{methods[m]:,} {m}" for m in METHODS
+                                            if methods.get(m)))
     dates = sorted({f"{p['list']} as of {p['as_of']}" for p in report.prices if p["as_of"]})
     if dates:
         lines.append("prices: " + "; ".join(dates))
@@ -228,10 +247,11 @@ def render(report: Report, fmt: str = "table") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(COLUMNS)
+        writer.writerow([*COLUMNS, *(f"tokens_{m}" for m in METHODS)])
         for r in report.rows:
             data = asdict(r)
-            writer.writerow(["" if data[c] is None else data[c] for c in COLUMNS])
+            writer.writerow(["" if data[c] is None else data[c] for c in COLUMNS]
+                            + [r.tokens_by_method.get(m, 0) for m in METHODS])
         return buf.getvalue()
     header = [report.group_by, *HEADER[1:]]
     body = _table_rows(report)

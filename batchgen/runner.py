@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import random
 import signal
@@ -26,15 +27,20 @@ from . import __version__
 from .budget import BudgetGuard, check_budget
 from .engine import Engine, EngineDeps, Outcome
 from .errors import RunFatalError, StorageError, UsageError
+from .estimator import Estimator
 from .exports import clean_temp, export_all, write_reports
 from .jobfile import Job
 from .journal import storage_error
+from .ledger import refine
 from .lock import RunLock
 from .pricing import PriceBook, overrides_to_json
 from .progress import NullProgress, Progress
 from .secrets import Redactor, api_key_from_env, quiet_transport_logs
 from .store import RunStore
+from .tokenizers import counter_for, preload
 from .usage import estimate
+
+log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused a write
@@ -191,7 +197,9 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
                              region=job.endpoint.region, pid=os.getpid(),
                              version=__version__, now=opts.clock())
     store.set_meta("pricing", overrides_to_json(job.pricing))
-    recovered = store.recover(estimate, now=opts.clock())
+    estimator = Estimator(store.calibration())
+    recovered = store.recover(lambda body, content, reasoning: estimate(
+        body, content, reasoning, estimator), now=opts.clock())
     # The same plan as last time (same ids, same fingerprints, same order)
     # needs no second pass over the job file: a finished 100k-prompt run
     # re-runs in about the time `validate` takes.
@@ -205,8 +213,9 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
     opts.progress.start(todo, total - todo)
     outcome = Outcome()
     if todo:
-        guard = BudgetGuard(job.budget, job, book, store) if job.budget else None
-        outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard)
+        guard = BudgetGuard(job.budget, job, book, store, estimator) if job.budget else None
+        outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard,
+                                    estimator)
     summary.done, summary.failed = outcome.done, outcome.failed
     summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
     summary.storage = outcome.storage
@@ -232,7 +241,8 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
 
 
 async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
-                      api_key: str, redact: Redactor, budget: BudgetGuard | None) -> Outcome:
+                      api_key: str, redact: Redactor, budget: BudgetGuard | None,
+                      estimator: Estimator) -> Outcome:
     """Start the endpoint (a local server, if asked), then the engine; both stop on signals."""
     holder: dict[str, Any] = {}
     restore = _install_signals(holder) if opts.handle_signals else (lambda: None)
@@ -245,6 +255,9 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                 base_url = await stack.enter_async_context(LocalServer(
                     job.run_dir, model_path=job.endpoint.model_path,
                     concurrency=job.run.concurrency, server_args=job.endpoint.server_args))
+            local_url = base_url if job.endpoint.local else None
+            preload(list(job.info.models))
+            estimator.counter_for = lambda model: counter_for(model, local_url, wait=False)
             factory = opts.client_factory or default_client
             client = factory(base_url, api_key, job)
             close = getattr(client, "close", None)
@@ -254,7 +267,7 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                 EngineDeps(store=store, client=client, run_dir=job.run_dir, run_id=run_id,
                            progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
                            redact=redact, rng=opts.rng, flush_interval=opts.flush_interval,
-                           budget=budget),
+                           budget=budget, estimator=estimator),
                 concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
                 rpm=job.run.rpm, tpm=job.run.tpm, idle_timeout=job.run.idle_timeout,
                 max_duration=job.run.max_duration, continuation=job.endpoint.continuation,
@@ -262,7 +275,17 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
             )
             holder["engine"] = engine
             with _quiet_gc():
-                return await engine.run()
+                outcome = await engine.run()
+            if outcome.storage is None and not holder.get("interrupted"):
+                # cost truth, with the endpoint still up (llama-server's /tokenize)
+                estimator.counter_for = lambda model: counter_for(model, local_url)
+                try:
+                    refine(store, estimator)
+                except sqlite3.Error:
+                    raise  # the disk: the run's storage error
+                except Exception:  # estimates stay as they were; the next run refines
+                    log.warning("could not refine the estimated usage", exc_info=True)
+            return outcome
     except asyncio.CancelledError:
         if not holder.get("interrupted"):
             raise

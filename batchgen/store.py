@@ -32,6 +32,7 @@ from typing import Any
 
 from .continuation import CONTINUABLE, Resume
 from .errors import StoreError
+from .estimator import Calibration, Fit
 from .models import Request
 from .usage import Usage
 
@@ -45,6 +46,8 @@ _ADDED_COLUMNS = (
     ("attempts", "continues", "INTEGER"),  # schema 2: the attempt whose answer this goes on
     ("attempts", "continuations", "INTEGER"),  # schema 2: continuations in its chain so far
     ("attempts", "prefix_chars", "INTEGER"),  # schema 2: length of the answer it went on from
+    ("usage", "prompt_method", "TEXT"),  # schema 2: exact, derived, tokenizer, calibrated, static
+    ("usage", "completion_method", "TEXT"),  # schema 2: the same, for completion tokens
 )
 
 _SCHEMA = """
@@ -114,7 +117,16 @@ CREATE TABLE IF NOT EXISTS usage (
     reasoning_tokens INTEGER,
     cached_tokens INTEGER,
     estimated INTEGER NOT NULL,
-    raw TEXT
+    raw TEXT,
+    prompt_method TEXT,
+    completion_method TEXT
+);
+CREATE TABLE IF NOT EXISTS calibration (
+    model TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    sx REAL NOT NULL, sy REAL NOT NULL, sxx REAL NOT NULL, sxy REAL NOT NULL,
+    PRIMARY KEY (model, direction)
 );
 """
 
@@ -366,12 +378,7 @@ class RunStore:
               e.end.tool_calls, e.attempt_id)
              for e in batch],
         )
-        db.executemany(
-            "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(e.attempt_id, u.prompt_tokens, u.completion_tokens, u.total_tokens,
-              u.reasoning_tokens, u.cached_tokens, int(u.estimated), u.raw)
-             for e in batch if (u := e.usage) is not None],
-        )
+        self.put_usage([(e.attempt_id, e.usage) for e in batch if e.usage is not None])
         done = [e for e in batch if e.request_id is not None]
         if done:
             db.executemany("DELETE FROM segments WHERE attempt_id=?",
@@ -430,6 +437,29 @@ class RunStore:
             row = self.db.execute("SELECT continues FROM attempts WHERE id=?", (node,)).fetchone()
             node = row[0] if row else None
         return "".join(reversed(pieces))
+
+    def put_usage(self, rows: list[tuple[int, Usage]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO usage (attempt_id, prompt_tokens, completion_tokens, "
+            "total_tokens, reasoning_tokens, cached_tokens, estimated, raw, prompt_method, "
+            "completion_method) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(attempt_id, u.prompt_tokens, u.completion_tokens, u.total_tokens,
+              u.reasoning_tokens, u.cached_tokens, int(u.estimated), u.raw, u.prompt_method,
+              u.completion_method) for attempt_id, u in rows],
+        )
+
+    def calibration(self) -> Calibration:
+        fits = {(model, direction): Fit(samples, sx, sy, sxx, sxy)
+                for model, direction, samples, sx, sy, sxx, sxy in self.db.execute(
+                    "SELECT model, direction, samples, sx, sy, sxx, sxy FROM calibration")}
+        return Calibration(fits)
+
+    def save_calibration(self, calibration: Calibration) -> None:
+        self.db.execute("DELETE FROM calibration")
+        self.db.executemany(
+            "INSERT INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(model, direction, f.samples, f.sx, f.sy, f.sxx, f.sxy)
+             for (model, direction), f in calibration.fits.items() if f.samples])
 
     def attempt_text(self, attempt_id: int) -> tuple[str, str]:
         rows = self.db.execute(

@@ -3,17 +3,20 @@
 Every detail field is optional on the wire. ``completion_tokens`` includes
 reasoning tokens. Cached prompt tokens come from
 ``prompt_tokens_details.cached_tokens`` (OpenAI, DashScope, llama.cpp) or
-``prompt_cache_hit_tokens`` (DeepSeek).
+``prompt_cache_hit_tokens`` (DeepSeek). Each figure says how it was obtained
+(``prompt_method``, ``completion_method``: exact, derived, tokenizer,
+calibrated, static — see ``batchgen.estimator``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from . import tokens
+from .estimator import ESTIMATED, Estimator
+
+_STATIC = Estimator()
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,20 @@ class Usage:
     total_tokens: int
     reasoning_tokens: int | None = None
     cached_tokens: int | None = None
-    estimated: bool = False
     raw: str | None = None
+    prompt_method: str = "exact"
+    completion_method: str = "exact"
+
+    @property
+    def estimated(self) -> bool:
+        """True when some figure is not from the server (derived ones are)."""
+        return self.prompt_method in ESTIMATED or self.completion_method in ESTIMATED
 
 
 def _int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= 2**53:  # also NaN: a figure no server bills by
         return None
     return int(value)
 
@@ -40,26 +51,31 @@ def _detail(usage: dict[str, Any], section: str, key: str) -> int | None:
     return _int(details.get(key)) if isinstance(details, dict) else None
 
 
-def estimate(body: dict[str, Any], content: str, reasoning: str) -> Usage:
+def estimate(body: dict[str, Any], content: str, reasoning: str,
+             estimator: Estimator | None = None) -> Usage:
     """Estimated usage for an attempt the server never reported on."""
-    prompt = tokens.prompt_tokens(body.get("messages") or [])
-    completion = tokens.completion_tokens(content, reasoning)
-    reasoning_tokens = math.ceil(tokens.text_tokens(reasoning)) if reasoning else None
-    return Usage(prompt, completion, prompt + completion, reasoning_tokens, None, estimated=True)
+    est = estimator or _STATIC
+    prompt, how_prompt = est.prompt(body)
+    completion, thought, how = est.completion(str(body.get("model", "")), content, reasoning)
+    return Usage(prompt, completion, prompt + completion, thought, None,
+                 prompt_method=how_prompt, completion_method=how)
 
 
 def from_report(usage: dict[str, Any] | None, body: dict[str, Any], content: str,
-                reasoning: str) -> Usage:
+                reasoning: str, estimator: Estimator | None = None) -> Usage:
     """The server's figures; whatever it left out is estimated and flagged."""
     if not usage:
-        return estimate(body, content, reasoning)
+        return estimate(body, content, reasoning, estimator)
     guess: Usage | None = None
     prompt = _int(usage.get("prompt_tokens"))
     completion = _int(usage.get("completion_tokens"))
+    prompt_method = completion_method = "exact"
     if prompt is None or completion is None:
-        guess = estimate(body, content, reasoning)
-        prompt = guess.prompt_tokens if prompt is None else prompt
-        completion = guess.completion_tokens if completion is None else completion
+        guess = estimate(body, content, reasoning, estimator)
+        if prompt is None:
+            prompt, prompt_method = guess.prompt_tokens, guess.prompt_method
+        if completion is None:
+            completion, completion_method = guess.completion_tokens, guess.completion_method
     total = _int(usage.get("total_tokens"))
     reasoning_tokens = _detail(usage, "completion_tokens_details", "reasoning_tokens")
     if reasoning_tokens is None:
@@ -70,9 +86,10 @@ def from_report(usage: dict[str, Any] | None, body: dict[str, Any], content: str
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=total if total is not None else prompt + completion,
+        total_tokens=total if total is not None and guess is None else prompt + completion,
         reasoning_tokens=reasoning_tokens,
         cached_tokens=cached,
-        estimated=guess is not None,
         raw=json.dumps(usage, separators=(",", ":"), ensure_ascii=False),
+        prompt_method=prompt_method,
+        completion_method=completion_method,
     )

@@ -20,6 +20,7 @@ SUITE = {
     "P5": "bench.p5_rerun",
     "P6": "bench.p6_startup",
     "P9": "bench.p9_resume",
+    "P10": "bench.p10_estimates",
 }
 
 

@@ -140,6 +140,11 @@ def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) ->
         continued = conn.execute(
             "SELECT a.request_id, a.continues, a.prefix_chars FROM attempts a "
             "WHERE a.status='done' AND a.mode='continue'").fetchall()
+        # the killed attempts' tokens were counted by the server's own /tokenize
+        methods = conn.execute(
+            "SELECT DISTINCT u.completion_method FROM attempts a JOIN usage u "
+            "ON u.attempt_id = a.id WHERE a.status = 'aborted'").fetchall()
+        assert methods == [("tokenizer",)]
     assert continued, "no killed answer went on from its text"
     from batchgen.store import RunStore
 

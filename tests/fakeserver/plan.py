@@ -23,10 +23,20 @@ VOCAB = (
     "how too little state good very make world still own see men work long get "
     "here between both life being under never day same another know while last"
 ).split()
+# Common Chinese words, each one token of Qwen's vocabulary (checked with it): an
+# answer of N of them is N tokens, as Model Studio would bill it (to ~2%: BPE
+# merges a few across word boundaries), at ~1.8 characters a token.
 CJK_VOCAB = (
-    "我们的是在一有不了人这中大为上个国和地到以说时要就出会可也你对生能而子那得于着下自之年过发后作"
-    "里用道行所然家种事成方多经么去法学如都同现当没动面起看定天分还进好小部其些主样理心她本前开但因只从想实日"
-)
+    "我们 的 是 在 一个 有 不 了 人 这 中国 大 为 上 个 国家 和 地方 到 以 说 时候 要 就是 出 会 "
+    "可以 也 你们 对 生活 能够 而 孩子 那么 得到 于 着 下 自己 之 年 过 发展 后来 作品 里 用 道理 "
+    "行 所以 然后 家庭 种 事情 成功 方法 多 经济 什么 去 法律 学习 如果 都 同时 现在 当时 没有 "
+    "动物 面对 起来 看到 一定 天气 分析 还是 进入 好的 小时 部分 其实 一些 主要 这样 理解 心里 "
+    "她 本来 前面 开始 但是 因为 只是 从来 想要 实际 日本 文化 历史 社会 世界 工作 问题 时间 "
+    "政府 公司 技术 研究 教育 经验 科学 市场 关系 国际 影响 环境 重要 提供 需要 服务 管理 系统 "
+    "信息 过程 能力 活动 具有 建设 组织 思想 精神 传统 茶叶 贸易 城市 人民 北京 上海 中心 应该 "
+    "通过 非常 已经 这些 他们 大家 朋友 老师 学生 生产 产品 企业 资源 人们 今天 明天 故事 音乐 "
+    "艺术 自然 语言 文字 空间 发现 方面 条件 结构"
+).split()
 DIRECTIVE = re.compile(r"\[\[(\w+)=([^\]]*)\]\]")
 _TOKEN_RE = re.compile(r"[A-Za-z]{1,6}|\d{1,3}|[^\sA-Za-z\d]")
 
@@ -134,10 +144,8 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
         state = rng ^ salt
         for i in range(n):
             state = (state * 6364136223846793005 + 1442695040888963407) & (2**64 - 1)
-            if cjk:  # one or two characters a token, 1.6 on average (as Qwen's)
-                a = CJK_VOCAB[(state >> 33) % len(CJK_VOCAB)]
-                b = CJK_VOCAB[(state >> 17) % len(CJK_VOCAB)]
-                out.append(a + b if (state >> 7) % 5 < 3 else a)
+            if cjk:  # one Qwen token a word, ~1.8 characters
+                out.append(CJK_VOCAB[(state >> 33) % len(CJK_VOCAB)])
             elif i and (state >> 9) % 8 == 0:  # punctuation is a token of its own
                 out.append(",." [(state >> 13) % 2])
             else:
