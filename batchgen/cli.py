@@ -272,13 +272,23 @@ def local_check(model_path: str | None) -> None:
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True,
                 type=click.Path(file_okay=False, exists=True))
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "csv"]),
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "csv", "html"]),
               default="table", show_default=True)
 @click.option("--by", "group_by", type=click.Choice(["model", "tag"]), default="model",
               show_default=True, help="Rows per model, or per prompt tag.")
 @_errors
 def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
-    """The cost report of one or more run directories (shards merge)."""
+    """The cost report of one or more run directories (shards and runs merge).
+
+    --format html prints one self-contained page (as report.html) to keep or mail.
+    """
     from .report import build_report, render
 
-    click.echo(render(build_report([Path(d) for d in run_dirs], group_by), fmt), nl=False)
+    dirs = [Path(d) for d in run_dirs]
+    built = build_report(dirs, group_by)
+    if fmt == "html":
+        from .htmlreport import render_html
+
+        click.echo(render_html(built, dirs), nl=False)
+        return
+    click.echo(render(built, fmt), nl=False)

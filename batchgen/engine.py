@@ -305,7 +305,8 @@ class Engine:
         whole = content if resume is None else resume.text + content
         self.journal.finish(Ended(
             live.attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
-                                        provider_request_id=result.request_id, tool_calls=calls),
+                                        provider_request_id=result.request_id, tool_calls=calls,
+                                        first_token=live.first_token),
             usage, self.d.clock(), request_id=p.id, content=whole, reasoning=reasoning))
         if self.d.budget is not None:
             self.d.budget.charge(p, usage)

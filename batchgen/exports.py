@@ -219,9 +219,20 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
 
 
 def write_reports(run_dir: Path) -> None:
-    """report.md and report.json beside the results, after every run."""
+    """report.md, report.json and report.html beside the results, after every run.
+
+    Where ``GITHUB_STEP_SUMMARY`` names a file (a GitHub Actions job), the
+    markdown report is also appended there: the job's summary page shows it.
+    """
+    from .htmlreport import render_html
     from .report import build_report, render
 
     report = build_report([run_dir])
-    write_atomic(run_dir / "report.md", render(report, "md").encode("utf-8"))
+    markdown = render(report, "md")
+    write_atomic(run_dir / "report.md", markdown.encode("utf-8"))
     write_atomic(run_dir / "report.json", render(report, "json").encode("utf-8"))
+    write_atomic(run_dir / "report.html", render_html(report, [run_dir]).encode("utf-8"))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")

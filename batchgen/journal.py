@@ -24,7 +24,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .continuation import Resume
@@ -46,6 +46,8 @@ class Live:
     """Text of one streaming attempt: all of it, and the part not yet stored."""
 
     attempt_id: int
+    clock: Callable[[], float] | None = None
+    first_token: float | None = None  # when the first text arrived (time to first token)
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     pending_content: list[str] = field(default_factory=list)
@@ -53,6 +55,8 @@ class Live:
     seq: int = 0
 
     def on_text(self, content: str, reasoning: str) -> None:
+        if self.first_token is None and self.clock is not None:
+            self.first_token = self.clock()
         if content:
             self.content.append(content)
             self.pending_content.append(content)
@@ -128,13 +132,15 @@ class Journal:
         with self.guard():
             attempt_id = self.store.start_attempt(p, run_id=run_id, n=n, now=self.clock(),
                                                   resume=resume)
-        live = Live(attempt_id)
+        live = Live(attempt_id, self.clock)
         self.live[attempt_id] = live
         return live
 
     def end(self, live: Live, end: AttemptEnd, usage: Usage | None) -> None:
         """An attempt that did not finish: its text so far and how it ended, now."""
         self.live.pop(live.attempt_id, None)
+        if live.first_token is not None:
+            end = replace(end, first_token=live.first_token)
         with self.guard():
             segment = live.take_segment()
             if segment is not None:

@@ -48,6 +48,7 @@ _ADDED_COLUMNS = (
     ("attempts", "prefix_chars", "INTEGER"),  # schema 2: length of the answer it went on from
     ("usage", "prompt_method", "TEXT"),  # schema 2: exact, derived, tokenizer, calibrated, static
     ("usage", "completion_method", "TEXT"),  # schema 2: the same, for completion tokens
+    ("attempts", "first_token", "REAL"),  # schema 2: when its first text arrived
 )
 
 _SCHEMA = """
@@ -98,7 +99,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     tool_calls TEXT,
     continues INTEGER,
     continuations INTEGER,
-    prefix_chars INTEGER
+    prefix_chars INTEGER,
+    first_token REAL
 );
 CREATE INDEX IF NOT EXISTS attempts_request ON attempts(request_id);
 CREATE INDEX IF NOT EXISTS attempts_streaming ON attempts(status) WHERE status = 'streaming';
@@ -170,6 +172,7 @@ class AttemptEnd:
     error_message: str | None = None
     provider_request_id: str | None = None
     tool_calls: str | None = None  # JSON list, when the answer called tools
+    first_token: float | None = None  # when the first text arrived
 
 
 class RunStore:
@@ -371,11 +374,11 @@ class RunStore:
         db = self.db
         db.executemany(
             "UPDATE attempts SET ended=?, status=?, finish_reason=?, error_class=?, "
-            "error_code=?, http_status=?, error_message=?, provider_request_id=?, tool_calls=? "
-            "WHERE id=?",
+            "error_code=?, http_status=?, error_message=?, provider_request_id=?, tool_calls=?, "
+            "first_token=? WHERE id=?",
             [(e.now, e.end.status, e.end.finish_reason, e.end.error_class, e.end.error_code,
               e.end.http_status, e.end.error_message, e.end.provider_request_id,
-              e.end.tool_calls, e.attempt_id)
+              e.end.tool_calls, e.end.first_token, e.attempt_id)
              for e in batch],
         )
         self.put_usage([(e.attempt_id, e.usage) for e in batch if e.usage is not None])

@@ -30,6 +30,7 @@ def fake() -> Iterator[FakeServer]:
 @pytest.fixture(autouse=True)
 def _canary_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, CANARY)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)  # tests run inside CI jobs too
 
 
 def write_job(path: Path, fake: FakeServer | None, prompts: list[dict[str, Any]],

@@ -1,0 +1,168 @@
+"""report.html: one self-contained page with the figures of report.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen import load_job, run_job
+from batchgen.runner import RunOptions
+from tests.conftest import CANARY, ROOT, run_cli, write_job
+from tests.fakeserver import FakeServer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+async def no_sleep(_seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, fake: FakeServer) -> Path:
+    prompts = [{"id": f"r{i}", "model": ["qwen-plus", "qwen-max", "qwq-plus"][i % 3],
+                "prompt": f"[[len={40 + i}]] essay {i}"
+                + (" [[faults=cut@10]]" if i % 4 == 1 else "")
+                + (" [[faults=404]]" if i == 6 else "")} for i in range(12)]
+    job = write_job(tmp_path / "job.yaml", fake, prompts, endpoint={"region": "cn"})
+    run_job(load_job(job), RunOptions(sleep=no_sleep, flush_interval=0.05))
+    return tmp_path / "out" / "t"
+
+
+class Cells(HTMLParser):
+    """Every element carrying data-field/data-value, grouped by its table row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, str]] = []
+        self.methods: dict[str, str] = {}
+        self.refs: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag == "tr" and "data-key" in a:
+            self.rows.append({})
+        if "data-field" in a and self.rows:
+            self.rows[-1][str(a["data-field"])] = str(a.get("data-value") or "")
+        if "data-method" in a:
+            self.methods[str(a["data-method"])] = str(a["data-value"])
+        for name in ("src", "href", "xlink:href", "action", "poster", "data"):
+            if a.get(name):
+                self.refs.append(f"{tag} {name}={a[name]}")
+
+
+def parse(html: str) -> Cells:
+    cells = Cells()
+    cells.feed(html)
+    return cells
+
+
+def test_every_run_writes_report_html_with_the_figures_of_report_json(run_dir: Path) -> None:
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    report = json.loads((run_dir / "report.json").read_text())
+    cells = parse(html)
+    assert len(cells.rows) == len(report["rows"]) == 3
+    for got, want in zip(cells.rows, report["rows"], strict=True):
+        for field, value in want.items():
+            if field == "tokens_by_method":
+                continue
+            shown = got[field]
+            if value is None:
+                assert shown == "", field
+            elif isinstance(value, str):
+                assert shown == value, field
+            else:
+                assert float(shown) == pytest.approx(value, rel=1e-12, abs=1e-12), field
+    methods: dict[str, int] = {}
+    for row in report["rows"]:
+        for method, n in row["tokens_by_method"].items():
+            methods[method] = methods.get(method, 0) + n
+    assert {m: int(v) for m, v in cells.methods.items()} == methods
+    for total in report["totals"]:
+        assert f'data-total="{total["currency"]}" data-value="{total["cost"]}"' in html
+    assert "r6" in html and "http_404" in html  # the failed request, with its class
+
+
+def test_the_page_loads_nothing_from_anywhere(run_dir: Path) -> None:
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    cells = parse(html)
+    assert cells.refs == []  # no src, href or xlink:href at all
+    assert "link" not in cells.tags and "img" not in cells.tags and "iframe" not in cells.tags
+    assert "<svg" in html and "<table" in html
+    assert not re.search(r"url\(|@import|<script[^>]+src|@font-face", html, re.I)
+    # the only URLs are SVG namespace names and the price lists' sources, as text
+    urls = set(re.findall(r"https?://[^\s\"'<>)]+", html))
+    assert {u for u in urls if "w3.org" not in u and "aliyun.com" not in u} == set()
+    assert CANARY not in html
+
+
+def test_report_html_merges_run_dirs_and_prints_the_same_page(run_dir: Path, tmp_path: Path,
+                                                                 fake: FakeServer) -> None:
+    other = write_job(tmp_path / "o.yaml", fake, [{"id": "x", "prompt": "[[len=9]] other"}],
+                      name="o", endpoint={"region": "cn"})
+    run_job(load_job(other), RunOptions(sleep=no_sleep))
+    merged = run_cli("report", str(run_dir), str(tmp_path / "out" / "o"), "--format", "html")
+    assert merged.returncode == 0, merged.stderr
+    rows = {r["key"]: r for r in parse(merged.stdout).rows}
+    single = {r["key"]: r for r in parse((run_dir / "report.html").read_text()).rows}
+    assert int(rows["qwen-plus"]["requests_done"]) == int(single["qwen-plus"]["requests_done"]) + 1
+
+
+def test_the_markdown_report_goes_to_the_github_step_summary(tmp_path: Path,
+                                                             fake: FakeServer) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    job = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": "x"}])
+    proc = run_cli("run", str(job), "-q", env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert proc.returncode == 0, proc.stderr
+    markdown = (tmp_path / "out" / "t" / "report.md").read_text()
+    assert summary.read_text() == "earlier step\n" + markdown + "\n"
+
+
+def test_help_does_not_import_the_report_libraries() -> None:
+    code = ("import sys, batchgen.cli; "
+            "print(sorted(m for m in ('jinja2', 'pygal', 'openai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "[]"
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    if CHROMIUM is None:
+        if os.environ.get("BATCHGEN_REQUIRE_LOCAL") == "1":
+            raise RuntimeError("chromium is missing (CI installs Debian's chromium)")
+        pytest.skip("headless chromium not installed")
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--hide-scrollbars", *args],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_headless_chromium_renders_the_table_and_charts(run_dir: Path, tmp_path: Path,
+                                                        width: int) -> None:
+    page = (run_dir / "report.html").as_uri()
+    profile = tmp_path / f"profile-{width}"
+    dom = chromium(f"--user-data-dir={profile}", f"--window-size={width},2000", "--dump-dom",
+                   page)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert '<table class="sortable" id="rows">' in dom.stdout
+    assert dom.stdout.count("<svg") >= 5  # cost, throughput, latency x2, outcomes, invocations
+    assert 'aria-sort="none"' in dom.stdout  # the optional script ran
+    shot = tmp_path / f"report-{width}.png"
+    taken = chromium(f"--user-data-dir={profile}", f"--window-size={width},2400",
+                     f"--screenshot={shot}", page)
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    data: Any = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
