@@ -65,6 +65,9 @@ def _job_options(func: F) -> F:
                      help="Streams at once (default 8)."),
         click.option("--local", is_flag=True,
                      help="Run on the embedded local model (llama.cpp) instead of an API."),
+        click.option("--shard", metavar="K/N",
+                     help="Only shard K of N (by a stable hash of the request id); index/N "
+                          "takes K-1 from JOB_COMPLETION_INDEX or BATCHGEN_SHARD_INDEX."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -73,8 +76,11 @@ def _job_options(func: F) -> F:
 
 def _overrides(kwargs: dict[str, Any]) -> Overrides:
     from .jobfile import Overrides
+    from .shards import parse_shard
 
+    shard = parse_shard(kwargs["shard"]) if kwargs.get("shard") else None
     return Overrides(
+        shard=shard,
         name=kwargs.get("name"), out=kwargs.get("out"), model=kwargs.get("model"),
         base_url=kwargs.get("base_url"), api_key_env=kwargs.get("api_key_env"),
         concurrency=kwargs.get("concurrency"), local=bool(kwargs.get("local")),
@@ -195,14 +201,28 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
 @main.command()
 @click.argument("file", type=click.Path())
 @_job_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: the request ids and the plan, for scripts.")
 @_errors
-def validate(file: str, **kwargs: Any) -> None:
+def validate(file: str, fmt: str, **kwargs: Any) -> None:
     """Check FILE without calling anything; print what a run would do."""
     import os
 
     job = _load(file, kwargs)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps({
+            "file": file, "ok": True, "requests": job.info.requests,
+            "job_requests": job.info.job_requests, "models": list(job.info.models),
+            "shard": f"{job.shard[0]}/{job.shard[1]}" if job.shard else None,
+            "run_dir": str(job.run_dir), "ids": [r.id for r in job.requests()],
+        }, ensure_ascii=False))
+        return
     click.echo(f"{file}: ok")
-    click.echo(f"  requests: {job.info.requests}")
+    of = f" (shard {job.shard[0]} of {job.shard[1]}; the job has {job.info.job_requests})" \
+        if job.shard else ""
+    click.echo(f"  requests: {job.info.requests}{of}")
     click.echo(f"  models:   {', '.join(job.info.models)}")
     where = "embedded local model (llama.cpp)" if job.endpoint.local else job.endpoint.base_url
     click.echo(f"  endpoint: {where}")
@@ -218,10 +238,40 @@ def validate(file: str, **kwargs: Any) -> None:
               help="How many failed requests to list with their reasons.")
 @_errors
 def status(run_dir: str, show_failed: int) -> None:
-    """What RUN_DIR holds: done / streaming / pending / failed, tokens so far."""
+    """What RUN_DIR holds: done / streaming / pending / failed, tokens so far.
+
+    RUN_DIR may be a sharded job's directory: every shard is shown.
+    """
+    from .shards import find_shards
     from .status import read_status
 
-    st = read_status(Path(run_dir), failed_limit=show_failed)
+    path = Path(run_dir)
+    shards = find_shards(path) if not (path / "run.db").exists() else {}
+    if not shards:
+        _print_status(run_dir, read_status(path, failed_limit=show_failed))
+        return
+    total = {"requests": 0, "done": 0, "failed": 0, "pending": 0, "streaming": 0}
+    n = max(n for _, n in shards)
+    click.echo(f"{run_dir}: {len(shards)} of {n} shards")
+    for shard in shards.values():
+        st = read_status(shard, failed_limit=show_failed)
+        total = {"requests": total["requests"] + st.total, "done": total["done"] + st.done,
+                 "failed": total["failed"] + st.failed, "pending": total["pending"] + st.pending,
+                 "streaming": total["streaming"] + st.streaming}
+        state = "running" if st.running else "not running"
+        click.echo(f"  {shard.name}: {state}; {st.total} requests, {st.done} done, "
+                   f"{st.streaming} streaming, {st.pending} pending, {st.failed} failed")
+        for fail in st.failures:
+            click.echo(f"    failed {fail}")
+    missing = [f"shard-{k}-of-{n}" for k in range(1, n + 1) if (k, n) not in shards]
+    if missing:
+        click.echo(f"  not started: {', '.join(missing)}")
+    click.echo(f"  all shards: {total['requests']} requests, {total['done']} done, "
+               f"{total['streaming']} streaming, {total['pending']} pending, "
+               f"{total['failed']} failed")
+
+
+def _print_status(run_dir: str, st: Any) -> None:
     state = "running" if st.running else "not running"
     click.echo(f"{run_dir}: {state}")
     click.echo(f"  requests:  {st.total}")
@@ -235,6 +285,28 @@ def status(run_dir: str, show_failed: int) -> None:
                f"{st.completion_tokens:,} completion{est}")
     for fail in st.failures:
         click.echo(f"  failed {fail}")
+
+
+@main.command()
+@click.argument("job_dir", type=click.Path(file_okay=False, exists=True))
+@_errors
+def merge(job_dir: str) -> None:
+    """Put the shards of JOB_DIR (<output_dir>/<name>) back together into it.
+
+    Writes results.jsonl (job order), texts/, failed.jsonl and one report over
+    all shards. Exit 0 when every shard is complete, 1 when some are not (what
+    is done is still written), 2 when the shards do not belong together.
+    """
+    from .merge import merge as merge_shards
+
+    summary = merge_shards(Path(job_dir))
+    click.echo(f"{job_dir}: merged {summary.shards} of {summary.expected} shards: "
+               f"{summary.done} done, {summary.failed} failed")
+    click.echo(f"  results: {Path(job_dir) / 'results.jsonl'}; report: "
+               f"{Path(job_dir) / 'report.html'}")
+    if summary.incomplete:
+        click.echo("batchgen: incomplete: " + "; ".join(summary.incomplete), err=True)
+        sys.exit(1)
 
 
 @main.group()

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .estimator import Estimator
 from .journal import Journal, Live
-from .limits import AdaptiveLimit, Breaker, Gate, ratelimit_pause
+from .limits import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from .progress import Progress
 from .secrets import printable
 from .store import AttemptEnd, Ended, Pending, RunStore
@@ -87,13 +87,13 @@ class Engine:
     def __init__(self, deps: EngineDeps, *, concurrency: int, max_attempts: int,
                  rpm: float | None, tpm: float | None, idle_timeout: float = 120.0,
                  max_duration: float | None = None, continuation: str = "none",
-                 resume: str = "auto") -> None:
+                 resume: str = "auto", gate: StartGate | None = None) -> None:
         self.d = deps
         # how an interrupted answer goes on ("none": it starts over)
         self.form = continuation if resume == "auto" else "none"
         self.max_attempts = max_attempts
         self.limit = AdaptiveLimit(concurrency, deps.clock)
-        self.gate = Gate(rpm=rpm, tpm=tpm, clock=deps.clock, sleep=deps.sleep)
+        self.gate: StartGate = gate or Gate(rpm=rpm, tpm=tpm, clock=deps.clock, sleep=deps.sleep)
         self.breaker = Breaker(self.gate)
         self.max_active = max(2 * concurrency, concurrency + 4)
         self.outcome = Outcome()

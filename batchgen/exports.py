@@ -132,7 +132,7 @@ def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str) ->
     write_many_atomic(text_files(run_dir, request_id, content, reasoning))
 
 
-def _jsonl(obj: dict[str, Any]) -> bytes:
+def jsonl(obj: dict[str, Any]) -> bytes:
     """One JSON line, UTF-8. U+2028 / U+2029 are escaped: they are valid inside
     JSON strings, but readers that split lines the Unicode way (Python's
     ``str.splitlines``, some JSONL tools) would cut a record in two there."""
@@ -166,6 +166,38 @@ def _cost(row: Any) -> dict[str, Any] | None:
     return cost
 
 
+def result_line(row: Any, with_cost: bool) -> dict[str, Any]:
+    """One line of results.jsonl from a row of :meth:`RunStore.done_in_order`."""
+    content = row["content"] or ""
+    reasoning = row["reasoning"] or ""
+    line: dict[str, Any] = {"id": row["id"], "model": row["model"], "content": content}
+    if reasoning:
+        line["reasoning_content"] = reasoning
+    line["finish_reason"] = row["finish_reason"]
+    if row["tool_calls"]:
+        line["tool_calls"] = json.loads(row["tool_calls"])
+    line["usage"] = _usage(row) if row["prompt_tokens"] is not None else None
+    line["attempts"] = row["attempts"]
+    if row["continuations"]:
+        line["continuations"] = row["continuations"]
+    line["fingerprint"] = row["fingerprint"]
+    if row["tags"]:
+        line["tags"] = json.loads(row["tags"])
+    if with_cost:
+        line["cost"] = _cost(row)
+    return line
+
+
+def failed_entry(row: Any) -> dict[str, Any]:
+    """A failed request in job-file form, from a row of :meth:`RunStore.failed_in_order`."""
+    body = json.loads(row["body"])
+    entry: dict[str, Any] = {"id": row["id"], "model": body.pop("model"),
+                             "messages": body.pop("messages"), **body}
+    if row["tags"]:
+        entry["tags"] = json.loads(row["tags"])
+    return entry
+
+
 def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) -> dict[str, int]:
     """Rewrite results.jsonl and failed.jsonl; restore any missing texts/ file.
 
@@ -179,39 +211,19 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
 
     def results() -> Iterable[bytes]:
         for row in store.done_in_order(with_cost=with_cost):
-            content = row["content"] or ""
-            reasoning = row["reasoning"] or ""
-            line: dict[str, Any] = {"id": row["id"], "model": row["model"], "content": content}
-            if reasoning:
-                line["reasoning_content"] = reasoning
-            line["finish_reason"] = row["finish_reason"]
-            if row["tool_calls"]:
-                line["tool_calls"] = json.loads(row["tool_calls"])
-            line["usage"] = _usage(row) if row["prompt_tokens"] is not None else None
-            line["attempts"] = row["attempts"]
-            if row["continuations"]:
-                line["continuations"] = row["continuations"]
-            line["fingerprint"] = row["fingerprint"]
-            if row["tags"]:
-                line["tags"] = json.loads(row["tags"])
-            if with_cost:
-                line["cost"] = _cost(row)
+            line = result_line(row, with_cost)
             counts["done"] += 1
             path = text_path(run_dir, row["id"])
             if not path.exists():
-                write_texts(run_dir, row["id"], content, reasoning)
+                write_texts(run_dir, row["id"], line["content"],
+                            line.get("reasoning_content", ""))
                 counts["texts_restored"] += 1
-            yield _jsonl(line)
+            yield jsonl(line)
 
     def failed() -> Iterable[bytes]:
         for row in store.failed_in_order():
-            body = json.loads(row["body"])
-            entry: dict[str, Any] = {"id": row["id"], "model": body.pop("model"),
-                                     "messages": body.pop("messages"), **body}
-            if row["tags"]:
-                entry["tags"] = json.loads(row["tags"])
             counts["failed"] += 1
-            yield _jsonl(entry)
+            yield jsonl(failed_entry(row))
 
     write_atomic(run_dir / "results.jsonl", results())
     write_atomic(run_dir / "failed.jsonl", failed())
@@ -219,7 +231,12 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
 
 
 def write_reports(run_dir: Path) -> None:
-    """report.md, report.json and report.html beside the results, after every run.
+    """report.md, report.json and report.html beside the results, after every run."""
+    write_reports_for(run_dir, [run_dir])
+
+
+def write_reports_for(out_dir: Path, run_dirs: list[Path]) -> None:
+    """The reports of ``run_dirs`` (one run, or a job's merged shards) in ``out_dir``.
 
     Where ``GITHUB_STEP_SUMMARY`` names a file (a GitHub Actions job), the
     markdown report is also appended there: the job's summary page shows it.
@@ -227,11 +244,11 @@ def write_reports(run_dir: Path) -> None:
     from .htmlreport import render_html
     from .report import build_report, render
 
-    report = build_report([run_dir])
+    report = build_report(run_dirs)
     markdown = render(report, "md")
-    write_atomic(run_dir / "report.md", markdown.encode("utf-8"))
-    write_atomic(run_dir / "report.json", render(report, "json").encode("utf-8"))
-    write_atomic(run_dir / "report.html", render_html(report, [run_dir]).encode("utf-8"))
+    write_atomic(out_dir / "report.md", markdown.encode("utf-8"))
+    write_atomic(out_dir / "report.json", render(report, "json").encode("utf-8"))
+    write_atomic(out_dir / "report.html", render_html(report, run_dirs).encode("utf-8"))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as fh:

@@ -40,6 +40,7 @@ from .models import (
     check_base_url,
 )
 from .problems import from_validation, path_str, secret_problems
+from .shards import shard_dir, shard_of
 from .yamlload import LineMap, YamlProblem, load_yaml
 
 MAX_YAML_BYTES = 8 * 1024 * 1024
@@ -49,6 +50,7 @@ MAX_PROBLEMS = 20
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 KEY_ENV_RE = re.compile(r"^[A-Za-z0-9_]*API_?KEY$", re.IGNORECASE)
 KEY_ENVS_VAR = "BATCHGEN_ALLOWED_KEY_ENVS"  # more names a job file may use, comma-separated
+LIMITS_URL_VAR = "BATCHGEN_LIMITS_URL"  # redis://HOST:PORT/DB: shared rate limits
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Overrides:
     max_cost: float | None = None
     currency: str | None = None
     allowed_key_envs: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None  # (K, N): run only shard K of N
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Job:
     budget: Budget | None = None
     pricing: dict[str, PriceSpec] = field(default_factory=dict)
     sources: tuple[_Source, ...] = ()
+    shard: tuple[int, int] | None = None  # (K, N); run_dir is then the shard's directory
+    job_dir: Path | None = None  # <output_dir>/<name>, where shards merge
 
     @property
     def endpoint_id(self) -> str:
@@ -108,7 +113,9 @@ class Job:
         def fail(problem: Problem) -> None:
             raise JobFileError([problem])
 
-        yield from _resolve_all(self, fail)
+        for req in _resolve_all(self, fail):
+            if self.shard is None or shard_of(req.id, self.shard[1]) == self.shard[0]:
+                yield req
 
 
 def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -> Job:
@@ -133,26 +140,33 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
         if len(problems) >= MAX_PROBLEMS:
             raise JobFileError(problems, truncated=True)
 
-    count = 0
+    count = total = 0
     models: dict[str, None] = {}
     clashes = ClashFinder()
-    plan = hashlib.sha256()
+    plan = hashlib.sha256()  # this run's requests (a shard's own)
+    whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
     for req in _resolve_all(job, collect):
-        plan.update(f"{req.id}\0{req.fingerprint}\n".encode())
-        clashes.add(req.id)
+        line = f"{req.id}\0{req.fingerprint}\n".encode()
+        whole.update(line)
+        clashes.add(req.id)  # over the whole job: shards merge into one texts/
+        total += 1
+        if job.shard is not None and shard_of(req.id, job.shard[1]) != job.shard[0]:
+            continue
+        plan.update(line)
         count += 1
         models.setdefault(req.model)
     suspects = clashes.positions()
     if suspects and len(problems) < MAX_PROBLEMS:
         for problem in _clash_problems(job, suspects):
             collect(problem)
-    if not problems and count == 0:
+    if not problems and total == 0:
         problems.append(Problem(str(file), None, None, "the job has no prompts"))
     if problems:
         raise JobFileError(problems)
     files = tuple(str(s.file) for s in sources)
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
-                   plan_digest=plan.hexdigest())
+                   plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
+                   job_requests=total)
     return replace(job, info=info)
 
 
@@ -332,7 +346,10 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[_Source, 
     )
     run = RunSettings(**spec.run.model_dump())
     if ov.concurrency is not None:
-        run = RunSettings(**{**run.__dict__, "concurrency": ov.concurrency})
+        run = replace(run, concurrency=ov.concurrency)
+    limits_url = os.environ.get(LIMITS_URL_VAR, "").strip()
+    if limits_url:  # set by whoever runs the cluster: it wins over the job file
+        run = replace(run, limits_url=limits_url)
     budget = Budget(spec.budget.max_cost, spec.budget.currency.upper()) if spec.budget else None
     if ov.max_cost is not None:
         currency = ov.currency or (budget.currency if budget else None)
@@ -348,10 +365,12 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[_Source, 
 
         defaults = defaults.model_copy(update={"model": model_name(ep.model_path)})
     out_root = Path(ov.out or spec.output_dir or "outputs")
+    job_dir = out_root / name
+    run_dir = job_dir if ov.shard is None else shard_dir(job_dir, *ov.shard)
     return Job(
-        name=name, path=file, run_dir=out_root / name, endpoint=endpoint, run=run,
+        name=name, path=file, run_dir=run_dir, endpoint=endpoint, run=run,
         defaults=defaults, info=JobInfo(0, ()), budget=budget,
-        pricing=dict(spec.pricing or {}), sources=sources,
+        pricing=dict(spec.pricing or {}), sources=sources, shard=ov.shard, job_dir=job_dir,
     )
 
 

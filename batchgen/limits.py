@@ -20,6 +20,7 @@ import asyncio
 import collections
 import re
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -86,6 +87,22 @@ class AdaptiveLimit:
         self._last_cut = now
         self._successes = 0
         self.limit = max(1, self.limit // 2)
+
+
+class StartGate(Protocol):
+    """What every attempt passes before it starts: this process's :class:`Gate`,
+    or the :class:`~batchgen.shared.SharedGate` of all processes of an account."""
+
+    @property
+    def learned_rate(self) -> float | None: ...
+    @property
+    def paused_until(self) -> float: ...
+    def now(self) -> float: ...
+    async def wait(self, tokens: int = 0) -> None: ...
+    def pause_for(self, seconds: float) -> None: ...
+    def on_throttle(self) -> None: ...
+    def on_accepted(self) -> None: ...
+    def settle(self, reserved: int, actual: int) -> None: ...
 
 
 class Gate:
@@ -202,7 +219,7 @@ class Breaker:
     ``max_cooldown``), and back to the start after a success.
     """
 
-    def __init__(self, gate: Gate, *, window: int = 20, threshold: float = 0.8,
+    def __init__(self, gate: StartGate, *, window: int = 20, threshold: float = 0.8,
                  cooldown: float = 5.0, max_cooldown: float = 60.0) -> None:
         self.gate = gate
         self.window: collections.deque[bool] = collections.deque(maxlen=window)

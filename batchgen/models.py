@@ -245,6 +245,8 @@ class RunSpec(_Strict):
     tpm: float | None = Field(default=None, gt=0)
     # auto: an interrupted answer goes on from its text where the endpoint can
     resume: Literal["auto", "fresh"] = "auto"
+    # redis://HOST:PORT/DB: rate limits shared by every process of one account
+    limits_url: str | None = Field(default=None, pattern=r"^rediss?://")
 
 
 class BudgetSpec(_Strict):
@@ -351,6 +353,7 @@ class RunSettings:
     rpm: float | None = None
     tpm: float | None = None
     resume: str = "auto"
+    limits_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -366,4 +369,6 @@ class JobInfo:
     requests: int
     models: tuple[str, ...]
     files: tuple[str, ...] = field(default=())
-    plan_digest: str = ""  # SHA-256 over every (id, fingerprint) in job order
+    plan_digest: str = ""  # SHA-256 over every (id, fingerprint) this run runs, in job order
+    job_digest: str = ""  # the same over the whole job (equal to plan_digest unless sharded)
+    job_requests: int = 0  # requests in the whole job

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .budget import BudgetGuard, check_budget
@@ -39,6 +40,9 @@ from .secrets import Redactor, api_key_from_env, quiet_transport_logs
 from .store import RunStore
 from .tokenizers import counter_for, preload
 from .usage import estimate
+
+if TYPE_CHECKING:
+    from .shared import SharedGate
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,31 @@ async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
     if job.budget is not None:
         check_budget(job, book)  # before anything is written, too
     _check_store_not_lost(job.run_dir, opts.force)
+    gate = await _shared_gate(job, api_key, opts)  # Redis answers, or nothing is written
+    try:
+        return await _run_with_gate(job, opts, api_key, book, gate)
+    finally:
+        if gate is not None:
+            await gate.close()
+
+
+async def _shared_gate(job: Job, api_key: str, opts: RunOptions) -> SharedGate | None:
+    if not job.run.limits_url:
+        return None
+    from .shared import SharedGate, account_id
+
+    gate = SharedGate(job.run.limits_url, account_id(job.endpoint.base_url, api_key),
+                      rpm=job.run.rpm, tpm=job.run.tpm, sleep=opts.sleep)
+    try:
+        await gate.check()
+    except BaseException:
+        await gate.close()
+        raise
+    return gate
+
+
+async def _run_with_gate(job: Job, opts: RunOptions, api_key: str, book: PriceBook,
+                         gate: SharedGate | None) -> RunSummary:
     quiet_transport_logs()
     redact = Redactor(api_key)
     try:
@@ -136,7 +165,7 @@ async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
             clean_temp(job.run_dir)
         except OSError as exc:
             raise storage_error(exc, job.run_dir) from None
-        return await _locked_run(job, opts, api_key, redact, book)
+        return await _locked_run(job, opts, api_key, redact, book, gate)
     finally:
         lock.release()
 
@@ -162,11 +191,11 @@ def _check_store_not_lost(run_dir: Path, force: bool) -> None:
 
 
 async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor,
-                      book: PriceBook) -> RunSummary:
+                      book: PriceBook, gate: SharedGate | None) -> RunSummary:
     store = RunStore(job.run_dir / "run.db")
     try:
         try:
-            summary = await _run_and_export(job, opts, store, api_key, redact, book)
+            summary = await _run_and_export(job, opts, store, api_key, redact, book, gate)
         except (StorageError, sqlite3.OperationalError, OSError) as exc:
             summary = RunSummary(run_dir=job.run_dir, total=job.info.requests, skipped=0,
                                  storage=storage_error(exc, job.run_dir))
@@ -192,11 +221,15 @@ def _with_counts(error: StorageError, store: RunStore) -> StorageError:
 
 
 async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: str,
-                          redact: Redactor, book: PriceBook) -> RunSummary:
+                          redact: Redactor, book: PriceBook,
+                          gate: SharedGate | None) -> RunSummary:
     run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
                              region=job.endpoint.region, pid=os.getpid(),
                              version=__version__, now=opts.clock())
     store.set_meta("pricing", overrides_to_json(job.pricing))
+    store.set_meta("job", json.dumps({  # what `batchgen merge` checks shards against
+        "name": job.name, "digest": job.info.job_digest, "requests": job.info.job_requests,
+        "shard": list(job.shard) if job.shard else None}))
     estimator = Estimator(store.calibration())
     recovered = store.recover(lambda body, content, reasoning: estimate(
         body, content, reasoning, estimator), now=opts.clock())
@@ -215,7 +248,7 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
     if todo:
         guard = BudgetGuard(job.budget, job, book, store, estimator) if job.budget else None
         outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard,
-                                    estimator)
+                                    estimator, gate)
     summary.done, summary.failed = outcome.done, outcome.failed
     summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
     summary.storage = outcome.storage
@@ -242,7 +275,7 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
 
 async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                       api_key: str, redact: Redactor, budget: BudgetGuard | None,
-                      estimator: Estimator) -> Outcome:
+                      estimator: Estimator, gate: SharedGate | None) -> Outcome:
     """Start the endpoint (a local server, if asked), then the engine; both stop on signals."""
     holder: dict[str, Any] = {}
     restore = _install_signals(holder) if opts.handle_signals else (lambda: None)
@@ -271,7 +304,7 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                 concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
                 rpm=job.run.rpm, tpm=job.run.tpm, idle_timeout=job.run.idle_timeout,
                 max_duration=job.run.max_duration, continuation=job.endpoint.continuation,
-                resume=job.run.resume,
+                resume=job.run.resume, gate=gate,
             )
             holder["engine"] = engine
             with _quiet_gc():

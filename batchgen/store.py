@@ -499,8 +499,8 @@ class RunStore:
         cur.row_factory = sqlite3.Row
         # `cost` is one of two fixed fragments above; nothing here comes from a user
         sql = (
-            "SELECT r.id, r.model, r.fingerprint, r.tags, a.id AS attempt_id, "  # noqa: S608
-            "a.finish_reason, a.tool_calls, a.continuations"
+            "SELECT r.id, r.position, r.model, r.fingerprint, r.tags, "  # noqa: S608
+            "a.id AS attempt_id, a.finish_reason, a.tool_calls, a.continuations"
             + cost
             + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "
@@ -518,7 +518,8 @@ class RunStore:
         cur = self.db.cursor()
         cur.row_factory = sqlite3.Row
         yield from cur.execute(
-            "SELECT r.id, r.body, r.tags, CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
+            "SELECT r.id, r.position, r.body, r.tags, "
+            "CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
             " THEN 'internal_error' ELSE a.error_class END AS error_class, a.error_code, "
             " a.http_status, "
             " COALESCE(r.reason, a.error_message) AS error_message "

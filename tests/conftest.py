@@ -153,3 +153,55 @@ def kill_until_done(start: Any, rng: Any, lo: float, hi: float, run_db: Path,
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     pytest.fail("the run never finished")
+
+
+class RedisServer:
+    """A real redis-server (Debian's package) on a free loopback port."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+        import time
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("BATCHGEN_REQUIRE_LOCAL") == "1":
+                raise RuntimeError("redis-server is missing (CI installs Debian's redis-server)")
+            pytest.skip("redis-server not installed")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
