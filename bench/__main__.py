@@ -21,6 +21,7 @@ SUITE = {
     "P6": "bench.p6_startup",
     "P9": "bench.p9_resume",
     "P10": "bench.p10_estimates",
+    "P11": "bench.p11_shards",
 }
 
 
