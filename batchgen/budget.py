@@ -66,7 +66,8 @@ class BudgetGuard:
         self.spent = 0.0
         for row in store.iterate(
             "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
-            "u.reasoning_tokens, u.cached_tokens) AS cost, bg_currency(a.run_id, a.model) AS cur "
+            "u.reasoning_tokens, u.cached_tokens, a.mode) AS cost, "
+            "bg_currency(a.run_id, a.model) AS cur "
             "FROM attempts a JOIN usage u ON u.attempt_id = a.id"
         ):
             if row["cost"] is not None and row["cur"] == budget.currency:

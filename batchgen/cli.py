@@ -80,7 +80,8 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
 
     shard = parse_shard(kwargs["shard"]) if kwargs.get("shard") else None
     return Overrides(
-        shard=shard,
+        shard=shard, via=kwargs.get("via"), fallback=kwargs.get("fallback"),
+        no_wait=bool(kwargs.get("no_wait")),
         name=kwargs.get("name"), out=kwargs.get("out"), model=kwargs.get("model"),
         base_url=kwargs.get("base_url"), api_key_env=kwargs.get("api_key_env"),
         concurrency=kwargs.get("concurrency"), local=bool(kwargs.get("local")),
@@ -121,15 +122,23 @@ def main() -> None:
               help="Print the plan (to run, to skip, tokens, worst-case cost); call nothing.")
 @click.option("--force", is_flag=True,
               help="Run even though run.db is gone while finished texts remain (buys again).")
+@click.option("--via", type=click.Choice(["stream", "batch"]),
+              help="stream (default), or batch: the provider's Batch API, at half the price "
+                   "within 24 h.")
+@click.option("--no-wait", is_flag=True,
+              help="With --via batch: submit and exit 5; run the same command again to collect.")
+@click.option("--fallback", type=click.Choice(["batch", "stream"]),
+              help="With --via batch: requests an expired or cancelled batch left unanswered "
+                   "go into a new batch (default) or are streamed.")
 @_errors
 def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool,
         force: bool, **kwargs: Any) -> None:
     """Run every prompt of FILE (YAML or JSONL), streamed, journaled and resumable.
 
     Exit codes: 0 all done, 1 some failed or unfinished, 2 bad usage or job
-    file, 3 stopped by budget, 4 stopped by a run-fatal API error, 74 the disk
-    refused a write, 75 run directory locked, 130 interrupted (run again to
-    resume).
+    file, 3 stopped by budget, 4 stopped by a run-fatal API error, 5 submitted
+    to the provider's Batch API (run again to collect), 74 the disk refused a
+    write, 75 run directory locked, 130 interrupted (run again to resume).
     """
     from .progress import make_progress
     from .runner import RunOptions, run_job
@@ -184,6 +193,11 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
                    f"(why: batchgen status {summary.run_dir})")
     click.echo(f"  cost report: {summary.run_dir / 'report.md'} "
                f"(batchgen report {summary.run_dir})")
+    for note in summary.notes:
+        click.echo(f"  {note}")
+    if summary.stopped_by == "submitted":
+        click.echo("batchgen: submitted to the provider's Batch API; run the same command "
+                   "again to collect", err=True)
     if summary.storage is not None:
         click.echo(f"batchgen: stopped: {summary.storage}", err=True)
     elif summary.fatal is not None:
@@ -278,11 +292,15 @@ def _print_status(run_dir: str, st: Any) -> None:
     click.echo(f"  done:      {st.done}")
     click.echo(f"  streaming: {st.streaming}")
     click.echo(f"  pending:   {st.pending}")
+    if st.batched:
+        click.echo(f"  batched:   {st.batched} (in a provider batch)")
     click.echo(f"  failed:    {st.failed}")
     click.echo(f"  attempts:  {st.attempts}")
     est = f" ({st.estimated_attempts} attempts estimated)" if st.estimated_attempts else ""
     click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, "
                f"{st.completion_tokens:,} completion{est}")
+    for batch in st.batches:
+        click.echo(f"  batch {batch}")
     for fail in st.failures:
         click.echo(f"  failed {fail}")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import retry
+from . import retry, tokenizers
 from .budget import BudgetGuard
 from .continuation import EchoFilter, Resume, continue_body, refusal
 from .errors import (
@@ -62,7 +62,8 @@ class Outcome:
     failed: int = 0
     fatal: RunFatalError | None = None
     storage: StorageError | None = None
-    stopped_by: str | None = None  # "budget" | "interrupt" | "fatal" | "storage"
+    stopped_by: str | None = None  # budget | interrupt | fatal | storage | submitted
+    notes: list[str] = field(default_factory=list)  # to tell the user (batches)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Engine:
         self.outcome = Outcome()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self.only: set[str] | None = None  # run only these requests (None: every pending one)
         self.journal = Journal(deps.store, deps.run_dir, clock=deps.clock,
                                flush_interval=deps.flush_interval,
                                on_failure=self._storage_failed)
@@ -138,6 +140,8 @@ class Engine:
         room = asyncio.Semaphore(self.max_active)
         try:
             for pending in self.d.store.pending():
+                if self.only is not None and pending.id not in self.only:
+                    continue
                 await room.acquire()
                 await self.journal.room()
                 if self.stopping:
@@ -237,6 +241,8 @@ class Engine:
         resume = self.d.store.resumable(
             p.id, p.fingerprint, lambda text: estimator.text(p.model, text)[0])
         counter = estimator.counter_for(p.model)
+        if resume is not None and counter is None and tokenizers.QWEN_MODELS.match(p.model):
+            counter = await asyncio.to_thread(tokenizers.qwen_counter)  # loaded once, off-loop
         if resume is not None and counter is not None:
             with contextlib.suppress(Exception):  # the stored estimate stands
                 resume = replace(resume, tokens=await asyncio.to_thread(counter.count,

@@ -68,6 +68,9 @@ class Overrides:
     currency: str | None = None
     allowed_key_envs: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None  # (K, N): run only shard K of N
+    via: str | None = None  # --via stream|batch
+    fallback: str | None = None  # --fallback batch|stream
+    no_wait: bool = False  # --no-wait
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,9 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[_Source, 
     run = RunSettings(**spec.run.model_dump())
     if ov.concurrency is not None:
         run = replace(run, concurrency=ov.concurrency)
+    if ov.via or ov.fallback or ov.no_wait:
+        run = replace(run, via=ov.via or run.via, fallback=ov.fallback or run.fallback,
+                      no_wait=ov.no_wait)
     limits_url = os.environ.get(LIMITS_URL_VAR, "").strip()
     if limits_url:  # set by whoever runs the cluster: it wins over the job file
         run = replace(run, limits_url=limits_url)

@@ -33,7 +33,12 @@ SAMPLE = 200  # finished requests per model a calibration learns from
 
 
 def refine(store: RunStore, estimator: Estimator) -> int:
-    """Learn, then re-estimate. Returns how many usage rows changed."""
+    """Learn, then re-estimate. Returns how many usage rows changed.
+
+    With nothing estimated, only the calibration is learned (no tokenizer is
+    loaded for it: the framing it would learn serves estimates only)."""
+    if not store.db.execute("SELECT 1 FROM usage WHERE estimated = 1 LIMIT 1").fetchone():
+        estimator = Estimator(estimator.calibration)  # no tokenizer: nothing to count
     estimator.calibration = learn(store, estimator)
     store.save_calibration(estimator.calibration)
     changed = reestimate(store, estimator)

@@ -247,6 +247,11 @@ class RunSpec(_Strict):
     resume: Literal["auto", "fresh"] = "auto"
     # redis://HOST:PORT/DB: rate limits shared by every process of one account
     limits_url: str | None = Field(default=None, pattern=r"^rediss?://")
+    # stream (default), or batch: through the provider's Batch API at its lower price
+    via: Literal["stream", "batch"] = "stream"
+    # what a batch that expired or was cancelled leaves unanswered goes into: a new
+    # batch, or streaming
+    fallback: Literal["batch", "stream"] = "batch"
 
 
 class BudgetSpec(_Strict):
@@ -354,6 +359,9 @@ class RunSettings:
     tpm: float | None = None
     resume: str = "auto"
     limits_url: str | None = None
+    via: str = "stream"
+    fallback: str = "batch"
+    no_wait: bool = False  # --no-wait: submit batches and exit 5
 
 
 @dataclass(frozen=True)

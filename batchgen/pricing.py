@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +43,7 @@ class ModelPrice:
     source: str | None = None
     as_of: str | None = None
     list_name: str = ""
+    batch_discount: float = 1.0  # the share of the price a Batch API request pays
 
     def tier(self, prompt_tokens: int) -> Tier:
         for tier in self.tiers:
@@ -51,14 +52,17 @@ class ModelPrice:
         return self.tiers[-1]
 
     def cost(self, prompt: int, completion: int, reasoning: int | None = None,
-             cached: int | None = None) -> float:
+             cached: int | None = None, batch: bool = False) -> float:
+        """``batch``: sent through the provider's Batch API, at ``batch_discount``
+        of the price and without the cached-input discount."""
         tier = self.tier(prompt)
-        hit = min(max(cached or 0, 0), prompt)
+        hit = 0 if batch else min(max(cached or 0, 0), prompt)
         cached_price = tier.cached_input if tier.cached_input is not None else tier.input
         out_price = tier.output
         if (reasoning or 0) > 0 and tier.thinking_output is not None:
             out_price = tier.thinking_output
-        return ((prompt - hit) * tier.input + hit * cached_price + completion * out_price) / 1e6
+        cost = ((prompt - hit) * tier.input + hit * cached_price + completion * out_price) / 1e6
+        return cost * self.batch_discount if batch else cost
 
     def worst_case(self, prompt: int, max_output: int) -> float:
         tier = self.tier(prompt + max_output)
@@ -76,6 +80,8 @@ class PriceList:
     source: str | None = None
     as_of: str | None = None
     models: dict[str, ModelPrice] = field(default_factory=dict)
+    batch_discount: float = 1.0
+    batch_source: str | None = None
 
 
 def _model_price(name: str, spec: dict[str, Any] | PriceSpec, currency: str, list_name: str,
@@ -104,15 +110,17 @@ def load_lists() -> dict[str, PriceList]:
     out: dict[str, PriceList] = {}
     for name, raw in data["lists"].items():
         currency = str(raw["currency"]).upper()
+        discount = float(raw.get("batch_discount", 1.0))
         models = {
-            model: _model_price(model, spec, currency, name, raw.get("source"),
-                                str(raw.get("as_of")))
+            model: replace(_model_price(model, spec, currency, name, raw.get("source"),
+                                        str(raw.get("as_of"))), batch_discount=discount)
             for model, spec in (raw.get("models") or {}).items()
         }
         out[name] = PriceList(
             name=name, currency=currency, hosts=tuple(raw.get("hosts") or ()),
             aliases=tuple(raw.get("aliases") or ()), free=bool(raw.get("free")),
             source=raw.get("source"), as_of=str(raw.get("as_of")), models=models,
+            batch_discount=discount, batch_source=raw.get("batch_source"),
         )
     return out
 
@@ -154,7 +162,7 @@ class PriceBook:
                               plist.as_of, plist.name)
         if model in plist.models:
             return plist.models[model]
-        best = None
+        best: str | None = None
         for name in plist.models:
             if model.startswith(name + "-") and (best is None or len(name) > len(best)):
                 best = name
@@ -173,7 +181,7 @@ class StoreCosts:
             local = str(endpoint).startswith("local:")
             self.run_lists[run_id] = book.list_for(base_url, region, local)
         self._cache: dict[tuple[int, str], ModelPrice | None] = {}
-        db.create_function("bg_cost", 6, self._sql_cost, deterministic=True)
+        db.create_function("bg_cost", 7, self._sql_cost, deterministic=True)
         db.create_function("bg_currency", 2, self._sql_currency, deterministic=True)
 
     def price(self, run_id: int, model: str) -> ModelPrice | None:
@@ -183,15 +191,17 @@ class StoreCosts:
         return self._cache[key]
 
     def cost(self, run_id: int, model: str, prompt: int | None, completion: int | None,
-             reasoning: int | None, cached: int | None) -> float | None:
+             reasoning: int | None, cached: int | None, mode: str | None = None
+             ) -> float | None:
         if prompt is None or completion is None:
             return 0.0  # no usage row: nothing was billed (an error before any output)
         price = self.price(run_id, model)
-        return None if price is None else price.cost(prompt, completion, reasoning, cached)
+        return None if price is None else price.cost(prompt, completion, reasoning, cached,
+                                                     batch=mode == "batch")
 
     def _sql_cost(self, run_id: int, model: str, prompt: int | None, completion: int | None,
-                  reasoning: int | None, cached: int | None) -> float | None:
-        return self.cost(run_id, model, prompt, completion, reasoning, cached)
+                  reasoning: int | None, cached: int | None, mode: str | None) -> float | None:
+        return self.cost(run_id, model, prompt, completion, reasoning, cached, mode)
 
     def _sql_currency(self, run_id: int, model: str) -> str | None:
         price = self.price(run_id, model)

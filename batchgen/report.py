@@ -16,7 +16,8 @@ USD are never added together.
                "estimated_cost", "tokens_by_method": {method: tokens}}],
      "totals": [{"currency", "cost", "estimated_cost"}],
      "unknown_cost": [model], "prices": [{"list", "model", "as_of", "source"}],
-     "warnings": [text]}
+     "warnings": [text],
+     "batch": {"requests", "cost": {currency: amount}, "saved": {currency: amount}}}
 
 Each token counts under how it was obtained (``tokens_by_method``): ``exact``
 (reported by the server), ``derived`` (reported for another attempt of the
@@ -73,13 +74,17 @@ class Report:
     prices: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     generated_at: str = ""
+    # requests answered through the provider's Batch API: how many, what they
+    # cost, and what the same tokens would have cost streamed (per currency)
+    batch: dict[str, Any] = field(default_factory=lambda: {"requests": 0, "cost": {},
+                                                           "saved": {}})
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA, "generated_at": self.generated_at, "runs": self.runs,
             "group_by": self.group_by, "rows": [asdict(r) for r in self.rows],
             "totals": self.totals, "unknown_cost": self.unknown_cost, "prices": self.prices,
-            "warnings": self.warnings,
+            "warnings": self.warnings, "batch": self.batch,
         }
 
 
@@ -106,7 +111,7 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
             raise StoreError(f"{run_dir} holds no run (no run.db)")
         store = RunStore(db_path, readonly=True)
         try:
-            _add_store(store, group_by, row, seen_prices, unknown)
+            _add_store(store, group_by, row, seen_prices, unknown, report.batch)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{db_path} cannot be read ({exc}); it may be damaged") from None
         finally:
@@ -132,16 +137,26 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
     return report
 
 
+def _count_batch(batch: dict[str, Any], a: Any, currency: str, cost: float,
+                 streamed: float | None) -> None:
+    if a["status"] == "done":
+        batch["requests"] += 1
+    batch["cost"][currency] = batch["cost"].get(currency, 0.0) + cost
+    if streamed is not None:
+        batch["saved"][currency] = batch["saved"].get(currency, 0.0) + streamed - cost
+
+
 def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], Row],
-               seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str]) -> None:
+               seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str],
+               batch: dict[str, Any]) -> None:
     """Add one run store's attempts and requests to the report's rows."""
     book = PriceBook(overrides_from_json(store.meta("pricing")))
     costs = StoreCosts(store.db, book)
     currency_of: dict[str, str | None] = {}
     for a in store.iterate(
-        "SELECT a.run_id, a.model, r.tags, u.prompt_tokens, u.completion_tokens, "
-        "u.reasoning_tokens, u.cached_tokens, u.estimated, u.prompt_method, "
-        "u.completion_method FROM attempts a "
+        "SELECT a.run_id, a.model, a.mode, a.status, r.tags, u.prompt_tokens, "
+        "u.completion_tokens, u.reasoning_tokens, u.cached_tokens, u.estimated, "
+        "u.prompt_method, u.completion_method FROM attempts a "
         "LEFT JOIN usage u ON u.attempt_id = a.id "
         "LEFT JOIN requests r ON r.id = a.request_id"
     ):
@@ -156,7 +171,12 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
                 "source": price.source})
         cost = costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
                           a["completion_tokens"], a["reasoning_tokens"],
-                          a["cached_tokens"])
+                          a["cached_tokens"], a["mode"])
+        if a["mode"] == "batch" and price is not None and cost is not None:
+            _count_batch(batch, a, price.currency, cost,
+                         costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
+                                    a["completion_tokens"], a["reasoning_tokens"],
+                                    a["cached_tokens"]))
         for key in _keys(group_by, a["model"], a["tags"]):
             r = row(key, currency)
             r.attempts += 1
@@ -237,6 +257,10 @@ def _footer(report: Report) -> list[str]:
     dates = sorted({f"{p['list']} as of {p['as_of']}" for p in report.prices if p["as_of"]})
     if dates:
         lines.append("prices: " + "; ".join(dates))
+    if report.batch["requests"]:
+        saved = "; ".join(f"{v:,.4f} {c}" for c, v in sorted(report.batch["saved"].items()))
+        lines.append(f"by batch: {report.batch['requests']:,} requests through the provider's "
+                     f"Batch API, at its lower price: saved {saved or 'unknown'}")
     lines += [f"warning: {w}" for w in report.warnings]
     return lines
 

@@ -38,7 +38,7 @@ from .pricing import PriceBook, overrides_to_json
 from .progress import NullProgress, Progress
 from .secrets import Redactor, api_key_from_env, quiet_transport_logs
 from .store import RunStore
-from .tokenizers import counter_for, preload
+from .tokenizers import counter_for
 from .usage import estimate
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused a write
+EXIT_SUBMITTED = 5  # the provider's Batch API runs it: run again to collect
 
 ClientFactory = Callable[[str, str, Job], Any]
 
@@ -65,6 +66,7 @@ class RunSummary:
     fatal: RunFatalError | None = None
     storage: StorageError | None = None
     stopped_by: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -72,6 +74,8 @@ class RunSummary:
             return EXIT_STORAGE
         if self.stopped_by == "interrupt":
             return EXIT_INTERRUPTED
+        if self.stopped_by == "submitted":
+            return EXIT_SUBMITTED
         if self.fatal is not None:
             return EXIT_FATAL
         if self.stopped_by == "budget":
@@ -126,6 +130,13 @@ async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
     if job.budget is not None:
         check_budget(job, book)  # before anything is written, too
     _check_store_not_lost(job.run_dir, opts.force)
+    if job.run.via == "batch":
+        from .batchapi import check_models
+
+        if job.endpoint.local:
+            raise UsageError("--via batch needs a provider's Batch API; the local endpoint has "
+                             "none: run it streamed")
+        check_models(job.info.models)  # stream-only models: refused before anything is sent
     gate = await _shared_gate(job, api_key, opts)  # Redis answers, or nothing is written
     try:
         return await _run_with_gate(job, opts, api_key, book, gate)
@@ -242,17 +253,21 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
         store.commit()
     total = job.info.requests
     todo = store.count_todo()
-    summary = RunSummary(run_dir=job.run_dir, total=total, skipped=total - todo)
-    opts.progress.start(todo, total - todo)
+    start = store.counts()
+    summary = RunSummary(run_dir=job.run_dir, total=total, skipped=start["done"])
+    batched = start["batched"]
+    if job.run.via != "batch":
+        opts.progress.start(todo, start["done"])
     outcome = Outcome()
-    if todo:
+    if todo or (job.run.via == "batch" and batched):
         guard = BudgetGuard(job.budget, job, book, store, estimator) if job.budget else None
         outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard,
                                     estimator, gate)
     summary.done, summary.failed = outcome.done, outcome.failed
     summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
-    summary.storage = outcome.storage
-    summary.pending = store.counts()["pending"]
+    summary.storage, summary.notes = outcome.storage, outcome.notes
+    counts = store.counts()
+    summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch" else 0)
     if summary.storage is not None:
         return summary  # the disk refuses writes: the outputs stay as they were
     # Outputs are derived from the store; rewrite them only when it changed
@@ -289,7 +304,8 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                     job.run_dir, model_path=job.endpoint.model_path,
                     concurrency=job.run.concurrency, server_args=job.endpoint.server_args))
             local_url = base_url if job.endpoint.local else None
-            preload(list(job.info.models))
+            # during the run, a tokenizer only if at hand (Qwen's costs ~60 MB and half a
+            # second to load: it loads when a continuation or the refinement needs it)
             estimator.counter_for = lambda model: counter_for(model, local_url, wait=False)
             factory = opts.client_factory or default_client
             client = factory(base_url, api_key, job)
@@ -306,9 +322,18 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                 max_duration=job.run.max_duration, continuation=job.endpoint.continuation,
                 resume=job.run.resume, gate=gate,
             )
-            holder["engine"] = engine
-            with _quiet_gc():
-                outcome = await engine.run()
+            outcome = Outcome()
+            if job.run.via == "batch":  # a signal cancels it: the batches run on remotely
+                outcome, released = await _run_batches(job, opts, store, run_id, client, redact)
+                engine.only = set(released)  # --fallback stream: what batches left unanswered
+            if job.run.via != "batch" or (outcome.stopped_by is None and engine.only):
+                holder["engine"] = engine  # a signal stops it and records what streamed
+                with _quiet_gc():  # streamed, or what an expired batch left (--fallback stream)
+                    streamed = await engine.run()
+                streamed.done += outcome.done
+                streamed.failed += outcome.failed
+                streamed.notes = outcome.notes + streamed.notes
+                outcome = streamed
             if outcome.storage is None and not holder.get("interrupted"):
                 # cost truth, with the endpoint still up (llama-server's /tokenize)
                 estimator.counter_for = lambda model: counter_for(model, local_url)
@@ -325,6 +350,21 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
         return Outcome(stopped_by="interrupt")
     finally:
         restore()
+
+
+async def _run_batches(job: Job, opts: RunOptions, store: RunStore, run_id: int, client: Any,
+                       redact: Redactor) -> tuple[Outcome, list[str]]:
+    """The job's pending requests through the provider's Batch API (batchrun); and
+    what expired or cancelled batches left to stream (--fallback stream)."""
+    from .batchrun import BatchRunner
+
+    runner = BatchRunner(store, client, run_id=run_id, max_attempts=job.run.max_attempts,
+                         no_wait=job.run.no_wait, fallback=job.run.fallback,
+                         progress=opts.progress, redact=redact, sleep=opts.sleep)
+    result = await runner.run()
+    stopped = "submitted" if result.submitted else "fatal" if result.fatal else None
+    return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
+                   stopped_by=stopped, notes=result.lines), result.released
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .batchstore import BatchStore
 from .errors import StoreError
 from .lock import RunLock
 from .store import RunStore
@@ -23,7 +24,9 @@ class Status:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated_attempts: int = 0
+    batched: int = 0
     failures: list[str] = field(default_factory=list)
+    batches: list[str] = field(default_factory=list)
 
 
 def read_status(run_dir: Path, failed_limit: int = 10) -> Status:
@@ -44,7 +47,17 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
     st = Status(running=RunLock.is_held(run_dir))
     st.done, st.failed = counts["done"], counts["failed"]
     st.streaming = counts["streaming"] if st.running else 0
-    st.total = st.done + st.failed + counts["pending"]
+    st.total = st.done + st.failed + counts["pending"] + counts["batched"]
+    st.batched = counts["batched"]
+    batches = BatchStore(store.db, readonly=True)
+    if batches.exists():
+        for b in batches.all():
+            c = b.counts
+            counted = f", {c.get('completed', 0)}/{c.get('total', b.requests)} done" \
+                f"{', ' + str(c['failed']) + ' failed' if c.get('failed') else ''}" if c else ""
+            st.batches.append(f"{b.batch_id or '(not created yet)'}: "
+                              f"{b.remote_status or b.state} ({b.state}){counted}; "
+                              f"{b.requests} requests of {b.model}")
     st.pending = counts["pending"] - st.streaming
     row = store.query(
         "SELECT COUNT(*) AS n, COALESCE(SUM(u.prompt_tokens), 0) AS p, "

@@ -308,7 +308,8 @@ class RunStore:
                 "SELECT r.id, r.position, r.fingerprint, r.model, r.body, r.tags, "
                 " (SELECT COUNT(*) FROM attempts a WHERE a.request_id = r.id "
                 "  AND a.fingerprint = r.fingerprint) "
-                "FROM requests r WHERE r.position IS NOT NULL AND r.state != 'done' "
+                "FROM requests r WHERE r.position IS NOT NULL "
+                "AND r.state IN ('pending', 'failed') "
                 "AND r.position > ? ORDER BY r.position LIMIT ?",
                 (last, page),
             ).fetchall()
@@ -324,8 +325,10 @@ class RunStore:
         return int(row[0])
 
     def count_todo(self) -> int:
+        """Requests to send now (not done, and not waiting in a provider batch)."""
         row = self.db.execute(
-            "SELECT COUNT(*) FROM requests WHERE position IS NOT NULL AND state != 'done'"
+            "SELECT COUNT(*) FROM requests WHERE position IS NOT NULL "
+            "AND state IN ('pending', 'failed')"
         ).fetchone()
         return int(row[0])
 
@@ -488,7 +491,7 @@ class RunStore:
         """
         cost = (
             ", (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
-            "   ux.reasoning_tokens, ux.cached_tokens)) FROM attempts x "
+            "   ux.reasoning_tokens, ux.cached_tokens, x.mode)) FROM attempts x "
             "   LEFT JOIN usage ux ON ux.attempt_id = x.id WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint) AS cost, "
             " (SELECT MAX(ux.estimated) FROM attempts x JOIN usage ux ON ux.attempt_id = x.id "
@@ -529,7 +532,8 @@ class RunStore:
         )
 
     def counts(self) -> dict[str, int]:
-        out = {"done": 0, "failed": 0, "pending": 0}
+        """Requests by state: done, failed, pending, batched (in a provider batch)."""
+        out = {"done": 0, "failed": 0, "pending": 0, "batched": 0}
         for state, n in self.db.execute(
             "SELECT state, COUNT(*) FROM requests WHERE position IS NOT NULL GROUP BY state"
         ):

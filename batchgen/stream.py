@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import zlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from .chunks import StreamResult, read_event
 from .errors import TransientError
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 COALESCE_AFTER = 1.0
 COALESCE_FOR = 0.05
 COALESCE_BYTES = 16 * 1024
+INFLATE_PIECE = 256 * 1024  # bytes a compressed body inflates to at a time
 
 # After the finish_reason and usage have arrived, wait this long for [DONE]:
 # nothing that matters can follow, and a server that goes quiet instead of
@@ -121,6 +123,9 @@ def request_kwargs(body: dict[str, Any]) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
         "extra_body": extra,
+        # an event stream gains little from compression, and a compressed body is
+        # where a hostile server hides a bomb: ask for none (see _inflate)
+        "extra_headers": {"Accept-Encoding": "identity"},
     }
 
 
@@ -177,10 +182,35 @@ async def stream_attempt(
     return result
 
 
+def _body(http: Any, result: StreamResult) -> AsyncIterator[bytes]:
+    """The body's bytes as sent; inflated here when a server compressed it anyway."""
+    encoding = str(http.headers.get("content-encoding", "")).strip().lower()
+    if encoding in ("", "identity"):
+        return cast(AsyncIterator[bytes], http.aiter_raw())
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return _inflate(http.aiter_raw(), encoding)
+    raise TransientError(f"the server sent a body in {encoding!r}, which batchgen does not read",
+                         error_class="unsupported_encoding", provider_request_id=result.request_id)
+
+
+async def _inflate(raw: AsyncIterator[bytes], encoding: str) -> AsyncIterator[bytes]:
+    """Decompress a little at a time: a small body that inflates to gigabytes (a
+    "zip bomb") never sits in memory; the SSE decoder's event cap stops it."""
+    inflater = zlib.decompressobj(31 if "gzip" in encoding else 15)
+    async for piece in raw:
+        data = inflater.decompress(piece, INFLATE_PIECE)
+        while True:
+            if data:
+                yield data
+            if not inflater.unconsumed_tail:
+                break
+            data = inflater.decompress(inflater.unconsumed_tail, INFLATE_PIECE)
+
+
 async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Redact,
                    watch: Watch | None = None) -> None:
     decoder = SSEDecoder()
-    chunks = http.aiter_bytes().__aiter__()
+    chunks = _body(http, result).__aiter__()
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:

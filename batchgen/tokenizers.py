@@ -110,13 +110,6 @@ def qwen_counter(wait: bool = True) -> QwenCounter | None:
     return _qwen_state["counter"]
 
 
-def preload(models: list[str]) -> None:
-    """Load the tokenizers ``models`` need on a thread, so that the first count
-    during a run does not stall the event loop."""
-    if any(QWEN_MODELS.match(m) for m in models) and "counter" not in _qwen_state:
-        threading.Thread(target=qwen_counter, name="batchgen-tokenizer", daemon=True).start()
-
-
 class ServerCounter:
     """llama-server's ``POST /tokenize``: the server's own tokens, exactly."""
 

@@ -205,3 +205,15 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
     server.stop()
+
+
+class Body:
+    """Stands in for an httpx response body: yields the given byte pieces as sent."""
+
+    def __init__(self, pieces: list[bytes], headers: dict[str, str] | None = None) -> None:
+        self.pieces = pieces
+        self.headers = headers or {}
+
+    async def aiter_raw(self) -> Any:
+        for piece in self.pieces:
+            yield piece

@@ -144,7 +144,7 @@ def test_a_gzip_bomb_does_not_take_the_memory(tmp_path: Path, fake: FakeServer) 
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300, check=False)
     exit_code, rss_kb = proc.stdout.split()[-2:]
     assert exit_code == "1", proc.stderr  # both failed: oversized_event
-    assert int(rss_kb) < 250 * 1024, f"{int(rss_kb) // 1024} MB for two 256 MiB events"
+    assert int(rss_kb) < 200 * 1024, f"{int(rss_kb) // 1024} MB for two 256 MiB events"
 
 
 def test_redirects_are_not_followed(tmp_path: Path, fake: FakeServer) -> None:
@@ -320,7 +320,9 @@ def test_a_full_disk_stops_buying_and_keeps_what_is_saved(
     for entry in fake_process.get("ledger")["entries"]:
         if entry["complete"]:
             complete[entry["key"]] = complete.get(entry["key"], 0) + 1
-    assert sum(complete.values()) <= 30 + 4  # at most the streams in flight at the failure
+    # bought twice: at most what streamed, or had just finished in the commit the disk
+    # refused, when the disk filled (concurrency 4 each)
+    assert sum(complete.values()) <= 30 + 2 * 4
     for rid in done:  # what was saved stays saved
         assert (small_disk / "t" / "texts" / f"{rid}.md").read_text() == results[rid]["content"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 from batchgen.errors import AttemptError
 from batchgen.sse import EventTooLarge, SSEDecoder
 from batchgen.stream import StreamResult, _consume
+from tests.conftest import Body
 
 # event payloads: JSON-ish text with the characters framing cares about
 payload = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
@@ -80,14 +80,6 @@ def test_an_event_over_the_limit_is_refused_before_it_is_held() -> None:
     else:
         raise AssertionError("an unbounded event was held")
 
-
-class Body:
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            yield piece
 
 
 chunk_json = st.recursive(

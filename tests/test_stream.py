@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,8 @@ import pytest
 from batchgen.errors import ModerationError, RequestFatalError, TransientError
 from batchgen.stream import StreamResult, _consume, request_kwargs
 from batchgen.usage import from_report
+from tests.conftest import Body
 from tests.fakeserver import FakeServer
-
-
-class Body:
-    """Stands in for an httpx response: yields the given byte pieces."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            yield piece
 
 
 def consume(raw: bytes, split: int | None = None) -> tuple[str, str, StreamResult]:
@@ -217,3 +206,24 @@ def test_content_of_the_wrong_type_is_a_malformed_chunk(bad: object) -> None:
 def test_unparseable_usage_is_ignored() -> None:
     _, _, result = consume(sse(chunk("a", finish="stop"), {"choices": [], "usage": "lots"}))
     assert result.complete and result.usage is None
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_is_read_though_none_was_asked_for(encoding: str) -> None:
+    import gzip
+    import zlib
+
+    packed = gzip.compress(DASHSCOPE) if encoding == "gzip" else zlib.compress(DASHSCOPE)
+    pieces = [packed[i:i + 7] for i in range(0, len(packed), 7)]
+    got: list[str] = []
+    result = StreamResult()
+    asyncio.run(_consume(Body(pieces, {"content-encoding": encoding}),
+                         lambda c, r: got.append(c), result, lambda s: s))
+    assert "".join(got) == "你好！我是通义千问" and result.usage == USAGE
+
+
+def test_an_unknown_encoding_fails_the_attempt() -> None:
+    with pytest.raises(TransientError) as info:
+        asyncio.run(_consume(Body([b"x"], {"content-encoding": "br"}), lambda c, r: None,
+                             StreamResult(), lambda s: s))
+    assert info.value.error_class == "unsupported_encoding"

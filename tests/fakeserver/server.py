@@ -14,6 +14,7 @@ from email.utils import formatdate
 from typing import Any
 
 from tests.fakeserver import hostile
+from tests.fakeserver.batches import BatchAPI
 from tests.fakeserver.plan import Config, Ledger, Plan, plan_for, request_key
 
 
@@ -30,6 +31,7 @@ class FakeServer:
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._tick_streams: set[asyncio.Queue[None]] = set()
         self._lock = threading.Lock()
+        self.batches = BatchAPI(self.config, self.ledger, self._lock)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -104,8 +106,11 @@ class FakeServer:
                         break
                     k, _, v = h.decode("latin-1").partition(":")
                     headers[k.strip().lower()] = v.strip()
-                length = int(headers.get("content-length", "0"))
-                raw = await reader.readexactly(length) if length else b""
+                if headers.get("transfer-encoding", "").lower() == "chunked":
+                    raw = await _read_chunked(reader)
+                else:
+                    length = int(headers.get("content-length", "0"))
+                    raw = await reader.readexactly(length) if length else b""
                 keep = await self._route(method, path, headers, raw, writer, received)
                 if not keep:
                     return
@@ -121,6 +126,13 @@ class FakeServer:
             return await self._control(method, path, raw, writer)
         if method == "GET" and path == "/health":  # as llama-server answers once loaded
             await self._json(writer, 200, {"status": "ok"})
+            return True
+        if self.batches.handles(path):
+            status, answer, data = await self.batches.route(method, path, headers, raw)
+            if data is not None:
+                await self._raw(writer, status, data, "application/octet-stream")
+            else:
+                await self._json(writer, status, answer)
             return True
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
             await self._json(writer, 404, {"error": {"message": "not found", "type": "not_found",
@@ -414,10 +426,30 @@ class FakeServer:
             with self._lock:
                 self.ledger = Ledger()
                 self._window.clear()
+                self.batches.ledger = self.ledger
             await self._json(writer, 200, {"ok": True})
+        elif path == "/_control/batch" and method == "POST":
+            self.batches.state.settings.update(json.loads(raw))
+            await self._json(writer, 200, {"ok": True})
+        elif path == "/_control/batches":
+            state = self.batches.state
+            await self._json(writer, 200, {"events": state.events,
+                                           "batches": [state.batches[i] for i in state.order]})
         else:
             await self._json(writer, 404, {"error": "no such control"})
         return True
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A request body in chunked transfer encoding (as aiohttp sends uploads)."""
+    body = bytearray()
+    while True:
+        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            await reader.readline()
+            return bytes(body)
+        body += await reader.readexactly(size)
+        await reader.readline()
 
 
 def _chunk(data: bytes) -> bytes:

@@ -1,0 +1,155 @@
+"""Provider batches in the run store: every remote step recorded before it is taken.
+
+One row per batch this run directory sends through the provider's Batch API::
+
+    batches      (id, run_key, model, state, file_id, batch_id, remote_status,
+                  counts, output_file_id, error_file_id, requests, created,
+                  updated, note)
+    batch_items  (batch, request_id, fingerprint)
+
+``state`` is the last step *begun*, committed before the call that makes it:
+
+=============  ================================================================
+``planned``    requests chosen (they are ``batched``, out of streaming); nothing
+               sent yet
+``uploading``  the input file is being uploaded; after a crash, look for it by
+               its name (which holds the run key) before uploading again
+``uploaded``   the file is there (``file_id``)
+``creating``   ``batches.create`` is being called; after a crash, look for a
+               batch whose metadata holds the run key before creating again
+``submitted``  the provider runs it (``batch_id``); poll it
+``collected``  its output and error files are in the store: done
+=============  ================================================================
+
+A request is in at most one open batch; ``batch_items`` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    run_key TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    file_id TEXT,
+    batch_id TEXT,
+    remote_status TEXT,
+    counts TEXT,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    requests INTEGER NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (batch, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_items_request ON batch_items(request_id);
+"""
+
+OPEN_STATES = ("planned", "uploading", "uploaded", "creating", "submitted")
+
+
+@dataclass
+class BatchRow:
+    id: int
+    run_key: str
+    model: str
+    state: str
+    file_id: str | None
+    batch_id: str | None
+    remote_status: str | None
+    counts: dict[str, int]
+    output_file_id: str | None
+    error_file_id: str | None
+    requests: int
+    note: str | None
+
+    @property
+    def filename(self) -> str:
+        return f"batchgen-{self.run_key}.jsonl"
+
+
+class BatchStore:
+    """Batch bookkeeping on a run store's connection (commits are the caller's)."""
+
+    def __init__(self, db: sqlite3.Connection, readonly: bool = False) -> None:
+        self.db = db
+        if not readonly:
+            db.executescript(SCHEMA)
+
+    def exists(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE name='batches'"
+                               ).fetchone() is not None
+
+    def plan(self, model: str, items: list[tuple[str, str]]) -> BatchRow:
+        """Choose ``items`` (request id, fingerprint) for one new batch: they leave
+        streaming (state ``batched``) in the same transaction."""
+        now = time.time()
+        key = uuid.uuid4().hex
+        cur = self.db.execute(
+            "INSERT INTO batches (run_key, model, state, requests, created, updated) "
+            "VALUES (?, ?, 'planned', ?, ?, ?)", (key, model, len(items), now, now))
+        assert cur.lastrowid is not None
+        self.db.executemany("INSERT INTO batch_items VALUES (?, ?, ?)",
+                            [(cur.lastrowid, rid, fp) for rid, fp in items])
+        self.db.executemany("UPDATE requests SET state='batched' WHERE id=?",
+                            [(rid,) for rid, _ in items])
+        self.db.commit()
+        return self.get(cur.lastrowid)
+
+    def get(self, batch: int) -> BatchRow:
+        row = self.db.execute(
+            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "
+            "output_file_id, error_file_id, requests, note FROM batches WHERE id=?", (batch,)
+        ).fetchone()
+        return _row(row)
+
+    def open(self) -> list[BatchRow]:
+        marks = ",".join("?" * len(OPEN_STATES))
+        return [_row(r) for r in self.db.execute(
+            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "  # noqa: S608
+            "output_file_id, error_file_id, requests, note FROM batches "
+            f"WHERE state IN ({marks}) ORDER BY id", OPEN_STATES)]
+
+    def all(self) -> list[BatchRow]:
+        return [_row(r) for r in self.db.execute(
+            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "
+            "output_file_id, error_file_id, requests, note FROM batches ORDER BY id")]
+
+    def step(self, batch: int, state: str, **fields: Any) -> None:
+        """Record a step (and what it learned), committed before what comes next."""
+        names = [k for k in fields if k in ("file_id", "batch_id", "remote_status", "counts",
+                                            "output_file_id", "error_file_id", "note")]
+        values = [json.dumps(fields[k]) if k == "counts" else fields[k] for k in names]
+        sets = "".join(f", {k}=?" for k in names)
+        self.db.execute(f"UPDATE batches SET state=?, updated=?{sets} WHERE id=?",  # noqa: S608
+                        (state, time.time(), *values, batch))
+        self.db.commit()
+
+    def items(self, batch: int) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT request_id, fingerprint FROM batch_items WHERE batch=? ORDER BY request_id",
+            (batch,))]
+
+    def release(self, request_ids: list[str]) -> None:
+        """Requests a batch did not answer go back to streaming / the next batch."""
+        self.db.executemany("UPDATE requests SET state='pending' WHERE id=? AND state='batched'",
+                            [(rid,) for rid in request_ids])
+
+
+def _row(r: Any) -> BatchRow:
+    return BatchRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"), r[8],
+                    r[9], r[10], r[11])
