@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 
 from . import batchapi, retry
 from .batchstore import BatchRow, BatchStore
-from .errors import RequestFatalError, RunFatalError
+from .errors import BatchgenError, RequestFatalError, RunFatalError, TransientError
 from .progress import Progress
 from .store import AttemptEnd, RunStore
 from .usage import from_report
@@ -40,6 +41,11 @@ log = logging.getLogger(__name__)
 
 POLL_FIRST = 2.0
 POLL_CAP = 60.0
+STEP_RETRIES = 8  # consecutive failed Batch API calls before the run gives up (resumable)
+
+
+class BatchApiError(BatchgenError):
+    """The Batch API kept failing; what was done is recorded (exit 1)."""
 
 
 @dataclass
@@ -70,35 +76,64 @@ class BatchRunner:
         self.poll_first = poll_first
         self.poll_cap = poll_cap
         self.outcome = BatchOutcome()
+        self.rng = random.Random()
         self._seen: dict[int, dict[str, int]] = {}
         self._released: set[str] = set()
         self._failed: set[str] = set()  # failed for good in this run: not sent again now
 
     async def run(self) -> BatchOutcome:
-        delay = self.poll_first
+        """Rounds of steps and polls until every batch is collected (or submitted,
+        with ``--no-wait``). A failing Batch API call is retried with back-off; one
+        that keeps failing ends the run with a message — every step taken so far
+        is recorded, so the same command goes on from there."""
+        delay, failures = self.poll_first, 0
         self.progress.start(self._in_batches(), 0)
         while True:
-            for batch in self.batches.open():
-                await self._advance(batch)
-            self._plan_new()
-            for batch in self.batches.open():
-                await self._advance(batch)
-            submitted = [b for b in self.batches.open() if b.state == "submitted"]
-            if not submitted:
-                break
-            ended = False
-            for batch in submitted:
-                ended |= await self._poll(batch)
-            if ended:
-                delay = self.poll_first
+            try:
+                state = await self._round()
+                failures = 0
+            except Exception as exc:  # the Batch API's answers, classified
+                err = retry.classify(exc, redact=self.redact)
+                if isinstance(err, RunFatalError):
+                    self.outcome.fatal = err
+                    return self.outcome
+                failures += 1
+                if not isinstance(err, TransientError) or failures > STEP_RETRIES:
+                    raise BatchApiError(
+                        f"the provider's Batch API failed: {err}. Every step taken is "
+                        "recorded in run.db: run the same command again to go on") from None
+                log.warning("Batch API call failed (%s); trying again in %.0f s", err,
+                            retry.backoff(failures, err.retry_after, self.rng))
+                await self.sleep(retry.backoff(failures, err.retry_after, self.rng))
                 continue
-            if self.no_wait:
-                self.outcome.submitted = True
-                self.outcome.lines = [self._describe(b) for b in self.batches.open()]
+            if state == "ended":
                 break
-            await self.sleep(delay)
-            delay = min(self.poll_cap, delay * 1.5)
+            if state == "waiting":
+                if self.no_wait:
+                    self.outcome.submitted = True
+                    self.outcome.lines = [self._describe(b) for b in self.batches.open()]
+                    break
+                await self.sleep(delay)
+                delay = min(self.poll_cap, delay * 1.5)
+            else:  # something ended: look again soon
+                delay = self.poll_first
         return self.outcome
+
+    async def _round(self) -> str:
+        """One round: remote steps, new batches, a poll of each running batch.
+        Returns ``ended`` (nothing left open), ``collected`` or ``waiting``."""
+        for batch in self.batches.open():
+            await self._advance(batch)
+        self._plan_new()
+        for batch in self.batches.open():
+            await self._advance(batch)
+        submitted = [b for b in self.batches.open() if b.state == "submitted"]
+        if not submitted:
+            return "ended"
+        ended = False
+        for batch in submitted:
+            ended |= await self._poll(batch)
+        return "collected" if ended else "waiting"
 
     # ------------------------------------------------------------ planning
 

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import UsageError
 from .estimator import Estimator
 from .jobfile import Job
+from .ledger import load_calibration
 from .models import Budget
 from .pricing import ASSUMED_MAX_OUTPUT, ModelPrice, PriceBook, PriceList, StoreCosts
 from .store import Pending, RunStore
@@ -113,7 +114,7 @@ def plan(job: Job) -> Plan:
     plist = endpoint_list(job, book)
     db = job.run_dir / "run.db"
     store = RunStore(db, readonly=True) if db.exists() else None
-    estimator = Estimator(store.calibration() if store is not None else None)
+    estimator = Estimator(load_calibration(store) if store is not None else None)
     result = Plan()
     try:
         for req in job.requests():

@@ -34,8 +34,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .storereads import StoreReads
 
 FORMS = ("partial", "prefix", "continue_final_message", "prefill", "none")
 
@@ -168,3 +171,43 @@ class EchoFilter:
         self.held = ""
         if out or reasoning:
             self.on_text(out, reasoning)
+
+
+def resumable(store: StoreReads, request_id: str, fingerprint: str,
+          count_tokens: Callable[[str], int]) -> Resume | None:
+    """The answer so far of an interrupted request, if it can go on from it.
+
+    The last attempt (of this version of the request) decides: stopped by
+    us or by a passing fault, with content and no reasoning; never after a
+    continuation was refused. Its text is the chain of attempts it went on
+    from. Tokens already generated are the attempts' usage (reported or
+    estimated), or ``count_tokens`` of their text where none was recorded.
+    """
+    rows = store.db.execute(
+        "SELECT a.id, a.continues, a.continuations, a.status, a.error_class, "
+        "u.completion_tokens FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
+        "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
+        (request_id, fingerprint),
+    ).fetchall()
+    if not rows or any(r[4] == "continuation_refused" for r in rows):
+        return None
+    by_id = {r[0]: r for r in rows}
+    last = next((r for r in reversed(rows) if r[3] != "streaming"), None)
+    while last is not None and last[4] == "rate_limited" and last[5] is None:
+        last = by_id.get(last[1]) if last[1] else None  # refused before any output
+    if last is None or last[3] not in ("aborted", "error") or last[4] not in CONTINUABLE:
+        return None
+    pieces: list[str] = []
+    tokens = 0
+    node: tuple[Any, ...] | None = last
+    while node is not None:
+        content, reasoning = store.attempt_text(node[0])
+        if reasoning:
+            return None  # a thinking answer starts over
+        pieces.append(content)
+        tokens += node[5] if node[5] is not None else count_tokens(content)
+        node = by_id.get(node[1]) if node[1] else None
+    text = "".join(reversed(pieces))
+    if not text:
+        return None
+    return Resume(parent=last[0], text=text, tokens=tokens, depth=last[2] or 0)

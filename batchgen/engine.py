@@ -26,7 +26,7 @@ from typing import Any
 
 from . import retry, tokenizers
 from .budget import BudgetGuard
-from .continuation import EchoFilter, Resume, continue_body, refusal
+from .continuation import EchoFilter, Resume, continue_body, refusal, resumable
 from .errors import (
     AttemptError,
     ModerationError,
@@ -238,8 +238,8 @@ class Engine:
         if self.form == "none" or number == 1 or refusal(p.body):
             return None
         estimator = self.d.estimator
-        resume = self.d.store.resumable(
-            p.id, p.fingerprint, lambda text: estimator.text(p.model, text)[0])
+        resume = resumable(self.d.store, p.id, p.fingerprint,
+                           lambda text: estimator.text(p.model, text)[0])
         counter = estimator.counter_for(p.model)
         if resume is not None and counter is None and tokenizers.QWEN_MODELS.match(p.model):
             counter = await asyncio.to_thread(tokenizers.qwen_counter)  # loaded once, off-loop

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from collections.abc import Iterable, Iterator
+
+from .errors import Problem
+from .models import Request
 
 
 def fold_key(request_id: str) -> int:
@@ -56,3 +60,28 @@ class ClashFinder:
                 counts[key] = counts.get(key, 0) + 1
         twice = {key for key, count in counts.items() if count > 1}
         return {i for i, key in enumerate(self.keys) if key in twice}
+
+
+def clash_problems(requests: Iterable[Request], positions: set[int]) -> Iterator[Problem]:
+    """Read the suspect requests again and name each clash with both its lines."""
+    first: dict[str, Request] = {}
+    for req in requests:
+        if req.position not in positions:
+            continue
+        folded = req.id.casefold()
+        earlier = first.setdefault(folded, req)
+        if earlier is req:
+            continue
+        where = f"line {line_of_source(earlier.source)}" if earlier.source.rsplit(":", 1)[0] == \
+            req.source.rsplit(":", 1)[0] else earlier.source
+        if earlier.id == req.id:
+            message = f"duplicate id {req.id!r} (first on {where}): ids must be unique in a job"
+        else:
+            message = (f"id {req.id!r} differs from {earlier.id!r} ({where}) only in case: on "
+                       "macOS and Windows both name the same file in texts/; rename one")
+        yield Problem(req.source.rsplit(":", 1)[0], line_of_source(req.source), "id", message)
+
+
+def line_of_source(source: str) -> int | None:
+    tail = source.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None

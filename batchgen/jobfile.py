@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from .continuation import detect as detect_continuation
 from .errors import JobFileError, Problem, UsageError
-from .ids import ClashFinder
+from .ids import ClashFinder, clash_problems
 from .models import (
     ID_RE,
     PARAM_NAMES,
@@ -40,6 +39,7 @@ from .models import (
     check_base_url,
 )
 from .problems import from_validation, path_str, secret_problems
+from .secrets import check_key_env
 from .shards import shard_dir, shard_of
 from .yamlload import LineMap, YamlProblem, load_yaml
 
@@ -48,8 +48,6 @@ MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3
 MAX_LINE_BYTES = 32 * 1024 * 1024
 MAX_PROBLEMS = 20
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-KEY_ENV_RE = re.compile(r"^[A-Za-z0-9_]*API_?KEY$", re.IGNORECASE)
-KEY_ENVS_VAR = "BATCHGEN_ALLOWED_KEY_ENVS"  # more names a job file may use, comma-separated
 LIMITS_URL_VAR = "BATCHGEN_LIMITS_URL"  # redis://HOST:PORT/DB: shared rate limits
 
 
@@ -132,7 +130,8 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
         sources: tuple[_Source, ...] = (_Source(file=file, stat=_stat(file)),)
     else:
         spec, line_map = _parse_yaml(file, raw)
-        _check_key_env(file, spec, line_map, ov)
+        check_key_env(file, spec.endpoint, line_map.line_of(('endpoint', 'api_key_env')),
+                      ov.api_key_env, ov.allowed_key_envs)
         sources = _yaml_sources(file, spec, line_map)
 
     job = _assemble(file, spec, ov, sources)
@@ -160,7 +159,7 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
         models.setdefault(req.model)
     suspects = clashes.positions()
     if suspects and len(problems) < MAX_PROBLEMS:
-        for problem in _clash_problems(job, suspects):
+        for problem in clash_problems(_resolve_all(job, lambda _p: None), suspects):
             collect(problem)
     if not problems and total == 0:
         problems.append(Problem(str(file), None, None, "the job has no prompts"))
@@ -171,26 +170,6 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
                    plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
                    job_requests=total)
     return replace(job, info=info)
-
-
-def _clash_problems(job: Job, positions: set[int]) -> Iterator[Problem]:
-    """Read the suspect requests again and name each clash with both its lines."""
-    first: dict[str, Request] = {}
-    for req in _resolve_all(job, lambda _problem: None):
-        if req.position not in positions:
-            continue
-        folded = req.id.casefold()
-        earlier = first.setdefault(folded, req)
-        if earlier is req:
-            continue
-        where = f"line {_line(earlier.source)}" if earlier.source.rsplit(":", 1)[0] == \
-            req.source.rsplit(":", 1)[0] else earlier.source
-        if earlier.id == req.id:
-            message = f"duplicate id {req.id!r} (first on {where}): ids must be unique in a job"
-        else:
-            message = (f"id {req.id!r} differs from {earlier.id!r} ({where}) only in case: on "
-                       "macOS and Windows both name the same file in texts/; rename one")
-        yield Problem(req.source.rsplit(":", 1)[0], _line(req.source), "id", message)
 
 
 # ------------------------------------------------------------------ reading
@@ -273,26 +252,6 @@ def _parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
     if problems:
         raise JobFileError(sorted(problems, key=lambda p: p.line or 0))
     return spec, line_map
-
-
-def allowed_key_env(name: str, extra: tuple[str, ...] = ()) -> bool:
-    """May a job file name this variable as the one that holds its API key?"""
-    allowed = {*extra, *re.split(r"[\s,]+", os.environ.get(KEY_ENVS_VAR, ""))} - {""}
-    return bool(KEY_ENV_RE.match(name)) or name in allowed
-
-
-def _check_key_env(file: Path, spec: JobSpec, line_map: LineMap, ov: Overrides) -> None:
-    """A job file from someone else must not pick any variable (GITHUB_TOKEN)
-    to send as the bearer key to the endpoint it names."""
-    name = spec.endpoint.api_key_env
-    if ov.api_key_env or name is None or "api_key_env" not in spec.endpoint.model_fields_set:
-        return
-    if not allowed_key_env(name, ov.allowed_key_envs):
-        raise JobFileError([Problem(
-            str(file), line_map.line_of(("endpoint", "api_key_env")), "endpoint.api_key_env",
-            f"{name} does not look like an API-key variable (*_API_KEY); a job file may not "
-            f"choose any variable to send as its key. Pass --api-key-env {name}, or allow it "
-            f"with --allow-key-env {name} or {KEY_ENVS_VAR}={name}")])
 
 
 def _yaml_sources(file: Path, spec: JobSpec, line_map: LineMap) -> tuple[_Source, ...]:
@@ -381,11 +340,6 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[_Source, 
 
 
 # ------------------------------------------------------------- resolving
-
-
-def _line(source: str) -> int | None:
-    tail = source.rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else None
 
 
 def _resolve_all(job: Job, report: Callable[[Problem], None]) -> Iterator[Request]:

@@ -23,7 +23,7 @@ import json
 import logging
 from typing import Any
 
-from .estimator import Calibration, Estimator, media_tokens, message_texts, weakest
+from .estimator import Calibration, Estimator, Fit, media_tokens, message_texts, weakest
 from .store import RunStore
 from .usage import Usage
 
@@ -40,7 +40,7 @@ def refine(store: RunStore, estimator: Estimator) -> int:
     if not store.db.execute("SELECT 1 FROM usage WHERE estimated = 1 LIMIT 1").fetchone():
         estimator = Estimator(estimator.calibration)  # no tokenizer: nothing to count
     estimator.calibration = learn(store, estimator)
-    store.save_calibration(estimator.calibration)
+    save_calibration(store, estimator.calibration)
     changed = reestimate(store, estimator)
     store.commit()
     return changed
@@ -144,3 +144,17 @@ def _prompt(store: RunStore, row: Any, sent: dict[str, Any], estimator: Estimato
             framing = estimator.calibration.framing(row["model"], 1) or 0.0
             return int(base[0] + counted + framing), weakest("derived", how)
     return estimator.prompt(sent)
+
+
+def load_calibration(store: RunStore) -> Calibration:
+    fits = {(model, direction): Fit(samples, sx, sy, sxx, sxy)
+            for model, direction, samples, sx, sy, sxx, sxy in store.db.execute(
+                "SELECT model, direction, samples, sx, sy, sxx, sxy FROM calibration")}
+    return Calibration(fits)
+
+def save_calibration(store: RunStore, calibration: Calibration) -> None:
+    store.db.execute("DELETE FROM calibration")
+    store.db.executemany(
+        "INSERT INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(model, direction, f.samples, f.sx, f.sy, f.sxx, f.sxy)
+         for (model, direction), f in calibration.fits.items() if f.samples])

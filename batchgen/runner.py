@@ -32,7 +32,7 @@ from .estimator import Estimator
 from .exports import clean_temp, export_all, write_reports
 from .jobfile import Job
 from .journal import storage_error
-from .ledger import refine
+from .ledger import load_calibration, refine
 from .lock import RunLock
 from .pricing import PriceBook, overrides_to_json
 from .progress import NullProgress, Progress
@@ -241,7 +241,7 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
     store.set_meta("job", json.dumps({  # what `batchgen merge` checks shards against
         "name": job.name, "digest": job.info.job_digest, "requests": job.info.job_requests,
         "shard": list(job.shard) if job.shard else None}))
-    estimator = Estimator(store.calibration())
+    estimator = Estimator(load_calibration(store))
     recovered = store.recover(lambda body, content, reasoning: estimate(
         body, content, reasoning, estimator), now=opts.clock())
     # The same plan as last time (same ids, same fingerprints, same order)

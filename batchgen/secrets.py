@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from pathlib import Path
+from typing import Any
 
-from .errors import UsageError
+from .errors import JobFileError, Problem, UsageError
 
 # C0/C1 control characters but tab and newline, and the bidi overrides that can
 # make a terminal show text in another order than it is
@@ -26,6 +28,31 @@ def printable(text: str) -> str:
         return text
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
                         else f"\\u{ord(m.group()):04x}", text)
+
+
+KEY_ENV_RE = re.compile(r"^[A-Za-z0-9_]*API_?KEY$", re.IGNORECASE)
+KEY_ENVS_VAR = "BATCHGEN_ALLOWED_KEY_ENVS"  # more names a job file may use, comma-separated
+
+
+def allowed_key_env(name: str, extra: tuple[str, ...] = ()) -> bool:
+    """May a job file name this variable as the one that holds its API key?"""
+    allowed = {*extra, *re.split(r"[\s,]+", os.environ.get(KEY_ENVS_VAR, ""))} - {""}
+    return bool(KEY_ENV_RE.match(name)) or name in allowed
+
+
+def check_key_env(file: Path, endpoint: Any, line: int | None, flag: str | None,
+                  extra: tuple[str, ...]) -> None:
+    """A job file from someone else must not pick any variable (GITHUB_TOKEN)
+    to send as the bearer key to the endpoint it names (``--api-key-env`` may)."""
+    name = endpoint.api_key_env
+    if flag or name is None or "api_key_env" not in endpoint.model_fields_set:
+        return
+    if not allowed_key_env(name, extra):
+        raise JobFileError([Problem(
+            str(file), line, "endpoint.api_key_env",
+            f"{name} does not look like an API-key variable (*_API_KEY); a job file may not "
+            f"choose any variable to send as its key. Pass --api-key-env {name}, or allow it "
+            f"with --allow-key-env {name} or {KEY_ENVS_VAR}={name}")])
 
 
 TRANSPORT_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "hpack")

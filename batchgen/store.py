@@ -25,15 +25,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .continuation import CONTINUABLE, Resume
+from .continuation import Resume
 from .errors import StoreError
-from .estimator import Calibration, Fit
 from .models import Request
+from .storereads import StoreReads
 from .usage import Usage
 
 SCHEMA_VERSION = 2
@@ -175,7 +175,7 @@ class AttemptEnd:
     first_token: float | None = None  # when the first text arrived
 
 
-class RunStore:
+class RunStore(StoreReads):
     """All reads and writes of ``run.db``. One writer at a time (the lock says who)."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
@@ -394,55 +394,8 @@ class RunStore:
             db.executemany("UPDATE requests SET state='done', done_attempt=?, reason=NULL "
                            "WHERE id=?", [(e.attempt_id, e.request_id) for e in done])
 
-    def resumable(self, request_id: str, fingerprint: str,
-                  count_tokens: Callable[[str], int]) -> Resume | None:
-        """The answer so far of an interrupted request, if it can go on from it.
-
-        The last attempt (of this version of the request) decides: stopped by
-        us or by a passing fault, with content and no reasoning; never after a
-        continuation was refused. Its text is the chain of attempts it went on
-        from. Tokens already generated are the attempts' usage (reported or
-        estimated), or ``count_tokens`` of their text where none was recorded.
-        """
-        rows = self.db.execute(
-            "SELECT a.id, a.continues, a.continuations, a.status, a.error_class, "
-            "u.completion_tokens FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
-            "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
-            (request_id, fingerprint),
-        ).fetchall()
-        if not rows or any(r[4] == "continuation_refused" for r in rows):
-            return None
-        by_id = {r[0]: r for r in rows}
-        last = next((r for r in reversed(rows) if r[3] != "streaming"), None)
-        while last is not None and last[4] == "rate_limited" and last[5] is None:
-            last = by_id.get(last[1]) if last[1] else None  # refused before any output
-        if last is None or last[3] not in ("aborted", "error") or last[4] not in CONTINUABLE:
-            return None
-        pieces: list[str] = []
-        tokens = 0
-        node: tuple[Any, ...] | None = last
-        while node is not None:
-            content, reasoning = self.attempt_text(node[0])
-            if reasoning:
-                return None  # a thinking answer starts over
-            pieces.append(content)
-            tokens += node[5] if node[5] is not None else count_tokens(content)
-            node = by_id.get(node[1]) if node[1] else None
-        text = "".join(reversed(pieces))
-        if not text:
-            return None
-        return Resume(parent=last[0], text=text, tokens=tokens, depth=last[2] or 0)
-
-    def chain_text(self, attempt_id: int) -> str:
-        """The answer so far at the end of ``attempt_id``: its text after the
-        text of every attempt it went on from."""
-        pieces = []
-        node: int | None = attempt_id
-        while node:
-            pieces.append(self.attempt_text(node)[0])
-            row = self.db.execute("SELECT continues FROM attempts WHERE id=?", (node,)).fetchone()
-            node = row[0] if row else None
-        return "".join(reversed(pieces))
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def put_usage(self, rows: list[tuple[int, Usage]]) -> None:
         self.db.executemany(
@@ -454,106 +407,6 @@ class RunStore:
               u.completion_method) for attempt_id, u in rows],
         )
 
-    def calibration(self) -> Calibration:
-        fits = {(model, direction): Fit(samples, sx, sy, sxx, sxy)
-                for model, direction, samples, sx, sy, sxx, sxy in self.db.execute(
-                    "SELECT model, direction, samples, sx, sy, sxx, sxy FROM calibration")}
-        return Calibration(fits)
-
-    def save_calibration(self, calibration: Calibration) -> None:
-        self.db.execute("DELETE FROM calibration")
-        self.db.executemany(
-            "INSERT INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(model, direction, f.samples, f.sx, f.sy, f.sxx, f.sxy)
-             for (model, direction), f in calibration.fits.items() if f.samples])
-
-    def attempt_text(self, attempt_id: int) -> tuple[str, str]:
-        rows = self.db.execute(
-            "SELECT content, reasoning FROM segments WHERE attempt_id=? ORDER BY seq",
-            (attempt_id,),
-        ).fetchall()
-        return "".join(r[0] for r in rows), "".join(r[1] for r in rows)
-
-    # ----------------------------------------------------------- reading
-
-    def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def done_in_order(self, with_cost: bool = False) -> Iterator[sqlite3.Row]:
-        """Finished requests of the job in job order, with their text and usage.
-
-        ``with_cost`` adds what each request cost over all its attempts (needs
-        the ``bg_cost`` functions of :class:`batchgen.pricing.StoreCosts`).
-        """
-        cost = (
-            ", (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
-            "   ux.reasoning_tokens, ux.cached_tokens, x.mode)) FROM attempts x "
-            "   LEFT JOIN usage ux ON ux.attempt_id = x.id WHERE x.request_id = r.id "
-            "   AND x.fingerprint = r.fingerprint) AS cost, "
-            " (SELECT MAX(ux.estimated) FROM attempts x JOIN usage ux ON ux.attempt_id = x.id "
-            "   WHERE x.request_id = r.id AND x.fingerprint = r.fingerprint) AS cost_estimated, "
-            " bg_currency(a.run_id, a.model) AS currency "
-        ) if with_cost else " "
-        cur = self.db.cursor()
-        cur.row_factory = sqlite3.Row
-        # `cost` is one of two fixed fragments above; nothing here comes from a user
-        sql = (
-            "SELECT r.id, r.position, r.model, r.fingerprint, r.tags, "  # noqa: S608
-            "a.id AS attempt_id, a.finish_reason, a.tool_calls, a.continuations"
-            + cost
-            + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
-            "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "
-            " s.content, s.reasoning, u.prompt_tokens, u.completion_tokens, u.total_tokens, "
-            " u.reasoning_tokens, u.cached_tokens, u.estimated "
-            "FROM requests r JOIN attempts a ON a.id = r.done_attempt "
-            "LEFT JOIN segments s ON s.attempt_id = a.id AND s.seq = 0 "
-            "LEFT JOIN usage u ON u.attempt_id = a.id "
-            "WHERE r.position IS NOT NULL AND r.state = 'done' ORDER BY r.position"
-        )
-        yield from cur.execute(sql)
-
-    def failed_in_order(self) -> Iterator[sqlite3.Row]:
-        """Requests of the job that failed for good, with their last attempt's error."""
-        cur = self.db.cursor()
-        cur.row_factory = sqlite3.Row
-        yield from cur.execute(
-            "SELECT r.id, r.position, r.body, r.tags, "
-            "CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
-            " THEN 'internal_error' ELSE a.error_class END AS error_class, a.error_code, "
-            " a.http_status, "
-            " COALESCE(r.reason, a.error_message) AS error_message "
-            "FROM requests r LEFT JOIN attempts a ON a.id = "
-            " (SELECT MAX(id) FROM attempts x WHERE x.request_id = r.id) "
-            "WHERE r.position IS NOT NULL AND r.state = 'failed' ORDER BY r.position"
-        )
-
-    def counts(self) -> dict[str, int]:
-        """Requests by state: done, failed, pending, batched (in a provider batch)."""
-        out = {"done": 0, "failed": 0, "pending": 0, "batched": 0}
-        for state, n in self.db.execute(
-            "SELECT state, COUNT(*) FROM requests WHERE position IS NOT NULL GROUP BY state"
-        ):
-            out[state] = n
-        row = self.db.execute(
-            "SELECT COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
-            "WHERE a.status = 'streaming' AND r.state != 'done'"
-        ).fetchone()
-        out["streaming"] = int(row[0])
-        return out
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Read-only helper for small results (status, checks)."""
-        return list(self.iterate(sql, params))
-
-    def iterate(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
-        """Rows one at a time: reports walk every attempt without holding them."""
-        cur = self.db.cursor()
-        cur.row_factory = sqlite3.Row
-        yield from cur.execute(sql, params)
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
+from batchgen.batchrun import BatchApiError
 from batchgen.jobfile import Overrides
 from batchgen.runner import RunOptions
 from tests.conftest import ROOT, FakeProcess, read_results, run_cli, write_job
@@ -214,3 +215,15 @@ def test_a_kill_while_the_batch_runs_collects_it_later(tmp_path: Path,
     assert code == 0
     assert len(control(fake_process.port, "batches")["batches"]) == 1
     assert len(read_results(tmp_path / "out" / "t")) == 4
+
+
+def test_a_failing_batch_api_is_retried_then_reported(tmp_path: Path, fake: FakeServer) -> None:
+    fake.batches.state.settings["fail"] = 3  # three calls answer 503, then it recovers
+    job = write_job(tmp_path / "job.yaml", fake, prompts(3))
+    summary = batch_run(job)
+    assert (summary.done, summary.exit_code) == (3, 0)
+    fake.batches.state.settings["fail"] = 1000  # down for good
+    job2 = write_job(tmp_path / "job2.yaml", fake, prompts(2), name="down")
+    with pytest.raises(BatchApiError, match="run the same command again") as info:
+        batch_run(job2)
+    assert info.value.exit_code == 1 and "HTTP 503" in str(info.value)

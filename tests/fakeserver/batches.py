@@ -6,14 +6,17 @@
 
 A batch moves one step each time it is retrieved — ``validating`` →
 ``in_progress`` → ``finalizing`` → how it ends, as ``POST /_control/batch``
-sets it (``{"end": "completed" | "expired" | "failed" | "cancelled",
-"answer": N}``: with expired / cancelled, the first N lines are answered and
-the rest never are). Each line is answered as the streamed API would answer
-it (the same text, the same ``[[faults=...]]``: ``400``/``404`` give a 400
-error line, ``429`` and 5xx a retryable one), and billed in the ledger
-(``"via": "batch"``). ``delay_upload_after``, ``delay_create_before`` and
-``delay_create_after`` (seconds) hold an answer back, for tests that kill a
-client between two remote steps; ``events`` lists what happened.
+sets it: ``{"end": "completed" | "expired" | "failed" | "cancelled",
+"answer": N}`` (with expired / cancelled, the first N lines are answered and
+the rest never are); ``"fail": N`` makes the next N calls answer 503. Each
+line is answered as the streamed API would answer it (the same text, the same
+``[[faults=...]]``: ``400``/``404`` give a 400 error line, ``429`` and 5xx a
+retryable one) and billed in the ledger (``"via": "batch"``).
+``delay_upload_after``, ``delay_create_before`` and ``delay_create_after``
+(seconds) hold an answer back, for tests that kill a client between two
+remote steps (a create held back *before* it is made is dropped when the
+client hung up: it never reached the provider); ``events`` lists what
+happened.
 """
 
 from __future__ import annotations
@@ -68,12 +71,16 @@ class BatchAPI:
     def handles(self, path: str) -> bool:
         return bool(re.search(r"/(files|batches)(/|$|\?)", path))
 
-    async def route(self, method: str, path: str, headers: dict[str, str], raw: bytes
-                    ) -> tuple[int, Any, bytes | None]:
-        """(status, JSON answer, or raw bytes for file content)."""
+    async def route(self, method: str, path: str, headers: dict[str, str], raw: bytes,
+                    gone: Any = None) -> tuple[int, Any, bytes | None]:
+        """(status, JSON answer, or raw bytes for file content). ``gone()`` tells
+        whether the client hung up (a create held back is then never made)."""
         route, _, query = path.partition("?")
         params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
         s = self.state
+        if s.settings.get("fail", 0) > 0:  # the next N calls fail, as an overloaded API does
+            s.settings["fail"] -= 1
+            return 503, {"error": {"message": "service busy", "code": "overloaded"}}, None
         if method == "POST" and route.endswith("/files"):
             form = multipart(headers, raw)
             filename, data = form.get("file", (None, b""))
@@ -97,6 +104,8 @@ class BatchAPI:
         if method == "POST" and route.endswith("/batches"):
             body = json.loads(raw)
             await asyncio.sleep(float(s.settings.get("delay_create_before", 0)))
+            if gone is not None and gone():
+                return 499, {"error": {"message": "client closed the request"}}, None
             if body.get("input_file_id") not in s.files:
                 return 400, {"error": {"message": "no such input file",
                                        "code": "invalid_file"}}, None

@@ -111,7 +111,8 @@ class FakeServer:
                 else:
                     length = int(headers.get("content-length", "0"))
                     raw = await reader.readexactly(length) if length else b""
-                keep = await self._route(method, path, headers, raw, writer, received)
+                keep = await self._route(method, path, headers, raw, writer, received,
+                                         gone=reader.at_eof)
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -121,14 +122,16 @@ class FakeServer:
                 writer.close()
 
     async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes,
-                     writer: asyncio.StreamWriter, received: float = 0.0) -> bool:
+                     writer: asyncio.StreamWriter, received: float = 0.0,
+                     gone: Any = None) -> bool:
         if path.startswith("/_control/"):
             return await self._control(method, path, raw, writer)
         if method == "GET" and path == "/health":  # as llama-server answers once loaded
             await self._json(writer, 200, {"status": "ok"})
             return True
         if self.batches.handles(path):
-            status, answer, data = await self.batches.route(method, path, headers, raw)
+            status, answer, data = await self.batches.route(method, path, headers, raw,
+                                                            gone=gone)
             if data is not None:
                 await self._raw(writer, status, data, "application/octet-stream")
             else:
