@@ -7,6 +7,7 @@ import io
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -94,7 +95,7 @@ def test_job_pricing_overrides_and_adds_models() -> None:
 
 
 def test_report_equals_the_servers_billing_ledger(tmp_path: Path, fake: FakeServer) -> None:
-    prompts = [
+    prompts: list[dict[str, Any]] = [
         {"id": "a", "prompt": ESSAY, "tags": ["history"]},
         {"id": "b", "prompt": "写一篇关于茶叶历史的长文章，介绍它的贸易路线以及对日常生活的影响。",
          "tags": ["history", "zh"]},

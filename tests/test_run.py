@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ def opts() -> RunOptions:
     return RunOptions(sleep=no_sleep, flush_interval=0.05)
 
 
-def ledger(fake: FakeServer) -> list[dict]:
+def ledger(fake: FakeServer) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k != "body"} for e in fake.ledger.entries]
 
 

@@ -160,7 +160,8 @@ class BatchAPI:
         answer = len(lines) if end == "completed" else int(self.state.settings.get("answer", 0))
         if end == "failed":
             answer = 0
-        out, errors = [], []
+        out: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         for item in lines[:answer]:
             line = self._answer(batch, item)
             (out if line["response"]["status_code"] == 200 else errors).append(line)

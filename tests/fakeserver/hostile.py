@@ -83,9 +83,9 @@ async def reply(fault: str, tokens: list[str], extra: dict[str, str],
     if name == "bigline":
         size = int(float(opt) * 1024 * 1024)
         writer.write(chunked(b'data: {"choices":[{"delta":{"content":"'))
-        piece = b"b" * 65536
-        for _ in range(size // len(piece)):
-            writer.write(chunked(piece))
+        filler = b"b" * 65536
+        for _ in range(size // len(filler)):
+            writer.write(chunked(filler))
             await writer.drain()
         writer.write(chunked(b'"},"index":0}]}\n\n') + b"0\r\n\r\n")
         await writer.drain()
