@@ -1,9 +1,12 @@
 """One streamed attempt: send through the openai SDK, read raw SSE, emit text.
 
 The SDK builds a pydantic object per chunk when iterated the usual way, which
-is most of a client's CPU. Instead this module opens the request with
-``with_streaming_response`` (the SDK's raw streaming-response API), reads the
-body's bytes, and hands them to :class:`batchgen.sse.SSEDecoder` (framing) and
+is most of a client's CPU. Instead this module sends the request with the
+SDK's ``client.post`` (its method for any path, with its auth, base URL,
+headers and error types), asks for the response unread (the switch behind
+``with_streaming_response``), reads the body's bytes — from aiohttp's reader
+directly when the SDK's aiohttp transport carries them — and hands them to
+:class:`batchgen.sse.SSEDecoder` (framing) and
 :func:`batchgen.chunks.read_event` (what each chunk says). Every shape real
 providers send is read as the SDK reads it (tests/test_replay.py replays
 recordings from 14 providers); where the SDK drops data the server sent —
@@ -20,7 +23,7 @@ import asyncio
 import logging
 import os
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .chunks import StreamResult, read_event
@@ -32,7 +35,7 @@ from .watchdog import Watch
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["StreamResult", "make_client", "request_kwargs", "stream_attempt"]
+__all__ = ["StreamResult", "make_client", "stream_attempt", "wire_body"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,15 @@ RATELIMIT_HEADERS = (
 )
 
 OnText = Callable[[str, str], None]
+
+REQUEST_HEADERS = {
+    # The SDK's own switch for "hand over the response unread" (what its
+    # with_streaming_response sets): batchgen reads the event stream itself.
+    "X-Stainless-Raw-Response": "stream",
+    # an event stream gains little from compression, and a compressed body is
+    # where a hostile server hides a bomb: ask for none (see _inflate)
+    "Accept-Encoding": "identity",
+}
 
 
 def make_client(
@@ -104,29 +116,14 @@ def make_client(
     )
 
 
-def request_kwargs(body: dict[str, Any]) -> dict[str, Any]:
-    """SDK keyword arguments for a stored body.
-
-    Everything but the model travels in ``extra_body``, which the SDK sends
-    as given and lets take precedence over its own arguments: any parameter
-    passes through unchanged, and the SDK skips its per-request walk over the
-    typed message structure (about a millisecond of CPU a request). The
-    ``messages`` argument is still given — empty — because ``create`` requires it.
-    """
-    extra: dict[str, Any] = {k: v for k, v in body.items() if k != "model"}
-    extra.update(extra.pop("extra_body", None) or {})
-    extra["stream"] = True
-    extra["stream_options"] = {"include_usage": True}
-    return {
-        "model": body["model"],
-        "messages": [],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "extra_body": extra,
-        # an event stream gains little from compression, and a compressed body is
-        # where a hostile server hides a bomb: ask for none (see _inflate)
-        "extra_headers": {"Accept-Encoding": "identity"},
-    }
+def wire_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON sent for a stored body: every parameter as given (``extra_body``
+    merged in, winning), streamed, with usage in the last chunk."""
+    wire: dict[str, Any] = {k: v for k, v in body.items() if k != "extra_body"}
+    wire.update(body.get("extra_body") or {})
+    wire["stream"] = True
+    wire["stream_options"] = {"include_usage": True}
+    return wire
 
 
 async def stream_attempt(
@@ -149,15 +146,20 @@ async def stream_attempt(
     is not good, whatever it sent before.
     """
     try:
-        async with client.chat.completions.with_streaming_response.create(
-            **request_kwargs(body)
-        ) as response:
+        # the SDK's request method for any path: no per-request walk over the
+        # typed parameters (~0.5 ms of CPU a request through create())
+        response: Any = await client.post("/chat/completions", cast_to=object,
+                                          body=wire_body(body),
+                                          options={"headers": REQUEST_HEADERS})
+        try:
             headers = response.http_response.headers
             result.request_id = headers.get("x-request-id")
             result.ratelimit = {k: headers[k] for k in RATELIMIT_HEADERS if k in headers}
             if on_open is not None:
                 on_open()
             await _consume(response.http_response, on_text, result, redact, watch)
+        finally:
+            await response.http_response.aclose()
     except asyncio.CancelledError:
         if watch is None or watch.fired is None:
             raise
@@ -182,15 +184,49 @@ async def stream_attempt(
     return result
 
 
-def _body(http: Any, result: StreamResult) -> AsyncIterator[bytes]:
+Read = Callable[[], Awaitable[bytes]]  # the next piece of the body; b"" at its end
+
+
+def _reader(http: Any, result: StreamResult) -> Read:
     """The body's bytes as sent; inflated here when a server compressed it anyway."""
     encoding = str(http.headers.get("content-encoding", "")).strip().lower()
     if encoding in ("", "identity"):
-        return cast(AsyncIterator[bytes], http.aiter_raw())
+        direct = _aiohttp_content(http)
+        if direct is not None:
+            return cast(Read, direct.readany)
+        return _pieces(cast(AsyncIterator[bytes], http.aiter_raw()))
     if encoding in ("gzip", "x-gzip", "deflate"):
-        return _inflate(http.aiter_raw(), encoding)
+        return _pieces(_inflate(http.aiter_raw(), encoding))
     raise TransientError(f"the server sent a body in {encoding!r}, which batchgen does not read",
                          error_class="unsupported_encoding", provider_request_id=result.request_id)
+
+
+def _aiohttp_content(http: Any) -> Any | None:
+    """aiohttp's own reader of the body, when the SDK's aiohttp transport carries it.
+
+    Read directly, each read skips three async-generator layers (httpx's
+    response, its bound stream, the transport's stream) and the transport's
+    16 KiB re-chunking; any other transport, or a layout this does not know,
+    is read through httpx's ``aiter_raw``. Errors then arrive as aiohttp's own
+    (``ClientPayloadError``, ``ServerDisconnectedError``), which
+    :func:`batchgen.retry.classify` knows.
+    """
+    stream = getattr(http, "stream", None)
+    inner = getattr(stream, "_stream", stream)
+    content = getattr(getattr(inner, "_aiohttp_response", None), "content", None)
+    if content is None or not callable(getattr(content, "readany", None)):
+        return None
+    return content
+
+
+def _pieces(iterator: AsyncIterator[bytes]) -> Read:
+    async def read() -> bytes:
+        async for piece in iterator:
+            if piece:
+                return piece
+        return b""
+
+    return read
 
 
 async def _inflate(raw: AsyncIterator[bytes], encoding: str) -> AsyncIterator[bytes]:
@@ -210,21 +246,23 @@ async def _inflate(raw: AsyncIterator[bytes], encoding: str) -> AsyncIterator[by
 async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Redact,
                    watch: Watch | None = None) -> None:
     decoder = SSEDecoder()
-    chunks = _body(http, result).__aiter__()
+    read = _reader(http, result)
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    coalesce_from = loop.time() + COALESCE_AFTER
     try:
         while True:
-            try:
-                if result.complete and result.usage is not None:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), DONE_GRACE)
-                else:
-                    chunk = await chunks.__anext__()
-            except (StopAsyncIteration, TimeoutError):
+            if result.complete and result.usage is not None:
+                try:
+                    chunk = await asyncio.wait_for(read(), DONE_GRACE)
+                except TimeoutError:
+                    break
+            else:
+                chunk = await read()
+            if not chunk:
                 break
             if watch is not None:
                 watch.seen = True
-            if len(chunk) < COALESCE_BYTES and loop.time() - started > COALESCE_AFTER:
+            if len(chunk) < COALESCE_BYTES and loop.time() > coalesce_from:
                 # A long generation: let a few chunks gather in the socket buffer
                 # between reads. Each wake-up of a stream costs more CPU than parsing
                 # a chunk, and nothing here needs text sooner than the journal does.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import ModerationError, RequestFatalError, TransientError
-from batchgen.stream import StreamResult, _consume, request_kwargs
+from batchgen.stream import StreamResult, _consume, wire_body
 from batchgen.usage import from_report
 from tests.conftest import Body
 from tests.fakeserver import FakeServer
@@ -125,18 +125,18 @@ def test_error_event_after_content() -> None:
         consume(typed)
 
 
-def test_request_kwargs_pass_every_parameter_through() -> None:
+def test_wire_body_passes_every_parameter_through() -> None:
     body = {"model": "qwen-plus", "messages": [{"role": "user", "content": "x"}],
             "temperature": 0.2, "response_format": {"type": "json_object"},
+            "stream_options": {"include_usage": False},
             "extra_body": {"enable_thinking": True, "thinking_budget": 50}}
-    kwargs = request_kwargs(body)
-    assert kwargs["model"] == "qwen-plus" and kwargs["stream"] is True
-    # extra_body is sent as is and wins over the SDK's own arguments
-    assert kwargs["extra_body"] == {
-        "messages": [{"role": "user", "content": "x"}], "temperature": 0.2,
-        "response_format": {"type": "json_object"}, "enable_thinking": True,
-        "thinking_budget": 50, "stream": True, "stream_options": {"include_usage": True}}
-    assert "extra_body" in body  # the stored body is not changed
+    # extra_body is merged in as is; streaming with usage is batchgen's to set
+    assert wire_body(body) == {
+        "model": "qwen-plus", "messages": [{"role": "user", "content": "x"}],
+        "temperature": 0.2, "response_format": {"type": "json_object"},
+        "enable_thinking": True, "thinking_budget": 50, "stream": True,
+        "stream_options": {"include_usage": True}}
+    assert "extra_body" in body and body["stream_options"] == {"include_usage": False}
 
 
 def test_the_wire_body_is_the_stored_body(tmp_path: Path, fake: FakeServer) -> None:
@@ -227,3 +227,36 @@ def test_an_unknown_encoding_fails_the_attempt() -> None:
         asyncio.run(_consume(Body([b"x"], {"content-encoding": "br"}), lambda c, r: None,
                              StreamResult(), lambda s: s))
     assert info.value.error_class == "unsupported_encoding"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_either_transport_reads_whole_and_cut_streams_alike(
+        tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp's reader is read directly; any other transport through httpx's
+    ``aiter_raw``. Both give the same texts, cut streams continued included."""
+    from batchgen import load_job, run_job, stream
+    from tests.conftest import read_results, write_job
+    from tests.fakeserver import Config, plan_for
+
+    monkeypatch.setenv("BATCHGEN_HTTP", transport)
+    direct: list[bool] = []
+    real = stream._aiohttp_content
+
+    def spy(http: object) -> object:
+        found = real(http)
+        direct.append(found is not None)
+        return found
+
+    monkeypatch.setattr(stream, "_aiohttp_content", spy)
+    prompts = [{"id": "whole", "prompt": "[[len=30]] plain"},
+               {"id": "cut", "prompt": "[[len=30]] [[faults=cut@12]] dropped"}]
+    job = write_job(tmp_path / "job.yaml", fake, prompts)
+    summary = run_job(load_job(job))
+    assert summary.failed == 0 and summary.done == 2
+    for prompt, result in zip(prompts, read_results(tmp_path / "out" / "t"), strict=True):
+        body = {"model": "qwen-plus",
+                "messages": [{"role": "user", "content": prompt["prompt"]}]}
+        assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
+    # continuation is "none" on this URL: the cut answer is sent again from its start
+    assert sorted(e["completion_tokens"] for e in fake.ledger.entries) == [12, 30, 30]
+    assert direct and set(direct) == {transport == "aiohttp"}
