@@ -15,7 +15,7 @@ from batchgen.stream import StreamResult, _consume
 from tests.conftest import Body
 
 # event payloads: JSON-ish text with the characters framing cares about
-payload = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+payload = st.text(alphabet=st.characters(blacklist_categories=["Cs"],
                                          blacklist_characters="\r\n"), max_size=40)
 events = st.lists(st.tuples(st.sampled_from(["", "completion", "error"]), payload),
                   min_size=1, max_size=12)
@@ -114,3 +114,18 @@ def test_no_input_raises_anything_but_a_classified_attempt_error(
     # an AttemptError is classified: the engine records it, retries or fails the request
     with contextlib.suppress(AttemptError):
         asyncio.run(_consume(Body(pieces), on_text, StreamResult(), lambda s: s))
+
+
+def plain(evs: list[tuple[str, str]]) -> bytes:
+    """Events as most servers send them: one `data: ` line each, an event
+    name now and then, no comments — the decoder's fast path."""
+    return "".join((f"event: {name}\n" if name else "") + f"data: {data}\n\n"
+                   for name, data in evs).encode()
+
+
+@given(evs=events, cuts=st.lists(st.integers(min_value=0), max_size=30))
+def test_plain_streams_split_anywhere_read_alike(evs: list[tuple[str, str]],
+                                                 cuts: list[int]) -> None:
+    raw = plain(evs)
+    assert decode(raw, cuts) == expected(evs)
+    assert SSEDecoder().feed(raw) == expected(evs)  # all in one read
