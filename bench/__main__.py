@@ -19,6 +19,8 @@ SUITE = {
     "P4": "bench.p4_memory",
     "P5": "bench.p5_rerun",
     "P6": "bench.p6_startup",
+    "P7": "bench.p7_per_request",
+    "P8": "bench.p8_paced",
     "P9": "bench.p9_resume",
     "P10": "bench.p10_estimates",
     "P11": "bench.p11_shards",

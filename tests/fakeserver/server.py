@@ -257,7 +257,31 @@ class FakeServer:
             return True
         if plan.replay:
             return await self._replay(plan.replay, entry, writer)
+        if not entry["stream"]:
+            return await self._whole(plan, entry, writer)
         return await self._stream(plan, entry, writer, name, arg)
+
+    async def _whole(self, plan: Plan, entry: dict[str, Any], writer: asyncio.StreamWriter
+                     ) -> bool:
+        """A non-streamed answer: one JSON body once the whole answer is "generated"."""
+        entry["prompt_tokens"] = plan.prompt_tokens
+        entry["started"] = time.monotonic()
+        await asyncio.sleep(len(plan.tokens) * (self.config.tick or plan.delay))
+        completion = len(plan.tokens) + len(plan.reasoning)
+        message: dict[str, Any] = {"role": "assistant", "content": plan.echo + "".join(plan.tokens)}
+        if plan.reasoning:
+            message["reasoning_content"] = "".join(plan.reasoning)
+        entry["completion_tokens"] = completion
+        entry["complete"] = True
+        entry["ended"] = time.monotonic()
+        await self._json(writer, 200, {
+            "id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
+            "created": int(time.time()), "model": plan.model, "system_fingerprint": None,
+            "choices": [{"index": 0, "message": message, "finish_reason": plan.finish_reason,
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": plan.prompt_tokens + completion}})
+        return True
 
     async def _replay(self, case: str, entry: dict[str, Any],
                       writer: asyncio.StreamWriter) -> bool:

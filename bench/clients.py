@@ -1,0 +1,120 @@
+"""Baseline clients for P2, P7 and P8, each run as its own process.
+
+    python -m bench.clients MODE JOBFILE BASE_URL CONCURRENCY
+
+JOBFILE is the JSONL job the batchgen side runs (``{"id", "prompt"}`` lines);
+every client sends the same requests, ``model: qwen-plus``, one user message.
+
+MODE
+  bare    aiohttp, streamed, reads the body's bytes and discards them: the
+          limit of a streaming client in Python (no parsing, nothing saved)
+  whole   aiohttp, not streamed: one JSON body per answer, parsed, content kept
+  sdk     the seed's loop: ``async for chunk in await create(stream=True)``,
+          which builds a pydantic object per chunk
+  sdkwhole  the SDK not streamed: ``await create()`` (what most scripts do)
+
+Each client uses uvloop when installed, as batchgen does, so the comparison
+is of the clients and not of their event loops. It prints one JSON line,
+``{"requests": n, "bytes": b}``; its parent measures wall and CPU (wait4),
+start-up included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def prompts(jobfile: Path) -> list[str]:
+    with jobfile.open(encoding="utf-8") as fh:
+        return [json.loads(line)["prompt"] for line in fh if line.strip()]
+
+
+def body(prompt: str, stream: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": "qwen-plus",
+                           "messages": [{"role": "user", "content": prompt}]}
+    if stream:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+async def aiohttp_client(todo: list[str], base_url: str, concurrency: int, stream: bool
+                         ) -> tuple[int, int]:
+    import aiohttp
+
+    url = base_url.rstrip("/") + "/chat/completions"
+    headers = {"Authorization": "Bearer bench-key"}
+    got = 0
+    done = 0
+    sem = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(prompt: str) -> None:
+            nonlocal got, done
+            async with sem, session.post(url, json=body(prompt, stream),
+                                         headers=headers) as resp:
+                resp.raise_for_status()
+                if stream:
+                    async for data in resp.content.iter_any():
+                        got += len(data)
+                else:
+                    answer = json.loads(await resp.read())
+                    got += len(answer["choices"][0]["message"]["content"])
+                done += 1
+
+        await asyncio.gather(*(one(p) for p in todo))
+    return done, got
+
+
+async def sdk_client(todo: list[str], base_url: str, concurrency: int, stream: bool
+                     ) -> tuple[int, int]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", max_retries=0)
+    sem = asyncio.Semaphore(concurrency)
+    got = 0
+    done = 0
+
+    async def one(prompt: str) -> None:
+        nonlocal got, done
+        async with sem:
+            if stream:
+                chunks = await client.chat.completions.create(**body(prompt, True))
+                parts = []
+                async for chunk in chunks:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        parts.append(chunk.choices[0].delta.content)
+                got += len("".join(parts))
+            else:
+                answer = await client.chat.completions.create(**body(prompt, False))
+                got += len(answer.choices[0].message.content or "")
+            done += 1
+
+    await asyncio.gather(*(one(p) for p in todo))
+    await client.close()
+    return done, got
+
+
+def main() -> None:
+    mode, jobfile, base_url, concurrency = sys.argv[1:5]
+    todo = prompts(Path(jobfile))
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    client = {"bare": (aiohttp_client, True), "whole": (aiohttp_client, False),
+              "sdk": (sdk_client, True), "sdkwhole": (sdk_client, False)}[mode]
+    done, got = runner(client[0](todo, base_url, int(concurrency), client[1]))
+    print(json.dumps({"requests": done, "bytes": got}))
+
+
+if __name__ == "__main__":
+    main()

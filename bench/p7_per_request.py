@@ -1,0 +1,48 @@
+"""P7: client CPU per request (not per chunk): batchgen vs the bare client.
+
+2,000 one-chunk requests against a fast fake server, 64 at once. Each client
+runs twice, with 2,000 and with 200 requests, as its own process; the CPU per
+request is the difference over 1,800 requests, so start-up (importing the SDK,
+opening the store) is not in it — P6 and P2 show start-up. Baseline: the bare
+aiohttp client of bench/clients.py, which sends the request and reads and
+discards the body.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench.common import Measured, batchgen, client, fake_server, row, write_jsonl
+
+CONCURRENCY = 64
+
+
+def run(quick: bool) -> list[str]:
+    big, small = (400, 100) if quick else (2_000, 200)
+    with fake_server() as server, tempfile.TemporaryDirectory() as tmp:
+        jobs = {n: write_jsonl(Path(tmp) / f"p7_{n}.jsonl", n, 1) for n in (big, small)}
+
+        def ours(n: int) -> Measured:
+            done = batchgen(jobs[n], server.base_url, f"{tmp}/out{n}", CONCURRENCY)
+            assert done.code == 0, f"batchgen exited {done.code}"
+            return done
+
+        bare = {n: client("bare", jobs[n], server.base_url, CONCURRENCY) for n in jobs}
+        mine = {n: ours(n) for n in jobs}
+        sdk = ({n: client("sdk", jobs[n], server.base_url, CONCURRENCY) for n in jobs}
+               if not quick else None)
+
+    def per_request(m: dict[int, Measured]) -> float:
+        return (m[big].cpu - m[small].cpu) / (big - small) * 1e6
+
+    bare_us, ours_us = per_request(bare), per_request(mine)
+    rows = [row(f"P7 client CPU per one-chunk request ({big:,} − {small:,} requests)",
+                f"batchgen {ours_us:,.0f} µs vs bare aiohttp client {bare_us:,.0f} µs = "
+                f"**{ours_us / bare_us:.2f}×**"
+                + (f"; SDK loop {per_request(sdk):,.0f} µs" if sdk else ""),
+                "report", None),
+            row("P7 start-up + 200 requests, CPU",
+                f"batchgen {mine[small].cpu:.2f} s, bare client {bare[small].cpu:.2f} s",
+                "report", None)]
+    return rows
