@@ -21,9 +21,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from .errors import UsageError
+from .yamlload import safe_load
 
 MAX_LINES = 50_000
 MAX_BYTES = 500 * 1024 * 1024
@@ -35,7 +34,7 @@ ENDED = frozenset({"completed", "expired", "failed", "cancelled"})
 @cache
 def _stream_only() -> tuple[re.Pattern[str], str]:
     text = resources.files("batchgen").joinpath("streamonly.yaml").read_text("utf-8")
-    data = yaml.safe_load(text)
+    data = safe_load(text)
     pattern = re.compile("^(?:" + "|".join(data["patterns"]) + ")", re.IGNORECASE)
     return pattern, str(data["source"])
 

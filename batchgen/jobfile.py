@@ -41,7 +41,7 @@ from .models import (
 from .problems import from_validation, path_str, secret_problems
 from .secrets import check_key_env
 from .shards import shard_dir, shard_of
-from .yamlload import LineMap, YamlProblem, load_yaml
+from .yamlload import LineMap, YamlProblem, load_yaml, stream_items
 
 MAX_YAML_BYTES = 8 * 1024 * 1024
 MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3)))
@@ -73,10 +73,14 @@ class Overrides:
 
 @dataclass(frozen=True)
 class _Source:
-    """Where prompts come from: an inline YAML list, or a JSONL file."""
+    """Where prompts come from: a YAML job's ``prompts:`` list, or a JSONL file.
+
+    The YAML job's text is kept (it is capped at MAX_YAML_BYTES) and its list
+    read again, an item at a time, on every walk: never a tree of all of them.
+    """
 
     file: Path
-    inline: tuple[dict[str, Any], ...] | None = None
+    text: str | None = field(default=None, repr=False)
     line_map: LineMap | None = None
     stat: tuple[int, int] = (0, 0)
 
@@ -108,7 +112,7 @@ class Job:
     def requests(self) -> Iterator[Request]:
         """Stream the resolved requests again, in job order."""
         for src in self.sources:
-            if src.inline is None and _stat(src.file) != src.stat:
+            if src.text is None and _stat(src.file) != src.stat:
                 raise UsageError(f"{src.file} changed while batchgen was reading it; run again")
 
         def fail(problem: Problem) -> None:
@@ -132,7 +136,7 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
         spec, line_map = _parse_yaml(file, raw)
         check_key_env(file, spec.endpoint, line_map.line_of(('endpoint', 'api_key_env')),
                       ov.api_key_env, ov.allowed_key_envs)
-        sources = _yaml_sources(file, spec, line_map)
+        sources = _yaml_sources(file, raw, spec, line_map)
 
     job = _assemble(file, spec, ov, sources)
     problems: list[Problem] = []
@@ -228,7 +232,7 @@ def _read_checked(file: Path, cap: int | None) -> str:
 def _parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
     name = str(file)
     try:
-        data, line_map = load_yaml(text)
+        data, line_map, _count = load_yaml(text, stream="prompts")
     except YamlProblem as exc:
         raise JobFileError([Problem(name, exc.line, None, exc.message)]) from None
     if data is None:
@@ -254,10 +258,11 @@ def _parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
     return spec, line_map
 
 
-def _yaml_sources(file: Path, spec: JobSpec, line_map: LineMap) -> tuple[_Source, ...]:
+def _yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap
+                  ) -> tuple[_Source, ...]:
     sources: list[_Source] = []
     if spec.prompts is not None:
-        sources.append(_Source(file=file, inline=tuple(spec.prompts), line_map=line_map))
+        sources.append(_Source(file=file, text=text, line_map=line_map))
     if spec.prompts_file is not None:
         pf = Path(spec.prompts_file)
         where = line_map.line_of(("prompts_file",))
@@ -358,12 +363,8 @@ _Entry = tuple[dict[str, Any], str, tuple[Any, ...], Callable[[tuple[Any, ...]],
 
 def _entries(src: _Source, report: Callable[[Problem], None]) -> Iterator[_Entry]:
     name = str(src.file)
-    if src.inline is not None:
-        assert src.line_map is not None
-        for i, entry in enumerate(src.inline):
-            path = ("prompts", i)
-            line = src.line_map.line_of(path)
-            yield entry, f"{name}:{line}", path, src.line_map.line_of
+    if src.text is not None:
+        yield from _yaml_entries(src, src.text, report)
         return
     with src.file.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -391,6 +392,27 @@ def _entries(src: _Source, report: Callable[[Problem], None]) -> Iterator[_Entry
                 return _line
 
             yield obj, f"{name}:{lineno}", (), at
+
+
+def _yaml_entries(src: _Source, text: str, report: Callable[[Problem], None]
+                  ) -> Iterator[_Entry]:
+    name = str(src.file)
+    top = src.line_map or LineMap()
+    for i, entry, item_map in stream_items(text, "prompts"):
+        path = ("prompts", i)
+
+        def line_of(p: tuple[Any, ...], _i: int = i, _map: LineMap = item_map) -> int | None:
+            if p[:2] == ("prompts", _i):
+                return _map.line_of(p[2:])
+            return top.line_of(p)
+
+        line = item_map.line_of(())
+        if not isinstance(entry, dict):
+            report(Problem(name, line, path_str(path),
+                           "each prompt is a mapping (prompt: or messages:, and id:, model:, "
+                           f"...), not {type(entry).__name__ if entry is not None else 'empty'}"))
+            continue
+        yield entry, f"{name}:{line}", path, line_of
 
 
 def _validate(model: type[BaseModel], entry: dict[str, Any], name: str,

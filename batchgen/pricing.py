@@ -18,9 +18,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from .models import PriceSpec
+from .yamlload import safe_load
 
 LOCAL_LIST = "local"
 ASSUMED_MAX_OUTPUT = 8192  # budget worst case for a request that sets no max_tokens
@@ -106,7 +105,7 @@ def _model_price(name: str, spec: dict[str, Any] | PriceSpec, currency: str, lis
 def load_lists() -> dict[str, PriceList]:
     """The packaged price table."""
     text = resources.files("batchgen").joinpath("prices.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = safe_load(text)
     out: dict[str, PriceList] = {}
     for name, raw in data["lists"].items():
         currency = str(raw["currency"]).upper()

@@ -1,22 +1,48 @@
 """Safe YAML loading that remembers where every key came from.
 
-Only PyYAML's safe constructors are used. Aliases are capped and the size of
-the document with every alias expanded is bounded, so an alias bomb ("billion
-laughs") is refused before anything walks it. Duplicate keys are errors, not a
-silent last-one-wins.
+Only PyYAML's safe constructors are used. Aliases are capped and what they add
+when expanded is bounded, so an alias bomb ("billion laughs") is refused
+before anything walks it. Duplicate keys are errors, not a silent
+last-one-wins.
+
+A job's ``prompts:`` list is read one item at a time (:func:`load_yaml` with
+``stream=``): the first reading checks every item and keeps none, and
+:func:`stream_items` reads them again each time the job's requests are
+walked. Memory then holds one prompt's document tree, not the whole job's;
+a 10,000-prompt job file needs no more than a 1,000-prompt one.
+libyaml's parser (PyYAML's C extension) supplies the events where PyYAML was
+built with it, PyYAML's own otherwise; what is built from them is the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.composer import Composer, ComposerError
+from yaml.constructor import SafeConstructor
+from yaml.events import (
+    MappingEndEvent,
+    MappingStartEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
 MAX_ALIASES = 100
-MAX_EXPANDED_NODES = 200_000
+MAX_EXPANDED_NODES = 200_000  # what aliases may add to a document, expanded
+
+
+_SAFE: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def safe_load(text: str) -> Any:
+    """PyYAML's safe loading through libyaml where built with it (packaged tables)."""
+    return yaml.load(text, Loader=_SAFE)  # noqa: S506 - a safe loader, libyaml's or PyYAML's
 
 
 class YamlProblem(Exception):
@@ -34,6 +60,7 @@ class LineMap:
 
     lines: dict[int, tuple[int, dict[Any, int]]] = field(default_factory=dict)
     root: Any = None
+    start: int | None = None  # the root's own line, whatever it is
 
     def line_of(self, path: tuple[Any, ...]) -> int | None:
         """The line of the deepest part of ``path`` that exists in the document."""
@@ -54,31 +81,60 @@ class LineMap:
                 break
         if best is None:
             entry = self.lines.get(id(self.root))
-            best = entry[0] if entry else None
+            best = entry[0] if entry else self.start
         return best
 
 
-class _Loader(yaml.SafeLoader):
+_Events: Any
+try:
+    from yaml.cyaml import CParser as _Events  # type: ignore[attr-defined]  # libyaml
+except ImportError:  # pragma: no cover - PyYAML's wheels ship libyaml
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _PureEvents(Reader, Scanner, Parser):
+        def __init__(self, stream: str) -> None:
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            Parser.__init__(self)
+
+    _Events = _PureEvents
+
+
+class _Loader(_Events, Composer, SafeConstructor, Resolver):  # type: ignore[misc]
     def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+        _Events.__init__(self, stream)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
         self.aliases = 0
+        self.composed = 0  # nodes in the text (an alias is not one)
+        self.extra = 0  # what aliases added, expanded
+        self.in_items = 0  # nodes composed for streamed items (not in the root's tree)
+        self.root: Node | None = None
         self.line_map = LineMap()
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
-                event = self.peek_event()  # type: ignore[no-untyped-call]
+                event = self.peek_event()
                 raise YamlProblem(
                     f"more than {MAX_ALIASES} YAML aliases; write the values out "
                     "or move prompts to a JSONL prompts_file",
                     event.start_mark.line + 1,
                 )
-        return super().compose_node(parent, index)
+        else:
+            self.composed += 1
+        return Composer.compose_node(self, parent, index)
 
     def check_keys(self, node: MappingNode) -> dict[Any, int]:
         keys: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, merged below
+                keys.setdefault("<<", key_node.start_mark.line + 1)
+                continue
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 raise YamlProblem(
@@ -126,24 +182,104 @@ def _expanded_size(node: Node, memo: dict[int, int]) -> int:
     elif not isinstance(node, ScalarNode):  # pragma: no cover - PyYAML has no other kind
         raise YamlProblem("unexpected YAML node", node.start_mark.line + 1)
     memo[id(node)] = size
-    if size > MAX_EXPANDED_NODES:
-        raise YamlProblem(
-            f"the document expands to more than {MAX_EXPANDED_NODES} values "
-            "(an alias bomb?); write it without nested aliases",
-            node.start_mark.line + 1,
-        )
     return size
 
 
-def load_yaml(text: str) -> tuple[Any, LineMap]:
-    """Parse one YAML document; return the data and where each key was."""
+def _bounded(loader: _Loader, node: Node, composed_before: int) -> None:
+    """Refuse a node whose expansion adds too much to what its text holds."""
+    loader.extra += max(0, _expanded_size(node, {}) - (loader.composed - composed_before))
+    if loader.extra > MAX_EXPANDED_NODES:
+        raise YamlProblem(
+            f"aliases expand the document by more than {MAX_EXPANDED_NODES} values "
+            "(an alias bomb?); write it without nested aliases",
+            node.start_mark.line + 1,
+        )
+
+
+def _build(loader: _Loader, node: Node) -> tuple[Any, LineMap]:
+    """Python data for one node, with a line map of its own."""
+    loader.line_map = LineMap()
+    data = loader.construct_document(node)
+    loader.line_map.root = data
+    loader.line_map.start = node.start_mark.line + 1
+    return data, loader.line_map
+
+
+def _scalar_is(node: Node, text: str) -> bool:
+    return isinstance(node, ScalarNode) and node.value == text
+
+
+def _document(loader: _Loader, stream: str | None) -> Iterator[tuple[int, Node]]:
+    """Compose the one document; the items of the top-level ``stream`` list are
+    yielded one by one, kept out of the tree. Sets ``loader.root``."""
+    loader.get_event()  # StreamStartEvent
+    if loader.check_event(StreamEndEvent):
+        loader.root = None
+        return
+    start: Any = loader.get_event()  # DocumentStartEvent
+    if stream is None or not loader.check_event(MappingStartEvent):
+        root = loader.compose_node(None, None)
+    else:
+        root = yield from _mapping(loader, stream)
+    loader.get_event()  # DocumentEndEvent
+    if not loader.check_event(StreamEndEvent):
+        event = loader.get_event()
+        raise ComposerError(
+            "expected a single document in the stream", start.start_mark,
+            "but found another document", event.start_mark)
+    loader.root = root
+
+
+def _mapping(loader: _Loader, stream: str) -> Generator[tuple[int, Node], None, Node]:
+    """The top-level mapping, as PyYAML composes it, but for ``stream``'s items."""
+    event: Any = loader.get_event()
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(MappingNode, None, event.implicit)  # type: ignore[no-untyped-call]
+    node = MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+    if event.anchor is not None:
+        loader.anchors[event.anchor] = node
+    while not loader.check_event(MappingEndEvent):
+        key = loader.compose_node(node, None)
+        assert key is not None
+        nxt: Any = loader.peek_event()
+        if _scalar_is(key, stream) and isinstance(nxt, SequenceStartEvent) and not nxt.anchor:
+            loader.get_event()
+            tag = nxt.tag
+            if tag is None or tag == "!":
+                tag = loader.resolve(SequenceNode, None,  # type: ignore[no-untyped-call]
+                                     nxt.implicit)
+            mark: Any = nxt.start_mark
+            value: Node = SequenceNode(tag, [], mark, None, flow_style=nxt.flow_style)
+            index = 0
+            while not loader.check_event(SequenceEndEvent):
+                before = loader.composed
+                item = loader.compose_node(value, index)
+                assert item is not None
+                _bounded(loader, item, before)
+                loader.in_items += loader.composed - before
+                yield index, item
+                index += 1
+            value.end_mark = loader.get_event().end_mark
+        else:
+            value = loader.compose_node(node, key)  # type: ignore[assignment]
+        node.value.append((key, value))
+    node.end_mark = loader.get_event().end_mark
+    return node
+
+
+def _read(text: str, stream: str | None) -> Iterator[tuple[int, Any, LineMap]]:
+    """Items of ``stream`` as (index, data, line map); then ``(-1, root, map)``."""
     loader = _Loader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, loader.line_map
-        _expanded_size(node, {})
-        data = loader.construct_document(node)
+        for index, item in _document(loader, stream):
+            yield (index, *_build(loader, item))
+        root = loader.root
+        if root is None:
+            yield -1, None, loader.line_map
+            return
+        _bounded(loader, root, loader.in_items)
+        yield (-1, *_build(loader, root))
     except YamlProblem:
         raise
     except yaml.MarkedYAMLError as exc:
@@ -157,5 +293,24 @@ def load_yaml(text: str) -> tuple[Any, LineMap]:
         raise YamlProblem("YAML nests too deeply", None) from None
     finally:
         loader.dispose()
-    loader.line_map.root = data
-    return data, loader.line_map
+
+
+def load_yaml(text: str, stream: str | None = None) -> tuple[Any, LineMap, int]:
+    """Parse one YAML document; return the data, where each key was, and how
+    many items the top-level ``stream`` list has. That list's items are
+    checked and not kept: the data holds an empty list in their place, and
+    :func:`stream_items` gives them."""
+    count = 0
+    for index, data, line_map in _read(text, stream):
+        if index < 0:
+            return data, line_map, count
+        count = index + 1
+    raise AssertionError("unreachable: _read ends with the root")  # pragma: no cover
+
+
+def stream_items(text: str, stream: str) -> Iterator[tuple[int, Any, LineMap]]:
+    """The items of the top-level ``stream`` list, one at a time, each with
+    its own line map (lines counted in the whole document)."""
+    for index, data, line_map in _read(text, stream):
+        if index >= 0:
+            yield index, data, line_map

@@ -139,6 +139,16 @@ CASES: list[tuple[str, str, str, int | None, str]] = [
     ("duplicate-key", "j.yaml", GOOD_HEAD + "prompts: [{prompt: x}]\nname: again\n", 5,
      "duplicate key 'name'"),
     ("alias-bomb", "j.yaml", BOMB, None, "alias"),
+    ("prompt-not-a-mapping", "j.yaml", GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - just text\n",
+     6, "each prompt is a mapping"),
+    ("syntax-in-a-later-prompt", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - {prompt: y\n  - {prompt: z}\n", 7,
+     "YAML syntax error"),
+    ("duplicate-key-in-a-prompt", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - prompt: y\n    prompt: z\n", 7,
+     "duplicate key 'prompt'"),
+    ("second-document", "j.yaml", GOOD_HEAD + "prompts: [{prompt: x}]\n---\nname: b\n", 5,
+     "single document"),
     ("python-tag", "j.yaml", "name: !!python/object/apply:os.system [ls]\n", 1,
      "could not determine a constructor"),
     ("http-base-url", "j.yaml", "endpoint: {base_url: 'http://api.example.com/v1'}\n"
@@ -233,3 +243,71 @@ def test_validate_prints_the_plan(tmp_path: Path) -> None:
     assert "requests: 2" in result.output
     assert "m, other" in result.output
     assert str(Path("somewhere") / "t") in result.output
+
+
+def test_prompts_may_use_anchors_from_anywhere_before_them(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "name: &sys brief\ndefaults: {model: m}\nprompts:\n"
+        "  - &first {id: a, prompt: hi, system: *sys}\n"
+        "  - {<<: *first, id: b}\n"
+        "  - {id: c, messages: [{role: user, content: *sys}]}\n",
+        encoding="utf-8")
+    reqs = {r.id: r for r in load_job(path).requests()}
+    assert reqs["a"].body["messages"][0] == {"role": "system", "content": "brief"}
+    assert reqs["b"].body["messages"] == reqs["a"].body["messages"]
+    assert reqs["c"].body["messages"] == [{"role": "user", "content": "brief"}]
+
+
+def test_problems_in_prompts_name_their_lines_in_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    items = "".join(f"  - {{prompt: p{i}}}\n" for i in range(50))
+    path.write_text(GOOD_HEAD + "prompts:\n" + items + "  - prompt: x\n    temperature: hot\n",
+                    encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    (problem,) = info.value.problems
+    assert problem.line == 3 + 1 + 50 + 2 and problem.key == "prompts[50].temperature"
+
+
+def test_a_yaml_job_holds_no_tree_of_its_prompts(tmp_path: Path) -> None:
+    """Prompts are read an item at a time: the memory a walk needs does not grow
+    with the job beyond the text itself (and the ids that find clashes)."""
+    import gc
+    import tracemalloc
+
+    def peak(n: int) -> tuple[int, int]:
+        path = tmp_path / f"job{n}.yaml"
+        path.write_text(GOOD_HEAD + "prompts:\n" + "".join(
+            f"  - id: p{i}\n    prompt: Write line {i} of a long report\n    temperature: 0.5\n"
+            for i in range(n)), encoding="utf-8")
+        gc.collect()
+        tracemalloc.start()
+        job = load_job(path)
+        assert sum(1 for _ in job.requests()) == n
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used, path.stat().st_size
+
+    small, small_size = peak(300)
+    big, big_size = peak(3_000)
+    # a document tree costs ~2 KB a prompt; the text ~70 bytes, the id set ~150
+    assert big - small < 4 * (big_size - small_size), (small, big)
+
+
+def test_aliases_may_not_expand_a_job_much_but_plain_text_may_be_long(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchgen import yamlload
+
+    monkeypatch.setattr(yamlload, "MAX_EXPANDED_NODES", 500)
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD_HEAD + "prompts:\n" + "".join(
+        f"  - {{id: p{i}, prompt: x, stop: [a, b, c]}}\n" for i in range(200)),
+        encoding="utf-8")
+    assert load_job(path).info.requests == 200  # 2,000 values written out: fine
+    path.write_text(GOOD_HEAD + "prompts:\n  - {id: a, prompt: x, stop: &s [a, b, c, d, e]}\n"
+                    + "".join(f"  - {{id: p{i}, prompt: x, stop: *s}}\n" for i in range(100)),
+                    encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    assert "alias" in info.value.problems[0].message
