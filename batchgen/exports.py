@@ -77,15 +77,23 @@ def write_many_atomic(items: list[tuple[Path, bytes]]) -> None:
     """
     if not items:
         return
+    items = list(dict(items).items())  # a path given twice: its last content
     folder = items[0][0].parent
     temps: list[tuple[str, Path]] = []
     try:
         for path, data in items:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            # The run dir is locked to this process and this is its one writer:
+            # a name of its own is unique without mkstemp's random tries.
+            tmp = str(path.parent / f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, _MODE)
             temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), _MODE)
-                fh.write(data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             if not _syncfs(dir_fd):

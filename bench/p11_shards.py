@@ -95,7 +95,7 @@ def _shared_limits(quick: bool, tmp: Path) -> list[str]:
 
 
 def _throughput(quick: bool, tmp: Path) -> list[str]:
-    n = 2000 if quick else 12000
+    n = 800 if quick else 12000
     rows, base = [], None
     with fake_server("--len", "4") as server:
         for count in (1, 2, 4):
