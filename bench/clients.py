@@ -76,7 +76,9 @@ async def sdk_client(todo: list[str], base_url: str, concurrency: int, stream: b
                      ) -> tuple[int, int]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", max_retries=0)
+    # connect may wait on a loaded machine (512 connections at once): not a failure here
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", max_retries=0,
+                                timeout=openai.Timeout(600.0, connect=120.0))
     sem = asyncio.Semaphore(concurrency)
     got = 0
     done = 0
