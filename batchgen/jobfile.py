@@ -242,6 +242,9 @@ def _parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
             [Problem(name, line_map.line_of(()) or 1, None,
                      "a job file is a mapping (name:, defaults:, prompts:, ...)")]
         )
+    if data.get("prompts"):  # streamed items leave an empty list; these came from a merge
+        raise JobFileError([Problem(name, line_map.line_of(("<<",)), "prompts",
+                                    "write `prompts:` out in the job file (not through `<<:`)")])
     problems = secret_problems(data, name, line_map.line_of)
     try:
         spec = JobSpec.model_validate(data)

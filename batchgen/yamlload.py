@@ -243,7 +243,10 @@ def _mapping(loader: _Loader, stream: str) -> Generator[tuple[int, Node], None, 
         key = loader.compose_node(node, None)
         assert key is not None
         nxt: Any = loader.peek_event()
-        if _scalar_is(key, stream) and isinstance(nxt, SequenceStartEvent) and not nxt.anchor:
+        if _scalar_is(key, stream) and isinstance(nxt, SequenceStartEvent):
+            if nxt.anchor:
+                raise YamlProblem(f"an anchor on `{stream}:` is not supported; anchor the "
+                                  "items you want to repeat", key.start_mark.line + 1)
             loader.get_event()
             tag = nxt.tag
             if tag is None or tag == "!":
