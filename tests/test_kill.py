@@ -41,7 +41,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     tmp_path: Path, fake_process: FakeProcess
 ) -> None:
     prompts = [{"id": f"r{i:02d}", "prompt": f"[[len={30 + i % 20}]] [[delay=0.02]] essay {i}"}
-               for i in range(48)]
+               for i in range(24)]
     prompts += [{"id": "think", "model": "qwq-plus", "prompt": "[[delay=0.02]] reason"}]
     job = write_job(tmp_path / "job.yaml", None, prompts, run={"concurrency": 6},
                     endpoint={"continuation": "partial"})
@@ -61,7 +61,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     assert snapshot(killed_dir) == snapshot(clean_dir)
     db = sqlite3.connect(killed_dir / "run.db")
     # one finished attempt per request; the killed ones are recorded as aborted
-    assert db.execute("SELECT COUNT(*) FROM attempts WHERE status='done'").fetchone()[0] == 49
+    done = db.execute("SELECT COUNT(*) FROM attempts WHERE status='done'").fetchone()[0]
+    assert done == len(prompts)
     assert db.execute("SELECT COUNT(*) FROM attempts WHERE status='streaming'").fetchone()[0] == 0
     aborted = db.execute("SELECT COUNT(*) FROM attempts WHERE status='aborted'").fetchone()[0]
     assert aborted > 0

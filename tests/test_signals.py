@@ -29,7 +29,7 @@ def start(job: Path, *args: str) -> subprocess.Popen[str]:
 def slow_job(tmp_path: Path, server: FakeProcess, n: int = 12, faults: str = "") -> Path:
     prompts = [{"id": f"s{i}", "prompt": f"[[len=60]] [[delay=0.03]]{faults} slow {i}"}
                for i in range(n)]
-    job = write_job(tmp_path / "job.yaml", None, prompts, run={"concurrency": 4})
+    job = write_job(tmp_path / "job.yaml", None, prompts, run={"concurrency": 5})
     job.write_text(job.read_text().replace("https://example.invalid/v1", server.base_url))
     return job
 
@@ -109,7 +109,7 @@ def test_kill_9_during_retry_backoff_resumes(tmp_path: Path) -> None:
     Two servers (one per run) replay the same faults, so the texts must match."""
     prompts = [{"id": f"f{i}", "prompt": f"[[len=30]] [[delay=0.01]] "
                 f"[[faults={['500,503', '429:ra=1', 'cut@5,500', 'errevent@3', 'ok'][i % 5]}]]"
-                f" faulty {i}"} for i in range(20)]
+                f" faulty {i}"} for i in range(10)]
     clean_server, killed_server = FakeProcess(), FakeProcess()
     try:
         jobs = []
@@ -121,7 +121,7 @@ def test_kill_9_during_retry_backoff_resumes(tmp_path: Path) -> None:
         clean = start(jobs[0])
         _, err = clean.communicate(timeout=180)
         assert clean.returncode == 0, err
-        kills = kill_until_done(lambda: start(jobs[1]), random.Random(11), 0.3, 1.5,
+        kills = kill_until_done(lambda: start(jobs[1]), random.Random(11), 0.4, 2.0,
                                 run_db=tmp_path / "killed" / "out" / "t" / "run.db")
         assert kills >= 1
         clean_results = read_results(tmp_path / "clean" / "out" / "t")
@@ -135,7 +135,7 @@ def test_kill_9_during_retry_backoff_resumes(tmp_path: Path) -> None:
                           ).fetchone()[0] == 0
         done = db.execute("SELECT request_id, COUNT(*) FROM attempts WHERE status='done' "
                           "GROUP BY request_id").fetchall()
-        assert sorted(done) == sorted((f"f{i}", 1) for i in range(20))
+        assert sorted(done) == sorted((f"f{i}", 1) for i in range(10))
         assert json.loads((tmp_path / "killed" / "out" / "t" / "failed.jsonl").read_text()
                           or "null") is None
     finally:
