@@ -47,6 +47,12 @@ def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%m-%d %H:%M")
 
 
+def prepare() -> None:
+    """Import pygal (the first chart of a process otherwise pays for it)."""
+    import pygal
+    import pygal.style  # noqa: F401
+
+
 def cost_by_model(rows: Sequence[tuple[str, str, float]]) -> str:
     """Horizontal bars: (model, currency, cost), one colour per currency."""
     import pygal

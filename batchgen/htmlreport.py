@@ -14,13 +14,14 @@ Both libraries are imported only when a report is written.
 
 from __future__ import annotations
 
+import functools
 import random
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import charts
@@ -30,6 +31,9 @@ from .pricing import PriceBook, StoreCosts, overrides_from_json
 from .report import Report, build_report
 from .secrets import printable
 from .store import RunStore
+
+if TYPE_CHECKING:
+    import jinja2
 
 MAX_FAILURES = 200  # failed requests listed on the page (all are in failed.jsonl)
 SAMPLE = 5000  # latencies kept per model for the distributions
@@ -175,9 +179,32 @@ def _timeline(d: Details) -> list[tuple[float, float, int]]:
     return out
 
 
-def render_html(report: Report, run_dirs: list[Path]) -> str:
+@functools.cache
+def _template() -> jinja2.Template:
     import jinja2
 
+    source = resources.files("batchgen").joinpath("templates/report.html").read_text("utf-8")
+    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.from_string(source)
+
+
+def prepare() -> None:
+    """Import what drawing the report needs and compile its template.
+
+    A run calls this from a thread while its requests stream (see
+    :func:`batchgen.runner.prepare_reports`): ~0.3 s of work that would
+    otherwise come after the last answer. Whatever fails here is done again,
+    and reported, when the report is written.
+    """
+    try:
+        charts.prepare()
+        _template()
+    except Exception:  # a head start only
+        return
+
+
+def render_html(report: Report, run_dirs: list[Path]) -> str:
     d = collect(run_dirs)
     methods: dict[str, int] = {}
     for r in report.rows:
@@ -203,11 +230,7 @@ def render_html(report: Report, run_dirs: list[Path]) -> str:
     if d.invocations:
         figures.append(("Cost per invocation", charts.invocations(
             [(t, costs) for t, costs, _ in d.invocations])))
-    source = resources.files("batchgen").joinpath("templates/report.html").read_text("utf-8")
-    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined)
-    template = env.from_string(source)
-    return template.render(
+    return _template().render(
         report=report, details=d, figures=figures, started=_stamp(d.started),
         ended=_stamp(d.ended), generated=report.generated_at,
         methods=[(m, methods.get(m, 0), methods.get(m, 0) / total_tokens, METHOD_NOTES[m])

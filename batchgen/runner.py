@@ -29,7 +29,7 @@ from .budget import BudgetGuard, check_budget
 from .engine import Engine, EngineDeps, Outcome
 from .errors import RunFatalError, StorageError, UsageError
 from .estimator import Estimator
-from .exports import clean_temp, export_all, write_reports
+from .exports import clean_temp, export_all, prepare_reports, write_reports
 from .jobfile import Job
 from .journal import storage_error
 from .ledger import load_calibration, refine
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused a write
 EXIT_SUBMITTED = 5  # the provider's Batch API runs it: run again to collect
+PREPARE_REPORTS_AFTER = 0.2  # s after the engine starts: its first requests go out first
 
 ClientFactory = Callable[[str, str, Job], Any]
 
@@ -323,6 +324,8 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                 resume=job.run.resume, gate=gate,
             )
             outcome = Outcome()
+            # report.html's imports and template, while the first requests are sent
+            asyncio.get_running_loop().call_later(PREPARE_REPORTS_AFTER, prepare_reports)
             if job.run.via == "batch":  # a signal cancels it: the batches run on remotely
                 outcome, released = await _run_batches(job, opts, store, run_id, client, redact)
                 engine.only = set(released)  # --fallback stream: what batches left unanswered

@@ -13,8 +13,9 @@ recordings from 14 providers); where the SDK drops data the server sent —
 thinking parts in a content list, ``reasoning_details``, tool-call deltas,
 Groq's ``x_groq.usage`` — batchgen keeps it.
 
-This module is the only one that imports ``openai``, and it does so lazily:
-a fully skipped re-run never pays for the import.
+The SDK is imported when the first client is made (:mod:`batchgen.sdk`, its
+client without its ~450 type modules): a fully skipped re-run never pays for
+the import.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .chunks import StreamResult, read_event
 from .errors import TransientError
 from .retry import Redact
+from .sdk import sdk
 from .sse import EventTooLarge, SSEDecoder
 from .watchdog import Watch
 
@@ -39,10 +41,15 @@ __all__ = ["StreamResult", "make_client", "stream_attempt", "wire_body"]
 
 log = logging.getLogger(__name__)
 
-# Streams older than COALESCE_AFTER seconds read at most every COALESCE_FOR s,
-# unless a read brought COALESCE_BYTES or more (then the data is coming fast).
-COALESCE_AFTER = 1.0
-COALESCE_FOR = 0.05
+# A stream older than COALESCE_AFTER seconds is read at most every
+# COALESCE_SHARE of its age, up to COALESCE_FOR seconds (reached at 2 s): its
+# end is seen at most that share of its duration late, while a long generation
+# wakes its task, and the event loop, once for several chunks. Not after a read
+# of COALESCE_BYTES or more (the data is coming fast), and only where a read
+# takes all that arrived (aiohttp's reader, read directly).
+COALESCE_AFTER = 0.4
+COALESCE_SHARE = 0.05
+COALESCE_FOR = 0.1
 COALESCE_BYTES = 16 * 1024
 INFLATE_PIECE = 256 * 1024  # bytes a compressed body inflates to at a time
 
@@ -85,8 +92,7 @@ def make_client(
     it costs about 40% less CPU per chunk and per request than httpx here
     (``python -m bench``). ``BATCHGEN_HTTP=httpx`` picks httpx.
     """
-    import openai
-
+    openai = sdk()
     limits_type = type(openai.DEFAULT_CONNECTION_LIMITS)
     limits = limits_type(
         max_connections=max(max_connections, 16),
@@ -107,13 +113,14 @@ def make_client(
     if http_client is None:
         http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout,
                                                      follow_redirects=False)
-    return openai.AsyncOpenAI(
+    client: AsyncOpenAI = openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,
         timeout=timeout,
         http_client=http_client,
     )
+    return client
 
 
 def wire_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +226,42 @@ def _aiohttp_content(http: Any) -> Any | None:
     return content
 
 
+def _holder(http: Any) -> Any | None:
+    """aiohttp's protocol under the body's reader, when the body is read from
+    it directly (one read takes all that arrived: see :func:`_gather`);
+    ``None`` for any other transport, whose reads come a network read at a
+    time however long the wait between them."""
+    protocol = getattr(_aiohttp_content(http), "_protocol", None)
+    return protocol if hasattr(protocol, "transport") else None
+
+
+async def _gather(hold: Any, seconds: float) -> None:
+    """Sleep while the kernel gathers what arrives.
+
+    With the socket's reading paused the event loop does not wake for each
+    chunk either (one socket read, one parse of the HTTP framing, for all
+    that came in the pause), which is most of a paced stream's CPU. Only the
+    transport is paused, and only when aiohttp holds no pause of its own (its
+    flow control, its parser's state stay as they are).
+    """
+    transport = hold.transport
+    if transport is None or getattr(hold, "_reading_paused", True) \
+            or getattr(hold, "_buffer_paused", True) \
+            or not all(callable(getattr(transport, name, None)) for name in _FLOW) \
+            or not transport.is_reading():
+        await asyncio.sleep(seconds)
+        return
+    transport.pause_reading()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        if not transport.is_closing():
+            transport.resume_reading()
+
+
+_FLOW = ("pause_reading", "resume_reading", "is_reading", "is_closing")
+
+
 def _pieces(iterator: AsyncIterator[bytes]) -> Read:
     async def read() -> bytes:
         async for piece in iterator:
@@ -247,8 +290,9 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
                    watch: Watch | None = None) -> None:
     decoder = SSEDecoder()
     read = _reader(http, result)
+    hold = _holder(http)
     loop = asyncio.get_running_loop()
-    coalesce_from = loop.time() + COALESCE_AFTER
+    began = loop.time()
     try:
         while True:
             if result.complete and result.usage is not None:
@@ -262,17 +306,19 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
                 break
             if watch is not None:
                 watch.seen = True
-            if len(chunk) < COALESCE_BYTES and loop.time() > coalesce_from:
-                # A long generation: let a few chunks gather in the socket buffer
-                # between reads. Each wake-up of a stream costs more CPU than parsing
-                # a chunk, and nothing here needs text sooner than the journal does.
-                await asyncio.sleep(COALESCE_FOR)
             for event, data in decoder.feed(chunk):
                 text = read_event(data, event, result, redact)
                 if text is not None:
                     on_text(*text)
                 elif result.done_marker:
                     return
+            age = loop.time() - began
+            if hold is not None and len(chunk) < COALESCE_BYTES and age > COALESCE_AFTER \
+                    and not result.complete:
+                # A long generation: let a few chunks gather in the socket buffer
+                # before the next read. Each wake-up of a stream costs more CPU than
+                # parsing a chunk, and nothing needs text sooner than the journal does.
+                await _gather(hold, min(COALESCE_FOR, age * COALESCE_SHARE))
         for event, data in decoder.close():
             text = read_event(data, event, result, redact)
             if text is not None:

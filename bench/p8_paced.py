@@ -36,7 +36,7 @@ def write_job(path: Path, n: int, tokens: int) -> Path:
 
 
 def run(quick: bool) -> list[str]:
-    n, tokens, streams = (60, 100, 60) if quick else (400, 300, 200)
+    n, tokens, streams = (60, 100, 60) if quick else (200, 1000, 200)
     chunks = n * (tokens + 3)  # role, tokens, finish, usage
     results: dict[str, Measured] = {}
     with fake_server() as server, tempfile.TemporaryDirectory() as tmp:

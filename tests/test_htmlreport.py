@@ -166,3 +166,24 @@ def test_headless_chromium_renders_the_table_and_charts(run_dir: Path, tmp_path:
     assert taken.returncode == 0, taken.stderr[-2000:]
     data: Any = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_reports_are_prepared_in_a_thread_and_a_failure_there_is_only_a_lost_head_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    code = ("import sys; from batchgen.exports import prepare_reports\n"
+            "assert 'pygal' not in sys.modules and 'jinja2' not in sys.modules\n"
+            "prepare_reports().join(60)\n"
+            "from batchgen import htmlreport\n"
+            "print('pygal' in sys.modules, htmlreport._template.cache_info().currsize)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "1"]
+
+    from batchgen import charts, htmlreport
+
+    def broken() -> None:
+        raise RuntimeError("no pygal here")
+
+    monkeypatch.setattr(charts, "prepare", broken)
+    htmlreport.prepare()  # swallowed: writing the report reports it, if it persists

@@ -260,3 +260,90 @@ def test_either_transport_reads_whole_and_cut_streams_alike(
     # continuation is "none" on this URL: the cut answer is sent again from its start
     assert sorted(e["completion_tokens"] for e in fake.ledger.entries) == [12, 30, 30]
     assert direct and set(direct) == {transport == "aiohttp"}
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_paced_streams_are_read_in_gathered_pieces_and_lose_nothing(
+        tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream past COALESCE_AFTER is read at most every so often (aiohttp's
+    socket paused in between): fewer reads than chunks, the same text."""
+    from batchgen import load_job, run_job, stream
+    from tests.conftest import read_results, write_job
+    from tests.fakeserver import Config, plan_for
+
+    monkeypatch.setenv("BATCHGEN_HTTP", transport)
+    monkeypatch.setattr(stream, "COALESCE_AFTER", 0.0)
+    monkeypatch.setattr(stream, "COALESCE_SHARE", 1.0)  # a window of 50 ms from the start
+    monkeypatch.setattr(stream, "COALESCE_FOR", 0.05)
+    reads: list[int] = []
+    real = stream._reader
+
+    def counted(http: object, result: StreamResult) -> stream.Read:
+        read = real(http, result)
+
+        async def count() -> bytes:
+            piece = await read()
+            reads.append(len(piece))
+            return piece
+
+        return count
+
+    monkeypatch.setattr(stream, "_reader", counted)
+    prompts = [{"id": f"p{i}", "prompt": f"[[len=40]][[delay=0.01]] paced {i}"} for i in range(3)]
+    job = write_job(tmp_path / "job.yaml", fake, prompts)
+    summary = run_job(load_job(job))
+    assert summary.failed == 0 and summary.done == 3
+    for prompt, result in zip(prompts, read_results(tmp_path / "out" / "t"), strict=True):
+        body = {"model": "qwen-plus",
+                "messages": [{"role": "user", "content": prompt["prompt"]}]}
+        assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
+    chunks = 3 * (40 + 3)  # role, tokens, finish, usage
+    if transport == "aiohttp":
+        assert len(reads) < chunks / 2, (len(reads), chunks)
+    else:  # httpx hands over a network read at a time: no gathering, no waits
+        assert len(reads) >= chunks / 2, (len(reads), chunks)
+
+
+class _Transport:
+    def __init__(self, closing: bool = False) -> None:
+        self.calls: list[str] = []
+        self.reading = True
+        self.closing = closing
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _Protocol:
+    def __init__(self, transport: _Transport, paused: bool = False) -> None:
+        self.transport = transport
+        self._reading_paused = paused
+        self._buffer_paused = False
+
+
+def test_gather_pauses_the_socket_only_where_aiohttp_holds_no_pause_of_its_own() -> None:
+    from batchgen.stream import _gather
+
+    free = _Transport()
+    asyncio.run(_gather(_Protocol(free), 0.001))
+    assert free.calls == ["pause", "resume"] and free.reading
+    held = _Transport()
+    asyncio.run(_gather(_Protocol(held, paused=True), 0.001))
+    assert held.calls == []  # aiohttp's flow control owns this pause
+    closed = _Transport(closing=True)
+    asyncio.run(_gather(_Protocol(closed), 0.001))
+    assert closed.calls == ["pause"]  # a closing socket is not woken again
+    gone = _Protocol(free)
+    gone.transport = None  # type: ignore[assignment]
+    asyncio.run(_gather(gone, 0.001))  # the connection went: a sleep, nothing else
