@@ -57,9 +57,9 @@ class _Deferred(ModuleType):
     """A package whose body has not run yet; it runs on the first name missed."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or _State.loading:
-            # dunder probes (inspect, pickle, copy) and the import system's own
-            # "is the submodule bound yet?" checks while the client loads
+        if _State.loading:
+            # the import system's own "is the submodule bound yet?" checks
+            # while the client's modules load
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         _complete(self)
         return getattr(self, name)

@@ -230,7 +230,10 @@ def _holder(http: Any) -> Any | None:
     """aiohttp's protocol under the body's reader, when the body is read from
     it directly (one read takes all that arrived: see :func:`_gather`);
     ``None`` for any other transport, whose reads come a network read at a
-    time however long the wait between them."""
+    time however long the wait between them, and for a compressed body (read
+    through httpx's iterator to be inflated)."""
+    if str(http.headers.get("content-encoding", "")).strip().lower() not in ("", "identity"):
+        return None
     protocol = getattr(_aiohttp_content(http), "_protocol", None)
     return protocol if hasattr(protocol, "transport") else None
 

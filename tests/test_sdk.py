@@ -36,6 +36,7 @@ def test_the_client_loads_without_the_api_types_and_the_package_is_whole_after()
         s = sdk()
         light_types = {COUNT}
         import openai
+        version = openai.__version__  # a dunder the package's body defines
         from openai.types.chat import ChatCompletionChunk
         from openai import APIStatusError, OpenAI
         full = __import__("importlib").import_module("openai._exceptions")
@@ -46,7 +47,7 @@ def test_the_client_loads_without_the_api_types_and_the_package_is_whole_after()
             "chunk": ChatCompletionChunk.__name__, "sync": OpenAI.__name__,
             "usage": openai.types.CompletionUsage.__name__,
             "resources": hasattr(openai, "resources"),
-            "version": openai.__version__,
+            "version": version,
             "types_after": {COUNT},
         }}))
     """)
