@@ -50,7 +50,7 @@ def run(quick: bool) -> list[str]:
     from batchgen.jobfile import Overrides
     from batchgen.runner import RunOptions
 
-    n = 40 if quick else 200
+    n = 100 if quick else 200  # the run's fixed costs (store, reports) over enough chunks
     concurrency = 16
     with fake_server() as server, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_plain_loop(server.base_url, 4, 4))  # warm up the server and the SDK
