@@ -229,14 +229,28 @@ def test_an_unknown_encoding_fails_the_attempt() -> None:
     assert info.value.error_class == "unsupported_encoding"
 
 
+def _run_and_check_plain_texts(tmp_path: Path, fake: FakeServer,
+                               prompts: list[dict[str, str]]) -> None:
+    """Run the prompts as a job; every answer is whole and the fake server's plan."""
+    from batchgen import load_job, run_job
+    from tests.conftest import read_results, write_job
+    from tests.fakeserver import Config, plan_for
+
+    job = write_job(tmp_path / "job.yaml", fake, prompts)
+    summary = run_job(load_job(job))
+    assert summary.failed == 0 and summary.done == len(prompts)
+    for prompt, result in zip(prompts, read_results(tmp_path / "out" / "t"), strict=True):
+        body = {"model": "qwen-plus",
+                "messages": [{"role": "user", "content": prompt["prompt"]}]}
+        assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_either_transport_reads_whole_and_cut_streams_alike(
         tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """aiohttp's reader is read directly; any other transport through httpx's
     ``aiter_raw``. Both give the same texts, cut streams continued included."""
-    from batchgen import load_job, run_job, stream
-    from tests.conftest import read_results, write_job
-    from tests.fakeserver import Config, plan_for
+    from batchgen import stream
 
     monkeypatch.setenv("BATCHGEN_HTTP", transport)
     direct: list[bool] = []
@@ -250,13 +264,7 @@ def test_either_transport_reads_whole_and_cut_streams_alike(
     monkeypatch.setattr(stream, "_aiohttp_content", spy)
     prompts = [{"id": "whole", "prompt": "[[len=30]] plain"},
                {"id": "cut", "prompt": "[[len=30]] [[faults=cut@12]] dropped"}]
-    job = write_job(tmp_path / "job.yaml", fake, prompts)
-    summary = run_job(load_job(job))
-    assert summary.failed == 0 and summary.done == 2
-    for prompt, result in zip(prompts, read_results(tmp_path / "out" / "t"), strict=True):
-        body = {"model": "qwen-plus",
-                "messages": [{"role": "user", "content": prompt["prompt"]}]}
-        assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
+    _run_and_check_plain_texts(tmp_path, fake, prompts)
     # continuation is "none" on this URL: the cut answer is sent again from its start
     assert sorted(e["completion_tokens"] for e in fake.ledger.entries) == [12, 30, 30]
     assert direct and set(direct) == {transport == "aiohttp"}
@@ -267,9 +275,7 @@ def test_paced_streams_are_read_in_gathered_pieces_and_lose_nothing(
         tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream past COALESCE_AFTER is read at most every so often (aiohttp's
     socket paused in between): fewer reads than chunks, the same text."""
-    from batchgen import load_job, run_job, stream
-    from tests.conftest import read_results, write_job
-    from tests.fakeserver import Config, plan_for
+    from batchgen import stream
 
     monkeypatch.setenv("BATCHGEN_HTTP", transport)
     monkeypatch.setattr(stream, "COALESCE_AFTER", 0.0)
@@ -290,13 +296,7 @@ def test_paced_streams_are_read_in_gathered_pieces_and_lose_nothing(
 
     monkeypatch.setattr(stream, "_reader", counted)
     prompts = [{"id": f"p{i}", "prompt": f"[[len=40]][[delay=0.01]] paced {i}"} for i in range(3)]
-    job = write_job(tmp_path / "job.yaml", fake, prompts)
-    summary = run_job(load_job(job))
-    assert summary.failed == 0 and summary.done == 3
-    for prompt, result in zip(prompts, read_results(tmp_path / "out" / "t"), strict=True):
-        body = {"model": "qwen-plus",
-                "messages": [{"role": "user", "content": prompt["prompt"]}]}
-        assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
+    _run_and_check_plain_texts(tmp_path, fake, prompts)
     chunks = 3 * (40 + 3)  # role, tokens, finish, usage
     if transport == "aiohttp":
         assert len(reads) < chunks / 2, (len(reads), chunks)
