@@ -9,7 +9,6 @@ requests a second time, so a 100k-prompt JSONL never sits in memory.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from .continuation import detect as detect_continuation
 from .errors import JobFileError, Problem, UsageError
 from .ids import ClashFinder, clash_problems
+from .jsonfast import canonical
 from .models import (
     ID_RE,
     PARAM_NAMES,
@@ -294,12 +294,12 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         request["extra_body"] = extra
     req_id = given_id
     if req_id is None:
-        content = _canonical({"messages": messages})
+        content = canonical({"messages": messages})
         digest = hashlib.sha256(content.encode()).hexdigest()[:12]
         n = occurrences.get(digest, 0) + 1
         occurrences[digest] = n
         req_id = f"p-{digest}" if n == 1 else f"p-{digest}-{n}"
-    body_json = _canonical(request)
+    body_json = canonical(request)
     fingerprint = hashlib.sha256(f"{job.endpoint_id}\n{body_json}".encode()).hexdigest()
     return Request(id=req_id, position=position, model=model, body=request,
                    fingerprint=fingerprint, tags=tuple(spec.tags or ()), source=where,
@@ -338,6 +338,3 @@ def _messages(spec: PromptSpec, defaults: Defaults) -> list[dict[str, Any]] | No
     user = {"role": "user", "content": spec.prompt}
     return [{"role": "system", "content": system}, user] if system is not None else [user]
 
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

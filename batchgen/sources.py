@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import JobFileError, Problem
+from .jsonfast import loads
 from .models import JobSpec
 from .problems import from_validation, path_str, secret_problems
 from .yamlload import LineMap, YamlProblem, load_yaml, stream_items
@@ -167,7 +168,7 @@ def entries(src: Source, report: Callable[[Problem], None]) -> Iterator[Entry]:
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = loads(raw)
             except UnicodeDecodeError:
                 report(Problem(name, lineno, None, "not UTF-8 text; save the file as UTF-8"))
                 continue
