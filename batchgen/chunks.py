@@ -31,9 +31,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from orjson import loads as _fast_loads  # a third of the standard library's cost per chunk
-
 from .errors import TransientError
+from .jsonfast import fast_loads as _fast_loads  # a third of the standard library's cost per chunk
 from .retry import Redact, from_payload
 
 _decode = json.JSONDecoder().raw_decode  # the careful path, for what orjson refuses

@@ -13,6 +13,8 @@ Reading a JSONL line is the same bargain: orjson reads what it accepts as
 floats. A line with such a number, or one orjson refuses (``NaN``, a lone
 surrogate, a byte-order mark, a syntax error), is read by the json module,
 which also words the error.
+
+This is the one module that imports orjson.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical", "loads"]
+__all__ = ["canonical", "fast_loads", "loads"]
+
+# orjson's reader as is, for the stream's chunks (batchgen.chunks), which
+# take a careful path of their own for whatever it refuses (a ValueError)
+fast_loads = orjson.loads
 
 _INT = 2**63  # orjson writes ints of 64 bits
 _WIDE = 2.0**63  # a float this large may be an int orjson widened
