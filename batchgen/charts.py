@@ -88,7 +88,8 @@ def throughput(buckets: Sequence[tuple[float, float, int]]) -> str:
 
 
 def distribution(title: str, unit: str, series: dict[str, list[float]]) -> str:
-    """Box plots per model (quartiles, whiskers at the 5th and 95th percentile)."""
+    """Box plots per model: quartiles, whiskers at the median ± one standard
+    deviation (pygal's ``pstdev`` mode), values beyond them drawn as points."""
     import pygal
 
     chart = pygal.Box(**_config(title=title, box_mode="pstdev", y_title=unit,
