@@ -6,8 +6,10 @@ in a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -382,3 +384,28 @@ def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
         click.echo(render_html(built, dirs), nl=False)
         return
     click.echo(render(built, fmt), nl=False)
+
+
+def entry() -> None:
+    """The ``batchgen`` command (and ``python -m batchgen``): the click group,
+    then an exit without the interpreter's teardown.
+
+    When a command returns, everything it wrote is written, synced and closed
+    (the run store, texts, results, reports; a local server stopped), yet
+    Python's own teardown — freeing the modules of the SDK, aiohttp, pydantic
+    and the rest, joining idle worker threads — took another 0.2–0.3 s of every
+    run here. So the exit code the command chose is handed to ``os._exit`` once
+    the standard streams and logging are flushed. An exception that escapes a
+    command leaves the usual way, with its traceback.
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code
+        if not isinstance(code, int):
+            raise  # a message to print: Python's own exit does that
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed pipe: nothing left to say
+                stream.flush()
+        logging.shutdown()
+        os._exit(code)
