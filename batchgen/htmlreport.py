@@ -193,7 +193,7 @@ def prepare() -> None:
     """Import what drawing the report needs and compile its template.
 
     A run calls this from a thread while its requests stream (see
-    :func:`batchgen.runner.prepare_reports`): ~0.3 s of work that would
+    :func:`batchgen.exports.prepare_reports`): ~0.3 s of work that would
     otherwise come after the last answer. Whatever fails here is done again,
     and reported, when the report is written.
     """
