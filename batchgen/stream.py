@@ -23,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
+import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 from .chunks import StreamResult, read_event
 from .errors import TransientError
@@ -37,7 +40,7 @@ from .watchdog import Watch
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["StreamResult", "make_client", "stream_attempt", "wire_body"]
+__all__ = ["StreamResult", "make_client", "stream_attempt", "tls_context", "wire_body"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ def make_client(
     (``python -m bench``). ``BATCHGEN_HTTP=httpx`` picks httpx.
     """
     openai = sdk()
+    verify = tls_context(base_url)
     limits_type = type(openai.DEFAULT_CONNECTION_LIMITS)
     limits = limits_type(
         max_connections=max(max_connections, 16),
@@ -107,12 +111,12 @@ def make_client(
     if os.environ.get("BATCHGEN_HTTP", "aiohttp") == "aiohttp":
         try:
             http_client = openai.DefaultAioHttpClient(limits=limits, timeout=timeout,
-                                                      follow_redirects=False)
+                                                      follow_redirects=False, verify=verify)
         except (AttributeError, ImportError, RuntimeError):
             http_client = None  # an SDK without aiohttp support, or aiohttp missing
     if http_client is None:
         http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout,
-                                                     follow_redirects=False)
+                                                     follow_redirects=False, verify=verify)
     client: AsyncOpenAI = openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -121,6 +125,22 @@ def make_client(
         http_client=http_client,
     )
     return client
+
+
+def tls_context(base_url: str) -> ssl.SSLContext | bool:
+    """What the client verifies TLS peers with: ``True`` (the SDK's default
+    context, the system's CA certificates) wherever a TLS connection can be made.
+
+    Loading those certificates takes 50–130 ms of a run's start-up. A plain-HTTP
+    endpoint (a local llama-server, a cluster's own vLLM) reached without a proxy
+    makes no TLS connection — redirects are not followed — so it gets a context
+    that trusts no one: it still requires a verified certificate and the host's
+    name, so if it were ever used it would refuse the connection, never accept
+    an unverified one.
+    """
+    if urlsplit(base_url).scheme.lower() != "http" or urllib.request.getproxies():
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname, no CAs
 
 
 def wire_body(body: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -98,3 +100,71 @@ def test_an_sdk_laid_out_otherwise_falls_back_to_the_plain_import_and_leaves_not
     """)
     assert out[0] is False and out[1] is True
     assert out[2] == "module" and out[3] > 60
+
+
+# ---------------------------------------------------------------- TLS context
+
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def test_a_plain_http_endpoint_without_a_proxy_gets_a_context_that_trusts_no_one(
+        monkeypatch: Any) -> None:
+    import ssl
+
+    from batchgen.stream import tls_context
+
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for url in ("http://127.0.0.1:8080/v1", "HTTP://gpu-node:8000/v1"):
+        ctx = tls_context(url)
+        assert isinstance(ctx, ssl.SSLContext), url
+        # fails closed: a certificate is required, checked against the host, and
+        # no certificate authority is trusted
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        assert ctx.cert_store_stats()["x509_ca"] == 0
+    # TLS endpoints keep the SDK's default (the system's CA certificates)
+    assert tls_context("https://dashscope.aliyuncs.com/compatible-mode/v1") is True
+
+
+@pytest.mark.parametrize("var", ["http_proxy", "HTTPS_PROXY", "all_proxy"])
+def test_a_proxy_in_the_environment_keeps_the_default_context(monkeypatch: Any,
+                                                              var: str) -> None:
+    from batchgen.stream import tls_context
+
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, "https://proxy.example:3128")
+    assert tls_context("http://127.0.0.1:8080/v1") is True
+
+
+def test_the_client_carries_the_context_on_either_transport() -> None:
+    out = _python("""
+        import json, os
+        for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                     "ALL_PROXY"):
+            os.environ.pop(name, None)
+        from batchgen.sdk import sdk
+        from batchgen.stream import make_client
+
+        def cas(http_client):
+            transport = http_client._transport
+            ctx = getattr(transport, "ssl_context", None)
+            if ctx is None:  # httpx's own transport keeps it in its pool
+                ctx = transport._pool._ssl_context
+            return ctx.cert_store_stats()
+
+        out = {}
+        for http, default in (("aiohttp", sdk().DefaultAioHttpClient),
+                              ("httpx", sdk().DefaultAsyncHttpxClient)):
+            os.environ["BATCHGEN_HTTP"] = http
+            for url in ("http://127.0.0.1:9/v1", "https://127.0.0.1:9/v1"):
+                client = make_client(url, "sk-test", connect_timeout=1, idle_timeout=None,
+                                     max_connections=4)
+                out[f"{http} {url[:5]}"] = cas(client._client)
+            out[f"{http} default"] = cas(default())
+        print(json.dumps(out))
+    """)
+    for http in ("aiohttp", "httpx"):
+        assert out[f"{http} http:"]["x509_ca"] == 0, out
+        # a TLS endpoint: the very certificates the SDK's own default trusts
+        assert out[f"{http} https"] == out[f"{http} default"], out
