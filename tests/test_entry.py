@@ -70,3 +70,20 @@ def test_a_run_has_written_and_closed_everything_when_the_process_ends(
         db.close()
     wal = run_dir / "run.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_a_command_runs_with_the_garbage_collector_tuned_for_many_requests() -> None:
+    code = ("import gc, json, sys\n"
+            "import batchgen.cli as cli\n"
+            "def show() -> None:\n"
+            "    print(json.dumps(gc.get_threshold()))\n"
+            "    sys.exit(0)\n"
+            "cli.main = show\n"
+            "cli.entry()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    from batchgen.cli import GC_THRESHOLDS
+
+    assert tuple(json.loads(done.stdout)) == GC_THRESHOLDS
+    assert GC_THRESHOLDS[0] > 700  # fewer collections than Python's default
