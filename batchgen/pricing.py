@@ -11,6 +11,7 @@ no price is *unknown*, never 0; the local endpoint is free.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass, field, replace
@@ -103,7 +104,13 @@ def _model_price(name: str, spec: dict[str, Any] | PriceSpec, currency: str, lis
 
 
 def load_lists() -> dict[str, PriceList]:
-    """The packaged price table."""
+    """The packaged price table (read once a process: a run prices at its
+    start and again in each report)."""
+    return dict(_packaged_lists())
+
+
+@functools.cache
+def _packaged_lists() -> dict[str, PriceList]:
     text = resources.files("batchgen").joinpath("prices.yaml").read_text(encoding="utf-8")
     data = safe_load(text)
     out: dict[str, PriceList] = {}
