@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, AttemptManager, RetryCallState, retry_if_exception_type
 
 from .errors import (
     AttemptError,
@@ -244,6 +244,31 @@ def backoff(attempt: int, retry_after: float | None, rng: random.Random) -> floa
     return delay
 
 
+# stateless, and a cycle of its own (it holds a bound method of itself): one for all
+_RETRY_TRANSIENT = retry_if_exception_type(TransientError)
+
+
+class _Policy(AsyncRetrying):
+    """tenacity's AsyncRetrying, letting go of itself once a request's attempts end.
+
+    The retrying object and its call state refer to each other (and, through a
+    thread-local, to the object's own bound methods), so each request left ~40
+    objects that only Python's cycle collector frees: over 2,000 short requests
+    it ran ~500 times and took ~9% of the run's CPU, and the garbage waiting
+    for it grew the heap with the job. When ``__anext__`` ends the loop — the
+    answer, the last error, a stop, a cancellation — nothing reads the object
+    again, so dropping its attributes breaks the cycles and reference counting
+    frees the rest at once.
+    """
+
+    async def __anext__(self) -> AttemptManager:
+        try:
+            return await super().__anext__()
+        except BaseException:
+            self.__dict__.clear()
+            raise
+
+
 def policy(
     max_attempts: int,
     *,
@@ -273,10 +298,10 @@ def policy(
         spent["other"] += 1
         return spent["other"] >= max_attempts
 
-    return AsyncRetrying(
+    return _Policy(
         stop=stop,
         wait=wait,
-        retry=retry_if_exception_type(TransientError),
+        retry=_RETRY_TRANSIENT,
         sleep=sleep,
         reraise=True,
     )

@@ -233,3 +233,37 @@ def test_throttling_has_a_larger_allowance_than_other_failures(tmp_path: Path,
     (tmp_path / "b").mkdir()
     ran = run_one(tmp_path / "b", fake, ",".join(["503"] * 7), max_attempts=3)
     assert ran.state == "failed" and len(ran.attempts) == 3
+
+
+def test_a_finished_retry_policy_is_freed_at_once_not_by_the_cycle_collector() -> None:
+    """Each request runs its own policy: one that only the cycle collector can
+    free costs a run its CPU (collections as it goes) and heap (garbage waiting)."""
+    import gc
+
+    from batchgen.errors import TransientError
+    from batchgen.retry import policy
+
+    async def no_sleep(_seconds: float) -> None:
+        return None
+
+    async def attempts(fail_first: int) -> int:
+        tries = 0
+        async for attempt in policy(3, sleep=no_sleep):
+            with attempt:
+                tries += 1
+                if tries <= fail_first:
+                    raise TransientError("again", retry_after=0.0)
+        return tries
+
+    async def main() -> tuple[list[int], int]:
+        gc.collect()
+        gc.disable()
+        try:
+            tries = [await attempts(n % 3) for n in range(60)]
+            return tries, gc.collect()
+        finally:
+            gc.enable()
+
+    tries, unreachable = asyncio.run(main())
+    assert tries == [1, 2, 3] * 20  # the policy still retries as before
+    assert unreachable == 0
