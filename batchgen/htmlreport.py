@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import random
 import sqlite3
+from array import array
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -59,9 +60,12 @@ class Details:
     endpoints: set[str] = field(default_factory=set)
     started: float | None = None
     ended: float | None = None
-    finished: list[tuple[float, int]] = field(default_factory=list)  # (ended, output tokens)
+    # the timeline's points, one per attempt / request: flat arrays (8 bytes a
+    # number, where a list of tuples took ~100 bytes an attempt at 100k)
+    finished_at: array[float] = field(default_factory=lambda: array("d"))  # attempt ended
+    finished_tokens: array[int] = field(default_factory=lambda: array("q"))  # its output tokens
     latest: float | None = None  # when the latest invocation started (the timeline's start)
-    requests_done: list[float] = field(default_factory=list)
+    requests_done: array[float] = field(default_factory=lambda: array("d"))
     ttft: dict[str, list[float]] = field(default_factory=dict)
     duration: dict[str, list[float]] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -138,7 +142,8 @@ def _collect_store(store: RunStore, run_dir: Path, d: Details, rng: random.Rando
             spent[price.currency] = spent.get(price.currency, 0.0) + cost
         runs[a["run_id"]] = (started, spent, count + 1)
         if a["ended"] is not None and a["completion_tokens"]:
-            d.finished.append((a["ended"], a["completion_tokens"]))
+            d.finished_at.append(a["ended"])
+            d.finished_tokens.append(a["completion_tokens"])
         if a["status"] != "done" or a["ended"] is None:
             continue
         d.requests_done.append(a["ended"])
@@ -158,24 +163,33 @@ def _collect_store(store: RunStore, run_dir: Path, d: Details, rng: random.Rando
 
 
 def _timeline(d: Details) -> list[tuple[float, float, int]]:
-    """The latest invocation (tonight's cron run) in BUCKETS slices."""
+    """The latest invocation (tonight's cron run) in BUCKETS slices: each
+    slice's start, output tokens per second in it, and requests finished by
+    its end."""
     start = d.latest if d.latest is not None else 0.0
-    recent = [(t, n) for t, n in d.finished if t >= start]
-    if not recent:
+    end = max((t for t in d.finished_at if t >= start), default=None)
+    if end is None:
         return []
-    end = max(t for t, _ in recent)
     width = max((end - start) / BUCKETS, 1.0)
     count = min(BUCKETS, int((end - start) / width) + 1)
     rates = [0.0] * count
-    for t, n in recent:
-        rates[min(count - 1, int((t - start) / width))] += n / width
-    done_at = sorted(t for t in d.requests_done if t >= start)
-    out, i = [], 0
+    for t, n in zip(d.finished_at, d.finished_tokens, strict=True):
+        if t >= start:
+            rates[min(count - 1, int((t - start) / width))] += n / width
+    finished_in = [0] * count  # requests done in (edge before, edge]
+    for t in d.requests_done:
+        if t < start or t > start + count * width:
+            continue
+        b = max(0, min(count - 1, int((t - start) / width)))
+        while b > 0 and t <= start + b * width:  # exactly on an edge: the slice before
+            b -= 1
+        while b < count - 1 and t > start + (b + 1) * width:
+            b += 1
+        finished_in[b] += 1
+    out, so_far = [], 0
     for b in range(count):
-        edge = start + (b + 1) * width
-        while i < len(done_at) and done_at[i] <= edge:
-            i += 1
-        out.append((start + b * width, rates[b], i))
+        so_far += finished_in[b]
+        out.append((start + b * width, rates[b], so_far))
     return out
 
 

@@ -187,3 +187,51 @@ def test_reports_are_prepared_in_a_thread_and_a_failure_there_is_only_a_lost_hea
 
     monkeypatch.setattr(charts, "prepare", broken)
     htmlreport.prepare()  # swallowed: writing the report reports it, if it persists
+
+
+def _timeline_as_lists(start: float, finished: list[tuple[float, int]],
+                       done: list[float]) -> list[tuple[float, float, int]]:
+    """The timeline as first written, over lists: what the arrays must give."""
+    from batchgen.htmlreport import BUCKETS
+
+    recent = [(t, n) for t, n in finished if t >= start]
+    if not recent:
+        return []
+    end = max(t for t, _ in recent)
+    width = max((end - start) / BUCKETS, 1.0)
+    count = min(BUCKETS, int((end - start) / width) + 1)
+    rates = [0.0] * count
+    for t, n in recent:
+        rates[min(count - 1, int((t - start) / width))] += n / width
+    done_at = sorted(t for t in done if t >= start)
+    out, i = [], 0
+    for b in range(count):
+        edge = start + (b + 1) * width
+        while i < len(done_at) and done_at[i] <= edge:
+            i += 1
+        out.append((start + b * width, rates[b], i))
+    return out
+
+
+def test_the_timeline_from_flat_arrays_is_the_timeline_from_lists() -> None:
+    import random
+    from array import array
+
+    from batchgen.htmlreport import BUCKETS, Details, _timeline
+
+    rng = random.Random(7)
+    for case in range(400):
+        start = rng.choice([0.0, 1_700_000_000.0, 1_764_000_123.456])
+        span = rng.choice([0.3, 5.0, 39.9, 40.0, 1_000.0, 86_400.0])
+        n = rng.randint(0, 60)
+        ended = [start + rng.uniform(-span / 4, span) for _ in range(n)]
+        width = max(span / BUCKETS, 1.0)
+        # times exactly on slice edges, before the start and past the end
+        ended += [start + k * width for k in range(rng.randint(0, 5))] + [start]
+        tokens = [rng.choice([0, 1, 17, 4_000]) for _ in ended]
+        done = [t for t in ended if rng.random() < 0.8] + [start + span * 2, start - 1.0]
+        d = Details(latest=start if case % 5 else None, finished_at=array("d", ended),
+                    finished_tokens=array("q", tokens), requests_done=array("d", done))
+        expected = _timeline_as_lists(d.latest if d.latest is not None else 0.0,
+                                      list(zip(ended, tokens, strict=True)), done)
+        assert _timeline(d) == expected, case
