@@ -301,9 +301,14 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
             if job.endpoint.local:
                 from .local import LocalServer
 
+                # the SDK's client imports (~0.25 s of CPU) while llama-server loads its
+                # model, when the process only waits for /health
+                preload = _preload_sdk() if opts.client_factory is None else None
                 base_url = await stack.enter_async_context(LocalServer(
                     job.run_dir, model_path=job.endpoint.model_path,
                     concurrency=job.run.concurrency, server_args=job.endpoint.server_args))
+                if preload is not None:
+                    await asyncio.wait([preload])
             local_url = base_url if job.endpoint.local else None
             # during the run, a tokenizer only if at hand (Qwen's costs ~60 MB and half a
             # second to load: it loads when a continuation or the refinement needs it)
@@ -368,6 +373,16 @@ async def _run_batches(job: Job, opts: RunOptions, store: RunStore, run_id: int,
     stopped = "submitted" if result.submitted else "fatal" if result.fatal else None
     return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
                    stopped_by=stopped, notes=result.lines), result.released
+
+
+def _preload_sdk() -> asyncio.Future[Any]:
+    """Import the SDK's client on a worker thread; a failure there is left to
+    the client's own import, which reports it."""
+    from .sdk import sdk
+
+    future = asyncio.ensure_future(asyncio.to_thread(sdk))
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+    return future
 
 
 @contextlib.contextmanager
