@@ -63,7 +63,7 @@ class Details:
     # the timeline's points, one per attempt / request: flat arrays (8 bytes a
     # number, where a list of tuples took ~100 bytes an attempt at 100k)
     finished_at: array[float] = field(default_factory=lambda: array("d"))  # attempt ended
-    finished_tokens: array[int] = field(default_factory=lambda: array("q"))  # its output tokens
+    finished_tokens: array[float] = field(default_factory=lambda: array("d"))  # its output tokens
     latest: float | None = None  # when the latest invocation started (the timeline's start)
     requests_done: array[float] = field(default_factory=lambda: array("d"))
     ttft: dict[str, list[float]] = field(default_factory=dict)

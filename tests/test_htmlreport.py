@@ -228,10 +228,10 @@ def test_the_timeline_from_flat_arrays_is_the_timeline_from_lists() -> None:
         width = max(span / BUCKETS, 1.0)
         # times exactly on slice edges, before the start and past the end
         ended += [start + k * width for k in range(rng.randint(0, 5))] + [start]
-        tokens = [rng.choice([0, 1, 17, 4_000]) for _ in ended]
+        tokens = [rng.choice([0, 1, 17, 4_000, 2.5]) for _ in ended]  # a REAL stored by hand
         done = [t for t in ended if rng.random() < 0.8] + [start + span * 2, start - 1.0]
         d = Details(latest=start if case % 5 else None, finished_at=array("d", ended),
-                    finished_tokens=array("q", tokens), requests_done=array("d", done))
+                    finished_tokens=array("d", tokens), requests_done=array("d", done))
         expected = _timeline_as_lists(d.latest if d.latest is not None else 0.0,
                                       list(zip(ended, tokens, strict=True)), done)
         assert _timeline(d) == expected, case
