@@ -189,7 +189,7 @@ def test_reports_are_prepared_in_a_thread_and_a_failure_there_is_only_a_lost_hea
     htmlreport.prepare()  # swallowed: writing the report reports it, if it persists
 
 
-def _timeline_as_lists(start: float, finished: list[tuple[float, int]],
+def _timeline_as_lists(start: float, finished: list[tuple[float, float]],
                        done: list[float]) -> list[tuple[float, float, int]]:
     """The timeline as first written, over lists: what the arrays must give."""
     from batchgen.htmlreport import BUCKETS
