@@ -292,6 +292,18 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
     request: dict[str, Any] = {"model": model, "messages": messages, **params}
     if extra:
         request["extra_body"] = extra
+    body_json = canonical(request)
+    try:
+        keyed = f"{job.endpoint_id}\n{body_json}".encode()
+        if spec.tags:
+            "".join(spec.tags).encode()
+    except UnicodeEncodeError:
+        at = _lone_surrogate(entry, path) or path
+        report(Problem(name, line_of(at), path_str(at),
+                       "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its "
+                       "pair), which UTF-8 cannot carry: fix or remove that escape"))
+        return None
+    fingerprint = hashlib.sha256(keyed).hexdigest()
     req_id = given_id
     if req_id is None:
         content = canonical({"messages": messages})
@@ -299,11 +311,36 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         n = occurrences.get(digest, 0) + 1
         occurrences[digest] = n
         req_id = f"p-{digest}" if n == 1 else f"p-{digest}-{n}"
-    body_json = canonical(request)
-    fingerprint = hashlib.sha256(f"{job.endpoint_id}\n{body_json}".encode()).hexdigest()
     return Request(id=req_id, position=position, model=model, body=request,
                    fingerprint=fingerprint, tags=tuple(spec.tags or ()), source=where,
                    body_json=body_json)
+
+
+def _lone_surrogate(obj: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Where in a JSON value a string (or key) holds a lone surrogate."""
+    if isinstance(obj, str):
+        return None if obj.isascii() or not _has_lone(obj) else path
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(key, str) and _has_lone(key):
+                return (*path, key)
+            found = _lone_surrogate(value, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            found = _lone_surrogate(value, (*path, index))
+            if found is not None:
+                return found
+    return None
+
+
+def _has_lone(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _batch_body(body: dict[str, Any]) -> dict[str, Any]:

@@ -315,3 +315,22 @@ def test_aliases_may_not_expand_a_job_much_but_plain_text_may_be_long(
     with pytest.raises(JobFileError) as info:
         load_job(path)
     assert "alias" in info.value.problems[0].message
+
+
+def test_a_lone_surrogate_is_a_problem_with_its_line_and_key(tmp_path: Path) -> None:
+    """JSON can escape half a UTF-16 pair; UTF-8 (the wire, the store) cannot
+    carry it. Refused like any broken value, not a traceback."""
+    path = tmp_path / "job.jsonl"
+    path.write_text('{"prompt": "fine \\ud83d\\ude00"}\n'
+                    '{"prompt": "half \\ud800 a pair"}\n'
+                    '{"id": "t", "prompt": "ok", "tags": ["a\\udc00"]}\n'
+                    '{"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", '
+                    '"body": {"model": "m", "messages": [{"role": "user", "content": "x"}], '
+                    '"extra\\ud800": 1}}\n', encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path, Overrides(model="m"))
+    where = [(p.line, p.key) for p in info.value.problems]
+    assert where == [(2, "prompt"), (3, "tags[0]"), (4, "body.extra\ud800")]
+    assert all("lone UTF-16 surrogate" in p.message for p in info.value.problems)
+    result = CliRunner().invoke(main, ["validate", str(path), "--model", "m"])
+    assert result.exit_code == 2 and "job.jsonl:2: prompt" in result.output
