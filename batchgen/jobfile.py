@@ -31,6 +31,7 @@ from .models import (
     EndpointSpec,
     JobInfo,
     JobSpec,
+    PlanRow,
     PriceSpec,
     PromptSpec,
     Request,
@@ -50,6 +51,7 @@ from .sources import (
     read_checked,
     yaml_sources,
 )
+from .spool import Spool
 from .yamlload import LineMap
 
 MAX_PROBLEMS = 20
@@ -92,6 +94,8 @@ class Job:
     sources: tuple[Source, ...] = ()
     shard: tuple[int, int] | None = None  # (K, N); run_dir is then the shard's directory
     job_dir: Path | None = None  # <output_dir>/<name>, where shards merge
+    # the plan's rows as validated (load_job(spool=True)); read once, by plan_rows()
+    spool: Spool | None = field(default=None, compare=False, repr=False)
 
     @property
     def endpoint_id(self) -> str:
@@ -113,9 +117,28 @@ class Job:
             if self.shard is None or shard_of(req.id, self.shard[1]) == self.shard[0]:
                 yield req
 
+    def plan_rows(self) -> Iterator[PlanRow]:
+        """This run's requests as the store plans them, in job order: read back
+        from the validating pass where it kept them, else resolved again."""
+        rows = self.spool.take() if self.spool is not None else None
+        return rows if rows is not None else (req.row() for req in self.requests())
 
-def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -> Job:
-    """Read and validate a job file. Raises :class:`JobFileError`; writes nothing."""
+    def discard_spool(self) -> None:
+        """Drop the validating pass's rows (the store has the plan already)."""
+        if self.spool is not None:
+            self.spool.close()
+
+
+def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *,
+             spool: bool = False) -> Job:
+    """Read and validate a job file. Raises :class:`JobFileError`; writes nothing.
+
+    With ``spool``, on a first run (no run store in the job's run directory
+    yet), the validated plan is kept for :meth:`Job.plan_rows` in an unlinked
+    temporary file (:mod:`batchgen.spool`), so that running the job need not
+    resolve it a second time. A store that exists usually holds this very
+    plan already (a resume), so nothing is kept for it.
+    """
     ov = overrides or Overrides()
     file = Path(path)
     raw = read_checked(file, MAX_YAML_BYTES if not is_jsonl(file) else None)
@@ -142,29 +165,37 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None) -
     clashes = ClashFinder()
     plan = hashlib.sha256()  # this run's requests (a shard's own)
     whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
-    for req in _resolve_all(job, collect):
-        line = f"{req.id}\0{req.fingerprint}\n".encode()
-        whole.update(line)
-        clashes.add(req.id)  # over the whole job: shards merge into one texts/
-        total += 1
-        if job.shard is not None and shard_of(req.id, job.shard[1]) != job.shard[0]:
-            continue
-        plan.update(line)
-        count += 1
-        models.setdefault(req.model)
-    suspects = clashes.positions()
-    if suspects and len(problems) < MAX_PROBLEMS:
-        for problem in clash_problems(_resolve_all(job, lambda _p: None), suspects):
-            collect(problem)
-    if not problems and total == 0:
-        problems.append(Problem(str(file), None, None, "the job has no prompts"))
-    if problems:
-        raise JobFileError(problems)
+    kept = Spool() if spool and not (job.run_dir / "run.db").exists() else None
+    try:
+        for req in _resolve_all(job, collect):
+            line = f"{req.id}\0{req.fingerprint}\n".encode()
+            whole.update(line)
+            clashes.add(req.id)  # over the whole job: shards merge into one texts/
+            total += 1
+            if job.shard is not None and shard_of(req.id, job.shard[1]) != job.shard[0]:
+                continue
+            plan.update(line)
+            count += 1
+            models.setdefault(req.model)
+            if kept is not None and not problems:
+                kept.add(req.row())
+        suspects = clashes.positions()
+        if suspects and len(problems) < MAX_PROBLEMS:
+            for problem in clash_problems(_resolve_all(job, lambda _p: None), suspects):
+                collect(problem)
+        if not problems and total == 0:
+            problems.append(Problem(str(file), None, None, "the job has no prompts"))
+        if problems:
+            raise JobFileError(problems)
+    except BaseException:
+        if kept is not None:
+            kept.close()
+        raise
     files = tuple(str(s.file) for s in sources)
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
                    plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
                    job_requests=total)
-    return replace(job, info=info)
+    return replace(job, info=info, spool=kept)
 
 
 def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, ...]) -> Job:

@@ -7,6 +7,7 @@ Internal records are frozen dataclasses.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -335,6 +336,17 @@ class Request:
     tags: tuple[str, ...] = ()
     source: str = ""
     body_json: str = ""
+
+    def row(self) -> PlanRow:
+        """What the run store plans of it: id, position, fingerprint, model, body, tags."""
+        return (self.id, self.position, self.fingerprint, self.model,
+                self.body_json or json.dumps(self.body, ensure_ascii=False, separators=(",", ":")),
+                json.dumps(list(self.tags), ensure_ascii=False, separators=(",", ":"))
+                if self.tags else None)
+
+
+# a request as the run store's `requests` table takes it (Request.row)
+PlanRow = tuple[str, int, str, str, str, str | None]
 
 
 @dataclass(frozen=True)

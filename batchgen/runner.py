@@ -110,8 +110,11 @@ def default_client(base_url: str, api_key: str, job: Job) -> Any:
 
 def run_job(job: Job, options: RunOptions | None = None) -> RunSummary:
     """Run ``job`` to its end (or until stopped). Blocking; see :class:`RunSummary`."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(run_job_async(job, options or RunOptions()))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(run_job_async(job, options or RunOptions()))
+    finally:
+        job.discard_spool()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -249,9 +252,10 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
     # needs no second pass over the job file: a finished 100k-prompt run
     # re-runs in about the time `validate` takes.
     if store.meta("plan") != job.info.plan_digest:
-        store.sync_requests(job.requests())
+        store.sync_requests(job.plan_rows())
         store.set_meta("plan", job.info.plan_digest)
         store.commit()
+    job.discard_spool()
     total = job.info.requests
     todo = store.count_todo()
     start = store.counts()

@@ -32,7 +32,7 @@ from typing import Any
 
 from .continuation import Resume
 from .errors import StoreError
-from .models import Request
+from .models import PlanRow
 from .storereads import StoreReads
 from .usage import Usage
 
@@ -263,8 +263,9 @@ class RunStore(StoreReads):
 
     # ---------------------------------------------------------- requests
 
-    def sync_requests(self, requests: Iterable[Request]) -> int:
-        """Make ``requests`` match the job: positions, bodies, fingerprints.
+    def sync_requests(self, rows: Iterable[PlanRow]) -> int:
+        """Make the ``requests`` table match the job's plan (``Request.row()``
+        of each, in job order): positions, bodies, fingerprints.
 
         A request whose fingerprint changed becomes pending again; its earlier
         attempts stay in the ledger. Requests no longer in the job keep their
@@ -286,10 +287,8 @@ class RunStore(StoreReads):
         )
         count = 0
         batch: list[tuple[Any, ...]] = []
-        for req in requests:
-            batch.append((req.id, req.position, req.fingerprint, req.model,
-                          req.body_json or _dumps(req.body),
-                          _dumps(list(req.tags)) if req.tags else None))
+        for row in rows:
+            batch.append(row)
             if len(batch) >= 2000:
                 db.executemany(sql, batch)
                 count += len(batch)
@@ -428,7 +427,3 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=10)
     db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
     return db
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
