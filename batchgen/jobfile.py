@@ -378,7 +378,11 @@ def _batch_body(body: dict[str, Any]) -> dict[str, Any]:
     """A Batch API body was written for raw HTTP: provider keys sit at the top."""
     known = PromptSpec.model_fields.keys()
     out: dict[str, Any] = {}
-    extra: dict[str, Any] = dict(body.get("extra_body") or {})
+    given = body.get("extra_body")
+    if given is not None and not isinstance(given, dict):
+        # not an object: left as given, for validation to refuse with its key
+        return {key: value for key, value in body.items() if key in known}
+    extra: dict[str, Any] = dict(given or {})
     for key, value in body.items():
         if key in ("stream", "stream_options", "extra_body"):
             continue

@@ -334,3 +334,14 @@ def test_a_lone_surrogate_is_a_problem_with_its_line_and_key(tmp_path: Path) -> 
     assert all("lone UTF-16 surrogate" in p.message for p in info.value.problems)
     result = CliRunner().invoke(main, ["validate", str(path), "--model", "m"])
     assert result.exit_code == 2 and "job.jsonl:2: prompt" in result.output
+
+
+def test_a_batch_line_whose_extra_body_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "job.jsonl"
+    path.write_text('{"custom_id": "b1", "method": "POST", "url": "/v1/chat/completions", '
+                    '"body": {"model": "m", "messages": [{"role": "user", "content": "x"}], '
+                    '"extra_body": ["top_k", 3]}}\n', encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    (problem,) = info.value.problems
+    assert (problem.line, problem.key) == (1, "body.extra_body")
