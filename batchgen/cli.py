@@ -93,10 +93,10 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
     )
 
 
-def _load(file: str, kwargs: dict[str, Any], *, spool: bool = False) -> Job:
+def _load(file: str, kwargs: dict[str, Any], *, for_run: bool = False) -> Job:
     from .jobfile import load_job
 
-    return load_job(file, _overrides(kwargs), spool=spool)
+    return load_job(file, _overrides(kwargs), for_run=for_run)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,7 +146,7 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
     from .progress import make_progress
     from .runner import RunOptions, run_job
 
-    job = _load(file, kwargs, spool=not dry_run)  # a run plans what validating read
+    job = _load(file, kwargs, for_run=not dry_run)
     if dry_run:
         _print_plan(job)
         return

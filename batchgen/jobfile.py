@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import validated
 from .continuation import detect as detect_continuation
 from .errors import JobFileError, Problem, UsageError
 from .ids import ClashFinder, clash_problems
@@ -94,8 +95,10 @@ class Job:
     sources: tuple[Source, ...] = ()
     shard: tuple[int, int] | None = None  # (K, N); run_dir is then the shard's directory
     job_dir: Path | None = None  # <output_dir>/<name>, where shards merge
-    # the plan's rows as validated (load_job(spool=True)); read once, by plan_rows()
+    # the plan's rows as validated (a first run's load_job); read once, by plan_rows()
     spool: Spool | None = field(default=None, compare=False, repr=False)
+    # what this job's inputs hash to (batchgen.validated), for the next run
+    validation_key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def endpoint_id(self) -> str:
@@ -130,14 +133,15 @@ class Job:
 
 
 def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *,
-             spool: bool = False) -> Job:
+             for_run: bool = False) -> Job:
     """Read and validate a job file. Raises :class:`JobFileError`; writes nothing.
 
-    With ``spool``, on a first run (no run store in the job's run directory
-    yet), the validated plan is kept for :meth:`Job.plan_rows` in an unlinked
-    temporary file (:mod:`batchgen.spool`), so that running the job need not
-    resolve it a second time. A store that exists usually holds this very
-    plan already (a resume), so nothing is kept for it.
+    ``for_run``: what a run needs beyond that. Where the run directory's store
+    recorded validating these very inputs (:mod:`batchgen.validated`: same
+    bytes, same flags, same code), that record stands and the prompts are not
+    walked. On a first run (no store yet) the validated plan is kept for
+    :meth:`Job.plan_rows` in an unlinked temporary file (:mod:`batchgen.spool`),
+    so that running the job need not resolve it a second time.
     """
     ov = overrides or Overrides()
     file = Path(path)
@@ -153,6 +157,11 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
         sources = yaml_sources(file, raw, spec, line_map)
 
     job = _assemble(file, spec, ov, sources)
+    key = validated.key_of(job) if for_run else None
+    if key is not None:
+        known = validated.recall(job.run_dir, key)
+        if known is not None:
+            return replace(job, info=known, validation_key=key)
     problems: list[Problem] = []
 
     def collect(problem: Problem) -> None:
@@ -165,7 +174,7 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
     clashes = ClashFinder()
     plan = hashlib.sha256()  # this run's requests (a shard's own)
     whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
-    kept = Spool() if spool and not (job.run_dir / "run.db").exists() else None
+    kept = Spool() if for_run and not (job.run_dir / "run.db").exists() else None
     try:
         for req in _resolve_all(job, collect):
             line = f"{req.id}\0{req.fingerprint}\n".encode()
@@ -195,7 +204,9 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
                    plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
                    job_requests=total)
-    return replace(job, info=info, spool=kept)
+    if key is not None and not validated.still_valid(job):
+        key = None  # a file moved while it was read: nothing to vouch for next time
+    return replace(job, info=info, spool=kept, validation_key=key)
 
 
 def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, ...]) -> Job:

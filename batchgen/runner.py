@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, validated
 from .budget import BudgetGuard, check_budget
 from .engine import Engine, EngineDeps, Outcome
 from .errors import RunFatalError, StorageError, UsageError
@@ -254,7 +254,11 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
     if store.meta("plan") != job.info.plan_digest:
         store.sync_requests(job.plan_rows())
         store.set_meta("plan", job.info.plan_digest)
-        store.commit()
+    if job.validation_key is not None:  # the next run of these inputs need not validate
+        kept = validated.record(job.validation_key, job.info)
+        if store.meta(validated.META_KEY) != kept:
+            store.set_meta(validated.META_KEY, kept)
+    store.commit()
     job.discard_spool()
     total = job.info.requests
     todo = store.count_todo()

@@ -1,7 +1,9 @@
 """P5: re-run of a finished run (everything skipped) against a cold validate.
 
 Uses the largest finished run of P4 (100k prompts in full mode). Baseline in
-the same run: `batchgen validate` of the same file, as a fresh process.
+the same run: `batchgen validate` of the same file, as a fresh process. The
+re-run finds the job unchanged (batchgen.validated) and does not walk its
+prompts; `validate` always does.
 
 Beside it, the wait before a *first* run of the same file sends anything:
 from the process's launch to its first attempt in run.db (then SIGINT). A

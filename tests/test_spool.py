@@ -65,7 +65,7 @@ def test_spooled_rows_are_the_resolved_rows(tmp_path: Path) -> None:
     path = _job(tmp_path)
     again = [r.row() for r in load_job(path).requests()]
     before = _unlinked()
-    job = load_job(path, spool=True)
+    job = load_job(path, for_run=True)
     assert _unlinked() == before + 1
     assert list(job.plan_rows()) == again
     assert _unlinked() == before  # read once, then closed
@@ -83,7 +83,7 @@ def test_many_rows_over_many_batches_and_a_shard(tmp_path: Path,
     for shard in (None, (1, 3)):
         ov = Overrides(model="m", shard=shard)
         again = [r.row() for r in load_job(path, ov).requests()]
-        assert list(load_job(path, ov, spool=True).plan_rows()) == again
+        assert list(load_job(path, ov, for_run=True).plan_rows()) == again
         if shard is None:
             assert len(again) == 100 and "\U0001f600" in again[-1][4]
         else:
@@ -96,11 +96,11 @@ def test_a_broken_job_leaves_no_spool_open(tmp_path: Path) -> None:
     path.write_text('{"prompt": "a"}\n{"prompt": "b", "temperature": "hot"}\n{"prompt": "c"}\n',
                     encoding="utf-8")
     with pytest.raises(JobFileError):
-        load_job(path, Overrides(model="m"), spool=True)
+        load_job(path, Overrides(model="m"), for_run=True)
     clash = tmp_path / "clash.jsonl"
     clash.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', encoding="utf-8")
     with pytest.raises(JobFileError):
-        load_job(clash, Overrides(model="m"), spool=True)
+        load_job(clash, Overrides(model="m"), for_run=True)
     assert _unlinked() == before
 
 
@@ -110,7 +110,7 @@ def test_no_temporary_directory_means_resolving_again(tmp_path: Path,
     again = [r.row() for r in load_job(path).requests()]
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
-    job = load_job(path, spool=True)
+    job = load_job(path, for_run=True)
     assert job.spool is not None and job.spool.take() is None
     assert list(job.plan_rows()) == again
 
@@ -147,7 +147,7 @@ def test_a_full_disk_means_resolving_again(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(tempfile, "TemporaryFile",
                         lambda **kw: Full(real("w+b", **kw)))
     before = _unlinked()
-    job = load_job(path, spool=True)
+    job = load_job(path, for_run=True)
     assert list(job.plan_rows()) == again
     assert _unlinked() == before
 
@@ -188,7 +188,7 @@ def test_a_run_plans_from_the_spool_even_if_the_file_changes_after_validating(
     ov = Overrides(model="qwen-plus", base_url=fake.base_url, api_key_env=KEY_ENV,
                    out=str(tmp_path / "out"))
     before = _unlinked()
-    job = load_job(path, ov, spool=True)
+    job = load_job(path, ov, for_run=True)
     expected = [r.row() for r in job.requests()]
     path.write_text(path.read_text(encoding="utf-8").replace("poème", "roman"),
                     encoding="utf-8")
@@ -200,7 +200,7 @@ def test_a_run_plans_from_the_spool_even_if_the_file_changes_after_validating(
     assert stored == expected
     assert _unlinked() == before
     # a resume: the store holds this plan already, nothing to keep
-    assert load_job(path, ov, spool=True).spool is None
+    assert load_job(path, ov, for_run=True).spool is None
 
 
 def test_batchgen_run_plans_without_resolving_again(tmp_path: Path, fake: FakeServer,
