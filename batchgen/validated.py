@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import sqlite3
 import sys
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +46,9 @@ _READ = 1 << 20
 def _code_key() -> bytes:
     """What validates: this package's modules and the libraries it validates with."""
     digest = hashlib.sha256(sys.version.encode())
-    for name in ("pydantic", "pydantic-core", "PyYAML", "orjson"):
-        try:
-            digest.update(f"\0{name}={metadata.version(name)}".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"\0{name}=-".encode())
+    for name in ("pydantic", "pydantic_core", "yaml", "orjson"):  # all loaded by now
+        version = getattr(importlib.import_module(name), "__version__", "-")
+        digest.update(f"\0{name}={version}".encode())
     for module in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(b"\0" + module.name.encode() + b"\0" + module.read_bytes())
     return digest.digest()
