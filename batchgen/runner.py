@@ -249,8 +249,8 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
     recovered = store.recover(lambda body, content, reasoning: estimate(
         body, content, reasoning, estimator), now=opts.clock())
     # The same plan as last time (same ids, same fingerprints, same order)
-    # needs no second pass over the job file: a finished 100k-prompt run
-    # re-runs in about the time `validate` takes.
+    # is not planned again; a new one comes from the rows validating kept
+    # (batchgen.spool), or from resolving the job once more.
     if store.meta("plan") != job.info.plan_digest:
         store.sync_requests(job.plan_rows())
         store.set_meta("plan", job.info.plan_digest)
