@@ -190,6 +190,15 @@ def _mro_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
+def _transport_text(exc: BaseException, root: BaseException) -> str:
+    """What went wrong, in the original error's words where it has any: the
+    SDK's aiohttp transport turns a refused connection into a ConnectTimeout
+    ("Request timed out."), where aiohttp said "Cannot connect to host ..."."""
+    if root is not exc and str(root).strip():
+        return f"{type(root).__name__}: {root}"
+    return str(exc) or type(exc).__name__
+
+
 def _root(exc: BaseException) -> BaseException:
     """The original error: transports re-raise their own under another name
     (aiohttp's ServerDisconnectedError arrives as httpx's ConnectTimeout)."""
@@ -224,8 +233,9 @@ def classify(exc: BaseException, *, redact: Redact = _no_redact) -> AttemptError
     # openai wraps errors raised before a response; transport errors raised
     # while reading the body reach us unwrapped. They are matched by class name
     # (of the original error first), so httpx, httpx2 and aiohttp are understood.
-    text = redact(printable(str(exc) or type(exc).__name__))
-    for kinds in (_mro_names(_root(exc)), names):
+    root = _root(exc)
+    text = redact(printable(_transport_text(exc, root)))
+    for kinds in (_mro_names(root), names):
         if kinds & TIMEOUTS:
             return TransientError(text, error_class="idle_timeout")
         if kinds & TRANSPORT_ERRORS:
