@@ -11,6 +11,8 @@ in-flight requests finish, writes its report and exits 3. A request without
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ from .errors import UsageError
 from .estimator import Estimator
 from .jobfile import Job
 from .ledger import load_calibration
-from .models import Budget
+from .models import Budget, Request
 from .pricing import ASSUMED_MAX_OUTPUT, ModelPrice, PriceBook, PriceList, StoreCosts
 from .store import Pending, RunStore
 from .usage import Usage
@@ -117,13 +119,7 @@ def plan(job: Job) -> Plan:
     estimator = Estimator(load_calibration(store) if store is not None else None)
     result = Plan()
     try:
-        for req in job.requests():
-            if store is not None:
-                done = store.query("SELECT 1 FROM requests WHERE id=? AND fingerprint=? "
-                                   "AND state='done'", (req.id, req.fingerprint))
-                if done:
-                    result.to_skip += 1
-                    continue
+        for req in _skipping_done(job.requests(), store, result):
             result.to_run += 1
             result.models[req.model] = result.models.get(req.model, 0) + 1
             result.prompt_tokens += estimator.prompt(req.body)[0]
@@ -138,3 +134,24 @@ def plan(job: Job) -> Plan:
         if store is not None:
             store.close()
     return result
+
+
+LOOKUP = 500  # ids per query of the store: well under SQLite's limit on parameters
+
+
+def _skipping_done(requests: Iterator[Request], store: RunStore | None,
+                   result: Plan) -> Iterator[Request]:
+    """The requests the store has not finished with this very fingerprint
+    (counted into ``result.to_skip``), asked about ``LOOKUP`` at a time."""
+    while chunk := list(itertools.islice(requests, LOOKUP)):
+        done: set[tuple[str, str]] = set()
+        if store is not None:
+            marks = ",".join("?" * len(chunk))
+            # only placeholders go into the SQL; the ids are parameters
+            sql = f"SELECT id, fingerprint FROM requests WHERE state='done' AND id IN ({marks})"  # noqa: S608
+            done = {(r[0], r[1]) for r in store.query(sql, tuple(req.id for req in chunk))}
+        for req in chunk:
+            if (req.id, req.fingerprint) in done:
+                result.to_skip += 1
+            else:
+                yield req

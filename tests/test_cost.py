@@ -243,3 +243,23 @@ def test_dry_run_prints_the_plan_and_calls_nothing(tmp_path: Path, fake: FakeSer
     run_job(load_job(job, Overrides()), opts())
     again = CliRunner().invoke(main, ["run", str(job), "--dry-run"])
     assert "to run:        0" in again.output and "to skip:       4" in again.output
+
+
+def test_dry_run_skips_only_what_is_done_as_the_job_says_it(
+        tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same id, other parameters: to run again. The store is asked a few ids
+    at a time; chunk edges change nothing."""
+    from batchgen import budget
+
+    prompts = [{"id": f"p{i}", "prompt": "hi", "max_tokens": 10} for i in range(7)]
+    job = write_job(tmp_path / "job.yaml", fake, prompts)
+    run_job(load_job(job, Overrides()), opts())
+    prompts[2]["max_tokens"] = 11
+    prompts[6]["prompt"] = "hello"
+    job = write_job(tmp_path / "job.yaml", fake,
+                    [*prompts, {"id": "new", "prompt": "x", "max_tokens": 10}])
+    for lookup in (500, 3, 1):
+        monkeypatch.setattr(budget, "LOOKUP", lookup)
+        out = CliRunner().invoke(main, ["run", str(job), "--dry-run"])
+        assert out.exit_code == 0, out.output
+        assert "to run:        3" in out.output and "to skip:       5" in out.output, lookup
