@@ -9,7 +9,8 @@ write), ``random`` (1-97 bytes, seeded by the case); the default is one write
 per line, as servers flush.
 
 The recordings are third-party data: they are read from ``../shared`` at test
-time and never copied into this project.
+time (beside the checkout, or beside the local repository it was cloned
+from) and never copied into this project.
 """
 
 from __future__ import annotations
@@ -17,12 +18,41 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-REPLAY_DIR = Path(os.environ.get("BATCHGEN_REPLAY_DIR", ROOT.parent / "shared" / "replay"))
+
+
+def _local_origin() -> Path | None:
+    """The repository this checkout was cloned from, when that is a local path."""
+    try:
+        url = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = url.strip().removeprefix("file://")
+    if not url.startswith("/"):
+        return None  # a remote (https://, git@host:...) or nothing
+    return Path(url)
+
+
+def _replay_dir() -> Path:
+    """``BATCHGEN_REPLAY_DIR``, else ``../shared/replay``; a clean clone of a
+    local checkout (CI's ``git clone . $d/p``) finds it beside its origin."""
+    given = os.environ.get("BATCHGEN_REPLAY_DIR")
+    if given:
+        return Path(given)
+    beside = ROOT.parent / "shared" / "replay"
+    origin = None if beside.is_dir() else _local_origin()
+    if origin is not None and (origin.parent / "shared" / "replay").is_dir():
+        return origin.parent / "shared" / "replay"
+    return beside
+
+
+REPLAY_DIR = _replay_dir()
 
 
 def cases() -> list[str]:
