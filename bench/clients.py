@@ -11,6 +11,13 @@ MODE
   whole   aiohttp, not streamed: one JSON body per answer, parsed, content kept
   sdk     the seed's loop: ``async for chunk in await create(stream=True)``,
           which builds a pydantic object per chunk
+  sdkpath batchgen's request path and nothing else: its SDK client
+          (``batchgen.stream.make_client``: the SDK without its type modules,
+          aiohttp transport), ``client.post`` with the raw-response switch,
+          the body's bytes read from aiohttp's reader and discarded. No job
+          file, store, journal, parsing or retries: what batchgen would cost
+          if its own work were free, so batchgen / sdkpath is batchgen's own
+          share and sdkpath / bare the SDK's
   sdkwhole  the SDK not streamed: ``await create()`` (what most scripts do)
 
 Each client uses uvloop when installed, as batchgen does, so the comparison
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,6 +111,40 @@ async def sdk_client(todo: list[str], base_url: str, concurrency: int, stream: b
     return done, got
 
 
+async def sdkpath_client(todo: list[str], base_url: str, concurrency: int, stream: bool
+                         ) -> tuple[int, int]:
+    from batchgen.stream import REQUEST_HEADERS, _aiohttp_content, make_client, wire_body
+
+    client = make_client(base_url, "bench-key", connect_timeout=120.0, idle_timeout=600.0,
+                         max_connections=concurrency)
+    sem = asyncio.Semaphore(concurrency)
+    got = 0
+    done = 0
+
+    async def one(prompt: str) -> None:
+        nonlocal got, done
+        async with sem:
+            response: Any = await client.post(
+                "/chat/completions", cast_to=object, body=wire_body(body(prompt, False)),
+                options={"headers": REQUEST_HEADERS})
+            http = response.http_response
+            try:
+                reader = _aiohttp_content(http)
+                if reader is None:
+                    async for data in http.aiter_raw():
+                        got += len(data)
+                else:
+                    while data := await reader.readany():
+                        got += len(data)
+            finally:
+                await http.aclose()
+            done += 1
+
+    await asyncio.gather(*(one(p) for p in todo))
+    await client.close()
+    return done, got
+
+
 def main() -> None:
     mode, jobfile, base_url, concurrency = sys.argv[1:5]
     todo = prompts(Path(jobfile))
@@ -112,10 +154,20 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
+    floor = mode == "sdkpath"
+    if floor:  # as batchgen's entry point: fewer GC passes, no interpreter teardown
+        import gc
+
+        from batchgen.cli import GC_THRESHOLDS
+
+        gc.set_threshold(*GC_THRESHOLDS)
     client = {"bare": (aiohttp_client, True), "whole": (aiohttp_client, False),
-              "sdk": (sdk_client, True), "sdkwhole": (sdk_client, False)}[mode]
+              "sdk": (sdk_client, True), "sdkwhole": (sdk_client, False),
+              "sdkpath": (sdkpath_client, True)}[mode]
     done, got = runner(client[0](todo, base_url, int(concurrency), client[1]))
-    print(json.dumps({"requests": done, "bytes": got}))
+    print(json.dumps({"requests": done, "bytes": got}), flush=True)
+    if floor:
+        os._exit(0)
 
 
 if __name__ == "__main__":
