@@ -173,6 +173,12 @@ async def _run_with_gate(job: Job, opts: RunOptions, api_key: str, book: PriceBo
         lock = RunLock(job.run_dir)
         lock.acquire()
     except OSError as exc:
+        in_the_way = _file_in_the_way(job.run_dir)
+        if in_the_way is not None:
+            raise UsageError(
+                f"the run directory {job.run_dir} cannot be made: {in_the_way} is a file, "
+                "not a directory; point --out (or output_dir:) elsewhere, or give the run "
+                "another name (--name, name:)") from None
         raise storage_error(exc, job.run_dir) from None
     try:
         try:
@@ -183,6 +189,18 @@ async def _run_with_gate(job: Job, opts: RunOptions, api_key: str, book: PriceBo
         return await _locked_run(job, opts, api_key, redact, book, gate)
     finally:
         lock.release()
+
+
+def _file_in_the_way(run_dir: Path) -> Path | None:
+    """The path that is not a directory where the run directory, or one of its
+    parents, has to be (a user's slip, not a disk's refusal); ``None`` if none is."""
+    for path in (run_dir, *run_dir.parents):
+        try:
+            if path.exists() and not path.is_dir():
+                return path
+        except OSError:
+            return None
+    return None
 
 
 def _check_store_not_lost(run_dir: Path, force: bool) -> None:

@@ -170,6 +170,21 @@ def test_locked_run_directory_exits_75_and_touches_nothing(tmp_path: Path,
     assert fake.ledger.requests == 0
 
 
+@pytest.mark.parametrize("where", ["out", "out/t"])
+def test_a_file_where_the_run_directory_goes_is_exit_2_and_sends_nothing(
+        tmp_path: Path, fake: FakeServer, where: str) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}])
+    in_the_way = tmp_path / where
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("keep me\n")
+    proc = run_cli("run", str(job_file))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{in_the_way} is a file, not a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert in_the_way.read_text() == "keep me\n"
+    assert fake.ledger.requests == 0
+
+
 def test_cli_run_and_status(tmp_path: Path, fake: FakeServer) -> None:
     job_file = write_job(tmp_path / "job.yaml", fake, [
         {"id": "a", "prompt": "one"}, {"id": "b", "prompt": "[[faults=404]] two"}])
