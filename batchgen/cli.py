@@ -373,11 +373,21 @@ def local_check(model_path: str | None) -> None:
 def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
     """The cost report of one or more run directories (shards and runs merge).
 
-    --format html prints one self-contained page (as report.html) to keep or mail.
+    A sharded job's directory stands for all its shards. --format html prints
+    one self-contained page (as report.html) to keep or mail.
     """
+    from .errors import UsageError
     from .report import build_report, render
+    from .shards import find_shards
 
-    dirs = [Path(d) for d in run_dirs]
+    dirs: list[Path] = []
+    for given in map(Path, run_dirs):
+        shards = find_shards(given) if not (given / "run.db").exists() else {}
+        if len({n for _, n in shards}) > 1:
+            raise UsageError(f"{given} holds shards of different splits "
+                             f"({', '.join(p.name for p in shards.values())}): name the "
+                             "shard directories of one N")
+        dirs += list(shards.values()) if shards else [given]
     built = build_report(dirs, group_by)
     if fmt == "html":
         from .htmlreport import render_html

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from .errors import StoreError, UsageError
 from .estimator import ESTIMATED, METHODS
 from .pricing import PriceBook, StoreCosts, overrides_from_json
 from .store import RunStore
@@ -108,7 +108,7 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
     for run_dir in run_dirs:
         db_path = run_dir / "run.db"
         if not db_path.exists():
-            raise StoreError(f"{run_dir} holds no run (no run.db)")
+            raise UsageError(f"{run_dir} holds no run (no run.db); is it a run directory?")
         store = RunStore(db_path, readonly=True)
         try:
             _add_store(store, group_by, row, seen_prices, unknown, report.batch)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .batchstore import BatchStore
-from .errors import StoreError
+from .errors import StoreError, UsageError
 from .lock import RunLock
 from .store import RunStore
 
@@ -32,7 +32,7 @@ class Status:
 def read_status(run_dir: Path, failed_limit: int = 10) -> Status:
     db = run_dir / "run.db"
     if not db.exists():
-        raise StoreError(f"{run_dir} holds no run (no run.db); is it a run directory?")
+        raise UsageError(f"{run_dir} holds no run (no run.db); is it a run directory?")
     store = RunStore(db, readonly=True)
     try:
         return _read(store, run_dir, failed_limit)

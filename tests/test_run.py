@@ -170,6 +170,15 @@ def test_locked_run_directory_exits_75_and_touches_nothing(tmp_path: Path,
     assert fake.ledger.requests == 0
 
 
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_or_report_of_a_directory_without_a_run_is_exit_2(tmp_path: Path,
+                                                                 command: str) -> None:
+    proc = run_cli(command, str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{tmp_path} holds no run (no run.db)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("where", ["out", "out/t"])
 def test_a_file_where_the_run_directory_goes_is_exit_2_and_sends_nothing(
         tmp_path: Path, fake: FakeServer, where: str) -> None:

@@ -84,6 +84,11 @@ def test_merged_shards_equal_the_unsharded_run_byte_for_byte(tmp_path: Path,
     status = run_cli("status", str(b))
     assert status.returncode == 0
     assert "3 of 3 shards" in status.stdout and "all shards: 30 requests, 30 done" in status.stdout
+    # `batchgen report` of the job's directory stands for all its shards
+    asked = run_cli("report", str(b), "--format", "json")
+    assert asked.returncode == 0, asked.stderr
+    again = json.loads(asked.stdout)
+    assert again["runs"] == report["runs"] and again["rows"] == report["rows"]
 
 
 def test_merge_refuses_shards_of_different_versions(tmp_path: Path, fake: FakeServer) -> None:
@@ -103,6 +108,8 @@ def test_merge_refuses_shards_of_different_versions(tmp_path: Path, fake: FakeSe
     run_shard(job, 1, 3)  # a shard of another split
     other = run_cli("merge", str(tmp_path / "out" / "t"))
     assert other.returncode == 2 and "different splits" in other.stderr
+    mixed = run_cli("report", str(tmp_path / "out" / "t"))  # would count requests twice
+    assert mixed.returncode == 2 and "different splits" in mixed.stderr
 
 
 def test_a_half_finished_set_merges_what_is_done(tmp_path: Path, fake: FakeServer) -> None:
