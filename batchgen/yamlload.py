@@ -271,6 +271,18 @@ def _mapping(loader: _Loader, stream: str) -> Generator[tuple[int, Node], None, 
     return node
 
 
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character at a 0-based line and column of ``text`` ("" past its end)."""
+    start = 0
+    for _ in range(line):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return ""
+    end = text.find("\n", start)
+    row = text[start:] if end < 0 else text[start:end]
+    return row[column:column + 1]
+
+
 def _read(text: str, stream: str | None) -> Iterator[tuple[int, Any, LineMap]]:
     """Items of ``stream`` as (index, data, line map); then ``(-1, root, map)``."""
     loader = _Loader(text)
@@ -289,6 +301,9 @@ def _read(text: str, stream: str | None) -> Iterator[tuple[int, Any, LineMap]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         what = " ".join(p for p in (exc.context, exc.problem) if p)
+        if mark is not None and "tab" not in what \
+                and _char_at(text, mark.line, mark.column) == "\t":
+            what += " (a tab: YAML indents with spaces only)"
         raise YamlProblem(f"YAML syntax error: {what}", line) from None
     except yaml.YAMLError as exc:
         raise YamlProblem(f"YAML error: {exc}", None) from None
