@@ -28,13 +28,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import batchapi, retry
 from .batchstore import BatchRow, BatchStore
 from .errors import BatchgenError, RequestFatalError, RunFatalError, TransientError
 from .progress import Progress
 from .store import AttemptEnd, RunStore
+
+if TYPE_CHECKING:
+    from .budget import BatchBudget
 from .usage import from_report
 
 log = logging.getLogger(__name__)
@@ -56,14 +59,17 @@ class BatchOutcome:
     released: list[str] = field(default_factory=list)  # to stream (--fallback stream)
     fatal: RunFatalError | None = None
     lines: list[str] = field(default_factory=list)  # what to tell the user
+    over_budget: int = 0  # pending requests the budget left out of the last new batches
 
 
 class BatchRunner:
     def __init__(self, store: RunStore, client: Any, *, run_id: int, max_attempts: int,
                  no_wait: bool, fallback: str, progress: Progress, redact: retry.Redact,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 poll_first: float = POLL_FIRST, poll_cap: float = POLL_CAP) -> None:
+                 poll_first: float = POLL_FIRST, poll_cap: float = POLL_CAP,
+                 budget: BatchBudget | None = None) -> None:
         self.store = store
+        self.budget = budget
         self.batches = BatchStore(store.db)
         self.remote = batchapi.Remote(client)
         self.run_id = run_id
@@ -141,8 +147,11 @@ class BatchRunner:
         return sum(b.requests for b in self.batches.open())
 
     def _plan_new(self) -> None:
-        """Pending requests (with attempts left) into new batches, per model."""
+        """Pending requests (with attempts left) into new batches, per model; with a
+        budget, in job order while their worst cases fit what it leaves."""
         by_model: dict[str, list[tuple[str, str, bytes]]] = {}
+        room = self.budget.room() if self.budget is not None else None
+        self.outcome.over_budget = 0
         for p in self.store.pending():
             if p.id in self._released or p.id in self._failed:
                 continue  # streamed after the batches (--fallback stream); failed for good now
@@ -151,6 +160,12 @@ class BatchRunner:
                 self._failed.add(p.id)
                 self.outcome.failed += 1
                 continue
+            if room is not None and self.budget is not None:
+                worst = self.budget.worst(p.model, p.body)
+                if self.outcome.over_budget or worst > room:
+                    self.outcome.over_budget += 1  # this one and the rest wait for room
+                    continue
+                room -= worst
             by_model.setdefault(p.model, []).append(
                 (p.id, p.fingerprint, batchapi.line(p.id, p.body)))
         self.store.commit()

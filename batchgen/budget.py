@@ -7,11 +7,17 @@ fit under ``max_cost``. When it would not, the run stops launching, lets
 in-flight requests finish, writes its report and exits 3. A request without
 ``max_tokens`` is assumed to produce at most 8,192 tokens here; set
 ``max_tokens`` for a hard bound.
+
+Through the provider's Batch API (``--via batch``) a batch is paid for as a
+whole once submitted, so the same rule decides what goes into a new batch:
+what the run has spent plus the worst case, at the batch price, of every
+request in a batch still open and of the request itself (:class:`BatchBudget`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +62,22 @@ def check_budget(job: Job, book: PriceBook) -> None:
             )
 
 
+def spent(store: RunStore, book: PriceBook, currency: str) -> float:
+    """What every attempt in the store cost, in ``currency`` (batch attempts at
+    the batch price)."""
+    StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
+    total = 0.0
+    for row in store.iterate(
+        "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
+        "u.reasoning_tokens, u.cached_tokens, a.mode) AS cost, "
+        "bg_currency(a.run_id, a.model) AS cur "
+        "FROM attempts a JOIN usage u ON u.attempt_id = a.id"
+    ):
+        if row["cost"] is not None and row["cur"] == currency:
+            total += row["cost"]
+    return total
+
+
 class BudgetGuard:
     """Admits a request only while spent + in-flight worst cases fit."""
 
@@ -65,16 +87,7 @@ class BudgetGuard:
         self.estimator = estimator or Estimator()
         self.book = book
         self.plist = endpoint_list(job, book)  # every model priced: see check_budget
-        StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
-        self.spent = 0.0
-        for row in store.iterate(
-            "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
-            "u.reasoning_tokens, u.cached_tokens, a.mode) AS cost, "
-            "bg_currency(a.run_id, a.model) AS cur "
-            "FROM attempts a JOIN usage u ON u.attempt_id = a.id"
-        ):
-            if row["cost"] is not None and row["cur"] == budget.currency:
-                self.spent += row["cost"]
+        self.spent = spent(store, book, budget.currency)
         self.reserved: dict[str, float] = {}
 
     def _price(self, model: str) -> ModelPrice:
@@ -97,6 +110,35 @@ class BudgetGuard:
 
     def release(self, p: Pending) -> None:
         self.reserved.pop(p.id, None)
+
+
+class BatchBudget:
+    """What the budget leaves for new batches (``--via batch``).
+
+    A batch cannot be stopped half-way once submitted, so a request goes into a
+    new one only while the run's spending, the worst case of every request in a
+    batch still open, and its own worst case — all at the batch price — fit.
+    Asked afresh before each round of new batches: a collected batch's actual
+    cost replaces its worst case, which may make room for more.
+    """
+
+    def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore,
+                 estimator: Estimator | None = None) -> None:
+        self.budget = budget
+        self.book = book
+        self.store = store
+        self.estimator = estimator or Estimator()
+        self.plist = endpoint_list(job, book)  # every model priced: see check_budget
+
+    def worst(self, model: str, body: dict[str, Any]) -> float:
+        price = self.book.price(self.plist, model)
+        assert price is not None  # checked for every model of the job before the run
+        return worst_case(price, body, self.estimator) * price.batch_discount
+
+    def room(self) -> float:
+        held = sum(self.worst(row["model"], json.loads(row["body"])) for row in
+                   self.store.iterate("SELECT model, body FROM requests WHERE state='batched'"))
+        return self.budget.max_cost - spent(self.store, self.book, self.budget.currency) - held
 
 
 @dataclass

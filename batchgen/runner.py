@@ -288,7 +288,7 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
     outcome = Outcome()
     if todo or (job.run.via == "batch" and batched):
         guard = BudgetGuard(job.budget, job, book, store, estimator) if job.budget else None
-        outcome = await _run_engine(job, opts, store, run_id, api_key, redact, guard,
+        outcome = await _run_engine(job, opts, store, run_id, api_key, redact, book, guard,
                                     estimator, gate)
     summary.done, summary.failed = outcome.done, outcome.failed
     summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
@@ -316,7 +316,7 @@ async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: 
 
 
 async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
-                      api_key: str, redact: Redactor, budget: BudgetGuard | None,
+                      api_key: str, redact: Redactor, book: PriceBook, budget: BudgetGuard | None,
                       estimator: Estimator, gate: SharedGate | None) -> Outcome:
     """Start the endpoint (a local server, if asked), then the engine; both stop on signals."""
     holder: dict[str, Any] = {}
@@ -358,7 +358,8 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
             # report.html's imports and template, while the first requests are sent
             asyncio.get_running_loop().call_later(PREPARE_REPORTS_AFTER, prepare_reports)
             if job.run.via == "batch":  # a signal cancels it: the batches run on remotely
-                outcome, released = await _run_batches(job, opts, store, run_id, client, redact)
+                outcome, released = await _run_batches(job, opts, store, run_id, client, redact,
+                                                       book, estimator)
                 engine.only = set(released)  # --fallback stream: what batches left unanswered
             if job.run.via != "batch" or (outcome.stopped_by is None and engine.only):
                 holder["engine"] = engine  # a signal stops it and records what streamed
@@ -387,16 +388,21 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
 
 
 async def _run_batches(job: Job, opts: RunOptions, store: RunStore, run_id: int, client: Any,
-                       redact: Redactor) -> tuple[Outcome, list[str]]:
+                       redact: Redactor, book: PriceBook, estimator: Estimator
+                       ) -> tuple[Outcome, list[str]]:
     """The job's pending requests through the provider's Batch API (batchrun); and
     what expired or cancelled batches left to stream (--fallback stream)."""
     from .batchrun import BatchRunner
+    from .budget import BatchBudget
 
+    budget = BatchBudget(job.budget, job, book, store, estimator) if job.budget else None
     runner = BatchRunner(store, client, run_id=run_id, max_attempts=job.run.max_attempts,
                          no_wait=job.run.no_wait, fallback=job.run.fallback,
-                         progress=opts.progress, redact=redact, sleep=opts.sleep)
+                         progress=opts.progress, redact=redact, sleep=opts.sleep,
+                         budget=budget)
     result = await runner.run()
-    stopped = "submitted" if result.submitted else "fatal" if result.fatal else None
+    stopped = ("submitted" if result.submitted else "fatal" if result.fatal
+               else "budget" if result.over_budget else None)
     return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
                    stopped_by=stopped, notes=result.lines), result.released
 

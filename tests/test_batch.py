@@ -227,3 +227,44 @@ def test_a_failing_batch_api_is_retried_then_reported(tmp_path: Path, fake: Fake
     with pytest.raises(BatchApiError, match="run the same command again") as info:
         batch_run(job2)
     assert info.value.exit_code == 1 and "HTTP 503" in str(info.value)
+
+
+def worst_at_batch_price(job: Path, body: dict[str, Any]) -> float:
+    from batchgen.budget import endpoint_list, worst_case
+    from batchgen.pricing import PriceBook
+
+    loaded = load_job(job)
+    book = PriceBook(loaded.pricing)
+    price = book.price(endpoint_list(loaded, book), "qwen-plus")
+    assert price is not None and price.batch_discount == 0.5
+    return worst_case(price, body) * price.batch_discount
+
+
+def test_a_budget_bounds_what_is_in_open_batches(tmp_path: Path, fake: FakeServer) -> None:
+    items = [{"id": f"b{i:02d}", "prompt": f"[[len=12]] batch item {i}"} for i in range(10)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 1000})
+    worst = worst_at_batch_price(job, {"model": "qwen-plus", "max_tokens": 1000,
+                                       "messages": [{"role": "user", "content": items[9]["prompt"]}]})
+    # room for four worst cases at a time; answers cost far less than their worst
+    # case, so each collected batch makes room for the next
+    summary = batch_run(job, max_cost=4.5 * worst, currency="CNY")
+    assert (summary.done, summary.exit_code) == (10, 0), summary
+    sizes = [len(fake.batches.state.files[fake.batches.state.batches[b]["input_file_id"]]["data"]
+                 .splitlines()) for b in fake.batches.state.order]
+    assert sum(sizes) == 10 and max(sizes) <= 4, sizes
+    report = json.loads((tmp_path / "out" / "t" / "report.json").read_text())
+    assert sum(t["cost"] for t in report["totals"]) <= 4.5 * worst
+
+
+def test_a_budget_too_small_for_one_request_submits_nothing_and_exits_3(
+        tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(5), endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 1000})
+    worst = worst_at_batch_price(job, {"model": "qwen-plus", "max_tokens": 1000,
+                                       "messages": [{"role": "user", "content": "x"}]})
+    proc = run_cli("run", str(job), "--via", "batch", "--max-cost", f"{worst / 2:.9f}",
+                   "--currency", "CNY")
+    assert proc.returncode == 3, proc.stderr
+    assert "stopped by the budget" in proc.stderr and "5 not run" in proc.stdout
+    assert fake.batches.state.files == {} and fake.batches.state.order == []
