@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, validated
-from .budget import BudgetGuard, check_budget
+from .budget import BudgetGuard, check_budget, spent
 from .engine import Engine, EngineDeps, Outcome
 from .errors import RunFatalError, StorageError, UsageError
 from .estimator import Estimator
@@ -361,6 +361,8 @@ async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
                 outcome, released = await _run_batches(job, opts, store, run_id, client, redact,
                                                        book, estimator)
                 engine.only = set(released)  # --fallback stream: what batches left unanswered
+                if budget is not None and job.budget is not None:  # what the batches cost
+                    budget.spent = spent(store, book, job.budget.currency)
             if job.run.via != "batch" or (outcome.stopped_by is None and engine.only):
                 holder["engine"] = engine  # a signal stops it and records what streamed
                 with _quiet_gc():  # streamed, or what an expired batch left (--fallback stream)

@@ -244,8 +244,9 @@ def test_a_budget_bounds_what_is_in_open_batches(tmp_path: Path, fake: FakeServe
     items = [{"id": f"b{i:02d}", "prompt": f"[[len=12]] batch item {i}"} for i in range(10)]
     job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
                     defaults={"model": "qwen-plus", "max_tokens": 1000})
+    last = {"role": "user", "content": items[9]["prompt"]}
     worst = worst_at_batch_price(job, {"model": "qwen-plus", "max_tokens": 1000,
-                                       "messages": [{"role": "user", "content": items[9]["prompt"]}]})
+                                       "messages": [last]})
     # room for four worst cases at a time; answers cost far less than their worst
     # case, so each collected batch makes room for the next
     summary = batch_run(job, max_cost=4.5 * worst, currency="CNY")
@@ -268,3 +269,30 @@ def test_a_budget_too_small_for_one_request_submits_nothing_and_exits_3(
     assert proc.returncode == 3, proc.stderr
     assert "stopped by the budget" in proc.stderr and "5 not run" in proc.stdout
     assert fake.batches.state.files == {} and fake.batches.state.order == []
+
+
+def test_what_an_expired_batch_left_streams_within_what_the_batch_spent(
+        tmp_path: Path, fake: FakeServer) -> None:
+    # qwen-max has no thinking price: an answer of max_tokens costs its worst case.
+    # Streamed, a request costs twice its batch price, so the streamed guard must
+    # count what the batch already spent, not what the run had before it.
+    fake.batches.state.settings.update(end="expired", answer=3)
+    items = [{"id": f"b{i:02d}", "prompt": f"[[len=1000]] batch item {i}"} for i in range(6)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-max", "max_tokens": 1000})
+    loaded = load_job(job)
+    from batchgen.budget import endpoint_list, worst_case
+    from batchgen.pricing import PriceBook
+
+    book = PriceBook(loaded.pricing)
+    price = book.price(endpoint_list(loaded, book), "qwen-max")
+    assert price is not None and price.batch_discount == 0.5
+    body = {"model": "qwen-max", "max_tokens": 1000,
+            "messages": [{"role": "user", "content": items[0]["prompt"]}]}
+    cap = 6.5 * worst_case(price, body) * price.batch_discount  # all six fit, batched
+    summary = batch_run(job, fallback="stream", max_cost=cap, currency="CNY")
+    report = json.loads((tmp_path / "out" / "t" / "report.json").read_text())
+    spent = sum(t["cost"] for t in report["totals"])
+    assert spent <= cap, (spent, cap)
+    assert summary.exit_code == 3 and summary.stopped_by == "budget", summary
+    assert 3 < summary.done < 6
