@@ -169,9 +169,10 @@ def plan(job: Job) -> Plan:
             if price is None:
                 result.unknown_cost.add(req.model)
             else:
+                share = price.batch_discount if job.run.via == "batch" else 1.0
                 result.worst_case[price.currency] = (
                     result.worst_case.get(price.currency, 0.0)
-                    + worst_case(price, req.body, estimator))
+                    + worst_case(price, req.body, estimator) * share)
     finally:
         if store is not None:
             store.close()

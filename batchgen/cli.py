@@ -144,10 +144,11 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
     write, 75 run directory locked, 130 interrupted (run again to resume).
     """
     from .progress import make_progress
-    from .runner import RunOptions, run_job
+    from .runner import RunOptions, check_via_batch, run_job
 
     job = _load(file, kwargs, for_run=not dry_run)
     if dry_run:
+        check_via_batch(job)  # what the run would refuse, the dry run refuses
         _print_plan(job)
         return
     if verbose:
@@ -174,8 +175,9 @@ def _print_plan(job: Job) -> None:
     click.echo(f"  to skip:       {p.to_skip} (already done)")
     click.echo(f"  models:        {', '.join(f'{m} ×{n}' for m, n in p.models.items()) or '-'}")
     click.echo(f"  prompt tokens: ~{p.prompt_tokens:,} (estimated)")
+    at = ", at the Batch API price" if job.run.via == "batch" else ""
     for currency, cost in sorted(p.worst_case.items()):
-        click.echo(f"  worst case:    {cost:,.4f} {currency} (every request to its max_tokens)")
+        click.echo(f"  worst case:    {cost:,.4f} {currency} (every request to its max_tokens{at})")
     if p.unknown_cost:
         unknown = ", ".join(sorted(p.unknown_cost))
         click.echo(f"  unknown cost:  {unknown} (no price; add `pricing:`)")

@@ -128,19 +128,26 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def check_via_batch(job: Job) -> None:
+    """A job sent ``--via batch`` that the Batch API cannot take is refused before
+    anything is sent (a dry run says so too)."""
+    if job.run.via != "batch":
+        return
+    from .batchapi import check_models
+
+    if job.endpoint.local:
+        raise UsageError("--via batch needs a provider's Batch API; the local endpoint has "
+                         "none: run it streamed")
+    check_models(job.info.models)  # stream-only models
+
+
 async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
     api_key = api_key_from_env(job.endpoint.api_key_env)  # before anything is written
     book = PriceBook(job.pricing)
     if job.budget is not None:
         check_budget(job, book)  # before anything is written, too
     _check_store_not_lost(job.run_dir, opts.force)
-    if job.run.via == "batch":
-        from .batchapi import check_models
-
-        if job.endpoint.local:
-            raise UsageError("--via batch needs a provider's Batch API; the local endpoint has "
-                             "none: run it streamed")
-        check_models(job.info.models)  # stream-only models: refused before anything is sent
+    check_via_batch(job)
     gate = await _shared_gate(job, api_key, opts)  # Redis answers, or nothing is written
     try:
         return await _run_with_gate(job, opts, api_key, book, gate)

@@ -296,3 +296,24 @@ def test_what_an_expired_batch_left_streams_within_what_the_batch_spent(
     assert spent <= cap, (spent, cap)
     assert summary.exit_code == 3 and summary.stopped_by == "budget", summary
     assert 3 < summary.done < 6
+
+
+def worst_printed(proc: subprocess.CompletedProcess[str]) -> float:
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "worst case:" in x)
+    return float(line.split()[2].replace(",", ""))
+
+
+def test_a_dry_run_via_batch_prices_at_the_batch_price_and_refuses_what_a_run_would(
+        tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(4), endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 2000})
+    streamed = run_cli("run", str(job), "--dry-run")
+    batched = run_cli("run", str(job), "--dry-run", "--via", "batch")
+    assert "at the Batch API price" in batched.stdout
+    assert worst_printed(batched) == pytest.approx(worst_printed(streamed) / 2, rel=1e-3)
+    refused = run_cli("run", str(job), "--dry-run", "--via", "batch", "--model", "qwq-plus")
+    assert refused.returncode == 2
+    assert "qwq-plus accepts only streamed calls" in refused.stderr
+    assert fake.batches.state.files == {} and fake.ledger.requests == 0
+    assert not (tmp_path / "out").exists()
