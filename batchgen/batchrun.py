@@ -150,7 +150,7 @@ class BatchRunner:
         """Pending requests (with attempts left) into new batches, per model; with a
         budget, in job order while their worst cases fit what it leaves."""
         by_model: dict[str, list[tuple[str, str, bytes]]] = {}
-        room = self.budget.room() if self.budget is not None else None
+        room: float | None = None  # asked of the budget at the first request it decides
         self.outcome.over_budget = 0
         for p in self.store.pending():
             if p.id in self._released or p.id in self._failed:
@@ -160,8 +160,9 @@ class BatchRunner:
                 self._failed.add(p.id)
                 self.outcome.failed += 1
                 continue
-            if room is not None and self.budget is not None:
-                worst = self.budget.worst(p.model, p.body)
+            if self.budget is not None:
+                room = self.budget.room() if room is None else room
+                worst = self.budget.worst(p.id, p.model, p.body)
                 if self.outcome.over_budget or worst > room:
                     self.outcome.over_budget += 1  # this one and the rest wait for room
                     continue

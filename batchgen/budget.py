@@ -119,7 +119,9 @@ class BatchBudget:
     new one only while the run's spending, the worst case of every request in a
     batch still open, and its own worst case — all at the batch price — fit.
     Asked afresh before each round of new batches: a collected batch's actual
-    cost replaces its worst case, which may make room for more.
+    cost replaces its worst case, which may make room for more. Worst cases are
+    kept by request id; a body is read from the store only for a request
+    batched before this process started.
     """
 
     def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore,
@@ -129,15 +131,25 @@ class BatchBudget:
         self.store = store
         self.estimator = estimator or Estimator()
         self.plist = endpoint_list(job, book)  # every model priced: see check_budget
+        self._worst: dict[str, float] = {}
 
-    def worst(self, model: str, body: dict[str, Any]) -> float:
-        price = self.book.price(self.plist, model)
-        assert price is not None  # checked for every model of the job before the run
-        return worst_case(price, body, self.estimator) * price.batch_discount
+    def worst(self, request_id: str, model: str, body: dict[str, Any]) -> float:
+        if request_id not in self._worst:
+            price = self.book.price(self.plist, model)
+            assert price is not None  # checked for every model of the job before the run
+            self._worst[request_id] = (worst_case(price, body, self.estimator)
+                                       * price.batch_discount)
+        return self._worst[request_id]
 
     def room(self) -> float:
-        held = sum(self.worst(row["model"], json.loads(row["body"])) for row in
-                   self.store.iterate("SELECT model, body FROM requests WHERE state='batched'"))
+        held = 0.0
+        for row in self.store.iterate("SELECT id FROM requests WHERE state='batched'"):
+            rid = row["id"]
+            if rid not in self._worst:
+                model, body = self.store.db.execute(
+                    "SELECT model, body FROM requests WHERE id=?", (rid,)).fetchone()
+                self.worst(rid, model, json.loads(body))
+            held += self._worst[rid]
         return self.budget.max_cost - spent(self.store, self.book, self.budget.currency) - held
 
 

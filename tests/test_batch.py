@@ -258,6 +258,30 @@ def test_a_budget_bounds_what_is_in_open_batches(tmp_path: Path, fake: FakeServe
     assert sum(t["cost"] for t in report["totals"]) <= 4.5 * worst
 
 
+def test_a_budget_counts_batches_a_previous_run_left_open(tmp_path: Path,
+                                                          fake: FakeServer) -> None:
+    items = [{"id": f"b{i:02d}", "prompt": f"[[len=12]] batch item {i}"} for i in range(6)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 1000})
+    worst = worst_at_batch_price(job, {"model": "qwen-plus", "max_tokens": 1000, "messages": [
+        {"role": "user", "content": items[5]["prompt"]}]})
+    cap = ["--max-cost", f"{3.5 * worst:.9f}", "--currency", "CNY"]
+    first = run_cli("run", str(job), "--via", "batch", "--no-wait", *cap)
+    assert first.returncode == 5, first.stderr
+    # the next process finds 3 requests in the open batch: no room for a fourth
+    again = run_cli("run", str(job), "--via", "batch", "--no-wait", *cap)
+    assert again.returncode == 5, again.stderr
+    assert len(fake.batches.state.order) == 1
+    for _ in range(8):
+        last = run_cli("run", str(job), "--via", "batch", "--no-wait", *cap)
+        if last.returncode != 5:
+            break
+    assert last.returncode == 0, last.stderr
+    sizes = [len(fake.batches.state.files[fake.batches.state.batches[b]["input_file_id"]]["data"]
+                 .splitlines()) for b in fake.batches.state.order]
+    assert sizes == [3, 3], sizes
+
+
 def test_a_budget_too_small_for_one_request_submits_nothing_and_exits_3(
         tmp_path: Path, fake: FakeServer) -> None:
     job = write_job(tmp_path / "job.yaml", fake, prompts(5), endpoint={"region": "cn"},
