@@ -144,11 +144,13 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
     write, 75 run directory locked, 130 interrupted (run again to resume).
     """
     from .progress import make_progress
-    from .runner import RunOptions, check_via_batch, run_job
+    from .runner import RunOptions, check_job, run_job
 
     job = _load(file, kwargs, for_run=not dry_run)
     if dry_run:
-        check_via_batch(job)  # what the run would refuse, the dry run refuses
+        from .pricing import PriceBook
+
+        check_job(job, PriceBook(job.pricing))  # what the run would refuse, the dry run refuses
         _print_plan(job)
         return
     if verbose:

@@ -128,9 +128,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def check_via_batch(job: Job) -> None:
-    """A job sent ``--via batch`` that the Batch API cannot take is refused before
-    anything is sent (a dry run says so too)."""
+def check_job(job: Job, book: PriceBook) -> None:
+    """What a run refuses in the job itself before anything is written or sent
+    (a dry run refuses it too): a budget without a price for every model in its
+    currency; ``--via batch`` for what the Batch API cannot take."""
+    if job.budget is not None:
+        check_budget(job, book)
     if job.run.via != "batch":
         return
     from .batchapi import check_models
@@ -144,10 +147,8 @@ def check_via_batch(job: Job) -> None:
 async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
     api_key = api_key_from_env(job.endpoint.api_key_env)  # before anything is written
     book = PriceBook(job.pricing)
-    if job.budget is not None:
-        check_budget(job, book)  # before anything is written, too
+    check_job(job, book)  # before anything is written, too
     _check_store_not_lost(job.run_dir, opts.force)
-    check_via_batch(job)
     gate = await _shared_gate(job, api_key, opts)  # Redis answers, or nothing is written
     try:
         return await _run_with_gate(job, opts, api_key, book, gate)

@@ -223,6 +223,10 @@ def test_budget_needs_prices_in_its_currency(tmp_path: Path, fake: FakeServer) -
                     endpoint={"region": "cn"}, budget={"max_cost": 1, "currency": "CNY"})
     with pytest.raises(UsageError, match="no price"):
         run_job(load_job(job), opts())
+    # a dry run refuses it as the run would, not a plan the run will not follow
+    dry = CliRunner().invoke(main, ["run", str(job), "--dry-run"])
+    assert dry.exit_code == 2 and "model 'mystery' has no price" in dry.output, dry.output
+    assert not (tmp_path / "out").exists()
     job = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}],
                     endpoint={"region": "cn"}, budget={"max_cost": 1, "currency": "USD"})
     with pytest.raises(UsageError, match="priced in CNY"):
