@@ -35,10 +35,10 @@ from .batchstore import BatchRow, BatchStore
 from .errors import BatchgenError, RequestFatalError, RunFatalError, TransientError
 from .progress import Progress
 from .store import AttemptEnd, RunStore
+from .usage import from_report
 
 if TYPE_CHECKING:
     from .budget import BatchBudget
-from .usage import from_report
 
 log = logging.getLogger(__name__)
 
