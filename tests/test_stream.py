@@ -304,6 +304,34 @@ def test_paced_streams_are_read_in_gathered_pieces_and_lose_nothing(
         assert len(reads) >= chunks / 2, (len(reads), chunks)
 
 
+def test_a_stream_slower_than_the_window_is_read_as_it_comes(
+        tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pausing a stream only pays where several chunks gather in a window: one
+    whose chunks come 30 ms apart (under 2 in a 50 ms window) is never paused,
+    while one 5 ms apart (10 a window) is; both lose nothing."""
+    from batchgen import stream
+
+    monkeypatch.setattr(stream, "COALESCE_AFTER", 0.0)
+    monkeypatch.setattr(stream, "COALESCE_SHARE", 1.0)
+    monkeypatch.setattr(stream, "COALESCE_FOR", 0.05)
+    gathers: list[float] = []
+    real = stream._gather
+
+    async def counted(hold: object, seconds: float) -> None:
+        gathers.append(seconds)
+        await real(hold, seconds)
+
+    monkeypatch.setattr(stream, "_gather", counted)
+    for name in ("slow", "fast"):
+        (tmp_path / name).mkdir()
+    _run_and_check_plain_texts(tmp_path / "slow", fake, [
+        {"id": f"s{i}", "prompt": f"[[len=20]][[delay=0.03]] slow {i}"} for i in range(2)])
+    assert gathers == []
+    _run_and_check_plain_texts(tmp_path / "fast", fake, [
+        {"id": f"f{i}", "prompt": f"[[len=40]][[delay=0.005]] fast {i}"} for i in range(2)])
+    assert gathers
+
+
 class _Transport:
     def __init__(self, closing: bool = False) -> None:
         self.calls: list[str] = []
