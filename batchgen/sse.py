@@ -72,8 +72,13 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[Event]:
         if not chunk:
             return []
-        if (chunk[-2:] == b"\n\n" and not self._cr and not self._partial and not self._data
-                and not self._event and len(chunk) <= self.limit and b"\r" not in chunk):
+        if (chunk.endswith(b"\n\n") and not (self._cr or self._partial or self._data
+                                             or self._event)
+                and len(chunk) <= self.limit and b"\r" not in chunk):
+            # one whole `data: ` event, the usual read: no split, one copy
+            if chunk.find(b"\n") == len(chunk) - 2 and chunk.startswith(b"data: ") \
+                    and len(chunk) > 8:
+                return [(b"", chunk[6:-2])]
             events = _simple(chunk)
             if events is not None:
                 return events
