@@ -228,5 +228,30 @@ def _read_object(obj: dict[str, Any], event: bytes, result: StreamResult, redact
     return None
 
 
+def read_whole(body: bytes, result: StreamResult, redact: Redact) -> tuple[str, str] | None:
+    """A body that held no event at all: a server (or a gateway before it) that
+    ignored ``stream`` and answered with one ``chat.completion`` object, or with
+    one error object. Its answer is read as one chunk holding the whole
+    message, so it is kept (it was paid for) instead of being asked for again;
+    its error is raised as an error event would be. Returns ``None`` when the
+    body is neither (the attempt then ends as a stream cut short)."""
+    try:
+        obj: Any = _fast_loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("error"):
+        return _read_object(obj, b"", result, redact)  # raises, as an error event does
+    choices = obj.get("choices")
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)
+            and isinstance(choices[0].get("message"), dict)):
+        return None
+    choice = choices[0]
+    chunk = {**obj, "choices": [{"index": 0, "delta": choice["message"],
+                                 "finish_reason": choice.get("finish_reason")}]}
+    return _read_object(chunk, b"", result, redact)
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from .chunks import StreamResult, read_event
+from .chunks import StreamResult, read_event, read_whole
 from .errors import TransientError
 from .retry import Redact
 from .sdk import sdk
@@ -314,6 +314,45 @@ async def _inflate(raw: AsyncIterator[bytes], encoding: str) -> AsyncIterator[by
             data = inflater.decompress(inflater.unconsumed_tail, INFLATE_PIECE)
 
 
+def _keep(whole: list[bytes], chunk: bytes, events: list[Any], limit: int) -> list[bytes] | None:
+    """The body so far while it has held no event; ``None`` once it has (the
+    stream is a stream) or once it is longer than any one answer could be."""
+    if events:
+        return None
+    whole.append(chunk)
+    return whole if sum(map(len, whole)) <= limit else None
+
+
+def _not_a_stream(http: Any, body: bytes, on_text: OnText, result: StreamResult,
+                  redact: Redact) -> None:
+    """The body ended without one event. A whole ``chat.completion`` (a server
+    or gateway that does not stream) is the answer, taken once; an error object
+    is that error; anything else fails the attempt saying what came instead."""
+    text = read_whole(body, result, redact)
+    if text is not None:
+        on_text(*text)
+    if result.complete:
+        _warn_once("the server answered with one JSON body instead of an event stream "
+                   "(it does not stream): read as a whole answer")
+        return
+    kind = str(http.headers.get("content-type", "")).split(";")[0].strip().lower()
+    if kind == "text/event-stream":
+        return  # an event stream that ended before its first event: cut short
+    kind = kind or "no content-type"
+    shown = redact(body[:80].decode("utf-8", "replace"))
+    raise TransientError(f"the server's answer is not an event stream ({kind}): {shown!r}",
+                         error_class="incomplete_stream", provider_request_id=result.request_id)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
 async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Redact,
                    watch: Watch | None = None) -> None:
     decoder = SSEDecoder()
@@ -322,6 +361,9 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
     loop = asyncio.get_running_loop()
     began = loop.time()
     first = 0.0  # when the first bytes came
+    # the body, while it has held no event: a server that ignored `stream` and
+    # sent one JSON object (see _not_a_stream)
+    whole: list[bytes] | None = []
     try:
         while True:
             if result.complete and result.usage is not None:
@@ -335,7 +377,10 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
                 break
             if watch is not None:
                 watch.seen = True
-            for event, data in decoder.feed(chunk):
+            events = decoder.feed(chunk)
+            if whole is not None:
+                whole = _keep(whole, chunk, events, decoder.limit)
+            for event, data in events:
                 text = read_event(data, event, result, redact)
                 if text is not None:
                     on_text(*text)
@@ -356,6 +401,8 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
             text = read_event(data, event, result, redact)
             if text is not None:
                 on_text(*text)
+        if whole and not result.chunks and not result.done_marker:
+            _not_a_stream(http, b"".join(whole), on_text, result, redact)
     except EventTooLarge as exc:
         raise TransientError(f"the server sent {exc}", error_class="oversized_event",
                              provider_request_id=result.request_id) from None

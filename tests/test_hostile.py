@@ -22,6 +22,7 @@ import pytest
 
 from batchgen import load_job, run_job
 from batchgen.engine import Engine
+from batchgen.errors import TransientError
 from batchgen.journal import Journal
 from batchgen.runner import RunOptions
 from tests.conftest import CANARY, ROOT, FakeProcess, read_results, run_cli, write_job
@@ -121,6 +122,54 @@ def test_the_exit_code_is_never_0_while_a_request_is_unfinished(
     summary = run_job(load_job(job), opts())
     assert summary.done == 1 and summary.pending == 1
     assert summary.exit_code == 1
+
+
+def test_a_server_that_does_not_stream_is_read_once_not_bought_again(
+    tmp_path: Path, fake: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 200 whose body is one JSON object instead of an event stream (a server
+    or gateway that ignores ``stream``): a whole answer is kept from its one
+    attempt, with its reasoning and the usage it billed; an error object is
+    that error (moderation: failed, not asked again); a page that is neither
+    says what came, instead of "0 chunks"."""
+    job = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "whole", "prompt": "[[len=6]] [[faults=whole:json]] a"},
+        {"id": "refused", "prompt": "[[faults=whole:error]] b"},
+        {"id": "page", "prompt": "[[faults=whole:html,whole:html]] c"},
+    ], run={"max_attempts": 2})
+    with caplog.at_level("WARNING", logger="batchgen.stream"):
+        summary = run_job(load_job(job), opts())
+    assert (summary.done, summary.failed, summary.exit_code) == (1, 2, 1)
+    run_dir = tmp_path / "out" / "t"
+    [result] = read_results(run_dir)
+    assert result["id"] == "whole" and result["attempts"] == 1
+    assert result["content"] and result["content"] == (run_dir / "texts" / "whole.md").read_text()
+    assert result["reasoning_content"] == "thought" and result["finish_reason"] == "stop"
+    assert result["usage"]["completion_tokens"] == 7 and not result["usage"].get("estimated")
+    assert attempts(run_dir, "refused") == [("error", "moderation")]
+    assert attempts(run_dir, "page") == [("error", "incomplete_stream")] * 2
+    status = run_cli("status", str(run_dir)).stdout
+    assert "not an event stream (text/html)" in status and "Sign in" in status
+    assert "instead of an event stream" in caplog.text
+    assert fake.ledger.requests == 4  # one call each, and the page's two attempts
+
+
+def test_an_event_stream_without_events_is_a_stream_cut_short() -> None:
+    """Only keep-alive comments, then the end: not "no event stream" (it was
+    one) but the usual stream that ended before its answer."""
+    from batchgen import stream
+    from batchgen.chunks import StreamResult
+
+    class Http:
+        def __init__(self, kind: str) -> None:
+            self.headers = {"content-type": kind}
+
+    result = StreamResult()
+    stream._not_a_stream(Http("text/event-stream; charset=utf-8"), b": ping\n\n: ping\n\n",
+                         lambda c, r: None, result, str)
+    assert not result.complete
+    with pytest.raises(TransientError, match=r"not an event stream \(text/plain\): ': ping"):
+        stream._not_a_stream(Http("text/plain"), b": ping\n\n", lambda c, r: None, result, str)
 
 
 @pytest.mark.parametrize("fault", ["bigline:20", "gzipbomb:64"])

@@ -11,6 +11,11 @@ Each is a fault name for ``[[faults=...]]``:
 - ``gzipbomb:MB``     ``content-encoding: gzip``: one event of MB MiB, compressed
                       to a few KB on the wire
 - ``keepalive@N``     after N chunks, a ``: ping`` comment every 50 ms, forever
+- ``whole:KIND``      a 200 that is no event stream (a server or gateway that
+                      ignores ``stream``): KIND ``json``, the whole
+                      ``chat.completion`` (reasoning, content, usage) as one
+                      ``application/json`` body; ``error``, a moderation error
+                      object; ``html``, a login page
 
 ``[[header=Name:Value|Name2:Value2]]`` adds response headers to any reply
 (``Retry-After: 1.5s``, ``x-ratelimit-reset-requests: 1.2.3s``).
@@ -25,7 +30,7 @@ import uuid
 from typing import Any
 
 FAULTS = frozenset({"redirect", "ansi", "badcontent", "badusage", "bigline", "gzipbomb",
-                    "keepalive"})
+                    "keepalive", "whole"})
 
 
 def chunked(data: bytes) -> bytes:
@@ -64,6 +69,12 @@ async def reply(fault: str, tokens: list[str], extra: dict[str, str],
         body = json.dumps({"error": {"code": "bad", "type": "bad", "message":
                                      "refused \x1b[31m\x1b]0;owned\x07red\x1b[0m text"}}).encode()
         writer.write(head(400, {**extra, "content-type": "application/json",
+                                "content-length": str(len(body))}) + body)
+        await writer.drain()
+        return True
+    if name == "whole":
+        kind, body = _whole(opt, tokens)
+        writer.write(head(200, {**extra, "content-type": kind, "x-request-id": "hostile",
                                 "content-length": str(len(body))}) + body)
         await writer.drain()
         return True
@@ -110,3 +121,19 @@ async def reply(fault: str, tokens: list[str], extra: dict[str, str],
     writer.write(b"0\r\n\r\n")
     await writer.drain()
     return True
+
+
+def _whole(kind: str, tokens: list[str]) -> tuple[str, bytes]:
+    """A non-streamed reply: its content type and body."""
+    if kind == "html":
+        return "text/html; charset=utf-8", b"<!DOCTYPE html><html><body>Sign in</body></html>"
+    if kind == "error":
+        error = {"code": "data_inspection_failed", "type": "data_inspection_failed",
+                 "message": "Output data may contain inappropriate content."}
+        return "application/json", json.dumps({"error": error}).encode()
+    message = {"role": "assistant", "content": "".join(tokens), "reasoning_content": "thought"}
+    answer = {"id": "chatcmpl-whole", "object": "chat.completion", "model": "qwen-plus",
+              "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": len(tokens) + 1,
+                        "total_tokens": len(tokens) + 6}}
+    return "application/json", json.dumps(answer).encode()
