@@ -314,13 +314,13 @@ async def _inflate(raw: AsyncIterator[bytes], encoding: str) -> AsyncIterator[by
             data = inflater.decompress(inflater.unconsumed_tail, INFLATE_PIECE)
 
 
-def _keep(whole: list[bytes], chunk: bytes, events: list[Any], limit: int) -> list[bytes] | None:
+def _keep(whole: bytearray, chunk: bytes, events: list[Any], limit: int) -> bytearray | None:
     """The body so far while it has held no event; ``None`` once it has (the
     stream is a stream) or once it is longer than any one answer could be."""
     if events:
         return None
-    whole.append(chunk)
-    return whole if sum(map(len, whole)) <= limit else None
+    whole += chunk
+    return whole if len(whole) <= limit else None
 
 
 def _not_a_stream(http: Any, body: bytes, on_text: OnText, result: StreamResult,
@@ -363,7 +363,7 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
     first = 0.0  # when the first bytes came
     # the body, while it has held no event: a server that ignored `stream` and
     # sent one JSON object (see _not_a_stream)
-    whole: list[bytes] | None = []
+    whole: bytearray | None = bytearray()
     try:
         while True:
             if result.complete and result.usage is not None:
@@ -402,7 +402,7 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
             if text is not None:
                 on_text(*text)
         if whole and not result.chunks and not result.done_marker:
-            _not_a_stream(http, b"".join(whole), on_text, result, redact)
+            _not_a_stream(http, bytes(whole), on_text, result, redact)
     except EventTooLarge as exc:
         raise TransientError(f"the server sent {exc}", error_class="oversized_event",
                              provider_request_id=result.request_id) from None
