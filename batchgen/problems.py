@@ -96,6 +96,9 @@ def _message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
                 "api_key_env names an environment variable (like DASHSCOPE_API_KEY), "
                 "not the key itself"
             )
+    if last == "n" and kind in ("less_than_equal", "greater_than_equal"):
+        return ("n must be 1: a request streams one answer; for several answers to one "
+                "prompt, list it several times (each is its own request, with its own id)")
     if kind in ("dict_type", "model_type"):
         return f"expected a mapping (key: value lines), got {_shown(err.get('input'))}"
     if kind == "list_type":
