@@ -250,7 +250,9 @@ def read_whole(body: bytes, result: StreamResult, redact: Redact) -> tuple[str, 
     choice = choices[0]
     chunk = {**obj, "choices": [{"index": 0, "delta": choice["message"],
                                  "finish_reason": choice.get("finish_reason")}]}
-    return _read_object(chunk, b"", result, redact)
+    text = _read_object(chunk, b"", result, redact)
+    result.done_marker = True  # a body that ended whole holds the whole answer
+    return text
 
 
 def _str(value: Any) -> str | None:

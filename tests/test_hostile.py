@@ -134,14 +134,18 @@ def test_a_server_that_does_not_stream_is_read_once_not_bought_again(
     says what came, instead of "0 chunks"."""
     job = write_job(tmp_path / "job.yaml", fake, [
         {"id": "whole", "prompt": "[[len=6]] [[faults=whole:json]] a"},
+        {"id": "bare", "prompt": "[[len=4]] [[faults=whole:bare]] bare"},
         {"id": "refused", "prompt": "[[faults=whole:error]] b"},
         {"id": "page", "prompt": "[[faults=whole:html,whole:html]] c"},
     ], run={"max_attempts": 2})
     with caplog.at_level("WARNING", logger="batchgen.stream"):
         summary = run_job(load_job(job), opts())
-    assert (summary.done, summary.failed, summary.exit_code) == (1, 2, 1)
+    assert (summary.done, summary.failed, summary.exit_code) == (2, 2, 1)
     run_dir = tmp_path / "out" / "t"
-    [result] = read_results(run_dir)
+    result, bare = read_results(run_dir)
+    # no finish reason, no usage: the body ended whole all the same; usage estimated
+    assert bare["id"] == "bare" and bare["attempts"] == 1 and bare["content"]
+    assert bare["finish_reason"] is None and bare["usage"]["estimated"] is True
     assert result["id"] == "whole" and result["attempts"] == 1
     assert result["content"] and result["content"] == (run_dir / "texts" / "whole.md").read_text()
     assert result["reasoning_content"] == "thought" and result["finish_reason"] == "stop"
@@ -151,7 +155,7 @@ def test_a_server_that_does_not_stream_is_read_once_not_bought_again(
     status = run_cli("status", str(run_dir)).stdout
     assert "not an event stream (text/html)" in status and "Sign in" in status
     assert "instead of an event stream" in caplog.text
-    assert fake.ledger.requests == 4  # one call each, and the page's two attempts
+    assert fake.ledger.requests == 5  # one call each, and the page's two attempts
 
 
 def test_an_event_stream_without_events_is_a_stream_cut_short() -> None:

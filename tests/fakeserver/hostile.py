@@ -14,7 +14,8 @@ Each is a fault name for ``[[faults=...]]``:
 - ``whole:KIND``      a 200 that is no event stream (a server or gateway that
                       ignores ``stream``): KIND ``json``, the whole
                       ``chat.completion`` (reasoning, content, usage) as one
-                      ``application/json`` body; ``error``, a moderation error
+                      ``application/json`` body; ``bare``, the same without
+                      finish reason or usage; ``error``, a moderation error
                       object; ``html``, a login page
 
 ``[[header=Name:Value|Name2:Value2]]`` adds response headers to any reply
@@ -136,4 +137,6 @@ def _whole(kind: str, tokens: list[str]) -> tuple[str, bytes]:
               "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 5, "completion_tokens": len(tokens) + 1,
                         "total_tokens": len(tokens) + 6}}
+    if kind == "bare":
+        answer = {"choices": [{"message": {"content": "".join(tokens)}, "finish_reason": None}]}
     return "application/json", json.dumps(answer).encode()
