@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # chunks have come at least COALESCE_CHUNKS a window is paused: a pause costs a
 # timer and two changes to the loop's poller, more than the wake-ups it saves
 # on a slower stream (python -m bench: P8 at 10–20 ms a chunk needs 1.5× the
-# CPU without the pauses; 40 ms apart, the pauses cost 5–10% more).
+# CPU without the pauses; 40 ms apart, the pauses cost 7–15% more).
 COALESCE_AFTER = 0.4
 COALESCE_SHARE = 0.05
 COALESCE_FOR = 0.1
