@@ -63,8 +63,11 @@ INFLATE_PIECE = 256 * 1024  # bytes a compressed body inflates to at a time
 
 # After the finish_reason and usage have arrived, wait this long for [DONE]:
 # nothing that matters can follow, and a server that goes quiet instead of
-# closing must not hold a finished request.
+# closing must not hold a finished request. After a finish_reason without
+# usage, wait this long for the usage chunk (it follows at once where it comes
+# at all); then the answer is kept with its usage estimated.
 DONE_GRACE = 1.0
+USAGE_GRACE = 10.0
 RATELIMIT_HEADERS = (
     "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
     "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
@@ -198,6 +201,9 @@ async def stream_attempt(
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # the watchdog's cancel, not the user's: a failed attempt
+        if result.complete:  # ... unless the answer was already whole: asking again buys it twice
+            log.debug("%s after a whole answer: kept", watch.fired)
+            return result
         what = ("no data arrived for the idle timeout" if watch.fired == "idle_timeout"
                 else "the attempt ran longer than run.max_duration")
         raise TransientError(what, error_class=watch.fired,
@@ -366,9 +372,10 @@ async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Red
     whole: bytearray | None = bytearray()
     try:
         while True:
-            if result.complete and result.usage is not None:
+            if result.complete:
                 try:
-                    chunk = await asyncio.wait_for(read(), DONE_GRACE)
+                    chunk = await asyncio.wait_for(
+                        read(), DONE_GRACE if result.usage is not None else USAGE_GRACE)
                 except TimeoutError:
                     break
             else:

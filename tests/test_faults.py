@@ -14,6 +14,7 @@ import socket
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 
 import pytest
 
@@ -155,6 +156,26 @@ def test_no_done_marker_and_no_usage_are_complete(tmp_path: Path, fake: FakeServ
 def test_silence_after_finish_and_usage_is_complete(tmp_path: Path, fake: FakeServer) -> None:
     ran = run_one(tmp_path, fake, "hang", idle=30)
     assert ran.state == "done" and len(ran.attempts) == 1
+
+
+def test_silence_after_a_finish_without_usage_keeps_the_answer(tmp_path: Path,
+                                                               fake: FakeServer) -> None:
+    """The answer is whole at its finish_reason: a server that then says nothing
+    more (no usage, no [DONE], no close) costs a wait, never a second purchase."""
+    ran = run_one(tmp_path, fake, "mute", idle=0.5)  # the idle timeout comes first
+    assert ran.state == "done" and len(ran.attempts) == 1
+    assert read_results(ran.run_dir)[0]["usage"]["estimated"] is True
+
+
+def test_a_finish_without_usage_waits_a_grace_not_the_idle_timeout(
+        tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchgen import stream
+
+    monkeypatch.setattr(stream, "USAGE_GRACE", 0.3)
+    began = monotonic()
+    ran = run_one(tmp_path, fake, "mute", idle=60)
+    assert ran.state == "done" and len(ran.attempts) == 1
+    assert monotonic() - began < 30
 
 
 def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:

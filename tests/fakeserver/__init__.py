@@ -26,7 +26,8 @@ chunks), ``stall@N:S`` (silent for S seconds after N chunks), ``badjson@N``,
 ``errevent@N`` (transient error event after N chunks), ``inspect@N``
 (moderation error event after N chunks), ``nodone`` (no ``[DONE]``, then
 close), ``nousage`` (no usage chunk), ``hang`` (finish and usage, then
-silence), ``ok``; and a hostile server's faults (``tests/fakeserver/hostile.py``:
+silence), ``mute`` (finish, then silence: no usage, no ``[DONE]``), ``ok``;
+and a hostile server's faults (``tests/fakeserver/hostile.py``:
 redirects, escape sequences, bad content and usage, huge and gzip-bombed
 events, endless keep-alives, odd headers). ``[[replay=CASE]]`` plays a
 recorded provider stream (``tests/replay.py``).

@@ -343,9 +343,9 @@ class FakeServer:
             usage["completion_tokens_details"] = {"reasoning_tokens": len(plan.reasoning)}
         usage_tail = tail.replace('"usage":null', '"usage":' + json.dumps(usage,
                                                                             separators=(",", ":")))
-        if fault != "nousage" and entry["include_usage"]:
+        if fault not in ("nousage", "mute") and entry["include_usage"]:
             events.append(("usage", ('data: {"choices":[]' + usage_tail + "\n\n").encode()))
-        if fault not in ("nodone", "hang"):
+        if fault not in ("nodone", "hang", "mute"):
             events.append(("done", b"data: [DONE]\n\n"))
         n_arg = int(arg.split(":", maxsplit=1)[0]) if arg else 0
         queue: asyncio.Queue[None] | None = None
@@ -380,7 +380,7 @@ class FakeServer:
                     await writer.drain()
             entry["complete"] = True
             entry["ended"] = time.monotonic()
-            if fault == "hang":
+            if fault in ("hang", "mute"):
                 await writer.drain()
                 await asyncio.sleep(3600)
             if fault == "nodone":
