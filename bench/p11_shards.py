@@ -87,8 +87,8 @@ def _shared_limits(quick: bool, tmp: Path) -> list[str]:
         redis_proc.terminate()
         redis_proc.wait(10)
     (wall, share), (alone_wall, alone_share) = figures["shared"], figures["alone"]
-    # judged in full mode only, as every target: 120 requests (6 s) in a quick run are
-    # mostly three processes starting on a loaded CI machine
+    # judged in full mode only: 120 requests (6 s) in a quick run are mostly three
+    # processes starting on a loaded CI machine
     ok = share <= 0.02 and wall <= 1.2 * ideal if not quick else None
     return [row(f"P11 3 shards, {n} requests, RPM {rpm} enforced, run.rpm {rpm} each",
                 f"one Redis: **{share:.1%}** saw a 429, {wall:.1f} s = **{wall / ideal:.2f}×** "
