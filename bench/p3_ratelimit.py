@@ -57,7 +57,9 @@ def run(quick: bool) -> list[str]:
         rows.append(row(f"P3 wall time, {n} requests at RPM {rpm} (run.rpm/tpm set)",
                         f"{wall:.1f} s vs ideal {ideal:.1f} s = **{ratio:.3f}×**; "
                         f"{share:.1%} of requests saw a 429",
-                        "≤ 1.05×, ≤ 1%", ratio <= 1.05 and share <= 0.01))
+                        "≤ 1.05×, ≤ 1%",
+                        # judged in full mode only: a quick run's 6 s are ~5% start-up
+                        ratio <= 1.05 and share <= 0.01 if not quick else None))
         with fake_server("--rpm", str(rpm), "--tpm", str(tpm)) as server:
             wall, _ = _run(server.base_url, tmp, n, "unpaced", None, None)
             ledger = server.control("ledger")
