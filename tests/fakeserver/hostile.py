@@ -132,11 +132,13 @@ def _whole(kind: str, tokens: list[str]) -> tuple[str, bytes]:
         error = {"code": "data_inspection_failed", "type": "data_inspection_failed",
                  "message": "Output data may contain inappropriate content."}
         return "application/json", json.dumps({"error": error}).encode()
+    if kind == "bare":
+        answer: dict[str, Any] = {
+            "choices": [{"message": {"content": "".join(tokens)}, "finish_reason": None}]}
+        return "application/json", json.dumps(answer).encode()
     message = {"role": "assistant", "content": "".join(tokens), "reasoning_content": "thought"}
     answer = {"id": "chatcmpl-whole", "object": "chat.completion", "model": "qwen-plus",
               "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 5, "completion_tokens": len(tokens) + 1,
                         "total_tokens": len(tokens) + 6}}
-    if kind == "bare":
-        answer = {"choices": [{"message": {"content": "".join(tokens)}, "finish_reason": None}]}
     return "application/json", json.dumps(answer).encode()
