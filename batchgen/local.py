@@ -131,13 +131,15 @@ def _free_port() -> int:
 
 
 def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
-    """Runs in the child before exec: SIGTERM it when batchgen dies, however;
+    """Runs in the child before exec: SIGKILL it when batchgen dies, however
+    (not SIGTERM, which llama-server answers with a graceful shutdown that once
+    took over 10 s on a loaded CI machine, with no batchgen left to escalate);
     and no core file of a crashed server in the user's folder."""
     with contextlib.suppress(Exception):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
