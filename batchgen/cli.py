@@ -345,15 +345,18 @@ def local_check(model_path: str | None) -> None:
     """Start llama-server for real, stream one tiny request, stop it (exit 0 when it works)."""
     import asyncio
 
-    from .local import SAFE_FLAGS, self_test
+    from .local import self_test, signal_name
 
     report = asyncio.run(self_test(model_path))
     found = report.found
     click.echo(f"llama-server: {found.server or 'not found'} ({found.server_from})")
     click.echo(f"model:        {found.model or 'not found'} ({found.model_from})")
     if report.started_in is not None:
-        safe = f", with {' '.join(SAFE_FLAGS)} after a crash" if report.safe_mode else ""
-        click.echo(f"started:      healthy in {report.started_in:.1f} s{safe}")
+        how = " as usual"
+        if report.crashes:
+            died = ", then ".join(signal_name(sig) for sig in report.crashes)
+            how = f" with {' '.join(report.start_flags)}, after a crash: killed by {died}"
+        click.echo(f"started:      healthy in {report.started_in:.1f} s{how}")
     if report.streamed_in is not None:
         click.echo(f"streamed:     {report.chunks} chunks in {report.streamed_in:.2f} s: "
                    f"{report.reply.strip()[:60]!r}")

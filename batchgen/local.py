@@ -21,9 +21,12 @@ Where things come from (first found wins):
 
 A server that dies from a signal while starting (SIGILL, SIGSEGV, SIGBUS: a
 binary built for another CPU, or a virtual machine that advertises AMX or
-AVX-512 but does not let a process use it) is started once more with
-:data:`SAFE_FLAGS`; if that dies too, the error names the signal, the likely
-cause and the command that fixes it (:func:`crash_advice`).
+AVX-512 but does not let a process use it) is started again with each of
+:data:`FALLBACK_STARTS` in turn — ``--no-repack`` first — using only flags the
+installed binary lists in its ``--help`` (:func:`supported_flags`: llama.cpp
+renames and drops flags between releases, and a start with an unknown flag
+exits at once instead of serving). If every start dies, the error names the
+signal, the likely cause and the command that fixes it (:func:`crash_advice`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import ctypes
 import logging
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -44,6 +48,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -63,10 +68,17 @@ INSTALL_HINT = (
 )
 HEALTH_TIMEOUT = 180.0
 PID_FILE = ".local-server.pid"
-# Started with these after a crash while starting: no repacked weights (the
-# AMX / AVX-512 kernels live behind them) and no mmap of the model (SIGBUS on
-# file systems that cannot map it).
-SAFE_FLAGS = ("--no-repack", "--no-mmap")
+# Started with these, in turn, after a crash while starting: no repacked
+# weights (the AMX / AVX-512 kernels live behind them), then also no mmap of the
+# model (SIGBUS on file systems that cannot map it). Each step is spelled as the
+# binary spells it — llama.cpp replaced --no-mmap by --load-mode none — and a
+# start with a step the binary has no spelling for is skipped.
+NO_REPACK: tuple[tuple[str, ...], ...] = (("--no-repack",),)
+NO_MMAP: tuple[tuple[str, ...], ...] = (("--no-mmap",), ("--load-mode", "none"))
+FALLBACK_STARTS = ((NO_REPACK,), (NO_REPACK, NO_MMAP))
+# Every flag batchgen itself may pass on a normal start (server_command).
+START_FLAGS = ("-m", "--host", "--port", "-np", "-c")
+HELP_TIMEOUT = 30.0
 CRASH_SIGNALS = {
     signal.SIGILL: "SIGILL (illegal instruction)",
     signal.SIGSEGV: "SIGSEGV (segmentation fault)",
@@ -144,6 +156,84 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
         os._exit(1)
 
 
+_FLAG = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
+
+
+def parse_help_flags(text: str) -> frozenset[str]:
+    """The flags a ``--help`` text lists: on each line that starts with a flag,
+    the flag names before the description (``-m,    --model FNAME   model
+    path`` gives ``-m`` and ``--model``), never a flag a description mentions."""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        words = line.split()
+        if not words or not words[0].startswith("-"):
+            continue
+        for word in words:
+            for part in word.split(","):
+                match = _FLAG.fullmatch(part.split("=")[0])
+                if match:
+                    flags.add(match.group())
+                elif part and (part[0].islower() or part[0] == "("):
+                    break  # the description starts
+            else:
+                continue
+            break
+    return frozenset(flags)
+
+
+def supported_flags(server: Path) -> frozenset[str] | None:
+    """The flags ``server --help`` lists, or None when it cannot say (it
+    crashed, hung or printed none). Asked once per binary and version."""
+    try:
+        stat = server.stat()
+    except OSError:
+        return None
+    return _help_flags(str(server), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _help_flags(server: str, _mtime: int, _size: int) -> frozenset[str] | None:
+    try:
+        done = subprocess.run(  # noqa: S603 - our own binary, no shell
+            [server, "--help"], stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=HELP_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    flags = parse_help_flags(done.stdout.decode("utf-8", "replace")
+                             + "\n" + done.stderr.decode("utf-8", "replace"))
+    return flags or None
+
+
+def fallback_starts(flags: frozenset[str] | None) -> list[tuple[str, ...]]:
+    """The starts to try after a crash, in order, as arguments the binary takes.
+    When its flags are unknown, only ``--no-repack`` (the one that avoids the
+    CPU-specific kernels) is tried."""
+    if flags is None:
+        return [NO_REPACK[0]]
+    starts: list[tuple[str, ...]] = []
+    for steps in FALLBACK_STARTS:
+        spelled = [next((s for s in step if s[0] in flags), None) for step in steps]
+        if all(s is not None for s in spelled):
+            start = tuple(arg for s in spelled if s is not None for arg in s)
+            if start not in starts:
+                starts.append(start)
+    return starts
+
+
+def _add_start(user: Sequence[str], start: Sequence[str]) -> list[str]:
+    """``user``'s server arguments, then ``start``'s steps whose flag the user
+    did not already set (each step is a flag and its values)."""
+    out = list(user)
+    step: list[str] = []
+    for arg in [*start, "-"]:
+        if arg.startswith("-") and step:
+            if not _has_flag(user, step[0]):
+                out += step
+            step = []
+        step.append(arg)
+    return out
+
+
 def _has_flag(args: Sequence[str], *flags: str) -> bool:
     return any(a in flags or any(a.startswith(f + "=") for f in flags) for a in args)
 
@@ -178,11 +268,20 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def crash_advice(sig: int, server_from: str, log_path: Path) -> str:
-    """What to tell a user whose llama-server died from ``sig`` twice."""
-    name = CRASH_SIGNALS.get(signal.Signals(sig), f"signal {sig}")
-    head = (f"llama-server was killed by {name} while starting, also when started again "
-            f"with {' '.join(SAFE_FLAGS)}; its log is {log_path}.")
+def signal_name(sig: int) -> str:
+    try:
+        return CRASH_SIGNALS.get(signal.Signals(sig), f"signal {sig}")
+    except ValueError:
+        return f"signal {sig}"
+
+
+def crash_advice(sig: int, server_from: str, log_path: Path,
+                 tried: Sequence[Sequence[str]] = ()) -> str:
+    """What to tell a user whose llama-server died from ``sig`` on every start."""
+    name = signal_name(sig)
+    again = "; ".join(" ".join(flags) for flags in tried)
+    also = f", also when started again with {again}" if again else ""
+    head = f"llama-server was killed by {name} while starting{also}; its log is {log_path}."
     from_pip = server_from == f"the {SERVER_PACKAGE} package"
     if sig == signal.SIGBUS:
         return (f"{head} Likely cause: the model file is damaged or cannot be read "
@@ -234,8 +333,9 @@ def cleanup_stale(run_dir: Path) -> None:
 class LocalServer:
     """``async with LocalServer(...) as base_url:`` — a healthy llama-server.
 
-    ``safe_mode`` tells afterwards whether it runs with :data:`SAFE_FLAGS`
-    (after a crash while starting).
+    ``start_flags`` tells afterwards which start serves: ``()`` for the normal
+    one, else the fallback flags it took; ``crashes`` the signals of the starts
+    that died before it.
     """
 
     def __init__(self, run_dir: Path, *, model_path: str | None, concurrency: int,
@@ -247,8 +347,14 @@ class LocalServer:
         self.log_path = log_path or run_dir / "local-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self.safe_mode = False
+        self.start_flags: tuple[str, ...] = ()
+        self.crashes: list[int] = []
         self.command: list[str] = []
+
+    @property
+    def safe_mode(self) -> bool:
+        """Whether it serves from a fallback start (after a crash)."""
+        return bool(self.crashes)
 
     async def __aenter__(self) -> str:
         found = check(self.model_path)
@@ -261,21 +367,32 @@ class LocalServer:
         cleanup_stale(self.run_dir)
         try:
             await self._start(found.server, found.model, ())
+            return self.base_url
         except ServerCrashed as first:
+            self.crashes.append(first.signal)
+        flags = await asyncio.to_thread(supported_flags, found.server)
+        tried: list[tuple[str, ...]] = []
+        for start in fallback_starts(flags):
             log.warning("llama-server was killed by %s while starting; starting it again "
-                        "with %s", CRASH_SIGNALS.get(signal.Signals(first.signal), first.signal),
-                        " ".join(SAFE_FLAGS))
-            self.safe_mode = True
+                        "with %s", signal_name(self.crashes[-1]), " ".join(start))
+            tried.append(start)
             try:
-                await self._start(found.server, found.model, SAFE_FLAGS)
-            except ServerCrashed as second:
-                raise LocalEndpointError(
-                    crash_advice(second.signal, found.server_from, self.log_path)) from None
+                await self._start(found.server, found.model, start)
+            except ServerCrashed as again:
+                self.crashes.append(again.signal)
+                continue
+            self.start_flags = start
+            return self.base_url
+        raise LocalEndpointError(
+            crash_advice(self.crashes[-1], found.server_from, self.log_path, tried)) from None
+
+    @property
+    def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def _start(self, server: Path, model: Path, safe: Sequence[str]) -> None:
         self.port = _free_port()
-        extra = [*self.server_args, *(f for f in safe if not _has_flag(self.server_args, f))]
+        extra = _add_start(self.server_args, safe)
         self.command = server_command(server, model, self.port, self.concurrency, extra)
         parent = os.getpid()
         with self.log_path.open("ab") as log_file:
@@ -338,7 +455,8 @@ class SelfTest:
 
     found: Found
     started_in: float | None = None
-    safe_mode: bool = False
+    start_flags: tuple[str, ...] = ()
+    crashes: tuple[int, ...] = ()
     reply: str = ""
     chunks: int = 0
     streamed_in: float | None = None
@@ -369,7 +487,8 @@ async def self_test(model_path: str | None = None, server_args: Sequence[str] = 
         try:
             async with server as base_url:
                 report.started_in = time.monotonic() - t0
-                report.safe_mode = server.safe_mode
+                report.start_flags = server.start_flags
+                report.crashes = tuple(server.crashes)
                 client = make_client(base_url, "no-key", connect_timeout=10, idle_timeout=60,
                                      max_connections=1)
                 pieces: list[str] = []

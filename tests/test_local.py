@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.local import PID_FILE, check
+from batchgen.local import (
+    PID_FILE,
+    START_FLAGS,
+    LocalServer,
+    check,
+    fallback_starts,
+    supported_flags,
+)
 from tests.conftest import ROOT, read_results
 
 FOUND = check()
@@ -101,11 +109,8 @@ def test_small_job_end_to_end_with_reported_usage(tmp_path: Path) -> None:
     assert all(r["cost"] == {"amount": 0.0, "currency": "USD"} for r in results)
 
 
-def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) -> None:
-    job = job_file(tmp_path, n=6, max_tokens=160)
-    run_dir = tmp_path / "out" / "loc"
-    proc = start(job)
-    pid = server_pid(run_dir)
+def kill_9_once_text_is_journaled(proc: subprocess.Popen[str], run_dir: Path) -> None:
+    server_pid(run_dir)
     deadline = time.monotonic() + 120
     db = run_dir / "run.db"
     while time.monotonic() < deadline:  # kill once some text is journaled
@@ -116,9 +121,18 @@ def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) ->
                 if conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0] >= 2:
                     break
         time.sleep(0.1)
+    pid = server_pid(run_dir)  # the server that streams (after a fallback, not the first)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert gone(pid), "llama-server outlived a kill -9 of batchgen"
+
+
+def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) -> None:
+    job = job_file(tmp_path, n=6, max_tokens=160)
+    run_dir = tmp_path / "out" / "loc"
+    db = run_dir / "run.db"
+    proc = start(job)
+    kill_9_once_text_is_journaled(proc, run_dir)
 
     again = start(job)
     _, err = again.communicate(timeout=300)
@@ -186,3 +200,76 @@ def test_local_check_command() -> None:
                              env={**env, "BATCHGEN_LOCAL_MODEL": "/nonexistent.gguf"},
                              capture_output=True, text=True, check=False, timeout=60)
     assert missing.returncode == 1 and "pip install" in missing.stdout
+
+
+# ------------------------------------------- the fallback, with the real binary
+
+
+def test_every_flag_batchgen_may_pass_is_one_the_real_binary_takes(tmp_path: Path) -> None:
+    """The next llama.cpp release that renames or drops a flag fails here, not
+    in a user's run: the normal start's flags are listed, the fallback starts
+    ``--no-repack`` first, and every fallback start really serves."""
+    assert FOUND.server is not None
+    flags = supported_flags(FOUND.server)
+    assert flags is not None, "llama-server --help listed no flags"
+    assert set(START_FLAGS) <= flags, sorted(set(START_FLAGS) - flags)
+    starts = fallback_starts(flags)
+    assert starts and starts[0] == ("--no-repack",)
+    for flags_of_start in starts:
+        server = LocalServer(tmp_path, model_path=None, concurrency=1,
+                             server_args=flags_of_start)
+
+        async def serve(server: LocalServer = server) -> list[str]:
+            async with server:
+                return server.command
+
+        command = asyncio.run(serve())
+        assert all(flag in command for flag in flags_of_start)
+        assert not server.safe_mode
+
+
+def crashing_native_build(tmp_path: Path) -> Path:
+    """The real llama-server as a native build behaves on a host that cannot run
+    its kernels (a VM that advertises AMX): killed by SIGILL while starting,
+    unless started with ``--no-repack``. ``exec`` keeps the pid, so the
+    parent-death signal and the pid file hold for the real server."""
+    assert FOUND.server is not None
+    script = tmp_path / "native" / "llama-server"
+    script.parent.mkdir()
+    script.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" --no-repack "*|*" --help "*) exec "{FOUND.server}" "$@";; esac\n'
+        "kill -ILL $$\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_a_build_that_crashes_runs_through_the_fallback_and_resumes_after_kill_9(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHGEN_LLAMA_SERVER", str(crashing_native_build(tmp_path)))
+    job = job_file(tmp_path, n=4, max_tokens=160)
+    run_dir = tmp_path / "out" / "loc"
+    proc = start(job)
+    kill_9_once_text_is_journaled(proc, run_dir)
+    again = start(job)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "SIGILL" in err and "--no-repack" in err
+    results = read_results(run_dir)
+    assert [r["id"] for r in results] == [f"q{i}" for i in range(4)]
+    for r in results:
+        assert (run_dir / "texts" / f"{r['id']}.md").read_text(encoding="utf-8") == r["content"]
+        assert r["content"].strip()
+    log = (run_dir / "local-server.log").read_text(encoding="utf-8", errors="replace")
+    assert "invalid argument" not in log
+
+
+def test_local_check_says_which_start_worked(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "BATCHGEN_LLAMA_SERVER": str(crashing_native_build(tmp_path))}
+    done = subprocess.run([sys.executable, "-m", "batchgen", "local", "check"], env=env,
+                          capture_output=True, text=True, check=False, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    started = next(line for line in done.stdout.splitlines() if line.startswith("started:"))
+    assert "with --no-repack, after a crash: killed by SIGILL" in started

