@@ -27,9 +27,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .errors import BatchgenError, JobFileError
-    from .jobfile import Job, Overrides, load_job
-    from .runner import RunOptions, RunSummary, run_job
+    from batchgen.errors import BatchgenError, JobFileError
+    from batchgen.jobs.load import Job, Overrides, load_job
+    from batchgen.run.runner import RunOptions, RunSummary, run_job
 
 _LAZY = {
     "BatchgenError": "errors",

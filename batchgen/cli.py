@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from .jobfile import Job, Overrides
-    from .runner import RunSummary
+    from batchgen.jobs.load import Job, Overrides
+    from batchgen.run.runner import RunSummary
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,7 +39,7 @@ class Failure(click.ClickException):
 def _errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import BatchgenError, JobFileError
+        from batchgen.errors import BatchgenError, JobFileError
 
         try:
             return func(*args, **kwargs)
@@ -78,8 +78,8 @@ def _job_options(func: F) -> F:
 
 
 def _overrides(kwargs: dict[str, Any]) -> Overrides:
-    from .jobfile import Overrides
-    from .shards import parse_shard
+    from batchgen.jobs.load import Overrides
+    from batchgen.jobs.shards import parse_shard
 
     shard = parse_shard(kwargs["shard"]) if kwargs.get("shard") else None
     return Overrides(
@@ -94,7 +94,7 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
 
 
 def _load(file: str, kwargs: dict[str, Any], *, for_run: bool = False) -> Job:
-    from .jobfile import load_job
+    from batchgen.jobs.load import load_job
 
     return load_job(file, _overrides(kwargs), for_run=for_run)
 
@@ -143,12 +143,12 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
     to the provider's Batch API (run again to collect), 74 the disk refused a
     write, 75 run directory locked, 130 interrupted (run again to resume).
     """
-    from .progress import make_progress
-    from .runner import RunOptions, check_job, run_job
+    from batchgen.run.progress import make_progress
+    from batchgen.run.runner import RunOptions, check_job, run_job
 
     job = _load(file, kwargs, for_run=not dry_run)
     if dry_run:
-        from .pricing import PriceBook
+        from batchgen.cost.pricing import PriceBook
 
         check_job(job, PriceBook(job.pricing))  # what the run would refuse, the dry run refuses
         _print_plan(job)
@@ -167,7 +167,7 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
 
 
 def _print_plan(job: Job) -> None:
-    from .budget import plan
+    from batchgen.run.budget import plan
 
     p = plan(job)
     where = "embedded local model" if job.endpoint.local else job.endpoint.base_url
@@ -263,8 +263,8 @@ def status(run_dir: str, show_failed: int) -> None:
 
     RUN_DIR may be a sharded job's directory: every shard is shown.
     """
-    from .shards import find_shards
-    from .status import read_status
+    from batchgen.jobs.shards import find_shards
+    from batchgen.outputs.status import read_status
 
     path = Path(run_dir)
     shards = find_shards(path) if not (path / "run.db").exists() else {}
@@ -322,7 +322,7 @@ def merge(job_dir: str) -> None:
     all shards. Exit 0 when every shard is complete, 1 when some are not (what
     is done is still written), 2 when the shards do not belong together.
     """
-    from .merge import merge as merge_shards
+    from batchgen.outputs.merge import merge as merge_shards
 
     summary = merge_shards(Path(job_dir))
     click.echo(f"{job_dir}: merged {summary.shards} of {summary.expected} shards: "
@@ -345,7 +345,7 @@ def local_check(model_path: str | None) -> None:
     """Start llama-server for real, stream one tiny request, stop it (exit 0 when it works)."""
     import asyncio
 
-    from .local import self_test, signal_name
+    from batchgen.llama.server import self_test, signal_name
 
     report = asyncio.run(self_test(model_path))
     found = report.found
@@ -383,9 +383,9 @@ def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
     A sharded job's directory stands for all its shards. --format html prints
     one self-contained page (as report.html) to keep or mail.
     """
-    from .errors import UsageError
-    from .report import build_report, render
-    from .shards import find_shards
+    from batchgen.errors import UsageError
+    from batchgen.jobs.shards import find_shards
+    from batchgen.outputs.report import build_report, render
 
     dirs: list[Path] = []
     for given in map(Path, run_dirs):
@@ -397,7 +397,7 @@ def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
         dirs += list(shards.values()) if shards else [given]
     built = build_report(dirs, group_by)
     if fmt == "html":
-        from .htmlreport import render_html
+        from batchgen.outputs.html import render_html
 
         click.echo(render_html(built, dirs), nl=False)
         return

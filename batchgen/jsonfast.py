@@ -26,7 +26,7 @@ import orjson
 
 __all__ = ["canonical", "fast_loads", "loads"]
 
-# orjson's reader as is, for the stream's chunks (batchgen.chunks), which
+# orjson's reader as is, for the stream's chunks (batchgen.wire.chunks), which
 # take a careful path of their own for whatever it refuses (a ValueError)
 fast_loads = orjson.loads
 

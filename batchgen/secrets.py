@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import JobFileError, Problem, UsageError
+from batchgen.errors import JobFileError, Problem, UsageError
 
 # C0/C1 control characters but tab and newline, and the bidi overrides that can
 # make a terminal show text in another order than it is

@@ -12,7 +12,7 @@ MODE
   sdk     the seed's loop: ``async for chunk in await create(stream=True)``,
           which builds a pydantic object per chunk
   sdkpath batchgen's request path and nothing else: its SDK client
-          (``batchgen.stream.make_client``: the SDK without its type modules,
+          (``batchgen.wire.stream.make_client``: the SDK without its type modules,
           aiohttp transport), ``client.post`` with the raw-response switch,
           the body's bytes read from aiohttp's reader and discarded. No job
           file, store, journal, parsing or retries: what batchgen would cost
@@ -113,7 +113,7 @@ async def sdk_client(todo: list[str], base_url: str, concurrency: int, stream: b
 
 async def sdkpath_client(todo: list[str], base_url: str, concurrency: int, stream: bool
                          ) -> tuple[int, int]:
-    from batchgen.stream import REQUEST_HEADERS, _aiohttp_content, make_client, wire_body
+    from batchgen.wire.stream import REQUEST_HEADERS, _aiohttp_content, make_client, wire_body
 
     client = make_client(base_url, "bench-key", connect_timeout=120.0, idle_timeout=600.0,
                          max_connections=concurrency)

@@ -43,8 +43,9 @@ class Server:
 def fake_server(*args: str) -> Iterator[Server]:
     """The tests' fake API, alone in a process, so its CPU is not ours."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakeserver", "--port", "0", *args],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchgen.testing.fakeserver", "--port", "0", *args],
+        stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     port = int(line.split()[1])

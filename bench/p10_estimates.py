@@ -61,8 +61,8 @@ def _texts() -> dict[str, str]:
 
 
 def _text_errors(rows: list[str]) -> None:
-    from batchgen.estimator import Calibration, Estimator
-    from batchgen.tokenizers import qwen_counter
+    from batchgen.tokens.estimator import Calibration, Estimator
+    from batchgen.tokens.tokenizers import qwen_counter
 
     qwen = qwen_counter()
     if qwen is None:
@@ -102,7 +102,7 @@ class _Reported:
 
 
 def _local_errors(rows: list[str], quick: bool, tmp: Path) -> None:
-    from batchgen.local import check
+    from batchgen.llama.server import check
 
     found = check()
     if found.server is None or found.model is None:
@@ -110,9 +110,9 @@ def _local_errors(rows: list[str], quick: bool, tmp: Path) -> None:
                         "≤ 5%", None))
         return
     from batchgen import load_job, run_job
-    from batchgen.estimator import Calibration, Estimator
-    from batchgen.runner import RunOptions
-    from batchgen.tokenizers import ServerCounter
+    from batchgen.run.runner import RunOptions
+    from batchgen.tokens.estimator import Calibration, Estimator
+    from batchgen.tokens.tokenizers import ServerCounter
 
     n, k = (6, 96) if quick else (16, 192)
     topics = ["rivers", "bread", "chess", "volcanoes", "tea", "bridges", "owls", "glass"]
@@ -134,7 +134,7 @@ def _local_errors(rows: list[str], quick: bool, tmp: Path) -> None:
     # the server is gone after the run: start it again to ask it to count
     import asyncio
 
-    from batchgen.local import LocalServer
+    from batchgen.llama.server import LocalServer
 
     async def counts() -> list[int]:
         async with LocalServer(tmp, model_path=None, concurrency=1) as base_url:
@@ -160,8 +160,8 @@ def _local_errors(rows: list[str], quick: bool, tmp: Path) -> None:
 
 def _ledger_errors(rows: list[str], quick: bool, tmp: Path) -> None:
     from batchgen import load_job, run_job
-    from batchgen.report import build_report
-    from batchgen.runner import RunOptions
+    from batchgen.outputs.report import build_report
+    from batchgen.run.runner import RunOptions
 
     n = 12 if quick else 60
     for model in ("fake-model", "qwen-plus"):

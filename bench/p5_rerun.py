@@ -2,13 +2,13 @@
 
 Uses the largest finished run of P4 (100k prompts in full mode). Baseline in
 the same run: `batchgen validate` of the same file, as a fresh process. The
-re-run finds the job unchanged (batchgen.validated) and does not walk its
+re-run finds the job unchanged (batchgen.jobs.validated) and does not walk its
 prompts; `validate` always does.
 
 Beside it, the wait before a *first* run of the same file sends anything:
 from the process's launch to its first attempt in run.db (then SIGINT). A
 run must validate the whole job before it writes a byte, then plan it into
-the store; the plan is kept from the validating pass (batchgen.spool), so
+the store; the plan is kept from the validating pass (batchgen.jobs.spool), so
 that wait is validation plus the store's inserts, not a second resolve.
 """
 

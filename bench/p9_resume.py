@@ -118,7 +118,7 @@ def _fake_runs(quick: bool, tmp: Path) -> list[str]:
 
 
 def _local_runs(quick: bool, tmp: Path) -> list[str]:
-    from batchgen.local import check
+    from batchgen.llama.server import check
 
     if quick:  # tests/test_local.py resumes a killed run against the real server in CI
         return [row("P9 llama-server resume", "full mode only", "report", None)]
@@ -144,7 +144,7 @@ def _local_runs(quick: bool, tmp: Path) -> list[str]:
             assert _start(job).wait() == 0
         outputs[name] = {json.loads(x)["id"]: json.loads(x) for x in
                          (where / "out" / "p9" / "results.jsonl").read_text().splitlines()}
-    from batchgen.store import RunStore
+    from batchgen.store.runstore import RunStore
 
     store = RunStore(tmp / "local-killed" / "out" / "p9" / "run.db", readonly=True)
     continued = store.query("SELECT request_id, continues FROM attempts "

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakeserver import Config, FakeServer
+from batchgen.testing.fakeserver import Config, FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY = "sk-canary-7f3a9c1e5b2d4f6a8c0e"
@@ -75,7 +75,7 @@ class FakeProcess:
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakeserver", "--port", "0", *args],
+            [sys.executable, "-m", "batchgen.testing.fakeserver", "--port", "0", *args],
             stdout=subprocess.PIPE, text=True, env=env,
         )
         assert self.proc.stdout is not None

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.batchrun import BatchApiError
-from batchgen.jobfile import Overrides
-from batchgen.runner import RunOptions
+from batchgen.jobs.load import Overrides
+from batchgen.run.runner import RunOptions
+from batchgen.run.via_batch import BatchApiError
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import ROOT, FakeProcess, read_results, run_cli, write_job
-from tests.fakeserver import FakeServer
 
 
 async def no_sleep(_seconds: float) -> None:
@@ -116,7 +116,7 @@ def test_fallback_stream_streams_what_an_expired_batch_left(tmp_path: Path,
 
 def test_files_split_per_model_and_line_cap(tmp_path: Path, fake: FakeServer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from batchgen import batchapi
+    from batchgen.batch_api import client as batchapi
 
     monkeypatch.setattr(batchapi, "MAX_LINES", 4)
     monkeypatch.setattr(batchapi.chunks, "__defaults__", (4, batchapi.MAX_BYTES))
@@ -230,8 +230,8 @@ def test_a_failing_batch_api_is_retried_then_reported(tmp_path: Path, fake: Fake
 
 
 def worst_at_batch_price(job: Path, body: dict[str, Any]) -> float:
-    from batchgen.budget import endpoint_list, worst_case
-    from batchgen.pricing import PriceBook
+    from batchgen.cost.pricing import PriceBook
+    from batchgen.run.budget import endpoint_list, worst_case
 
     loaded = load_job(job)
     book = PriceBook(loaded.pricing)
@@ -305,8 +305,8 @@ def test_what_an_expired_batch_left_streams_within_what_the_batch_spent(
     job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
                     defaults={"model": "qwen-max", "max_tokens": 1000})
     loaded = load_job(job)
-    from batchgen.budget import endpoint_list, worst_case
-    from batchgen.pricing import PriceBook
+    from batchgen.cost.pricing import PriceBook
+    from batchgen.run.budget import endpoint_list, worst_case
 
     book = PriceBook(loaded.pricing)
     price = book.price(endpoint_list(loaded, book), "qwen-max")

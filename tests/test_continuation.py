@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.continuation import EchoFilter, continue_body, detect, refusal
-from batchgen.runner import RunOptions
+from batchgen.run.continuation import EchoFilter, continue_body, detect, refusal
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import Config, FakeServer, plan_for
 from tests.conftest import read_results, write_job
-from tests.fakeserver import Config, FakeServer, plan_for
 
 
 async def no_sleep(_seconds: float) -> None:

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import ROOT, read_results, run_cli, write_job
-from tests.fakeserver import FakeServer
 
 
 def entry_with_atexit(marker: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.budget import worst_case
-from batchgen.estimator import Calibration, Estimator
-from batchgen.pricing import ModelPrice, Tier
-from batchgen.report import build_report, render
-from batchgen.runner import RunOptions
-from batchgen.tokenizers import qwen_counter, vocab_path
+from batchgen.cost.pricing import ModelPrice, Tier
+from batchgen.outputs.report import build_report, render
+from batchgen.run.budget import worst_case
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import FakeServer
+from batchgen.tokens.estimator import Calibration, Estimator
+from batchgen.tokens.tokenizers import qwen_counter, vocab_path
 from tests.conftest import write_job
-from tests.fakeserver import FakeServer
 
 REQUIRE = __import__("os").environ.get("BATCHGEN_REQUIRE_LOCAL") == "1"
 needs_qwen = pytest.mark.skipif(

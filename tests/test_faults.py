@@ -19,10 +19,10 @@ from time import monotonic
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.retry import BACKOFF_CAP, backoff, retry_after_seconds
-from batchgen.runner import RunOptions
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import FakeServer
+from batchgen.wire.retry import BACKOFF_CAP, backoff, retry_after_seconds
 from tests.conftest import FakeTime, read_results, write_job
-from tests.fakeserver import FakeServer
 
 
 @dataclass
@@ -169,7 +169,7 @@ def test_silence_after_a_finish_without_usage_keeps_the_answer(tmp_path: Path,
 
 def test_a_finish_without_usage_waits_a_grace_not_the_idle_timeout(
         tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from batchgen import stream
+    from batchgen.wire import stream
 
     monkeypatch.setattr(stream, "USAGE_GRACE", 0.3)
     began = monotonic()
@@ -216,7 +216,7 @@ def test_retry_after_forms() -> None:
 
 
 def test_breaker_holds_launches_when_most_attempts_fail() -> None:
-    from batchgen.limits import Breaker, Gate
+    from batchgen.pacing.gate import Breaker, Gate
 
     now = [0.0]
     gate = Gate(rpm=None, tpm=None, clock=lambda: now[0], sleep=asyncio.sleep)
@@ -264,7 +264,7 @@ def test_a_finished_retry_policy_is_freed_at_once_not_by_the_cycle_collector() -
     import gc
 
     from batchgen.errors import TransientError
-    from batchgen.retry import policy
+    from batchgen.wire.retry import policy
 
     async def no_sleep(_seconds: float) -> None:
         return None

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.engine import Engine
 from batchgen.errors import TransientError
-from batchgen.journal import Journal
-from batchgen.runner import RunOptions
+from batchgen.run.engine import Engine
+from batchgen.run.journal import Journal
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import CANARY, ROOT, FakeProcess, read_results, run_cli, write_job
-from tests.fakeserver import FakeServer
 
 
 async def no_sleep(_seconds: float) -> None:
@@ -138,7 +138,7 @@ def test_a_server_that_does_not_stream_is_read_once_not_bought_again(
         {"id": "refused", "prompt": "[[faults=whole:error]] b"},
         {"id": "page", "prompt": "[[faults=whole:html,whole:html]] c"},
     ], run={"max_attempts": 2})
-    with caplog.at_level("WARNING", logger="batchgen.stream"):
+    with caplog.at_level("WARNING", logger="batchgen.wire.stream"):
         summary = run_job(load_job(job), opts())
     assert (summary.done, summary.failed, summary.exit_code) == (2, 2, 1)
     run_dir = tmp_path / "out" / "t"
@@ -161,8 +161,8 @@ def test_a_server_that_does_not_stream_is_read_once_not_bought_again(
 def test_an_event_stream_without_events_is_a_stream_cut_short() -> None:
     """Only keep-alive comments, then the end: not "no event stream" (it was
     one) but the usual stream that ended before its answer."""
-    from batchgen import stream
-    from batchgen.chunks import StreamResult
+    from batchgen.wire import stream
+    from batchgen.wire.chunks import StreamResult
 
     class Http:
         def __init__(self, kind: str) -> None:

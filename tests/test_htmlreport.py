@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.runner import RunOptions
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import CANARY, ROOT, run_cli, write_job
-from tests.fakeserver import FakeServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -170,7 +170,7 @@ def test_headless_chromium_renders_the_table_and_charts(run_dir: Path, tmp_path:
 
 def test_reports_are_prepared_in_a_thread_and_a_failure_there_is_only_a_lost_head_start(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    code = ("import sys; from batchgen.exports import prepare_reports\n"
+    code = ("import sys; from batchgen.outputs.files import prepare_reports\n"
             "assert 'pygal' not in sys.modules and 'jinja2' not in sys.modules\n"
             "prepare_reports().join(60)\n"
             "from batchgen import htmlreport\n"
@@ -180,7 +180,8 @@ def test_reports_are_prepared_in_a_thread_and_a_failure_there_is_only_a_lost_hea
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "1"]
 
-    from batchgen import charts, htmlreport
+    from batchgen.outputs import charts
+    from batchgen.outputs import html as htmlreport
 
     def broken() -> None:
         raise RuntimeError("no pygal here")
@@ -192,7 +193,7 @@ def test_reports_are_prepared_in_a_thread_and_a_failure_there_is_only_a_lost_hea
 def _timeline_as_lists(start: float, finished: list[tuple[float, float]],
                        done: list[float]) -> list[tuple[float, float, int]]:
     """The timeline as first written, over lists: what the arrays must give."""
-    from batchgen.htmlreport import BUCKETS
+    from batchgen.outputs.html import BUCKETS
 
     recent = [(t, n) for t, n in finished if t >= start]
     if not recent:
@@ -217,7 +218,7 @@ def test_the_timeline_from_flat_arrays_is_the_timeline_from_lists() -> None:
     import random
     from array import array
 
-    from batchgen.htmlreport import BUCKETS, Details, _timeline
+    from batchgen.outputs.html import BUCKETS, Details, _timeline
 
     rng = random.Random(7)
     for case in range(400):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from batchgen.cli import main
 from batchgen.errors import JobFileError
-from batchgen.jobfile import Overrides, load_job
+from batchgen.jobs.load import Overrides, load_job
 from tests.conftest import ROOT, run_cli
 
 GOOD_HEAD = "name: t\nendpoint: {base_url: 'https://example.com/v1'}\ndefaults: {model: m}\n"
@@ -209,7 +209,7 @@ def test_broken_job_file_exit_2_with_location_and_nothing_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, name: str, content: str,
     line: int | None, says: str,
 ) -> None:
-    from batchgen import jobfile
+    from batchgen.jobs import load as jobfile
 
     monkeypatch.setattr(jobfile, "MAX_YAML_BYTES", 512)
     monkeypatch.chdir(tmp_path)
@@ -305,7 +305,7 @@ def test_a_yaml_job_holds_no_tree_of_its_prompts(tmp_path: Path) -> None:
 
 def test_aliases_may_not_expand_a_job_much_but_plain_text_may_be_long(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from batchgen import yamlload
+    from batchgen.jobs import yamlmarks as yamlload
 
     monkeypatch.setattr(yamlload, "MAX_EXPANDED_NODES", 500)
     path = tmp_path / "job.yaml"

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.jobfile import Overrides, load_job
+from batchgen.jobs.load import Overrides, load_job
 from batchgen.jsonfast import canonical, loads
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from batchgen.limits import PACING_MARGIN, AdaptiveLimit, Gate, parse_duration, ratelimit_pause
+from batchgen.pacing.gate import PACING_MARGIN, AdaptiveLimit, Gate, parse_duration, ratelimit_pause
 from tests.conftest import FakeTime
 
 

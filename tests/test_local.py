@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.local import (
+from batchgen.llama.server import (
     PID_FILE,
     START_FLAGS,
     LocalServer,
@@ -160,7 +160,7 @@ def test_kill_9_mid_run_then_rerun_finishes_each_request_once(tmp_path: Path) ->
             "ON u.attempt_id = a.id WHERE a.status = 'aborted'").fetchall()
         assert methods == [("tokenizer",)]
     assert continued, "no killed answer went on from its text"
-    from batchgen.store import RunStore
+    from batchgen.store.runstore import RunStore
 
     store = RunStore(db, readonly=True)
     by_id = {r["id"]: r for r in results}

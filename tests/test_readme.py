@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from batchgen.jobfile import load_job
+from batchgen.jobs.load import load_job
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -26,7 +26,7 @@ def test_two_setup_commands_one_runs_a_job_one_runs_the_tests() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert commands[1] in ci.splitlines(), "CI must run the README's test command verbatim"
     # both build llama.cpp portably, with the flags batchgen's own hints name
-    from batchgen.local import PORTABLE_CMAKE_ARGS
+    from batchgen.llama.server import PORTABLE_CMAKE_ARGS
 
     for command in commands:
         assert command.startswith(f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install')

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.runner import RunOptions
-from tests import replay
+from batchgen.run.runner import RunOptions
+from batchgen.testing import replay
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import read_results, write_job
-from tests.fakeserver import FakeServer
 
 if not (replay.REPLAY_DIR / "streams").is_dir():
     if os.environ.get("BATCHGEN_REQUIRE_LOCAL") == "1":

@@ -11,11 +11,11 @@ import pytest
 
 from batchgen import load_job, run_job
 from batchgen.errors import UsageError
-from batchgen.jobfile import Overrides
-from batchgen.lock import RunLock
-from batchgen.runner import RunOptions
+from batchgen.jobs.load import Overrides
+from batchgen.run.runner import RunOptions
+from batchgen.store.lock import RunLock
+from batchgen.testing.fakeserver import Config, FakeServer, plan_for
 from tests.conftest import CANARY, KEY_ENV, read_results, run_cli, write_job
-from tests.fakeserver import Config, FakeServer, plan_for
 
 
 async def no_sleep(_seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""batchgen.sdk: the SDK's client without its type modules, and the whole SDK after.
+"""batchgen.wire.sdk: the SDK's client without its type modules, and the whole SDK after.
 
 Each case runs in a fresh interpreter: what is imported is the point.
 """
@@ -34,7 +34,7 @@ COUNT = "sum(1 for m in sys.modules if m.startswith('openai.types.'))"
 def test_the_client_loads_without_the_api_types_and_the_package_is_whole_after() -> None:
     out = _python(f"""
         import json, sys
-        from batchgen.sdk import sdk
+        from batchgen.wire.sdk import sdk
         s = sdk()
         light_types = {COUNT}
         import openai
@@ -66,7 +66,7 @@ def test_the_client_loads_without_the_api_types_and_the_package_is_whole_after()
 def test_a_client_made_on_the_light_import_calls_the_batch_api_resources() -> None:
     out = _python("""
         import json
-        from batchgen.stream import make_client
+        from batchgen.wire.stream import make_client
         client = make_client("http://127.0.0.1:9/v1", "sk-test", connect_timeout=1,
                              idle_timeout=None, max_connections=4)
         files, batches = client.files, client.batches
@@ -79,7 +79,7 @@ def test_full_import_when_asked_when_openai_log_is_set_or_openai_is_already_load
     code = """
         import json, sys
         {pre}
-        from batchgen.sdk import sdk
+        from batchgen.wire.sdk import sdk
         print(json.dumps([sdk().light, {count}]))
     """
     for pre, env in (("", {"BATCHGEN_SDK_IMPORT": "full"}), ("", {"OPENAI_LOG": "info"}),
@@ -91,7 +91,7 @@ def test_full_import_when_asked_when_openai_log_is_set_or_openai_is_already_load
 def test_an_sdk_laid_out_otherwise_falls_back_to_the_plain_import_and_leaves_nothing() -> None:
     out = _python(f"""
         import json, sys
-        import batchgen.sdk as mod
+        import batchgen.wire.sdk as mod
         mod.DEFERRED = (*mod.DEFERRED, "openai.no_such_package")
         s = mod.sdk()
         import openai
@@ -111,7 +111,7 @@ def test_a_plain_http_endpoint_without_a_proxy_gets_a_context_that_trusts_no_one
         monkeypatch: Any) -> None:
     import ssl
 
-    from batchgen.stream import tls_context
+    from batchgen.wire.stream import tls_context
 
     for name in PROXY_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -129,7 +129,7 @@ def test_a_plain_http_endpoint_without_a_proxy_gets_a_context_that_trusts_no_one
 @pytest.mark.parametrize("var", ["http_proxy", "HTTPS_PROXY", "all_proxy"])
 def test_a_proxy_in_the_environment_keeps_the_default_context(monkeypatch: Any,
                                                               var: str) -> None:
-    from batchgen.stream import tls_context
+    from batchgen.wire.stream import tls_context
 
     for name in PROXY_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -143,8 +143,8 @@ def test_the_client_carries_the_context_on_either_transport() -> None:
         for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
                      "ALL_PROXY"):
             os.environ.pop(name, None)
-        from batchgen.sdk import sdk
-        from batchgen.stream import make_client
+        from batchgen.wire.sdk import sdk
+        from batchgen.wire.stream import make_client
 
         def cas(http_client):
             transport = http_client._transport

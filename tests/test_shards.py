@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from batchgen import load_job, run_job
-from batchgen.jobfile import Overrides
-from batchgen.runner import RunOptions
+from batchgen.jobs.load import Overrides
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import ROOT, FakeProcess, RedisServer, read_results, run_cli, write_job
-from tests.fakeserver import FakeServer
 
 
 async def no_sleep(_seconds: float) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.testing.fakeserver import Config, plan_for
 from tests.conftest import ROOT, FakeProcess, kill_until_done, read_results, run_cli, write_job
-from tests.fakeserver import Config, plan_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,13 +12,13 @@ from typing import IO
 
 import pytest
 
-from batchgen import spool as spool_mod
 from batchgen.errors import JobFileError
-from batchgen.jobfile import Overrides, load_job
-from batchgen.runner import RunOptions, run_job
-from batchgen.spool import Spool
+from batchgen.jobs import spool as spool_mod
+from batchgen.jobs.load import Overrides, load_job
+from batchgen.jobs.spool import Spool
+from batchgen.run.runner import RunOptions, run_job
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import KEY_ENV
-from tests.fakeserver import FakeServer
 
 MIXED = (
     "name: mixed\noutput_dir: OUT\nendpoint: {base_url: 'BASE', api_key_env: KEY}\n"
@@ -208,7 +208,7 @@ def test_batchgen_run_plans_without_resolving_again(tmp_path: Path, fake: FakeSe
     from click.testing import CliRunner
 
     from batchgen.cli import main
-    from batchgen.jobfile import Job
+    from batchgen.jobs.load import Job
 
     path = tmp_path / "job.jsonl"
     path.write_text("".join(f'{{"prompt": "p{i}"}}\n' for i in range(5)), encoding="utf-8")

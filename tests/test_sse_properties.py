@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchgen.errors import AttemptError
-from batchgen.sse import EventTooLarge, SSEDecoder
-from batchgen.stream import StreamResult, _consume
+from batchgen.wire.sse import EventTooLarge, SSEDecoder
+from batchgen.wire.stream import StreamResult, _consume
 from tests.conftest import Body
 
 # event payloads: JSON-ish text with the characters framing cares about

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import ModerationError, RequestFatalError, TransientError
-from batchgen.stream import StreamResult, _consume, wire_body
-from batchgen.usage import from_report
+from batchgen.testing.fakeserver import FakeServer
+from batchgen.tokens.usage import from_report
+from batchgen.wire.stream import StreamResult, _consume, wire_body
 from tests.conftest import Body
-from tests.fakeserver import FakeServer
 
 
 def consume(raw: bytes, split: int | None = None) -> tuple[str, str, StreamResult]:
@@ -233,8 +233,8 @@ def _run_and_check_plain_texts(tmp_path: Path, fake: FakeServer,
                                prompts: list[dict[str, str]]) -> None:
     """Run the prompts as a job; every answer is whole and the fake server's plan."""
     from batchgen import load_job, run_job
+    from batchgen.testing.fakeserver import Config, plan_for
     from tests.conftest import read_results, write_job
-    from tests.fakeserver import Config, plan_for
 
     job = write_job(tmp_path / "job.yaml", fake, prompts)
     summary = run_job(load_job(job))
@@ -250,7 +250,7 @@ def test_either_transport_reads_whole_and_cut_streams_alike(
         tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """aiohttp's reader is read directly; any other transport through httpx's
     ``aiter_raw``. Both give the same texts, cut streams continued included."""
-    from batchgen import stream
+    from batchgen.wire import stream
 
     monkeypatch.setenv("BATCHGEN_HTTP", transport)
     direct: list[bool] = []
@@ -275,7 +275,7 @@ def test_paced_streams_are_read_in_gathered_pieces_and_lose_nothing(
         tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream past COALESCE_AFTER is read at most every so often (aiohttp's
     socket paused in between): fewer reads than chunks, the same text."""
-    from batchgen import stream
+    from batchgen.wire import stream
 
     monkeypatch.setenv("BATCHGEN_HTTP", transport)
     monkeypatch.setattr(stream, "COALESCE_AFTER", 0.0)
@@ -309,7 +309,7 @@ def test_a_stream_slower_than_the_window_is_read_as_it_comes(
     """Pausing a stream only pays where several chunks gather in a window: one
     whose chunks come 30 ms apart (under 2 in a 50 ms window) is never paused,
     while one 5 ms apart (10 a window) is; both lose nothing."""
-    from batchgen import stream
+    from batchgen.wire import stream
 
     monkeypatch.setattr(stream, "COALESCE_AFTER", 0.0)
     monkeypatch.setattr(stream, "COALESCE_SHARE", 1.0)
@@ -361,7 +361,7 @@ class _Protocol:
 
 
 def test_gather_pauses_the_socket_only_where_aiohttp_holds_no_pause_of_its_own() -> None:
-    from batchgen.stream import _gather
+    from batchgen.wire.stream import _gather
 
     free = _Transport()
     asyncio.run(_gather(_Protocol(free), 0.001))

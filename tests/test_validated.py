@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from batchgen import jobfile, validated
 from batchgen.cli import main
-from batchgen.jobfile import Overrides, load_job
+from batchgen.jobs import load as jobfile
+from batchgen.jobs import validated
+from batchgen.jobs.load import Overrides, load_job
+from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import KEY_ENV
-from tests.fakeserver import FakeServer
 
 
 @pytest.fixture

@@ -1,0 +1,225 @@
+"""Prices: the packaged ``prices.yaml``, a job's ``pricing:`` overrides, and cost.
+
+Cost of one attempt, prices per 1M tokens of the tier its prompt falls in::
+
+    (prompt - cached) × input + cached × cached_input
+        + completion × (thinking_output if the model reasoned else output)
+
+``completion`` includes reasoning tokens, as providers bill it. A model with
+no price is *unknown*, never 0; the local endpoint is free.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from batchgen.jobs.schema import PriceSpec
+from batchgen.jobs.yamlmarks import safe_load
+
+LOCAL_LIST = "local"
+ASSUMED_MAX_OUTPUT = 8192  # budget worst case for a request that sets no max_tokens
+
+
+@dataclass(frozen=True)
+class Tier:
+    max_prompt_tokens: int | None
+    input: float
+    output: float
+    thinking_output: float | None = None
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    model: str
+    currency: str
+    tiers: tuple[Tier, ...]
+    source: str | None = None
+    as_of: str | None = None
+    list_name: str = ""
+    batch_discount: float = 1.0  # the share of the price a Batch API request pays
+
+    def tier(self, prompt_tokens: int) -> Tier:
+        for tier in self.tiers:
+            if tier.max_prompt_tokens is None or prompt_tokens <= tier.max_prompt_tokens:
+                return tier
+        return self.tiers[-1]
+
+    def cost(self, prompt: int, completion: int, reasoning: int | None = None,
+             cached: int | None = None, batch: bool = False) -> float:
+        """``batch``: sent through the provider's Batch API, at ``batch_discount``
+        of the price and without the cached-input discount."""
+        tier = self.tier(prompt)
+        hit = 0 if batch else min(max(cached or 0, 0), prompt)
+        cached_price = tier.cached_input if tier.cached_input is not None else tier.input
+        out_price = tier.output
+        if (reasoning or 0) > 0 and tier.thinking_output is not None:
+            out_price = tier.thinking_output
+        cost = ((prompt - hit) * tier.input + hit * cached_price + completion * out_price) / 1e6
+        return cost * self.batch_discount if batch else cost
+
+    def worst_case(self, prompt: int, max_output: int) -> float:
+        tier = self.tier(prompt + max_output)
+        out_price = max(tier.output, tier.thinking_output or 0.0)
+        return (prompt * tier.input + max_output * out_price) / 1e6
+
+
+@dataclass(frozen=True)
+class PriceList:
+    name: str
+    currency: str
+    hosts: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    free: bool = False
+    source: str | None = None
+    as_of: str | None = None
+    models: dict[str, ModelPrice] = field(default_factory=dict)
+    batch_discount: float = 1.0
+    batch_source: str | None = None
+
+
+def _model_price(name: str, spec: dict[str, Any] | PriceSpec, currency: str, list_name: str,
+                 source: str | None, as_of: str | None) -> ModelPrice:
+    data = spec.model_dump() if isinstance(spec, PriceSpec) else dict(spec)
+    tiers_raw = data.get("tiers") or [
+        {k: data.get(k) for k in ("input", "output", "thinking_output", "cached_input")}
+    ]
+    tiers = tuple(
+        Tier(t.get("max_prompt_tokens"), float(t["input"]), float(t["output"]),
+             None if t.get("thinking_output") is None else float(t["thinking_output"]),
+             None if t.get("cached_input") is None else float(t["cached_input"]))
+        for t in tiers_raw
+    )
+    return ModelPrice(
+        model=name, currency=str(data.get("currency") or currency).upper(), tiers=tiers,
+        source=data.get("source") or source, as_of=str(data.get("as_of") or as_of or "") or None,
+        list_name=list_name,
+    )
+
+
+def load_lists() -> dict[str, PriceList]:
+    """The packaged price table (read once a process: a run prices at its
+    start and again in each report)."""
+    return dict(_packaged_lists())
+
+
+@functools.cache
+def _packaged_lists() -> dict[str, PriceList]:
+    text = resources.files("batchgen.cost").joinpath("prices.yaml").read_text(encoding="utf-8")
+    data = safe_load(text)
+    out: dict[str, PriceList] = {}
+    for name, raw in data["lists"].items():
+        currency = str(raw["currency"]).upper()
+        discount = float(raw.get("batch_discount", 1.0))
+        models = {
+            model: replace(_model_price(model, spec, currency, name, raw.get("source"),
+                                        str(raw.get("as_of"))), batch_discount=discount)
+            for model, spec in (raw.get("models") or {}).items()
+        }
+        out[name] = PriceList(
+            name=name, currency=currency, hosts=tuple(raw.get("hosts") or ()),
+            aliases=tuple(raw.get("aliases") or ()), free=bool(raw.get("free")),
+            source=raw.get("source"), as_of=str(raw.get("as_of")), models=models,
+            batch_discount=discount, batch_source=raw.get("batch_source"),
+        )
+    return out
+
+
+class PriceBook:
+    """Finds the price of a model on an endpoint, job overrides first."""
+
+    def __init__(self, overrides: dict[str, PriceSpec] | None = None,
+                 lists: dict[str, PriceList] | None = None) -> None:
+        self.lists = lists if lists is not None else load_lists()
+        self.overrides = {
+            name: _model_price(name, spec, spec.currency, "job pricing", spec.source, spec.as_of)
+            for name, spec in (overrides or {}).items()
+        }
+
+    def list_for(self, base_url: str, region: str | None = None,
+                 local: bool = False) -> PriceList | None:
+        if local:
+            return self.lists.get(LOCAL_LIST)
+        if region:
+            for plist in self.lists.values():
+                if region == plist.name or region in plist.aliases:
+                    return plist
+            return None
+        host = (urlsplit(base_url).hostname or "").lower()
+        for plist in self.lists.values():
+            if any(host == h or host.endswith("." + h) for h in plist.hosts):
+                return plist
+        return None
+
+    def price(self, plist: PriceList | None, model: str) -> ModelPrice | None:
+        """Exact name, else the longest listed name it extends (``qwen-plus-latest``)."""
+        if model in self.overrides:
+            return self.overrides[model]
+        if plist is None:
+            return None
+        if plist.free:
+            return ModelPrice(model, plist.currency, (Tier(None, 0.0, 0.0),), plist.source,
+                              plist.as_of, plist.name)
+        if model in plist.models:
+            return plist.models[model]
+        best: str | None = None
+        for name in plist.models:
+            if model.startswith(name + "-") and (best is None or len(name) > len(best)):
+                best = name
+        return plist.models[best] if best else None
+
+
+class StoreCosts:
+    """Prices attempts of one run store; registers ``bg_cost`` for SQL."""
+
+    def __init__(self, db: sqlite3.Connection, book: PriceBook) -> None:
+        self.book = book
+        self.run_lists: dict[int, PriceList | None] = {}
+        for run_id, endpoint, base_url, region in db.execute(
+            "SELECT id, endpoint, base_url, region FROM runs"
+        ):
+            local = str(endpoint).startswith("local:")
+            self.run_lists[run_id] = book.list_for(base_url, region, local)
+        self._cache: dict[tuple[int, str], ModelPrice | None] = {}
+        db.create_function("bg_cost", 7, self._sql_cost, deterministic=True)
+        db.create_function("bg_currency", 2, self._sql_currency, deterministic=True)
+
+    def price(self, run_id: int, model: str) -> ModelPrice | None:
+        key = (run_id, model)
+        if key not in self._cache:
+            self._cache[key] = self.book.price(self.run_lists.get(run_id), model)
+        return self._cache[key]
+
+    def cost(self, run_id: int, model: str, prompt: int | None, completion: int | None,
+             reasoning: int | None, cached: int | None, mode: str | None = None
+             ) -> float | None:
+        if prompt is None or completion is None:
+            return 0.0  # no usage row: nothing was billed (an error before any output)
+        price = self.price(run_id, model)
+        return None if price is None else price.cost(prompt, completion, reasoning, cached,
+                                                     batch=mode == "batch")
+
+    def _sql_cost(self, run_id: int, model: str, prompt: int | None, completion: int | None,
+                  reasoning: int | None, cached: int | None, mode: str | None) -> float | None:
+        return self.cost(run_id, model, prompt, completion, reasoning, cached, mode)
+
+    def _sql_currency(self, run_id: int, model: str) -> str | None:
+        price = self.price(run_id, model)
+        return None if price is None else price.currency
+
+
+def overrides_to_json(overrides: dict[str, PriceSpec]) -> str:
+    return json.dumps({k: v.model_dump(exclude_none=True) for k, v in overrides.items()},
+                      sort_keys=True)
+
+
+def overrides_from_json(text: str | None) -> dict[str, PriceSpec]:
+    if not text:
+        return {}
+    return {k: PriceSpec.model_validate(v) for k, v in json.loads(text).items()}

@@ -1,0 +1,423 @@
+"""Job files (YAML, JSONL, OpenAI Batch JSONL) -> a validated :class:`Job`.
+
+Loading validates everything in one streaming pass and raises
+:class:`JobFileError` listing each problem with file, line, key and fix; it
+creates nothing on disk. :meth:`Job.requests` then streams the resolved
+requests a second time, so a 100k-prompt JSONL never sits in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from batchgen.errors import JobFileError, Problem, UsageError
+from batchgen.jobs import validated
+from batchgen.jobs.ids import ClashFinder, clash_problems
+from batchgen.jobs.problems import from_validation, path_str
+from batchgen.jobs.schema import (
+    ID_RE,
+    PARAM_NAMES,
+    BatchLine,
+    Budget,
+    Defaults,
+    Endpoint,
+    EndpointSpec,
+    JobInfo,
+    JobSpec,
+    PlanRow,
+    PriceSpec,
+    PromptSpec,
+    Request,
+    RunSettings,
+    check_base_url,
+)
+from batchgen.jobs.shards import shard_dir, shard_of
+from batchgen.jobs.sources import (
+    MAX_YAML_BYTES,
+    Source,
+    entries,
+    file_stat,
+    is_jsonl,
+    parse_yaml,
+    read_checked,
+    yaml_sources,
+)
+from batchgen.jobs.spool import Spool
+from batchgen.jobs.yamlmarks import LineMap
+from batchgen.jsonfast import canonical
+from batchgen.run.continuation import detect as detect_continuation
+from batchgen.secrets import check_key_env
+
+MAX_PROBLEMS = 20
+LIMITS_URL_VAR = "BATCHGEN_LIMITS_URL"  # redis://HOST:PORT/DB: shared rate limits
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line flags; each replaces the job file's setting."""
+
+    name: str | None = None
+    out: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int | None = None
+    local: bool = False
+    max_cost: float | None = None
+    currency: str | None = None
+    allowed_key_envs: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None  # (K, N): run only shard K of N
+    via: str | None = None  # --via stream|batch
+    fallback: str | None = None  # --fallback batch|stream
+    no_wait: bool = False  # --no-wait
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job. ``requests()`` streams its requests in job order."""
+
+    name: str
+    path: Path
+    run_dir: Path
+    endpoint: Endpoint
+    run: RunSettings
+    defaults: Defaults
+    info: JobInfo
+    budget: Budget | None = None
+    pricing: dict[str, PriceSpec] = field(default_factory=dict)
+    sources: tuple[Source, ...] = ()
+    shard: tuple[int, int] | None = None  # (K, N); run_dir is then the shard's directory
+    job_dir: Path | None = None  # <output_dir>/<name>, where shards merge
+    # the plan's rows as validated (a first run's load_job); read once, by plan_rows()
+    spool: Spool | None = field(default=None, compare=False, repr=False)
+    # what this job's inputs hash to (batchgen.jobs.validated), for the next run
+    validation_key: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def endpoint_id(self) -> str:
+        """What a fingerprint knows of the endpoint (a local port changes; the model does not)."""
+        if self.endpoint.local:
+            return "local:" + Path(self.endpoint.model_path or "default").name
+        return self.endpoint.base_url
+
+    def requests(self) -> Iterator[Request]:
+        """Stream the resolved requests again, in job order."""
+        for src in self.sources:
+            if src.text is None and file_stat(src.file) != src.stat:
+                raise UsageError(f"{src.file} changed while batchgen was reading it; run again")
+
+        def fail(problem: Problem) -> None:
+            raise JobFileError([problem])
+
+        for req in _resolve_all(self, fail):
+            if self.shard is None or shard_of(req.id, self.shard[1]) == self.shard[0]:
+                yield req
+
+    def plan_rows(self) -> Iterator[PlanRow]:
+        """This run's requests as the store plans them, in job order: read back
+        from the validating pass where it kept them, else resolved again."""
+        rows = self.spool.take() if self.spool is not None else None
+        return rows if rows is not None else (req.row() for req in self.requests())
+
+    def discard_spool(self) -> None:
+        """Drop the validating pass's rows (the store has the plan already)."""
+        if self.spool is not None:
+            self.spool.close()
+
+
+def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *,
+             for_run: bool = False) -> Job:
+    """Read and validate a job file. Raises :class:`JobFileError`; writes nothing.
+
+    ``for_run``: what a run needs beyond that. Where the run directory's store
+    recorded validating these very inputs (:mod:`batchgen.jobs.validated`: same
+    bytes, same flags, same code), that record stands and the prompts are not
+    walked. On a first run (no store yet) the validated plan is kept for
+    :meth:`Job.plan_rows` in an unlinked temporary file (:mod:`batchgen.jobs.spool`),
+    so that running the job need not resolve it a second time.
+    """
+    ov = overrides or Overrides()
+    file = Path(path)
+    raw = read_checked(file, MAX_YAML_BYTES if not is_jsonl(file) else None)
+    if is_jsonl(file):
+        spec = JobSpec(prompts_file=str(file))
+        line_map = LineMap()
+        sources: tuple[Source, ...] = (Source(file=file, stat=file_stat(file)),)
+    else:
+        spec, line_map = parse_yaml(file, raw)
+        check_key_env(file, spec.endpoint, line_map.line_of(('endpoint', 'api_key_env')),
+                      ov.api_key_env, ov.allowed_key_envs)
+        sources = yaml_sources(file, raw, spec, line_map)
+
+    job = _assemble(file, spec, ov, sources)
+    key = validated.key_of(job) if for_run else None
+    if key is not None:
+        known = validated.recall(job.run_dir, key)
+        if known is not None:
+            return replace(job, info=known, validation_key=key)
+    problems: list[Problem] = []
+
+    def collect(problem: Problem) -> None:
+        problems.append(problem)
+        if len(problems) >= MAX_PROBLEMS:
+            raise JobFileError(problems, truncated=True)
+
+    count = total = 0
+    models: dict[str, None] = {}
+    clashes = ClashFinder()
+    plan = hashlib.sha256()  # this run's requests (a shard's own)
+    whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
+    kept = Spool() if for_run and not (job.run_dir / "run.db").exists() else None
+    try:
+        for req in _resolve_all(job, collect):
+            line = f"{req.id}\0{req.fingerprint}\n".encode()
+            whole.update(line)
+            clashes.add(req.id)  # over the whole job: shards merge into one texts/
+            total += 1
+            if job.shard is not None and shard_of(req.id, job.shard[1]) != job.shard[0]:
+                continue
+            plan.update(line)
+            count += 1
+            models.setdefault(req.model)
+            if kept is not None and not problems:
+                kept.add(req.row())
+        suspects = clashes.positions()
+        if suspects and len(problems) < MAX_PROBLEMS:
+            for problem in clash_problems(_resolve_all(job, lambda _p: None), suspects):
+                collect(problem)
+        if not problems and total == 0:
+            problems.append(Problem(str(file), None, None, "the job has no prompts"))
+        if problems:
+            raise JobFileError(problems)
+    except BaseException:
+        if kept is not None:
+            kept.close()
+        raise
+    files = tuple(str(s.file) for s in sources)
+    info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
+                   plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
+                   job_requests=total)
+    if key is not None and not validated.still_valid(job):
+        key = None  # a file moved while it was read: nothing to vouch for next time
+    return replace(job, info=info, spool=kept, validation_key=key)
+
+
+def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, ...]) -> Job:
+    name = ov.name or spec.name or file.stem
+    if not ID_RE.match(name):
+        raise UsageError(
+            f"run name {name!r} cannot name a directory; set `name:` or pass --name "
+            "(letters, digits, '.', '_', '-')"
+        )
+    ep: EndpointSpec = spec.endpoint
+    base_url = ep.base_url
+    if ov.base_url:
+        try:
+            base_url = check_base_url(ov.base_url)
+        except ValueError as exc:
+            raise UsageError(f"--base-url: {exc}") from None
+    local = ov.local or ep.local
+    if local:
+        base_url = "http://127.0.0.1"
+    endpoint = Endpoint(
+        base_url=base_url,
+        api_key_env=None if local else (ov.api_key_env or ep.api_key_env),
+        region=ep.region,
+        local=local,
+        model_path=ep.model_path,
+        server_args=tuple(ep.server_args),
+        continuation=ep.continuation or detect_continuation(base_url, local),
+    )
+    run = RunSettings(**spec.run.model_dump())
+    if ov.concurrency is not None:
+        run = replace(run, concurrency=ov.concurrency)
+    if ov.via or ov.fallback or ov.no_wait:
+        run = replace(run, via=ov.via or run.via, fallback=ov.fallback or run.fallback,
+                      no_wait=ov.no_wait)
+    limits_url = os.environ.get(LIMITS_URL_VAR, "").strip()
+    if limits_url:  # set by whoever runs the cluster: it wins over the job file
+        run = replace(run, limits_url=limits_url)
+    budget = Budget(spec.budget.max_cost, spec.budget.currency.upper()) if spec.budget else None
+    if ov.max_cost is not None:
+        currency = ov.currency or (budget.currency if budget else None)
+        if currency is None:
+            raise UsageError("--max-cost needs a currency: pass --currency CNY (or USD)")
+        budget = Budget(ov.max_cost, currency.upper())
+    defaults = spec.defaults
+    if ov.model:
+        defaults = defaults.model_copy(update={"model": ov.model})
+    elif local and defaults.model is None:
+        # the local endpoint serves one model: a job need not name it
+        from batchgen.llama.server import model_name
+
+        defaults = defaults.model_copy(update={"model": model_name(ep.model_path)})
+    out_root = Path(ov.out or spec.output_dir or "outputs")
+    job_dir = out_root / name
+    run_dir = job_dir if ov.shard is None else shard_dir(job_dir, *ov.shard)
+    return Job(
+        name=name, path=file, run_dir=run_dir, endpoint=endpoint, run=run,
+        defaults=defaults, info=JobInfo(0, ()), budget=budget,
+        pricing=dict(spec.pricing or {}), sources=sources, shard=ov.shard, job_dir=job_dir,
+    )
+
+
+# ------------------------------------------------------------- resolving
+
+
+def _resolve_all(job: Job, report: Callable[[Problem], None]) -> Iterator[Request]:
+    position = 0
+    occurrences: dict[str, int] = {}
+    for src in job.sources:
+        for entry, where, path, line_of in entries(src, report):
+            req = _resolve(job, entry, where, path, line_of, position, occurrences, report)
+            if req is not None:
+                yield req
+                position += 1
+
+
+def _validate(model: type[BaseModel], entry: dict[str, Any], name: str,
+              path: tuple[Any, ...], line_of: Callable[[tuple[Any, ...]], int | None],
+              report: Callable[[Problem], None]) -> Any:
+    try:
+        return model.model_validate(entry)
+    except ValidationError as exc:
+        for problem in from_validation(exc, file=name, prefix=path, line_of=line_of, model=model):
+            report(problem)
+        return None
+
+
+def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
+             line_of: Callable[[tuple[Any, ...]], int | None], position: int,
+             occurrences: dict[str, int], report: Callable[[Problem], None]) -> Request | None:
+    name = where.rsplit(":", 1)[0]
+    given_id: str | None
+    if "custom_id" in entry:
+        batch = _validate(BatchLine, entry, name, path, line_of, report)
+        if batch is None:
+            return None
+        body = _batch_body(batch.body)
+        spec = _validate(PromptSpec, body, name, (*path, "body"), line_of, report)
+        given_id = batch.custom_id
+    else:
+        spec = _validate(PromptSpec, entry, name, path, line_of, report)
+        given_id = spec.id if spec is not None else None
+    if spec is None:
+        return None
+    defaults = job.defaults
+    model = spec.model or defaults.model
+    if not model:
+        report(Problem(name, line_of(path), path_str((*path, "model")),
+                       "no model: set `model:` here, `defaults.model` in the job file, "
+                       "or pass --model"))
+        return None
+    messages = _messages(spec, defaults)
+    if messages is None:
+        report(Problem(name, line_of(path), path_str((*path, "system")),
+                       "`system:` given and `messages` already has a system message; keep one"))
+        return None
+    params: dict[str, Any] = {}
+    for source in (defaults, spec):
+        for key in source.model_fields_set & PARAM_NAMES:
+            value = getattr(source, key)
+            if value is None:
+                params.pop(key, None)  # `key: null` on a prompt unsets a default
+            else:
+                params[key] = value
+    extra = {**(defaults.extra_body or {}), **(spec.extra_body or {})}
+    request: dict[str, Any] = {"model": model, "messages": messages, **params}
+    if extra:
+        request["extra_body"] = extra
+    body_json = canonical(request)
+    try:
+        keyed = f"{job.endpoint_id}\n{body_json}".encode()
+        if spec.tags:
+            "".join(spec.tags).encode()
+    except UnicodeEncodeError:
+        at = _lone_surrogate(entry, path) or path
+        report(Problem(name, line_of(at), path_str(at),
+                       "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its "
+                       "pair), which UTF-8 cannot carry: fix or remove that escape"))
+        return None
+    fingerprint = hashlib.sha256(keyed).hexdigest()
+    req_id = given_id
+    if req_id is None:
+        content = canonical({"messages": messages})
+        digest = hashlib.sha256(content.encode()).hexdigest()[:12]
+        n = occurrences.get(digest, 0) + 1
+        occurrences[digest] = n
+        req_id = f"p-{digest}" if n == 1 else f"p-{digest}-{n}"
+    return Request(id=req_id, position=position, model=model, body=request,
+                   fingerprint=fingerprint, tags=tuple(spec.tags or ()), source=where,
+                   body_json=body_json)
+
+
+def _lone_surrogate(obj: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Where in a JSON value a string (or key) holds a lone surrogate."""
+    if isinstance(obj, str):
+        return None if obj.isascii() or not _has_lone(obj) else path
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(key, str) and _has_lone(key):
+                return (*path, key)
+            found = _lone_surrogate(value, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            found = _lone_surrogate(value, (*path, index))
+            if found is not None:
+                return found
+    return None
+
+
+def _has_lone(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _batch_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A Batch API body was written for raw HTTP: provider keys sit at the top."""
+    known = PromptSpec.model_fields.keys()
+    out: dict[str, Any] = {}
+    given = body.get("extra_body")
+    if given is not None and not isinstance(given, dict):
+        # not an object: left as given, for validation to refuse with its key
+        return {key: value for key, value in body.items() if key in known}
+    extra: dict[str, Any] = dict(given or {})
+    for key, value in body.items():
+        if key in ("stream", "stream_options", "extra_body"):
+            continue
+        if key in known:
+            out[key] = value
+        else:
+            extra[key] = value
+    if extra:
+        out["extra_body"] = extra
+    return out
+
+
+def _messages(spec: PromptSpec, defaults: Defaults) -> list[dict[str, Any]] | None:
+    if spec.messages is not None:
+        messages = [m.model_dump(exclude_none=True) for m in spec.messages]
+        has_system = any(m["role"] in ("system", "developer") for m in messages)
+        if spec.system is not None:
+            if has_system:
+                return None
+            return [{"role": "system", "content": spec.system}, *messages]
+        if defaults.system is not None and not has_system:
+            return [{"role": "system", "content": defaults.system}, *messages]
+        return messages
+    system = spec.system if spec.system is not None else defaults.system
+    user = {"role": "user", "content": spec.prompt}
+    return [{"role": "system", "content": system}, user] if system is not None else [user]
+

@@ -1,0 +1,281 @@
+"""Files derived from the run store: texts/, results.jsonl, failed.jsonl.
+
+Every file is written to a temporary file in the same directory, fsynced and
+then renamed over the old one, so a reader never sees half a file and a crash
+never leaves one. The store is the truth: each of these can be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from batchgen.cost.pricing import PriceBook, StoreCosts
+from batchgen.jobs.schema import ID_RE
+from batchgen.store.runstore import RunStore
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()
+
+
+def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> None:
+    """Write ``path`` so that it holds either the old or the whole new content."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _MODE)  # mkstemp makes 0600; results are ordinary files
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(chunks, bytes):
+                fh.write(chunks)
+            else:
+                for chunk in chunks:
+                    fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _syncfs(fd: int) -> bool:
+    """Flush every dirty page of the file system holding ``fd`` (Linux syncfs).
+
+    One call makes a whole batch of files durable; an fsync each costs about
+    a millisecond here, which capped short-request runs at ~300 files/s.
+    """
+    syncfs = _syncfs_function()
+    return syncfs is not None and syncfs(fd) == 0
+
+
+@functools.cache
+def _syncfs_function() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux: an fsync per file instead
+        return None
+
+
+def write_many_atomic(items: list[tuple[Path, bytes]]) -> None:
+    """Like :func:`write_atomic` for many files of one folder, with one sync.
+
+    Every file is written to a temporary file, all are made durable (one
+    ``syncfs``, or an fsync each where that is missing), and only then renamed.
+    """
+    if not items:
+        return
+    items = list(dict(items).items())  # a path given twice: its last content
+    folder = items[0][0].parent
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in items:
+            # The run dir is locked to this process and this is its one writer:
+            # a name of its own is unique without mkstemp's random tries.
+            tmp = str(path.parent / f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, _MODE)
+            temps.append((tmp, path))
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            if not _syncfs(dir_fd):
+                for tmp, _ in temps:
+                    with open(tmp, "rb") as fh:
+                        os.fsync(fh.fileno())
+            for tmp, path in temps:
+                os.replace(tmp, path)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+
+
+def clean_temp(run_dir: Path) -> None:
+    """Remove temp files a killed process left behind (never a finished file)."""
+    for folder in (run_dir, run_dir / "texts"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def text_path(run_dir: Path, request_id: str, reasoning: bool = False) -> Path:
+    """texts/<id>.md — ids are checked again here: they name files."""
+    if not ID_RE.match(request_id):  # pragma: no cover - the job loader refuses these
+        raise ValueError(f"unsafe request id {request_id!r}")
+    return run_dir / "texts" / (f"{request_id}.reasoning.md" if reasoning else f"{request_id}.md")
+
+
+def text_files(run_dir: Path, request_id: str, content: str,
+               reasoning: str) -> list[tuple[Path, bytes]]:
+    files = [(text_path(run_dir, request_id), content.encode("utf-8"))]
+    if reasoning:
+        files.append((text_path(run_dir, request_id, reasoning=True), reasoning.encode("utf-8")))
+    return files
+
+
+def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str) -> None:
+    write_many_atomic(text_files(run_dir, request_id, content, reasoning))
+
+
+def jsonl(obj: dict[str, Any]) -> bytes:
+    """One JSON line, UTF-8. U+2028 / U+2029 are escaped: they are valid inside
+    JSON strings, but readers that split lines the Unicode way (Python's
+    ``str.splitlines``, some JSONL tools) would cut a record in two there."""
+    text = json.dumps(obj, ensure_ascii=False)
+    if "\u2028" in text or "\u2029" in text:
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (text + "\n").encode("utf-8")
+
+
+def _usage(row: Any) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "total_tokens": row["total_tokens"],
+    }
+    if row["reasoning_tokens"] is not None:
+        usage["reasoning_tokens"] = row["reasoning_tokens"]
+    if row["cached_tokens"] is not None:
+        usage["cached_tokens"] = row["cached_tokens"]
+    if row["estimated"]:
+        usage["estimated"] = True
+    return usage
+
+
+def _cost(row: Any) -> dict[str, Any] | None:
+    if row["currency"] is None or row["cost"] is None:
+        return None  # no price for this model: unknown, not 0
+    cost: dict[str, Any] = {"amount": round(row["cost"], 8), "currency": row["currency"]}
+    if row["cost_estimated"]:
+        cost["estimated"] = True
+    return cost
+
+
+def result_line(row: Any, with_cost: bool) -> dict[str, Any]:
+    """One line of results.jsonl from a row of :meth:`RunStore.done_in_order`."""
+    content = row["content"] or ""
+    reasoning = row["reasoning"] or ""
+    line: dict[str, Any] = {"id": row["id"], "model": row["model"], "content": content}
+    if reasoning:
+        line["reasoning_content"] = reasoning
+    line["finish_reason"] = row["finish_reason"]
+    if row["tool_calls"]:
+        line["tool_calls"] = json.loads(row["tool_calls"])
+    line["usage"] = _usage(row) if row["prompt_tokens"] is not None else None
+    line["attempts"] = row["attempts"]
+    if row["continuations"]:
+        line["continuations"] = row["continuations"]
+    line["fingerprint"] = row["fingerprint"]
+    if row["tags"]:
+        line["tags"] = json.loads(row["tags"])
+    if with_cost:
+        line["cost"] = _cost(row)
+    return line
+
+
+def failed_entry(row: Any) -> dict[str, Any]:
+    """A failed request in job-file form, from a row of :meth:`RunStore.failed_in_order`."""
+    body = json.loads(row["body"])
+    entry: dict[str, Any] = {"id": row["id"], "model": body.pop("model"),
+                             "messages": body.pop("messages"), **body}
+    if row["tags"]:
+        entry["tags"] = json.loads(row["tags"])
+    return entry
+
+
+def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) -> dict[str, int]:
+    """Rewrite results.jsonl and failed.jsonl; restore any missing texts/ file.
+
+    With a price ``book``, each result carries its ``cost`` (all its attempts).
+    """
+    with_cost = book is not None
+    if book is not None:
+        StoreCosts(store.db, book)  # registers the bg_cost SQL functions
+    (run_dir / "texts").mkdir(parents=True, exist_ok=True)
+    counts = {"done": 0, "failed": 0, "texts_restored": 0}
+
+    def results() -> Iterable[bytes]:
+        for row in store.done_in_order(with_cost=with_cost):
+            line = result_line(row, with_cost)
+            counts["done"] += 1
+            path = text_path(run_dir, row["id"])
+            if not path.exists():
+                write_texts(run_dir, row["id"], line["content"],
+                            line.get("reasoning_content", ""))
+                counts["texts_restored"] += 1
+            yield jsonl(line)
+
+    def failed() -> Iterable[bytes]:
+        for row in store.failed_in_order():
+            counts["failed"] += 1
+            yield jsonl(failed_entry(row))
+
+    write_atomic(run_dir / "results.jsonl", results())
+    write_atomic(run_dir / "failed.jsonl", failed())
+    return counts
+
+
+def prepare_reports() -> threading.Thread:
+    """Import and compile what report.html needs, in a thread of its own.
+
+    A run starts this once its requests are under way: while they stream the
+    process mostly waits, and the ~0.3 s this takes would otherwise come after
+    the last answer. Drawing the report later finds it done (or waits for it).
+    """
+    def work() -> None:
+        from batchgen.outputs.html import prepare
+
+        prepare()
+
+    thread = threading.Thread(target=work, name="batchgen-reports", daemon=True)
+    thread.start()
+    return thread
+
+
+def write_reports(run_dir: Path) -> None:
+    """report.md, report.json and report.html beside the results, after every run."""
+    write_reports_for(run_dir, [run_dir])
+
+
+def write_reports_for(out_dir: Path, run_dirs: list[Path]) -> None:
+    """The reports of ``run_dirs`` (one run, or a job's merged shards) in ``out_dir``.
+
+    Where ``GITHUB_STEP_SUMMARY`` names a file (a GitHub Actions job), the
+    markdown report is also appended there: the job's summary page shows it.
+    """
+    from batchgen.outputs.html import render_html
+    from batchgen.outputs.report import build_report, render
+
+    report = build_report(run_dirs)
+    markdown = render(report, "md")
+    write_atomic(out_dir / "report.md", markdown.encode("utf-8"))
+    write_atomic(out_dir / "report.json", render(report, "json").encode("utf-8"))
+    write_atomic(out_dir / "report.html", render_html(report, run_dirs).encode("utf-8"))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")

@@ -1,0 +1,292 @@
+"""The cost report: every attempt's tokens, priced; per model (or tag), per currency.
+
+Built from one or more run stores (shards of one job merge into one report).
+Every attempt counts — failed and aborted ones were billed too. Figures from
+estimated usage are reported separately, so a reader sees how much of a cost
+is an estimate. Models without a price are *unknown cost*, never 0. CNY and
+USD are never added together.
+
+``report.json`` (``schema: batchgen.report/1``) is a stable shape::
+
+    {"schema", "generated_at", "runs": [dir], "group_by": "model" | "tag",
+     "rows": [{"key", "currency" (null when unknown), "requests_done",
+               "requests_failed", "attempts", "prompt_tokens",
+               "completion_tokens", "reasoning_tokens", "cached_tokens",
+               "estimated_tokens", "cost" (null when unknown),
+               "estimated_cost", "tokens_by_method": {method: tokens}}],
+     "totals": [{"currency", "cost", "estimated_cost"}],
+     "unknown_cost": [model], "prices": [{"list", "model", "as_of", "source"}],
+     "warnings": [text],
+     "batch": {"requests", "cost": {currency: amount}, "saved": {currency: amount}}}
+
+Each token counts under how it was obtained (``tokens_by_method``): ``exact``
+(reported by the server), ``derived`` (reported for another attempt of the
+same request with the same messages), ``tokenizer``, ``calibrated`` or
+``static`` (estimates; see ``batchgen.tokens.estimator``). ``estimated_tokens`` are
+the last three.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
+from batchgen.errors import StoreError, UsageError
+from batchgen.store.runstore import RunStore
+from batchgen.tokens.estimator import ESTIMATED, METHODS
+
+SCHEMA = "batchgen.report/1"
+NO_TAG = "(no tag)"
+
+
+@dataclass
+class Row:
+    key: str
+    currency: str | None
+    requests_done: int = 0
+    requests_failed: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    estimated_tokens: int = 0
+    cost: float | None = 0.0
+    estimated_cost: float = 0.0
+    tokens_by_method: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    runs: list[str]
+    group_by: str
+    rows: list[Row] = field(default_factory=list)
+    totals: list[dict[str, Any]] = field(default_factory=list)
+    unknown_cost: list[str] = field(default_factory=list)
+    prices: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    generated_at: str = ""
+    # requests answered through the provider's Batch API: how many, what they
+    # cost, and what the same tokens would have cost streamed (per currency)
+    batch: dict[str, Any] = field(default_factory=lambda: {"requests": 0, "cost": {},
+                                                           "saved": {}})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "generated_at": self.generated_at, "runs": self.runs,
+            "group_by": self.group_by, "rows": [asdict(r) for r in self.rows],
+            "totals": self.totals, "unknown_cost": self.unknown_cost, "prices": self.prices,
+            "warnings": self.warnings, "batch": self.batch,
+        }
+
+
+def _keys(group_by: str, model: str, tags_json: str | None) -> list[str]:
+    if group_by == "model":
+        return [model]
+    tags = json.loads(tags_json) if tags_json else []
+    return tags or [NO_TAG]
+
+
+def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
+    report = Report(runs=[str(d) for d in run_dirs], group_by=group_by,
+                    generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    rows: dict[tuple[str, str | None], Row] = {}
+    seen_prices: dict[tuple[str, str], dict[str, Any]] = {}
+    unknown: set[str] = set()
+
+    def row(key: str, currency: str | None) -> Row:
+        return rows.setdefault((key, currency), Row(key, currency))
+
+    for run_dir in run_dirs:
+        db_path = run_dir / "run.db"
+        if not db_path.exists():
+            raise UsageError(f"{run_dir} holds no run (no run.db); is it a run directory?")
+        store = RunStore(db_path, readonly=True)
+        try:
+            _add_store(store, group_by, row, seen_prices, unknown, report.batch)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{db_path} cannot be read ({exc}); it may be damaged") from None
+        finally:
+            store.close()
+
+    report.rows = sorted(rows.values(), key=lambda r: (r.currency or "~", r.key))
+    totals: dict[str, dict[str, Any]] = {}
+    for r in report.rows:
+        if r.currency is None or r.cost is None:
+            continue
+        total = totals.setdefault(r.currency, {"currency": r.currency, "cost": 0.0,
+                                               "estimated_cost": 0.0})
+        total["cost"] += r.cost
+        total["estimated_cost"] += r.estimated_cost
+    report.totals = list(totals.values())
+    report.unknown_cost = sorted(unknown)
+    report.prices = sorted(seen_prices.values(), key=lambda p: (p["list"], p["model"]))
+    for model in report.unknown_cost:
+        report.warnings.append(
+            f"no price for model {model!r} on this endpoint: its cost is unknown (not 0); "
+            "add it to the job's `pricing:` block"
+        )
+    return report
+
+
+def _count_batch(batch: dict[str, Any], a: Any, currency: str, cost: float,
+                 streamed: float | None) -> None:
+    if a["status"] == "done":
+        batch["requests"] += 1
+    batch["cost"][currency] = batch["cost"].get(currency, 0.0) + cost
+    if streamed is not None:
+        batch["saved"][currency] = batch["saved"].get(currency, 0.0) + streamed - cost
+
+
+def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], Row],
+               seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str],
+               batch: dict[str, Any]) -> None:
+    """Add one run store's attempts and requests to the report's rows."""
+    book = PriceBook(overrides_from_json(store.meta("pricing")))
+    costs = StoreCosts(store.db, book)
+    currency_of: dict[str, str | None] = {}
+    for a in store.iterate(
+        "SELECT a.run_id, a.model, a.mode, a.status, r.tags, u.prompt_tokens, "
+        "u.completion_tokens, u.reasoning_tokens, u.cached_tokens, u.estimated, "
+        "u.prompt_method, u.completion_method FROM attempts a "
+        "LEFT JOIN usage u ON u.attempt_id = a.id "
+        "LEFT JOIN requests r ON r.id = a.request_id"
+    ):
+        price = costs.price(a["run_id"], a["model"])
+        currency = price.currency if price else None
+        currency_of.setdefault(a["model"], currency)
+        if price is None:
+            unknown.add(a["model"])
+        else:
+            seen_prices.setdefault((price.list_name, price.model), {
+                "list": price.list_name, "model": price.model, "as_of": price.as_of,
+                "source": price.source})
+        cost = costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
+                          a["completion_tokens"], a["reasoning_tokens"],
+                          a["cached_tokens"], a["mode"])
+        if a["mode"] == "batch" and price is not None and cost is not None:
+            _count_batch(batch, a, price.currency, cost,
+                         costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
+                                    a["completion_tokens"], a["reasoning_tokens"],
+                                    a["cached_tokens"]))
+        for key in _keys(group_by, a["model"], a["tags"]):
+            r = row(key, currency)
+            r.attempts += 1
+            if a["prompt_tokens"] is None:
+                continue
+            r.prompt_tokens += a["prompt_tokens"]
+            r.completion_tokens += a["completion_tokens"]
+            r.reasoning_tokens += a["reasoning_tokens"] or 0
+            r.cached_tokens += a["cached_tokens"] or 0
+            old = "static" if a["estimated"] else "exact"  # a store from before schema 2
+            for tokens, method in ((a["prompt_tokens"], a["prompt_method"] or old),
+                                   (a["completion_tokens"], a["completion_method"] or old)):
+                r.tokens_by_method[method] = r.tokens_by_method.get(method, 0) + tokens
+                if method in ESTIMATED:
+                    r.estimated_tokens += tokens
+            if cost is None or r.cost is None:
+                r.cost = None
+            else:
+                r.cost += cost
+                if a["estimated"]:
+                    r.estimated_cost += cost
+    for req in store.iterate(
+        "SELECT model, tags, state FROM requests WHERE position IS NOT NULL "
+        "AND state IN ('done', 'failed')"
+    ):
+        currency = currency_of.get(req["model"])
+        for key in _keys(group_by, req["model"], req["tags"]):
+            r = row(key, currency)
+            if req["state"] == "done":
+                r.requests_done += 1
+            else:
+                r.requests_failed += 1
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _money(value: float | None, currency: str | None) -> str:
+    if value is None or currency is None:
+        return "unknown"
+    return f"{value:,.4f} {currency}"
+
+
+COLUMNS = ["key", "currency", "requests_done", "requests_failed", "attempts", "prompt_tokens",
+           "completion_tokens", "reasoning_tokens", "cached_tokens", "estimated_tokens", "cost",
+           "estimated_cost"]
+
+
+def _table_rows(report: Report) -> list[list[str]]:
+    out = []
+    for r in report.rows:
+        est = f"{r.estimated_cost:,.4f}" if r.estimated_cost else "-"
+        out.append([r.key, str(r.requests_done), str(r.requests_failed), str(r.attempts),
+                    f"{r.prompt_tokens:,}", f"{r.completion_tokens:,}", f"{r.reasoning_tokens:,}",
+                    f"{r.cached_tokens:,}", _money(r.cost, r.currency), est])
+    return out
+
+
+HEADER = ["", "done", "failed", "attempts", "prompt", "completion", "reasoning", "cached",
+          "cost", "of it estimated"]
+
+
+def _footer(report: Report) -> list[str]:
+    lines = [f"total: {_money(t['cost'], t['currency'])}"
+             + (f" (of it estimated: {t['estimated_cost']:,.4f})" if t["estimated_cost"] else "")
+             for t in report.totals]
+    if not report.totals:
+        lines.append("total: nothing priced")
+    if report.unknown_cost:
+        lines.append("unknown cost: " + ", ".join(report.unknown_cost))
+    methods: dict[str, int] = {}
+    for r in report.rows:
+        for method, count in r.tokens_by_method.items():
+            methods[method] = methods.get(method, 0) + count
+    if set(methods) - {"exact"}:
+        lines.append("tokens: " + ", ".join(f"{methods[m]:,} {m}" for m in METHODS
+                                            if methods.get(m)))
+    dates = sorted({f"{p['list']} as of {p['as_of']}" for p in report.prices if p["as_of"]})
+    if dates:
+        lines.append("prices: " + "; ".join(dates))
+    if report.batch["requests"]:
+        saved = "; ".join(f"{v:,.4f} {c}" for c, v in sorted(report.batch["saved"].items()))
+        lines.append(f"by batch: {report.batch['requests']:,} requests through the provider's "
+                     f"Batch API, at its lower price: saved {saved or 'unknown'}")
+    lines += [f"warning: {w}" for w in report.warnings]
+    return lines
+
+
+def render(report: Report, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow([*COLUMNS, *(f"tokens_{m}" for m in METHODS)])
+        for r in report.rows:
+            data = asdict(r)
+            writer.writerow(["" if data[c] is None else data[c] for c in COLUMNS]
+                            + [r.tokens_by_method.get(m, 0) for m in METHODS])
+        return buf.getvalue()
+    header = [report.group_by, *HEADER[1:]]
+    body = _table_rows(report)
+    if fmt == "md":
+        lines = [f"# Cost report: {', '.join(report.runs)}", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        lines += ["", *[f"- {line}" for line in _footer(report)], ""]
+        return "\n".join(lines)
+    table = [header, *body]
+    widths = [max(len(cells[i]) for cells in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+             for cells in table]
+    return "\n".join([*lines, "", *_footer(report)]) + "\n"

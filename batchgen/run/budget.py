@@ -1,0 +1,212 @@
+"""Budget guard and dry-run plan: worst-case cost before anything is spent.
+
+Before a request starts, what the run directory has spent so far plus the
+worst case of every request in flight (its prompt estimate at the input price
+and its ``max_tokens`` at the higher of the output and thinking prices) must
+fit under ``max_cost``. When it would not, the run stops launching, lets
+in-flight requests finish, writes its report and exits 3. A request without
+``max_tokens`` is assumed to produce at most 8,192 tokens here; set
+``max_tokens`` for a hard bound.
+
+Through the provider's Batch API (``--via batch``) a batch is paid for as a
+whole once submitted, so the same rule decides what goes into a new batch:
+what the run has spent plus the worst case, at the batch price, of every
+request in a batch still open and of the request itself (:class:`BatchBudget`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchgen.cost.pricing import ASSUMED_MAX_OUTPUT, ModelPrice, PriceBook, PriceList, StoreCosts
+from batchgen.errors import UsageError
+from batchgen.jobs.load import Job
+from batchgen.jobs.schema import Budget, Request
+from batchgen.store.runstore import Pending, RunStore
+from batchgen.tokens.estimator import Estimator
+from batchgen.tokens.ledger import load_calibration
+from batchgen.tokens.usage import Usage
+
+
+def worst_case(price: ModelPrice, body: dict[str, Any], estimator: Estimator | None = None
+               ) -> float:
+    prompt = (estimator or Estimator()).prompt(body)[0]
+    max_out = int(body.get("max_tokens") or body.get("max_completion_tokens")
+                  or ASSUMED_MAX_OUTPUT)
+    return price.worst_case(prompt, max_out)
+
+
+def endpoint_list(job: Job, book: PriceBook) -> PriceList | None:
+    return book.list_for(job.endpoint.base_url, job.endpoint.region, job.endpoint.local)
+
+
+def check_budget(job: Job, book: PriceBook) -> None:
+    """A budget needs a price, in its currency, for every model of the job."""
+    assert job.budget is not None
+    plist = endpoint_list(job, book)
+    for model in job.info.models:
+        price = book.price(plist, model)
+        if price is None:
+            raise UsageError(
+                f"a budget is set but model {model!r} has no price on this endpoint; "
+                "add it under `pricing:` in the job file"
+            )
+        if price.currency != job.budget.currency:
+            raise UsageError(
+                f"the budget is in {job.budget.currency} but {model!r} is priced in "
+                f"{price.currency}; set budget.currency: {price.currency}"
+            )
+
+
+def spent(store: RunStore, book: PriceBook, currency: str) -> float:
+    """What every attempt in the store cost, in ``currency`` (batch attempts at
+    the batch price)."""
+    StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
+    total = 0.0
+    for row in store.iterate(
+        "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
+        "u.reasoning_tokens, u.cached_tokens, a.mode) AS cost, "
+        "bg_currency(a.run_id, a.model) AS cur "
+        "FROM attempts a JOIN usage u ON u.attempt_id = a.id"
+    ):
+        if row["cost"] is not None and row["cur"] == currency:
+            total += row["cost"]
+    return total
+
+
+class BudgetGuard:
+    """Admits a request only while spent + in-flight worst cases fit."""
+
+    def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore,
+                 estimator: Estimator | None = None) -> None:
+        self.budget = budget
+        self.estimator = estimator or Estimator()
+        self.book = book
+        self.plist = endpoint_list(job, book)  # every model priced: see check_budget
+        self.spent = spent(store, book, budget.currency)
+        self.reserved: dict[str, float] = {}
+
+    def _price(self, model: str) -> ModelPrice:
+        price = self.book.price(self.plist, model)
+        assert price is not None  # checked for every model of the job in __init__
+        return price
+
+    def admit(self, p: Pending) -> str | None:
+        """None to go ahead (and reserve), or the reason to stop."""
+        worst = worst_case(self._price(p.model), p.body, self.estimator)
+        if self.spent + sum(self.reserved.values()) + worst > self.budget.max_cost:
+            return "budget"
+        self.reserved[p.id] = worst
+        return None
+
+    def charge(self, p: Pending, usage: Usage | None) -> None:
+        if usage is not None:
+            self.spent += self._price(p.model).cost(usage.prompt_tokens, usage.completion_tokens,
+                                                    usage.reasoning_tokens, usage.cached_tokens)
+
+    def release(self, p: Pending) -> None:
+        self.reserved.pop(p.id, None)
+
+
+class BatchBudget:
+    """What the budget leaves for new batches (``--via batch``).
+
+    A batch cannot be stopped half-way once submitted, so a request goes into a
+    new one only while the run's spending, the worst case of every request in a
+    batch still open, and its own worst case — all at the batch price — fit.
+    Asked afresh before each round of new batches: a collected batch's actual
+    cost replaces its worst case, which may make room for more. Worst cases are
+    kept by request id; a body is read from the store only for a request
+    batched before this process started.
+    """
+
+    def __init__(self, budget: Budget, job: Job, book: PriceBook, store: RunStore,
+                 estimator: Estimator | None = None) -> None:
+        self.budget = budget
+        self.book = book
+        self.store = store
+        self.estimator = estimator or Estimator()
+        self.plist = endpoint_list(job, book)  # every model priced: see check_budget
+        self._worst: dict[str, float] = {}
+
+    def worst(self, request_id: str, model: str, body: dict[str, Any]) -> float:
+        if request_id not in self._worst:
+            price = self.book.price(self.plist, model)
+            assert price is not None  # checked for every model of the job before the run
+            self._worst[request_id] = (worst_case(price, body, self.estimator)
+                                       * price.batch_discount)
+        return self._worst[request_id]
+
+    def room(self) -> float:
+        held = 0.0
+        for row in self.store.iterate("SELECT id FROM requests WHERE state='batched'"):
+            rid = row["id"]
+            if rid not in self._worst:
+                model, body = self.store.db.execute(
+                    "SELECT model, body FROM requests WHERE id=?", (rid,)).fetchone()
+                self.worst(rid, model, json.loads(body))
+            held += self._worst[rid]
+        return self.budget.max_cost - spent(self.store, self.book, self.budget.currency) - held
+
+
+@dataclass
+class Plan:
+    """What ``run --dry-run`` prints: nothing was called or written."""
+
+    to_run: int = 0
+    to_skip: int = 0
+    prompt_tokens: int = 0
+    worst_case: dict[str, float] = field(default_factory=dict)
+    unknown_cost: set[str] = field(default_factory=set)
+    models: dict[str, int] = field(default_factory=dict)
+
+
+def plan(job: Job) -> Plan:
+    book = PriceBook(job.pricing)
+    plist = endpoint_list(job, book)
+    db = job.run_dir / "run.db"
+    store = RunStore(db, readonly=True) if db.exists() else None
+    estimator = Estimator(load_calibration(store) if store is not None else None)
+    result = Plan()
+    try:
+        for req in _skipping_done(job.requests(), store, result):
+            result.to_run += 1
+            result.models[req.model] = result.models.get(req.model, 0) + 1
+            result.prompt_tokens += estimator.prompt(req.body)[0]
+            price = book.price(plist, req.model)
+            if price is None:
+                result.unknown_cost.add(req.model)
+            else:
+                share = price.batch_discount if job.run.via == "batch" else 1.0
+                result.worst_case[price.currency] = (
+                    result.worst_case.get(price.currency, 0.0)
+                    + worst_case(price, req.body, estimator) * share)
+    finally:
+        if store is not None:
+            store.close()
+    return result
+
+
+LOOKUP = 500  # ids per query of the store: well under SQLite's limit on parameters
+
+
+def _skipping_done(requests: Iterator[Request], store: RunStore | None,
+                   result: Plan) -> Iterator[Request]:
+    """The requests the store has not finished with this very fingerprint
+    (counted into ``result.to_skip``), asked about ``LOOKUP`` at a time."""
+    while chunk := list(itertools.islice(requests, LOOKUP)):
+        done: set[tuple[str, str]] = set()
+        if store is not None:
+            marks = ",".join("?" * len(chunk))
+            # only placeholders go into the SQL; the ids are parameters
+            sql = f"SELECT id, fingerprint FROM requests WHERE state='done' AND id IN ({marks})"  # noqa: S608
+            done = {(r[0], r[1]) for r in store.query(sql, tuple(req.id for req in chunk))}
+        for req in chunk:
+            if (req.id, req.fingerprint) in done:
+                result.to_skip += 1
+            else:
+                yield req

@@ -1,0 +1,213 @@
+"""Continuing an interrupted answer from the text already on disk.
+
+When a run is killed, or a stream drops and is retried, the answer so far is
+in the run store. Where the endpoint can continue an assistant message, the
+next attempt sends that text back and asks only for the rest, so the model
+neither generates nor bills the same text twice. How the text goes back
+depends on the endpoint (``endpoint.continuation``):
+
+=========================  ==========================================================
+``partial``                Model Studio (DashScope): a last message
+                           ``{"role": "assistant", "content": TEXT, "partial": true}``
+``prefix``                 DeepSeek (its ``/beta`` base URL): the same with
+                           ``"prefix": true``
+``continue_final_message`` vLLM: a trailing assistant message, and
+                           ``continue_final_message: true,
+                           add_generation_prompt: false`` in the body
+``prefill``                llama.cpp's server and others that continue a trailing
+                           assistant message as is; llama-server echoes the prefix
+                           at the start of its first delta (:class:`EchoFilter`)
+``none``                   every retry starts over
+=========================  ==========================================================
+
+The default follows the endpoint (:func:`detect`). A request is continued
+only when nothing about it forbids it (:func:`refusal`): not with thinking on
+(Model Studio refuses partial mode then), not with tools, not with ``n > 1``,
+not when its own messages already end with an assistant message, and not
+from an attempt that produced reasoning. ``max_tokens`` (or
+``max_completion_tokens``) stays the limit of the whole answer: a
+continuation asks for what is left, at least 1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from batchgen.store.reads import StoreReads
+
+FORMS = ("partial", "prefix", "continue_final_message", "prefill", "none")
+
+# Models that always think (Model Studio refuses partial mode for them).
+THINKING_MODELS = re.compile(
+    r"^(qwq|qvq)|thinking|reason|deepseek-r1|-r1\b|^o[1345](-|$)|gpt-oss", re.IGNORECASE)
+# Attempts whose text is a sound start: stopped by us, or by a passing fault.
+CONTINUABLE = frozenset({
+    "interrupted", "connection", "idle_timeout", "max_duration", "incomplete_stream",
+    "malformed_chunk", "error_event", "server_error", "timeout", "conflict", "rate_limited",
+    "oversized_event",
+})
+
+
+def detect(base_url: str, local: bool) -> str:
+    """The continuation form an endpoint most likely speaks."""
+    if local:
+        return "prefill"
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    if re.search(r"(^|\.)dashscope[a-z0-9-]*\.aliyuncs\.com$", host):
+        return "partial"
+    if host == "api.deepseek.com" and parts.path.rstrip("/").startswith("/beta"):
+        return "prefix"
+    return "none"
+
+
+# Qwen3 open-source models think unless told not to (enable_thinking: false).
+THINKING_BY_DEFAULT = re.compile(r"^qwen3-(\d+(\.\d+)?b|\d+b-a\d+b)", re.IGNORECASE)
+
+
+def thinks(body: dict[str, Any]) -> bool:
+    extra = body.get("extra_body") or {}
+    model = str(body.get("model", ""))
+    if extra.get("enable_thinking") is True or body.get("reasoning_effort"):
+        return True
+    thinking = extra.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        return True
+    if THINKING_BY_DEFAULT.search(model) and extra.get("enable_thinking") is not False:
+        return True
+    return bool(THINKING_MODELS.search(model))
+
+
+def refusal(body: dict[str, Any]) -> str | None:
+    """Why this request must start fresh after an interruption, or None."""
+    if thinks(body):
+        return "thinking"
+    if body.get("tools") or (body.get("extra_body") or {}).get("tools"):
+        return "tools"
+    if (body.get("n") or 1) > 1:
+        return "n > 1"
+    messages = body.get("messages") or []
+    if messages and messages[-1].get("role") == "assistant":
+        return "its messages end with an assistant message"
+    return None
+
+
+def remaining_tokens(body: dict[str, Any], done: int) -> dict[str, int]:
+    """The output limit of a continuation: what is left of the whole answer's."""
+    out = {}
+    for key in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(key)
+        if isinstance(limit, int):
+            out[key] = max(1, limit - done)
+    return out
+
+
+def continue_body(body: dict[str, Any], text: str, form: str, done_tokens: int
+                  ) -> dict[str, Any]:
+    """The request that continues ``text`` (the answer so far) in ``form``."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    extra = dict(body.get("extra_body") or {})
+    if form == "partial":
+        message["partial"] = True
+    elif form == "prefix":
+        message["prefix"] = True
+    elif form == "continue_final_message":
+        extra.update(continue_final_message=True, add_generation_prompt=False)
+    out = {**body, "messages": [*body["messages"], message],
+           **remaining_tokens(body, done_tokens)}
+    if extra:
+        out["extra_body"] = extra
+    return out
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted request goes on from: the answer so far."""
+
+    parent: int  # the attempt whose text ends the chain
+    text: str  # the whole answer so far (every attempt of the chain)
+    tokens: int  # completion tokens those attempts generated (reported or estimated)
+    depth: int  # continuations so far in the chain
+
+
+OnText = Callable[[str, str], None]
+
+
+class EchoFilter:
+    """Drops the prefix a server repeats at the start of its continuation.
+
+    llama-server answers a trailing assistant message ``"uno, dos,"`` with a
+    first delta ``"uno, dos, t"``. The start of the stream is held until it is
+    either longer than the prefix or cannot be an echo of it; an echo is cut,
+    anything else passes unchanged.
+    """
+
+    def __init__(self, prefix: str, on_text: OnText) -> None:
+        self.prefix = prefix
+        self.on_text = on_text
+        self.held = ""
+        self.settled = not prefix
+        self.echoed = False
+
+    def __call__(self, content: str, reasoning: str) -> None:
+        if self.settled or not content:
+            self.on_text(content, reasoning)
+            return
+        self.held += content
+        if len(self.held) < len(self.prefix) and self.prefix.startswith(self.held):
+            if reasoning:
+                self.on_text("", reasoning)
+            return  # maybe the echo: wait for more
+        self.settled = True
+        out = self.held
+        if out.startswith(self.prefix):
+            out = out[len(self.prefix):]
+            self.echoed = True
+        self.held = ""
+        if out or reasoning:
+            self.on_text(out, reasoning)
+
+
+def resumable(store: StoreReads, request_id: str, fingerprint: str,
+          count_tokens: Callable[[str], int]) -> Resume | None:
+    """The answer so far of an interrupted request, if it can go on from it.
+
+    The last attempt (of this version of the request) decides: stopped by
+    us or by a passing fault, with content and no reasoning; never after a
+    continuation was refused. Its text is the chain of attempts it went on
+    from. Tokens already generated are the attempts' usage (reported or
+    estimated), or ``count_tokens`` of their text where none was recorded.
+    """
+    rows = store.db.execute(
+        "SELECT a.id, a.continues, a.continuations, a.status, a.error_class, "
+        "u.completion_tokens FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
+        "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
+        (request_id, fingerprint),
+    ).fetchall()
+    if not rows or any(r[4] == "continuation_refused" for r in rows):
+        return None
+    by_id = {r[0]: r for r in rows}
+    last = next((r for r in reversed(rows) if r[3] != "streaming"), None)
+    while last is not None and last[4] == "rate_limited" and last[5] is None:
+        last = by_id.get(last[1]) if last[1] else None  # refused before any output
+    if last is None or last[3] not in ("aborted", "error") or last[4] not in CONTINUABLE:
+        return None
+    pieces: list[str] = []
+    tokens = 0
+    node: tuple[Any, ...] | None = last
+    while node is not None:
+        content, reasoning = store.attempt_text(node[0])
+        if reasoning:
+            return None  # a thinking answer starts over
+        pieces.append(content)
+        tokens += node[5] if node[5] is not None else count_tokens(content)
+        node = by_id.get(node[1]) if node[1] else None
+    text = "".join(reversed(pieces))
+    if not text:
+        return None
+    return Resume(parent=last[0], text=text, tokens=tokens, depth=last[2] or 0)

@@ -1,0 +1,367 @@
+"""The asyncio core of a run: launch requests, stream attempts, hand text to the journal.
+
+One task per active request; at most ``2 × concurrency`` exist at a time, so
+memory does not grow with the job. Each task runs its attempts under the
+tenacity policy; every attempt passes the :class:`Gate` (pause, RPM/TPM) and
+holds an :class:`AdaptiveLimit` slot while it streams. Text goes to the
+:class:`~batchgen.run.journal.Journal`, which commits it to the store.
+
+Every request ends done, failed (with a reason) or pending: whatever goes
+wrong inside a request's task — a header that does not parse, a bug — is
+caught, logged and recorded as that request's failure; it never ends the task
+silently. A storage failure stops the whole run (exit 74).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from batchgen.errors import (
+    AttemptError,
+    ModerationError,
+    RequestFatalError,
+    RunFatalError,
+    StorageError,
+    TransientError,
+)
+from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
+from batchgen.run.budget import BudgetGuard
+from batchgen.run.continuation import EchoFilter, Resume, continue_body, refusal, resumable
+from batchgen.run.journal import Journal, Live
+from batchgen.run.progress import Progress
+from batchgen.secrets import printable
+from batchgen.store.runstore import AttemptEnd, Ended, Pending, RunStore
+from batchgen.tokens import tokenizers
+from batchgen.tokens.estimator import Estimator
+from batchgen.tokens.usage import Usage, estimate, from_report
+from batchgen.wire import retry
+from batchgen.wire.stream import StreamResult, stream_attempt
+from batchgen.wire.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_RESERVE = 4096  # tokens assumed for TPM when a request sets no max_tokens
+
+
+class _Stopped(Exception):
+    """The run stopped launching; this request stays pending."""
+
+
+@dataclass
+class Outcome:
+    """What the engine did, for the summary and the exit code."""
+
+    done: int = 0
+    failed: int = 0
+    fatal: RunFatalError | None = None
+    storage: StorageError | None = None
+    stopped_by: str | None = None  # budget | interrupt | fatal | storage | submitted
+    notes: list[str] = field(default_factory=list)  # to tell the user (batches)
+
+
+@dataclass
+class EngineDeps:
+    """Side effects, passed in (STYLE.md 4)."""
+
+    store: RunStore
+    client: Any
+    run_dir: Path
+    run_id: int
+    progress: Progress
+    clock: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+    redact: retry.Redact
+    rng: random.Random
+    flush_interval: float = 0.1  # seconds between commits of streamed text
+    budget: BudgetGuard | None = None
+    estimator: Estimator = field(default_factory=Estimator)
+
+
+class Engine:
+    def __init__(self, deps: EngineDeps, *, concurrency: int, max_attempts: int,
+                 rpm: float | None, tpm: float | None, idle_timeout: float = 120.0,
+                 max_duration: float | None = None, continuation: str = "none",
+                 resume: str = "auto", gate: StartGate | None = None) -> None:
+        self.d = deps
+        # how an interrupted answer goes on ("none": it starts over)
+        self.form = continuation if resume == "auto" else "none"
+        self.max_attempts = max_attempts
+        self.limit = AdaptiveLimit(concurrency, deps.clock)
+        self.gate: StartGate = gate or Gate(rpm=rpm, tpm=tpm, clock=deps.clock, sleep=deps.sleep)
+        self.breaker = Breaker(self.gate)
+        self.max_active = max(2 * concurrency, concurrency + 4)
+        self.outcome = Outcome()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.only: set[str] | None = None  # run only these requests (None: every pending one)
+        self.journal = Journal(deps.store, deps.run_dir, clock=deps.clock,
+                               flush_interval=deps.flush_interval,
+                               on_failure=self._storage_failed)
+        self.watchdog = Watchdog(idle_timeout=idle_timeout, max_duration=max_duration)
+
+    # ------------------------------------------------------------ control
+
+    def stop(self, reason: str) -> None:
+        """Stop launching attempts; in-flight ones finish unless cancelled."""
+        self.stopping = True
+        if self.outcome.stopped_by is None:
+            self.outcome.stopped_by = reason
+
+    def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _storage_failed(self, error: StorageError) -> None:
+        """Nothing more can be saved: buy nothing more."""
+        self.outcome.storage = error
+        self.stop("storage")
+        self.cancel_all()
+
+    async def run(self) -> Outcome:
+        flusher = asyncio.create_task(self.journal.run())
+        ticker = asyncio.create_task(self.watchdog.run())
+        try:
+            await self._launch_all()
+        finally:
+            ticker.cancel()
+            self.journal.stop()
+            await flusher
+            await self.journal.close()
+        return self.outcome
+
+    async def _launch_all(self) -> None:
+        room = asyncio.Semaphore(self.max_active)
+        try:
+            for pending in self.d.store.pending():
+                if self.only is not None and pending.id not in self.only:
+                    continue
+                await room.acquire()
+                await self.journal.room()
+                if self.stopping:
+                    room.release()
+                    break
+                if self.d.budget is not None:
+                    reason = self.d.budget.admit(pending)
+                    if reason is not None:
+                        # stop launching; what was admitted runs to its end
+                        room.release()
+                        if self.outcome.stopped_by is None:
+                            self.outcome.stopped_by = reason
+                        break
+                task = asyncio.create_task(self._request(pending))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                task.add_done_callback(lambda _t: room.release())
+        finally:
+            while self.tasks:
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------ requests
+
+    async def _request(self, p: Pending) -> None:
+        try:
+            await self._attempts(p)
+        except (_Stopped, StorageError):
+            return  # pending: a re-run picks it up
+        except RunFatalError as exc:
+            if self.outcome.fatal is None:
+                self.outcome.fatal = exc
+                log.warning("stopping the run: %s", exc)
+            self.stop("fatal")
+        except (TransientError, RequestFatalError) as exc:
+            log.warning("%s failed for good: %s", p.id, exc)
+            self._fail(p, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, or something no one foresaw: this request only
+            log.exception("%s: unexpected error", p.id)
+            self._fail(p, printable(self.d.redact(f"{type(exc).__name__}: {exc}")))
+        finally:
+            if self.d.budget is not None:
+                self.d.budget.release(p)
+
+    def _fail(self, p: Pending, reason: str | None) -> None:
+        try:
+            self.journal.mark_failed(p.id, reason)
+        except StorageError:
+            return
+        self.outcome.failed += 1
+        self.d.progress.update(failed=1, in_flight=self.limit.active)
+
+    async def _attempts(self, p: Pending) -> None:
+        number = p.attempts
+        reserve = self.d.estimator.prompt(p.body)[0] + int(
+            p.body.get("max_tokens") or p.body.get("max_completion_tokens")
+            or DEFAULT_OUTPUT_RESERVE
+        )
+        async for attempt in retry.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
+                                          rng=self.d.rng):
+            with attempt:
+                if self.stopping:
+                    raise _Stopped
+                await self.gate.wait(reserve)
+                await self.limit.acquire()
+                try:
+                    if self.stopping:
+                        raise _Stopped
+                    if number > p.attempts and not self._retry_fits(p):
+                        raise _Stopped
+                    number += 1
+                    await self._attempt(p, number, reserve)
+                finally:
+                    self.limit.release()
+
+    def _retry_fits(self, p: Pending) -> bool:
+        """A retry spends again: it goes only while the budget still fits."""
+        budget = self.d.budget
+        if budget is None or budget.spent + sum(budget.reserved.values()) <= budget.budget.max_cost:
+            return True
+        if self.outcome.stopped_by is None:
+            self.outcome.stopped_by = "budget"
+        return False
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        if not self.stopping:
+            await self.d.sleep(seconds)
+
+    async def _resume(self, p: Pending, number: int) -> Resume | None:
+        """The answer so far, when this attempt can go on from it; its tokens
+        counted by the model's tokenizer where there is one (the rest of
+        ``max_tokens`` is what the continuation may still produce)."""
+        if self.form == "none" or number == 1 or refusal(p.body):
+            return None
+        estimator = self.d.estimator
+        resume = resumable(self.d.store, p.id, p.fingerprint,
+                           lambda text: estimator.text(p.model, text)[0])
+        counter = estimator.counter_for(p.model)
+        if resume is not None and counter is None and tokenizers.QWEN_MODELS.match(p.model):
+            counter = await asyncio.to_thread(tokenizers.qwen_counter)  # loaded once, off-loop
+        if resume is not None and counter is not None:
+            with contextlib.suppress(Exception):  # the stored estimate stands
+                resume = replace(resume, tokens=await asyncio.to_thread(counter.count,
+                                                                        resume.text))
+        return resume
+
+    async def _attempt(self, p: Pending, number: int, reserve: int) -> None:
+        resume = await self._resume(p, number)
+        body = p.body if resume is None else continue_body(p.body, resume.text, self.form,
+                                                           resume.tokens)
+        live = self.journal.open(p, run_id=self.d.run_id, n=number, resume=resume)
+        on_text = live.on_text if resume is None or self.form != "prefill" \
+            else EchoFilter(resume.text, live.on_text)
+        result = StreamResult()
+        watch = self.watchdog.watch()
+        try:
+            await stream_attempt(self.d.client, body, on_text, result,
+                                 redact=self.d.redact, on_open=self.gate.on_accepted,
+                                 watch=watch)
+            if result.finish_reason == "content_filter":
+                raise ModerationError("the provider's content filter stopped the output",
+                                      error_class="moderation", code="content_filter",
+                                      provider_request_id=result.request_id)
+        except asyncio.CancelledError:
+            self._end(live, p, AttemptEnd(status="aborted", error_class="interrupted",
+                                          error_message="stopped by the user",
+                                          provider_request_id=result.request_id),
+                      self._billed(body, live, result))
+            raise
+        except Exception as exc:
+            err = retry.classify(exc, redact=self.d.redact)
+            if resume is not None and isinstance(err, RequestFatalError) \
+                    and not isinstance(err, ModerationError) and err.http_status in (400, None) \
+                    and err.error_class in ("http_400", "error_event"):
+                # the server does not continue this request: one fresh attempt instead
+                err = TransientError(f"the continuation was refused: {err.message}",
+                                     error_class="continuation_refused", code=err.code,
+                                     http_status=err.http_status, retry_after=0.0,
+                                     provider_request_id=err.provider_request_id)
+            log.info("%s attempt %d failed: %s", p.id, number, err)
+            self._end(live, p, AttemptEnd(
+                status="error", error_class=err.error_class, error_code=err.code,
+                http_status=err.http_status, error_message=err.message,
+                provider_request_id=err.provider_request_id or result.request_id,
+            ), self._billed(body, live, result))
+            self._learn(err)
+            raise err from None
+        finally:
+            self.watchdog.release(watch)
+        self._finish(p, body, live, result, reserve, resume)
+
+    def _finish(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
+                reserve: int, resume: Resume | None) -> None:
+        """The answer is whole and paid for: nothing after this point may lose it."""
+        content, reasoning = "".join(live.content), "".join(live.reasoning)
+        estimator = self.d.estimator
+        try:
+            usage = from_report(result.usage, body, content, reasoning, estimator)
+        except Exception:  # usage is accounting: estimate it rather than lose the answer
+            log.exception("%s: unreadable usage %r; estimated", p.id, result.usage)
+            usage = estimate(body, content, reasoning, estimator)
+        if resume is None:  # what the server reports teaches the estimates
+            estimator.calibration.learn(p.model, body, usage, content, reasoning)
+        calls = json.dumps(result.tool_call_list(), ensure_ascii=False) \
+            if result.tool_calls else None
+        whole = content if resume is None else resume.text + content
+        self.journal.finish(Ended(
+            live.attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
+                                        provider_request_id=result.request_id, tool_calls=calls,
+                                        first_token=live.first_token),
+            usage, self.d.clock(), request_id=p.id, content=whole, reasoning=reasoning))
+        if self.d.budget is not None:
+            self.d.budget.charge(p, usage)
+        self.outcome.done += 1
+        self.limit.on_success()
+        self.breaker.record(True)
+        self.gate.settle(reserve, usage.total_tokens)
+        self._note_headers(result)
+        self.d.progress.update(done=1, tokens=usage.completion_tokens,
+                               in_flight=self.limit.active - 1)
+
+    def _billed(self, body: dict[str, Any], live: Live, result: StreamResult) -> Usage | None:
+        """What an unfinished attempt cost: nothing if no byte of output came back.
+        ``body`` is what was sent: a continuation's prompt held the answer so far."""
+        content, reasoning = "".join(live.content), "".join(live.reasoning)
+        if result.usage:
+            try:
+                return from_report(result.usage, body, content, reasoning, self.d.estimator)
+            except Exception:  # unreadable usage: estimated below
+                log.info("unreadable usage %r", result.usage)
+        if result.chunks == 0:
+            return None
+        return estimate(body, content, reasoning, self.d.estimator)
+
+    def _end(self, live: Live, p: Pending, end: AttemptEnd, usage: Usage | None) -> None:
+        """An attempt that did not finish: its text so far and its end, now."""
+        self.journal.end(live, end, usage)
+        if self.d.budget is not None:
+            self.d.budget.charge(p, usage)
+
+    def _note_headers(self, result: StreamResult) -> None:
+        if not result.ratelimit:
+            return
+        pause = ratelimit_pause(result.ratelimit)
+        if pause:
+            log.info("rate limit exhausted per x-ratelimit headers; holding starts %.1f s", pause)
+            self.gate.pause_for(pause)
+
+    def _learn(self, err: AttemptError) -> None:
+        """Feed an attempt's failure to the rate limiter and the retry budget."""
+        if isinstance(err, TransientError):
+            if err.http_status == 429 or err.error_class == "rate_limited":
+                # Back off globally: the first 429 pauses every start; after that
+                # the learned start rate is the back-off (a pause per 429 would
+                # idle the whole run each time the rate probes the limit).
+                if self.gate.learned_rate is None:
+                    self.gate.pause_for(err.retry_after if err.retry_after is not None
+                                        else retry.backoff(1, None, self.d.rng) + 1.0)
+                self.limit.on_throttle()
+                self.gate.on_throttle()
+            self.breaker.record(False)

@@ -1,0 +1,323 @@
+"""``--via batch``: a run's pending requests through the provider's Batch API.
+
+Half the price for work that can wait (Model Studio and OpenAI bill batch
+requests at 50%), into the same run store, outputs and report as a streamed
+run, with the same guarantees:
+
+- **nothing submitted twice**: each remote step is recorded before it is
+  taken (``batchgen.store.batches``) and looked up again after a crash — an
+  uploaded file by its name, a created batch by its input file;
+- **nothing lost**: a batch's output lines become finished attempts (usage as
+  reported, priced at the batch price); its error lines are classified as a
+  streamed error would be (a 4xx fails the request; a 5xx, a 429 or a line the
+  batch never answered — it expired or was cancelled — goes into the next
+  batch, or is streamed with ``--fallback stream``), so every request is
+  answered exactly once;
+- ``--no-wait`` submits and exits 5; the same command later reports progress
+  (exit 5 again) or, once the batches ended, collects (exit 0 or 1). Without
+  it, the run polls with back-off until everything is collected; Ctrl-C leaves
+  the batches running at the provider, to be collected by running again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from batchgen.batch_api import client as batchapi
+from batchgen.errors import BatchgenError, RequestFatalError, RunFatalError, TransientError
+from batchgen.run.progress import Progress
+from batchgen.store.batches import BatchRow, BatchStore
+from batchgen.store.runstore import AttemptEnd, RunStore
+from batchgen.tokens.usage import from_report
+from batchgen.wire import retry
+
+if TYPE_CHECKING:
+    from batchgen.run.budget import BatchBudget
+
+log = logging.getLogger(__name__)
+
+POLL_FIRST = 2.0
+POLL_CAP = 60.0
+STEP_RETRIES = 8  # consecutive failed Batch API calls before the run gives up (resumable)
+
+
+class BatchApiError(BatchgenError):
+    """The Batch API kept failing; what was done is recorded (exit 1)."""
+
+
+@dataclass
+class BatchOutcome:
+    done: int = 0
+    failed: int = 0
+    submitted: bool = False  # batches still run at the provider (exit 5)
+    released: list[str] = field(default_factory=list)  # to stream (--fallback stream)
+    fatal: RunFatalError | None = None
+    lines: list[str] = field(default_factory=list)  # what to tell the user
+    over_budget: int = 0  # pending requests the budget left out of the last new batches
+
+
+class BatchRunner:
+    def __init__(self, store: RunStore, client: Any, *, run_id: int, max_attempts: int,
+                 no_wait: bool, fallback: str, progress: Progress, redact: retry.Redact,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 poll_first: float = POLL_FIRST, poll_cap: float = POLL_CAP,
+                 budget: BatchBudget | None = None) -> None:
+        self.store = store
+        self.budget = budget
+        self.batches = BatchStore(store.db)
+        self.remote = batchapi.Remote(client)
+        self.run_id = run_id
+        self.max_attempts = max_attempts
+        self.no_wait = no_wait
+        self.fallback = fallback
+        self.progress = progress
+        self.redact = redact
+        self.sleep = sleep
+        self.poll_first = poll_first
+        self.poll_cap = poll_cap
+        self.outcome = BatchOutcome()
+        self.rng = random.Random()
+        self._seen: dict[int, dict[str, int]] = {}
+        self._released: set[str] = set()
+        self._failed: set[str] = set()  # failed for good in this run: not sent again now
+
+    async def run(self) -> BatchOutcome:
+        """Rounds of steps and polls until every batch is collected (or submitted,
+        with ``--no-wait``). A failing Batch API call is retried with back-off; one
+        that keeps failing ends the run with a message — every step taken so far
+        is recorded, so the same command goes on from there."""
+        delay, failures = self.poll_first, 0
+        self.progress.start(self._in_batches(), 0)
+        while True:
+            try:
+                state = await self._round()
+                failures = 0
+            except Exception as exc:  # the Batch API's answers, classified
+                err = retry.classify(exc, redact=self.redact)
+                if isinstance(err, RunFatalError):
+                    self.outcome.fatal = err
+                    return self.outcome
+                failures += 1
+                if not isinstance(err, TransientError) or failures > STEP_RETRIES:
+                    raise BatchApiError(
+                        f"the provider's Batch API failed: {err}. Every step taken is "
+                        "recorded in run.db: run the same command again to go on") from None
+                log.warning("Batch API call failed (%s); trying again in %.0f s", err,
+                            retry.backoff(failures, err.retry_after, self.rng))
+                await self.sleep(retry.backoff(failures, err.retry_after, self.rng))
+                continue
+            if state == "ended":
+                break
+            if state == "waiting":
+                if self.no_wait:
+                    self.outcome.submitted = True
+                    self.outcome.lines = [self._describe(b) for b in self.batches.open()]
+                    break
+                await self.sleep(delay)
+                delay = min(self.poll_cap, delay * 1.5)
+            else:  # something ended: look again soon
+                delay = self.poll_first
+        return self.outcome
+
+    async def _round(self) -> str:
+        """One round: remote steps, new batches, a poll of each running batch.
+        Returns ``ended`` (nothing left open), ``collected`` or ``waiting``."""
+        for batch in self.batches.open():
+            await self._advance(batch)
+        self._plan_new()
+        for batch in self.batches.open():
+            await self._advance(batch)
+        submitted = [b for b in self.batches.open() if b.state == "submitted"]
+        if not submitted:
+            return "ended"
+        ended = False
+        for batch in submitted:
+            ended |= await self._poll(batch)
+        return "collected" if ended else "waiting"
+
+    # ------------------------------------------------------------ planning
+
+    def _in_batches(self) -> int:
+        return sum(b.requests for b in self.batches.open())
+
+    def _plan_new(self) -> None:
+        """Pending requests (with attempts left) into new batches, per model; with a
+        budget, in job order while their worst cases fit what it leaves."""
+        by_model: dict[str, list[tuple[str, str, bytes]]] = {}
+        room: float | None = None  # asked of the budget at the first request it decides
+        self.outcome.over_budget = 0
+        for p in self.store.pending():
+            if p.id in self._released or p.id in self._failed:
+                continue  # streamed after the batches (--fallback stream); failed for good now
+            if p.attempts >= self.max_attempts:
+                self.store.mark(p.id, "failed", reason="no attempts left after batch errors")
+                self._failed.add(p.id)
+                self.outcome.failed += 1
+                continue
+            if self.budget is not None:
+                room = self.budget.room() if room is None else room
+                worst = self.budget.worst(p.id, p.model, p.body)
+                if self.outcome.over_budget or worst > room:
+                    self.outcome.over_budget += 1  # this one and the rest wait for room
+                    continue
+                room -= worst
+            by_model.setdefault(p.model, []).append(
+                (p.id, p.fingerprint, batchapi.line(p.id, p.body)))
+        self.store.commit()
+        for model, lines in by_model.items():
+            for chunk in batchapi.chunks(lines):
+                batch = self.batches.plan(model, [(rid, fp) for rid, fp, _ in chunk])
+                log.info("planned batch %s: %d requests of %s", batch.run_key, len(chunk), model)
+
+    # ------------------------------------------------------------ remote steps
+
+    async def _advance(self, b: BatchRow) -> None:
+        """Take the next remote steps of a batch, each recorded before it is taken."""
+        if b.state in ("planned", "uploading"):
+            file_id = await self.remote.find_file(b.filename) if b.state == "uploading" else None
+            if file_id is None:
+                data = self._file(b)
+                self.batches.step(b.id, "uploading")
+                file_id = await self.remote.upload(b.filename, data)
+            self.batches.step(b.id, "uploaded", file_id=file_id)
+            b = self.batches.get(b.id)
+        if b.state in ("uploaded", "creating"):
+            assert b.file_id is not None
+            remote = await self.remote.find_batch(b.file_id) if b.state == "creating" else None
+            if remote is None:
+                self.batches.step(b.id, "creating")
+                remote = await self.remote.create(b.file_id, b.run_key)
+            self.batches.step(b.id, "submitted", batch_id=batchapi.batch_id(remote),
+                              remote_status=batchapi.status(remote),
+                              counts=batchapi.counts(remote))
+            self.outcome.lines.append(f"submitted batch {batchapi.batch_id(remote)}: "
+                                      f"{b.requests} requests of {b.model}")
+
+    def _file(self, b: BatchRow) -> bytes:
+        out = []
+        for rid, _ in self.batches.items(b.id):
+            row = self.store.db.execute("SELECT body FROM requests WHERE id=?", (rid,)).fetchone()
+            out.append(batchapi.line(rid, json.loads(row[0])))
+        return b"".join(out)
+
+    async def _poll(self, b: BatchRow) -> bool:
+        """Look at a running batch; collect it when it ended. True when it ended."""
+        assert b.batch_id is not None
+        remote = await self.remote.retrieve(b.batch_id)
+        status, counts = batchapi.status(remote), batchapi.counts(remote)
+        before = self._seen.get(b.id, b.counts)
+        self.progress.update(done=max(0, counts.get("completed", 0) - before.get("completed", 0)),
+                             failed=max(0, counts.get("failed", 0) - before.get("failed", 0)))
+        self._seen[b.id] = counts
+        if status not in batchapi.ENDED:
+            self.batches.step(b.id, "submitted", remote_status=status, counts=counts)
+            return False
+        await self._collect(b, remote, status, counts)
+        return True
+
+    # ------------------------------------------------------------ collecting
+
+    async def _collect(self, b: BatchRow, remote: Any, status: str,
+                       counts: dict[str, int]) -> None:
+        """Output and error lines into the store, in one transaction with the batch's
+        end: a crash before the commit collects it again, never twice."""
+        output_id, error_id = batchapi.files_of(remote)
+        answered: dict[str, dict[str, Any]] = {}
+        for file_id in (output_id, error_id):
+            if file_id:
+                for raw in (await self.remote.content(file_id)).splitlines():
+                    if raw.strip():
+                        entry = json.loads(raw)
+                        answered[str(entry.get("custom_id"))] = entry
+        items = dict(self.batches.items(b.id))
+        released = []
+        for rid, fingerprint in items.items():
+            entry = answered.get(rid)
+            if entry is None:
+                released.append(rid)  # never answered (expired, cancelled, failed batch)
+                continue
+            if not self._record(rid, fingerprint, b.model, entry):
+                released.append(rid)
+        self.batches.release(released)
+        if self.fallback == "stream":
+            self.outcome.released += released
+            self._released.update(released)
+        self.batches.step(b.id, "collected", remote_status=status, counts=counts,
+                          output_file_id=output_id, error_file_id=error_id,
+                          note=f"{len(released)} to send again" if released else None)
+        log.info("collected batch %s (%s): %d answered, %d to send again", b.batch_id, status,
+                 len(items) - len(released), len(released))
+
+    def _record(self, rid: str, fingerprint: str, model: str, entry: dict[str, Any]) -> bool:
+        """One answered line as an attempt. False when the request goes again."""
+        response = entry.get("response") or {}
+        status = response.get("status_code")
+        body = response.get("body") or {}
+        request = self.store.db.execute("SELECT body FROM requests WHERE id=?",
+                                        (rid,)).fetchone()
+        sent = json.loads(request[0])
+        now = time.time()
+        attempt = self._attempt(rid, fingerprint, model, now)
+        if status == 200 and isinstance(body, dict) and body.get("choices"):
+            message = (body["choices"][0] or {}).get("message") or {}
+            content = message.get("content") or ""
+            reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+            calls = message.get("tool_calls")
+            usage = from_report(body.get("usage"), sent, content if isinstance(content, str)
+                                else "", reasoning if isinstance(reasoning, str) else "")
+            self.store.end_attempts([_ended(attempt, rid, now, usage, content, reasoning,
+                                            body["choices"][0].get("finish_reason"), calls,
+                                            response.get("request_id"))])
+            self.outcome.done += 1
+            return True
+        err = retry.from_payload(status if isinstance(status, int) else None,
+                                 body if body else {"error": entry.get("error") or {}},
+                                 request_id=response.get("request_id"), redact=self.redact)
+        self.store.end_attempt(attempt, AttemptEnd(
+            status="error", error_class=err.error_class, error_code=err.code,
+            http_status=err.http_status, error_message=err.message,
+            provider_request_id=err.provider_request_id), usage=None, now=now)
+        if isinstance(err, RequestFatalError):
+            self.store.mark(rid, "failed")
+            self._failed.add(rid)
+            self.outcome.failed += 1
+            return True
+        if isinstance(err, RunFatalError) and self.outcome.fatal is None:
+            self.outcome.fatal = err
+        return False
+
+    def _attempt(self, rid: str, fingerprint: str, model: str, now: float) -> int:
+        n = self.store.db.execute("SELECT COUNT(*) FROM attempts WHERE request_id=? AND "
+                                  "fingerprint=?", (rid, fingerprint)).fetchone()[0]
+        cur = self.store.db.execute(
+            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started) "
+            "VALUES (?, ?, ?, ?, ?, 'batch', ?)", (rid, fingerprint, model, self.run_id, n + 1,
+                                                  now))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _describe(self, b: BatchRow) -> str:
+        c = b.counts
+        done = f"{c.get('completed', 0)}/{c.get('total', b.requests)} done"
+        failed = f", {c['failed']} failed" if c.get("failed") else ""
+        return f"batch {b.batch_id or '(not yet created)'}: {b.remote_status or b.state}, " \
+               f"{done}{failed} ({b.model})"
+
+
+def _ended(attempt: int, rid: str, now: float, usage: Any, content: Any, reasoning: Any,
+           finish: Any, calls: Any, provider_id: Any) -> Any:
+    from batchgen.store.runstore import Ended
+
+    return Ended(attempt, AttemptEnd(
+        status="done", finish_reason=finish if isinstance(finish, str) else None,
+        provider_request_id=provider_id if isinstance(provider_id, str) else None,
+        tool_calls=json.dumps(calls, ensure_ascii=False) if calls else None),
+        usage, now, request_id=rid, content=content if isinstance(content, str) else "",
+        reasoning=reasoning if isinstance(reasoning, str) else "")

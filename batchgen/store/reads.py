@@ -1,0 +1,110 @@
+"""Reading the run store: finished and failed requests in job order, counts, text.
+
+:class:`StoreReads` holds the queries that only read; :class:`~batchgen.store.runstore.RunStore`
+(which owns the schema and every write) inherits them, and so does a store
+opened read-only for ``status``, ``report`` and ``merge``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+
+class StoreReads:
+    db: sqlite3.Connection
+
+    def chain_text(self, attempt_id: int) -> str:
+        """The answer so far at the end of ``attempt_id``: its text after the
+        text of every attempt it went on from."""
+        pieces = []
+        node: int | None = attempt_id
+        while node:
+            pieces.append(self.attempt_text(node)[0])
+            row = self.db.execute("SELECT continues FROM attempts WHERE id=?", (node,)).fetchone()
+            node = row[0] if row else None
+        return "".join(reversed(pieces))
+
+    def attempt_text(self, attempt_id: int) -> tuple[str, str]:
+        rows = self.db.execute(
+            "SELECT content, reasoning FROM segments WHERE attempt_id=? ORDER BY seq",
+            (attempt_id,),
+        ).fetchall()
+        return "".join(r[0] for r in rows), "".join(r[1] for r in rows)
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def done_in_order(self, with_cost: bool = False) -> Iterator[sqlite3.Row]:
+        """Finished requests of the job in job order, with their text and usage.
+
+        ``with_cost`` adds what each request cost over all its attempts (needs
+        the ``bg_cost`` functions of :class:`batchgen.cost.pricing.StoreCosts`).
+        """
+        cost = (
+            ", (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
+            "   ux.reasoning_tokens, ux.cached_tokens, x.mode)) FROM attempts x "
+            "   LEFT JOIN usage ux ON ux.attempt_id = x.id WHERE x.request_id = r.id "
+            "   AND x.fingerprint = r.fingerprint) AS cost, "
+            " (SELECT MAX(ux.estimated) FROM attempts x JOIN usage ux ON ux.attempt_id = x.id "
+            "   WHERE x.request_id = r.id AND x.fingerprint = r.fingerprint) AS cost_estimated, "
+            " bg_currency(a.run_id, a.model) AS currency "
+        ) if with_cost else " "
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        # `cost` is one of two fixed fragments above; nothing here comes from a user
+        sql = (
+            "SELECT r.id, r.position, r.model, r.fingerprint, r.tags, "  # noqa: S608
+            "a.id AS attempt_id, a.finish_reason, a.tool_calls, a.continuations"
+            + cost
+            + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
+            "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "
+            " s.content, s.reasoning, u.prompt_tokens, u.completion_tokens, u.total_tokens, "
+            " u.reasoning_tokens, u.cached_tokens, u.estimated "
+            "FROM requests r JOIN attempts a ON a.id = r.done_attempt "
+            "LEFT JOIN segments s ON s.attempt_id = a.id AND s.seq = 0 "
+            "LEFT JOIN usage u ON u.attempt_id = a.id "
+            "WHERE r.position IS NOT NULL AND r.state = 'done' ORDER BY r.position"
+        )
+        yield from cur.execute(sql)
+
+    def failed_in_order(self) -> Iterator[sqlite3.Row]:
+        """Requests of the job that failed for good, with their last attempt's error."""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        yield from cur.execute(
+            "SELECT r.id, r.position, r.body, r.tags, "
+            "CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
+            " THEN 'internal_error' ELSE a.error_class END AS error_class, a.error_code, "
+            " a.http_status, "
+            " COALESCE(r.reason, a.error_message) AS error_message "
+            "FROM requests r LEFT JOIN attempts a ON a.id = "
+            " (SELECT MAX(id) FROM attempts x WHERE x.request_id = r.id) "
+            "WHERE r.position IS NOT NULL AND r.state = 'failed' ORDER BY r.position"
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Requests by state: done, failed, pending, batched (in a provider batch)."""
+        out = {"done": 0, "failed": 0, "pending": 0, "batched": 0}
+        for state, n in self.db.execute(
+            "SELECT state, COUNT(*) FROM requests WHERE position IS NOT NULL GROUP BY state"
+        ):
+            out[state] = n
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE a.status = 'streaming' AND r.state != 'done'"
+        ).fetchone()
+        out["streaming"] = int(row[0])
+        return out
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read-only helper for small results (status, checks)."""
+        return list(self.iterate(sql, params))
+
+    def iterate(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
+        """Rows one at a time: reports walk every attempt without holding them."""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        yield from cur.execute(sql, params)
