@@ -34,12 +34,12 @@ if TYPE_CHECKING:
 _LAZY = {
     "BatchgenError": "errors",
     "JobFileError": "errors",
-    "Job": "jobfile",
-    "Overrides": "jobfile",
-    "load_job": "jobfile",
-    "RunOptions": "runner",
-    "RunSummary": "runner",
-    "run_job": "runner",
+    "Job": "jobs.load",
+    "Overrides": "jobs.load",
+    "load_job": "jobs.load",
+    "RunOptions": "run.runner",
+    "RunSummary": "run.runner",
+    "run_job": "run.runner",
 }
 
 

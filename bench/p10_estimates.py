@@ -55,7 +55,7 @@ def _texts() -> dict[str, str]:
     return {
         "Chinese prose": CHINESE,
         "English prose (README)": (ROOT / "README.md").read_text(encoding="utf-8"),
-        "Python source (engine.py)": (ROOT / "batchgen" / "engine.py").read_text(),
+        "Python source (engine.py)": (ROOT / "batchgen" / "run" / "engine.py").read_text(),
         "mixed technical": MIXED,
     }
 

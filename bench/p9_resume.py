@@ -147,12 +147,11 @@ def _local_runs(quick: bool, tmp: Path) -> list[str]:
     from batchgen.store.runstore import RunStore
 
     store = RunStore(tmp / "local-killed" / "out" / "p9" / "run.db", readonly=True)
-    continued = store.query("SELECT request_id, continues FROM attempts "
-                            "WHERE status='done' AND mode='continue'")
+    continued = store.continued()
     doubled = 0
-    for r in continued:
-        prefix = store.chain_text(r["continues"])
-        content = outputs["killed"][r["request_id"]]["content"]
+    for request_id, parent in continued:
+        prefix = store.chain_text(parent)
+        content = outputs["killed"][request_id]["content"]
         doubled += not content.startswith(prefix) or content[len(prefix):].startswith(prefix)
     store.close()
     same = sum(outputs["killed"][k]["content"] == outputs["clean"][k]["content"]

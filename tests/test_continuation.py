@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.run.continuation import EchoFilter, continue_body, detect, refusal
+from batchgen.jobs.endpoints import detect
+from batchgen.run.continuation import EchoFilter, continue_body, refusal
 from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import Config, FakeServer, plan_for
 from tests.conftest import read_results, write_job

@@ -173,7 +173,7 @@ def test_reports_are_prepared_in_a_thread_and_a_failure_there_is_only_a_lost_hea
     code = ("import sys; from batchgen.outputs.files import prepare_reports\n"
             "assert 'pygal' not in sys.modules and 'jinja2' not in sys.modules\n"
             "prepare_reports().join(60)\n"
-            "from batchgen import htmlreport\n"
+            "from batchgen.outputs import html as htmlreport\n"
             "print('pygal' in sys.modules, htmlreport._template.cache_info().currsize)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False, timeout=120)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from batchgen.jobs.schema import PriceSpec
 from batchgen.jobs.yamlmarks import safe_load
+
+if TYPE_CHECKING:
+    from batchgen.store.runstore import RunStore
 
 LOCAL_LIST = "local"
 ASSUMED_MAX_OUTPUT = 8192  # budget worst case for a request that sets no max_tokens
@@ -176,19 +178,17 @@ class PriceBook:
 
 
 class StoreCosts:
-    """Prices attempts of one run store; registers ``bg_cost`` for SQL."""
+    """Prices the attempts of one run store (each run by its endpoint's price
+    list), and lends the store its ``bg_cost`` / ``bg_currency`` for SQL."""
 
-    def __init__(self, db: sqlite3.Connection, book: PriceBook) -> None:
+    def __init__(self, store: RunStore, book: PriceBook) -> None:
         self.book = book
         self.run_lists: dict[int, PriceList | None] = {}
-        for run_id, endpoint, base_url, region in db.execute(
-            "SELECT id, endpoint, base_url, region FROM runs"
-        ):
-            local = str(endpoint).startswith("local:")
-            self.run_lists[run_id] = book.list_for(base_url, region, local)
+        for run in store.runs():
+            local = str(run["endpoint"]).startswith("local:")
+            self.run_lists[run["id"]] = book.list_for(run["base_url"], run["region"], local)
         self._cache: dict[tuple[int, str], ModelPrice | None] = {}
-        db.create_function("bg_cost", 7, self._sql_cost, deterministic=True)
-        db.create_function("bg_currency", 2, self._sql_currency, deterministic=True)
+        store.price_with(self)
 
     def price(self, run_id: int, model: str) -> ModelPrice | None:
         key = (run_id, model)
@@ -205,11 +205,7 @@ class StoreCosts:
         return None if price is None else price.cost(prompt, completion, reasoning, cached,
                                                      batch=mode == "batch")
 
-    def _sql_cost(self, run_id: int, model: str, prompt: int | None, completion: int | None,
-                  reasoning: int | None, cached: int | None, mode: str | None) -> float | None:
-        return self.cost(run_id, model, prompt, completion, reasoning, cached, mode)
-
-    def _sql_currency(self, run_id: int, model: str) -> str | None:
+    def currency(self, run_id: int, model: str) -> str | None:
         price = self.price(run_id, model)
         return None if price is None else price.currency
 

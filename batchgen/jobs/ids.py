@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 
 from batchgen.errors import Problem
-from batchgen.jobs.schema import Request
+from batchgen.jobs.records import Request
 
 
 def fold_key(request_id: str) -> int:

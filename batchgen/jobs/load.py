@@ -19,23 +19,19 @@ from pydantic import BaseModel, ValidationError
 
 from batchgen.errors import JobFileError, Problem, UsageError
 from batchgen.jobs import validated
+from batchgen.jobs.endpoints import detect as detect_continuation
 from batchgen.jobs.ids import ClashFinder, clash_problems
 from batchgen.jobs.problems import from_validation, path_str
+from batchgen.jobs.records import Budget, Endpoint, JobInfo, Request, RunSettings
 from batchgen.jobs.schema import (
     ID_RE,
     PARAM_NAMES,
     BatchLine,
-    Budget,
     Defaults,
-    Endpoint,
     EndpointSpec,
-    JobInfo,
     JobSpec,
-    PlanRow,
     PriceSpec,
     PromptSpec,
-    Request,
-    RunSettings,
     check_base_url,
 )
 from batchgen.jobs.shards import shard_dir, shard_of
@@ -52,8 +48,8 @@ from batchgen.jobs.sources import (
 from batchgen.jobs.spool import Spool
 from batchgen.jobs.yamlmarks import LineMap
 from batchgen.jsonfast import canonical
-from batchgen.run.continuation import detect as detect_continuation
 from batchgen.secrets import check_key_env
+from batchgen.store.records import PlanRow
 
 MAX_PROBLEMS = 20
 LIMITS_URL_VAR = "BATCHGEN_LIMITS_URL"  # redis://HOST:PORT/DB: shared rate limits

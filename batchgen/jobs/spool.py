@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
-from batchgen.jobs.schema import PlanRow
+from batchgen.store.records import PlanRow
 
 log = logging.getLogger(__name__)
 

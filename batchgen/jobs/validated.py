@@ -26,14 +26,14 @@ import functools
 import hashlib
 import importlib
 import json
-import sqlite3
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchgen.jobs.schema import JobInfo
+from batchgen.jobs.records import JobInfo
 from batchgen.jobs.sources import Source, file_stat
+from batchgen.store.runstore import peek_meta
 
 if TYPE_CHECKING:
     from batchgen.jobs.load import Job
@@ -98,18 +98,11 @@ def still_valid(job: Job) -> bool:
 
 def recall(run_dir: Path, key: str) -> JobInfo | None:
     """What the last run in ``run_dir`` found validating inputs of this ``key``."""
-    db_path = run_dir / "run.db"
-    if not db_path.is_file():
+    kept = peek_meta(run_dir, META_KEY)
+    if kept is None:
         return None
     try:
-        db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key=?", (META_KEY,)).fetchone()
-        finally:
-            db.close()
-        if row is None:
-            return None
-        record = json.loads(row[0])
+        record = json.loads(kept)
         if record.get("key") != key:
             return None
         info = record["info"]
@@ -117,7 +110,7 @@ def recall(run_dir: Path, key: str) -> JobInfo | None:
                        files=tuple(info["files"]), plan_digest=str(info["plan_digest"]),
                        job_digest=str(info["job_digest"]),
                        job_requests=int(info["job_requests"]))
-    except (sqlite3.Error, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None  # an unreadable record is no record: validate
 
 

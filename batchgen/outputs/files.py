@@ -214,7 +214,7 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
     """
     with_cost = book is not None
     if book is not None:
-        StoreCosts(store.db, book)  # registers the bg_cost SQL functions
+        StoreCosts(store, book)  # registers the bg_cost SQL functions
     (run_dir / "texts").mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0, "texts_restored": 0}
 

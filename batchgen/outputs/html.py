@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import random
-import sqlite3
 from array import array
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
-from batchgen.errors import StoreError
 from batchgen.outputs import charts
 from batchgen.outputs.report import Report, build_report
 from batchgen.secrets import printable
+from batchgen.store.records import ESTIMATED, METHODS
 from batchgen.store.runstore import RunStore
-from batchgen.tokens.estimator import ESTIMATED, METHODS
 
 if TYPE_CHECKING:
     import jinja2
@@ -102,13 +100,8 @@ def collect(run_dirs: list[Path]) -> Details:
     rng = random.Random(0)
     seen: dict[str, int] = {}
     for run_dir in run_dirs:
-        store = RunStore(run_dir / "run.db", readonly=True)
-        try:
+        with RunStore.reading(run_dir) as store:
             _collect_store(store, run_dir, details, rng, seen)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{run_dir / 'run.db'} cannot be read ({exc})") from None
-        finally:
-            store.close()
     details.invocations.sort()
     return details
 
@@ -116,9 +109,9 @@ def collect(run_dirs: list[Path]) -> Details:
 def _collect_store(store: RunStore, run_dir: Path, d: Details, rng: random.Random,
                    seen: dict[str, int]) -> None:
     d.names.append(run_dir.name)
-    costs = StoreCosts(store.db, PriceBook(overrides_from_json(store.meta("pricing"))))
+    costs = StoreCosts(store, PriceBook(overrides_from_json(store.meta("pricing"))))
     runs: dict[int, tuple[float, dict[str, float], int]] = {}
-    for run in store.iterate("SELECT id, started, ended, endpoint, base_url FROM runs"):
+    for run in store.runs():
         d.endpoints.add(_host(run["base_url"], run["endpoint"]))
         d.started = min(d.started or run["started"], run["started"])
         end = run["ended"] or run["started"]
@@ -127,11 +120,7 @@ def _collect_store(store: RunStore, run_dir: Path, d: Details, rng: random.Rando
     if runs:
         newest = max(started for started, _, _ in runs.values())
         d.latest = newest if d.latest is None else min(d.latest, newest)
-    for a in store.iterate(
-        "SELECT a.run_id, a.model, a.status, a.error_class, a.started, a.ended, a.first_token, "
-        "a.mode, u.prompt_tokens, u.completion_tokens, u.reasoning_tokens, u.cached_tokens "
-        "FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id"
-    ):
+    for a in store.attempts_with_usage():
         label = "done" if a["status"] == "done" else f"{a['status']}: {a['error_class']}"
         d.outcomes[label] = d.outcomes.get(label, 0) + 1
         started, spent, count = runs.get(a["run_id"], (a["started"], {}, 0))

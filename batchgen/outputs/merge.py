@@ -16,6 +16,7 @@ and the summary names what is incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import sqlite3
@@ -64,8 +65,12 @@ def merge(job_dir: Path) -> MergeSummary:
         raise UsageError(f"{job_dir} holds shards of different splits ({_names(shards)}): "
                          "merge the shards of one N (remove the others)")
     (n,) = sizes
-    stores = {key: _open(path) for key, path in shards.items()}
-    try:
+    for path in shards.values():
+        if not (path / "run.db").exists():
+            raise StoreError(f"{path} holds no run.db")
+    with contextlib.ExitStack() as opened:
+        stores = {key: opened.enter_context(contextlib.closing(RunStore.open_readonly(path)))
+                  for key, path in shards.items()}
         _check_versions(stores, shards)
         summary = MergeSummary(job_dir, len(shards), n)
         summary.incomplete = [f"shard-{k}-of-{n}: missing" for k in range(1, n + 1)
@@ -76,26 +81,13 @@ def merge(job_dir: Path) -> MergeSummary:
                 summary.incomplete.append(f"{path.name}: still running")
             elif counts["pending"]:
                 summary.incomplete.append(f"{path.name}: {counts['pending']} requests not done")
-        lock = RunLock(job_dir)
-        lock.acquire()
-        try:
+        with RunLock(job_dir):
             _write(job_dir, shards, stores, summary)
-        finally:
-            lock.release()
         return summary
-    finally:
-        for store in stores.values():
-            store.close()
 
 
 def _names(shards: dict[tuple[int, int], Path]) -> str:
     return ", ".join(p.name for p in shards.values())
-
-
-def _open(path: Path) -> RunStore:
-    if not (path / "run.db").exists():
-        raise StoreError(f"{path} holds no run.db")
-    return RunStore(path / "run.db", readonly=True)
 
 
 def _check_versions(stores: dict[tuple[int, int], RunStore],
@@ -117,8 +109,7 @@ def _check_versions(stores: dict[tuple[int, int], RunStore],
             "job file, then merge")
     seen: dict[str, tuple[str, str]] = {}
     for key, store in stores.items():
-        for rid, fingerprint in store.db.execute(
-                "SELECT id, fingerprint FROM requests WHERE position IS NOT NULL"):
+        for rid, fingerprint in store.planned():
             if rid in seen:
                 other, _ = seen[rid]
                 raise UsageError(f"request {rid!r} is in {other} and in {shards[key].name}: "
@@ -130,7 +121,7 @@ def _write(job_dir: Path, shards: dict[tuple[int, int], Path],
            stores: dict[tuple[int, int], RunStore], summary: MergeSummary) -> None:
     (job_dir / "texts").mkdir(parents=True, exist_ok=True)
     for store in stores.values():
-        StoreCosts(store.db, PriceBook(overrides_from_json(store.meta("pricing"))))
+        StoreCosts(store, PriceBook(overrides_from_json(store.meta("pricing"))))
 
     def results() -> Iterator[bytes]:
         pending: list[tuple[Path, bytes]] = []

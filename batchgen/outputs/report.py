@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
-from batchgen.errors import StoreError, UsageError
+from batchgen.store.records import ESTIMATED, METHODS
 from batchgen.store.runstore import RunStore
-from batchgen.tokens.estimator import ESTIMATED, METHODS
 
 SCHEMA = "batchgen.report/1"
 NO_TAG = "(no tag)"
@@ -106,16 +104,8 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
         return rows.setdefault((key, currency), Row(key, currency))
 
     for run_dir in run_dirs:
-        db_path = run_dir / "run.db"
-        if not db_path.exists():
-            raise UsageError(f"{run_dir} holds no run (no run.db); is it a run directory?")
-        store = RunStore(db_path, readonly=True)
-        try:
+        with RunStore.reading(run_dir) as store:
             _add_store(store, group_by, row, seen_prices, unknown, report.batch)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{db_path} cannot be read ({exc}); it may be damaged") from None
-        finally:
-            store.close()
 
     report.rows = sorted(rows.values(), key=lambda r: (r.currency or "~", r.key))
     totals: dict[str, dict[str, Any]] = {}
@@ -151,15 +141,9 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
                batch: dict[str, Any]) -> None:
     """Add one run store's attempts and requests to the report's rows."""
     book = PriceBook(overrides_from_json(store.meta("pricing")))
-    costs = StoreCosts(store.db, book)
+    costs = StoreCosts(store, book)
     currency_of: dict[str, str | None] = {}
-    for a in store.iterate(
-        "SELECT a.run_id, a.model, a.mode, a.status, r.tags, u.prompt_tokens, "
-        "u.completion_tokens, u.reasoning_tokens, u.cached_tokens, u.estimated, "
-        "u.prompt_method, u.completion_method FROM attempts a "
-        "LEFT JOIN usage u ON u.attempt_id = a.id "
-        "LEFT JOIN requests r ON r.id = a.request_id"
-    ):
+    for a in store.attempts_with_usage():
         price = costs.price(a["run_id"], a["model"])
         currency = price.currency if price else None
         currency_of.setdefault(a["model"], currency)
@@ -198,10 +182,7 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
                 r.cost += cost
                 if a["estimated"]:
                     r.estimated_cost += cost
-    for req in store.iterate(
-        "SELECT model, tags, state FROM requests WHERE position IS NOT NULL "
-        "AND state IN ('done', 'failed')"
-    ):
+    for req in store.finished_requests():
         currency = currency_of.get(req["model"])
         for key in _keys(group_by, req["model"], req["tags"]):
             r = row(key, currency)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchgen.errors import StoreError, UsageError
-from batchgen.store.batches import BatchStore
 from batchgen.store.lock import RunLock
 from batchgen.store.runstore import RunStore
 
@@ -30,16 +27,8 @@ class Status:
 
 
 def read_status(run_dir: Path, failed_limit: int = 10) -> Status:
-    db = run_dir / "run.db"
-    if not db.exists():
-        raise UsageError(f"{run_dir} holds no run (no run.db); is it a run directory?")
-    store = RunStore(db, readonly=True)
-    try:
+    with RunStore.reading(run_dir) as store:
         return _read(store, run_dir, failed_limit)
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{db} cannot be read ({exc}); it may be damaged") from None
-    finally:
-        store.close()
 
 
 def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
@@ -49,7 +38,7 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
     st.streaming = counts["streaming"] if st.running else 0
     st.total = st.done + st.failed + counts["pending"] + counts["batched"]
     st.batched = counts["batched"]
-    batches = BatchStore(store.db, readonly=True)
+    batches = store.batches(readonly=True)
     if batches.exists():
         for b in batches.all():
             c = b.counts
@@ -59,11 +48,7 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
                               f"{b.remote_status or b.state} ({b.state}){counted}; "
                               f"{b.requests} requests of {b.model}")
     st.pending = counts["pending"] - st.streaming
-    row = store.query(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(u.prompt_tokens), 0) AS p, "
-        "COALESCE(SUM(u.completion_tokens), 0) AS c, COALESCE(SUM(u.estimated), 0) AS e "
-        "FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id"
-    )[0]
+    row = store.usage_totals()
     st.attempts, st.prompt_tokens = row["n"], row["p"]
     st.completion_tokens, st.estimated_attempts = row["c"], row["e"]
     for fail in store.failed_in_order():

@@ -17,7 +17,6 @@ request in a batch still open and of the request itself (:class:`BatchBudget`).
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +24,11 @@ from typing import Any
 from batchgen.cost.pricing import ASSUMED_MAX_OUTPUT, ModelPrice, PriceBook, PriceList, StoreCosts
 from batchgen.errors import UsageError
 from batchgen.jobs.load import Job
-from batchgen.jobs.schema import Budget, Request
+from batchgen.jobs.records import Budget, Request
+from batchgen.store.records import Usage
 from batchgen.store.runstore import Pending, RunStore
 from batchgen.tokens.estimator import Estimator
 from batchgen.tokens.ledger import load_calibration
-from batchgen.tokens.usage import Usage
 
 
 def worst_case(price: ModelPrice, body: dict[str, Any], estimator: Estimator | None = None
@@ -65,17 +64,8 @@ def check_budget(job: Job, book: PriceBook) -> None:
 def spent(store: RunStore, book: PriceBook, currency: str) -> float:
     """What every attempt in the store cost, in ``currency`` (batch attempts at
     the batch price)."""
-    StoreCosts(store.db, book)  # registers bg_cost / bg_currency for the query below
-    total = 0.0
-    for row in store.iterate(
-        "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
-        "u.reasoning_tokens, u.cached_tokens, a.mode) AS cost, "
-        "bg_currency(a.run_id, a.model) AS cur "
-        "FROM attempts a JOIN usage u ON u.attempt_id = a.id"
-    ):
-        if row["cost"] is not None and row["cur"] == currency:
-            total += row["cost"]
-    return total
+    StoreCosts(store, book)  # lends the store its prices
+    return store.spent(currency)
 
 
 class BudgetGuard:
@@ -143,12 +133,10 @@ class BatchBudget:
 
     def room(self) -> float:
         held = 0.0
-        for row in self.store.iterate("SELECT id FROM requests WHERE state='batched'"):
-            rid = row["id"]
+        for rid in self.store.batched_ids():
             if rid not in self._worst:
-                model, body = self.store.db.execute(
-                    "SELECT model, body FROM requests WHERE id=?", (rid,)).fetchone()
-                self.worst(rid, model, json.loads(body))
+                model, body = self.store.request_model_body(rid)
+                self.worst(rid, model, body)
             held += self._worst[rid]
         return self.budget.max_cost - spent(self.store, self.book, self.budget.currency) - held
 
@@ -201,10 +189,7 @@ def _skipping_done(requests: Iterator[Request], store: RunStore | None,
     while chunk := list(itertools.islice(requests, LOOKUP)):
         done: set[tuple[str, str]] = set()
         if store is not None:
-            marks = ",".join("?" * len(chunk))
-            # only placeholders go into the SQL; the ids are parameters
-            sql = f"SELECT id, fingerprint FROM requests WHERE state='done' AND id IN ({marks})"  # noqa: S608
-            done = {(r[0], r[1]) for r in store.query(sql, tuple(req.id for req in chunk))}
+            done = store.done_among([req.id for req in chunk])
         for req in chunk:
             if (req.id, req.fingerprint) in done:
                 result.to_skip += 1

@@ -20,7 +20,7 @@ depends on the endpoint (``endpoint.continuation``):
 ``none``                   every retry starts over
 =========================  ==========================================================
 
-The default follows the endpoint (:func:`detect`). A request is continued
+The default follows the endpoint (:func:`batchgen.jobs.endpoints.detect`). A request is continued
 only when nothing about it forbids it (:func:`refusal`): not with thinking on
 (Model Studio refuses partial mode then), not with tools, not with ``n > 1``,
 not when its own messages already end with an assistant message, and not
@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from batchgen.store.records import Resume
 
 if TYPE_CHECKING:
     from batchgen.store.reads import StoreReads
-
-FORMS = ("partial", "prefix", "continue_final_message", "prefill", "none")
 
 # Models that always think (Model Studio refuses partial mode for them).
 THINKING_MODELS = re.compile(
@@ -51,19 +49,6 @@ CONTINUABLE = frozenset({
     "malformed_chunk", "error_event", "server_error", "timeout", "conflict", "rate_limited",
     "oversized_event",
 })
-
-
-def detect(base_url: str, local: bool) -> str:
-    """The continuation form an endpoint most likely speaks."""
-    if local:
-        return "prefill"
-    parts = urlsplit(base_url)
-    host = (parts.hostname or "").lower()
-    if re.search(r"(^|\.)dashscope[a-z0-9-]*\.aliyuncs\.com$", host):
-        return "partial"
-    if host == "api.deepseek.com" and parts.path.rstrip("/").startswith("/beta"):
-        return "prefix"
-    return "none"
 
 
 # Qwen3 open-source models think unless told not to (enable_thinking: false).
@@ -125,16 +110,6 @@ def continue_body(body: dict[str, Any], text: str, form: str, done_tokens: int
     return out
 
 
-@dataclass(frozen=True)
-class Resume:
-    """Where an interrupted request goes on from: the answer so far."""
-
-    parent: int  # the attempt whose text ends the chain
-    text: str  # the whole answer so far (every attempt of the chain)
-    tokens: int  # completion tokens those attempts generated (reported or estimated)
-    depth: int  # continuations so far in the chain
-
-
 OnText = Callable[[str, str], None]
 
 
@@ -183,12 +158,7 @@ def resumable(store: StoreReads, request_id: str, fingerprint: str,
     from. Tokens already generated are the attempts' usage (reported or
     estimated), or ``count_tokens`` of their text where none was recorded.
     """
-    rows = store.db.execute(
-        "SELECT a.id, a.continues, a.continuations, a.status, a.error_class, "
-        "u.completion_tokens FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
-        "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
-        (request_id, fingerprint),
-    ).fetchall()
+    rows = store.attempt_chain(request_id, fingerprint)
     if not rows or any(r[4] == "continuation_refused" for r in rows):
         return None
     by_id = {r[0]: r for r in rows}

@@ -34,14 +34,15 @@ from batchgen.errors import (
 )
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.run.budget import BudgetGuard
-from batchgen.run.continuation import EchoFilter, Resume, continue_body, refusal, resumable
+from batchgen.run.continuation import EchoFilter, continue_body, refusal, resumable
 from batchgen.run.journal import Journal, Live
 from batchgen.run.progress import Progress
 from batchgen.secrets import printable
+from batchgen.store.records import Resume, Usage
 from batchgen.store.runstore import AttemptEnd, Ended, Pending, RunStore
 from batchgen.tokens import tokenizers
 from batchgen.tokens.estimator import Estimator
-from batchgen.tokens.usage import Usage, estimate, from_report
+from batchgen.tokens.usage import estimate, from_report
 from batchgen.wire import retry
 from batchgen.wire.stream import StreamResult, stream_attempt
 from batchgen.wire.watchdog import Watchdog

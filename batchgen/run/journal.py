@@ -29,9 +29,8 @@ from pathlib import Path
 
 from batchgen.errors import StorageError
 from batchgen.outputs.files import text_files, write_many_atomic
-from batchgen.run.continuation import Resume
+from batchgen.store.records import Resume, Usage
 from batchgen.store.runstore import AttemptEnd, Ended, Pending, RunStore
-from batchgen.tokens.usage import Usage
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from batchgen.batch_api import client as batchapi
 from batchgen.errors import BatchgenError, RequestFatalError, RunFatalError, TransientError
 from batchgen.run.progress import Progress
-from batchgen.store.batches import BatchRow, BatchStore
+from batchgen.store.batches import BatchRow
 from batchgen.store.runstore import AttemptEnd, RunStore
 from batchgen.tokens.usage import from_report
 from batchgen.wire import retry
@@ -71,7 +71,7 @@ class BatchRunner:
                  budget: BatchBudget | None = None) -> None:
         self.store = store
         self.budget = budget
-        self.batches = BatchStore(store.db)
+        self.batches = store.batches()
         self.remote = batchapi.Remote(client)
         self.run_id = run_id
         self.max_attempts = max_attempts
@@ -203,8 +203,7 @@ class BatchRunner:
     def _file(self, b: BatchRow) -> bytes:
         out = []
         for rid, _ in self.batches.items(b.id):
-            row = self.store.db.execute("SELECT body FROM requests WHERE id=?", (rid,)).fetchone()
-            out.append(batchapi.line(rid, json.loads(row[0])))
+            out.append(batchapi.line(rid, self.store.request_body(rid)))
         return b"".join(out)
 
     async def _poll(self, b: BatchRow) -> bool:
@@ -260,9 +259,7 @@ class BatchRunner:
         response = entry.get("response") or {}
         status = response.get("status_code")
         body = response.get("body") or {}
-        request = self.store.db.execute("SELECT body FROM requests WHERE id=?",
-                                        (rid,)).fetchone()
-        sent = json.loads(request[0])
+        sent = self.store.request_body(rid)
         now = time.time()
         attempt = self._attempt(rid, fingerprint, model, now)
         if status == 200 and isinstance(body, dict) and body.get("choices"):
@@ -294,14 +291,8 @@ class BatchRunner:
         return False
 
     def _attempt(self, rid: str, fingerprint: str, model: str, now: float) -> int:
-        n = self.store.db.execute("SELECT COUNT(*) FROM attempts WHERE request_id=? AND "
-                                  "fingerprint=?", (rid, fingerprint)).fetchone()[0]
-        cur = self.store.db.execute(
-            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started) "
-            "VALUES (?, ?, ?, ?, ?, 'batch', ?)", (rid, fingerprint, model, self.run_id, n + 1,
-                                                  now))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return self.store.add_batch_attempt(rid, fingerprint, model, run_id=self.run_id,
+                                            now=now)
 
     def _describe(self, b: BatchRow) -> str:
         c = b.counts

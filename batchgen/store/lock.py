@@ -14,6 +14,9 @@ from batchgen.errors import LockedError
 
 
 class RunLock:
+    """``with RunLock(run_dir):`` — held for the body, released after (also on
+    an error); :class:`LockedError` at once when another process holds it."""
+
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / ".lock"
         self._fd: int | None = None
@@ -37,6 +40,13 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     @staticmethod
     def is_held(run_dir: Path) -> bool:

@@ -7,14 +7,27 @@ opened read-only for ``status``, ``report`` and ``merge``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 
-class StoreReads:
+class Reader:
+    """What every part of the store's reads stands on: the connection and rows
+    by column name."""
+
     db: sqlite3.Connection
 
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
+        """Rows one at a time, by column name: reports walk every attempt
+        without holding them."""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        yield from cur.execute(sql, params)
+
+
+class StoreReads(Reader):
     def chain_text(self, attempt_id: int) -> str:
         """The answer so far at the end of ``attempt_id``: its text after the
         text of every attempt it went on from."""
@@ -99,12 +112,56 @@ class StoreReads:
         out["streaming"] = int(row[0])
         return out
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Read-only helper for small results (status, checks)."""
-        return list(self.iterate(sql, params))
+    # ------------------------------------------------------------ requests
 
-    def iterate(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
-        """Rows one at a time: reports walk every attempt without holding them."""
-        cur = self.db.cursor()
-        cur.row_factory = sqlite3.Row
-        yield from cur.execute(sql, params)
+    def request_body(self, request_id: str) -> dict[str, Any]:
+        """The body a request is sent with."""
+        row = self.db.execute("SELECT body FROM requests WHERE id=?", (request_id,)).fetchone()
+        return dict(json.loads(row[0]))
+
+    def request_model_body(self, request_id: str) -> tuple[str, dict[str, Any]]:
+        row = self.db.execute("SELECT model, body FROM requests WHERE id=?",
+                              (request_id,)).fetchone()
+        return str(row[0]), dict(json.loads(row[1]))
+
+    def batched_ids(self) -> list[str]:
+        """Requests that wait in a provider batch."""
+        return [r[0] for r in self.db.execute("SELECT id FROM requests WHERE state='batched'")]
+
+    def planned(self) -> Iterator[tuple[str, str]]:
+        """(id, fingerprint) of every request of the job."""
+        yield from self.db.execute(
+            "SELECT id, fingerprint FROM requests WHERE position IS NOT NULL")
+
+    def done_among(self, ids: list[str]) -> set[tuple[str, str]]:
+        """(id, fingerprint) of those of ``ids`` that are done (at most ~30,000 ids)."""
+        marks = ",".join("?" * len(ids))
+        # only placeholders go into the SQL; the ids are parameters
+        sql = f"SELECT id, fingerprint FROM requests WHERE state='done' AND id IN ({marks})"  # noqa: S608
+        return {(r[0], r[1]) for r in self.db.execute(sql, ids)}
+
+    # ------------------------------------------------------------ attempts
+
+    def attempt_chain(self, request_id: str, fingerprint: str) -> list[tuple[Any, ...]]:
+        """Every attempt of this version of a request, oldest first, as (id,
+        continues, continuations, status, error_class, completion_tokens)."""
+        return self.db.execute(
+            "SELECT a.id, a.continues, a.continuations, a.status, a.error_class, "
+            "u.completion_tokens FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
+            "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
+            (request_id, fingerprint),
+        ).fetchall()
+
+    def continued(self) -> list[tuple[str, int]]:
+        """(request id, the attempt it went on from) of each finished attempt
+        that continued an interrupted answer."""
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT request_id, continues FROM attempts WHERE status='done' AND mode='continue'")]
+
+    def usage_totals(self) -> sqlite3.Row:
+        """Attempts (``n``), their prompt (``p``) and completion (``c``) tokens,
+        and how many were estimated (``e``)."""
+        return next(self._rows(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(u.prompt_tokens), 0) AS p, "
+            "COALESCE(SUM(u.completion_tokens), 0) AS c, COALESCE(SUM(u.estimated), 0) AS e "
+            "FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id"))

@@ -1,6 +1,6 @@
 """The run store: one SQLite file (WAL) that is the journal of record.
 
-Schema (see DESIGN.md)::
+Schema::
 
     meta      (key, value)                       schema version, job name
     runs      (id, started, ended, status, endpoint, base_url, pid, version)
@@ -22,6 +22,7 @@ most that fraction of a second of streamed text and never a finished result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import urllib.parse
@@ -30,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchgen.errors import StoreError
-from batchgen.jobs.schema import PlanRow
-from batchgen.run.continuation import Resume
+from batchgen.errors import StoreError, UsageError
+from batchgen.store.batches import BatchStore
+from batchgen.store.costed import CostedReads
+from batchgen.store.estimates import CalibrationRow, EstimateReads
 from batchgen.store.reads import StoreReads
-from batchgen.tokens.usage import Usage
+from batchgen.store.records import PlanRow, Resume, Usage
 
 SCHEMA_VERSION = 2
 
@@ -175,8 +177,12 @@ class AttemptEnd:
     first_token: float | None = None  # when the first text arrived
 
 
-class RunStore(StoreReads):
-    """All reads and writes of ``run.db``. One writer at a time (the lock says who)."""
+class RunStore(StoreReads, CostedReads, EstimateReads):
+    """All reads and writes of ``run.db``. One writer at a time (the lock says who).
+
+    Its reads come from :class:`StoreReads` (the run's own), :class:`CostedReads`
+    (what reports price) and :class:`EstimateReads` (what the ledger refines).
+    """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
@@ -208,6 +214,33 @@ class RunStore(StoreReads):
                 # names come from _ADDED_COLUMNS above, never from a user
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    @classmethod
+    @contextlib.contextmanager
+    def reading(cls, run_dir: Path) -> Iterator[RunStore]:
+        """``run_dir``'s store, opened read-only (safe while a run writes it) and
+        closed after. A directory without one is a usage error; a store that
+        cannot be read, also halfway through, a :class:`StoreError` that says so."""
+        store = cls.open_readonly(run_dir)
+        try:
+            yield store
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{store.path} cannot be read ({exc}); it may be damaged") from None
+        finally:
+            store.close()
+
+    @classmethod
+    def open_readonly(cls, run_dir: Path) -> RunStore:
+        """``run_dir``'s store, read-only, for a caller that closes it (prefer
+        :meth:`reading`)."""
+        db = run_dir / "run.db"
+        if not db.is_file():
+            raise UsageError(f"{run_dir} holds no run (no run.db); is it a run directory?")
+        return cls(db, readonly=True)
+
+    def batches(self, readonly: bool = False) -> BatchStore:
+        """The provider-batch rows of this store."""
+        return BatchStore(self.db, readonly=readonly)
 
     def close(self) -> None:
         try:
@@ -393,6 +426,24 @@ class RunStore(StoreReads):
             db.executemany("UPDATE requests SET state='done', done_attempt=?, reason=NULL "
                            "WHERE id=?", [(e.attempt_id, e.request_id) for e in done])
 
+    def save_calibration(self, rows: Iterable[CalibrationRow]) -> None:
+        """The calibration learned now, in place of the one before (not committed)."""
+        self.db.execute("DELETE FROM calibration")
+        self.db.executemany("INSERT INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def add_batch_attempt(self, request_id: str, fingerprint: str, model: str, *,
+                          run_id: int, now: float) -> int:
+        """An attempt answered through the provider's Batch API (mode ``batch``),
+        numbered after the request's attempts so far."""
+        n = self.db.execute("SELECT COUNT(*) FROM attempts WHERE request_id=? AND "
+                            "fingerprint=?", (request_id, fingerprint)).fetchone()[0]
+        cur = self.db.execute(
+            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started) "
+            "VALUES (?, ?, ?, ?, ?, 'batch', ?)",
+            (request_id, fingerprint, model, run_id, n + 1, now))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
@@ -427,3 +478,21 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=10)
     db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
     return db
+
+
+def peek_meta(run_dir: Path, key: str) -> str | None:
+    """One meta value of ``run_dir``'s store, or None: no store, no such key, or
+    a store that cannot be read right now (locked, damaged). Never raises, never
+    writes: for shortcuts that may simply be skipped."""
+    path = run_dir / "run.db"
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])

@@ -26,11 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from batchgen.store.records import METHODS
 from batchgen.tokens import static as tokens
 from batchgen.tokens.tokenizers import Counter
 
-METHODS = ("exact", "derived", "tokenizer", "calibrated", "static")
-ESTIMATED = frozenset({"tokenizer", "calibrated", "static"})
 DIRECTIONS = ("prompt", "content", "reasoning")
 MIN_SAMPLES = 3
 

@@ -23,6 +23,7 @@ import json
 import logging
 from typing import Any
 
+from batchgen.store.records import Usage
 from batchgen.store.runstore import RunStore
 from batchgen.tokens.estimator import (
     Calibration,
@@ -32,7 +33,6 @@ from batchgen.tokens.estimator import (
     message_texts,
     weakest,
 )
-from batchgen.tokens.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def refine(store: RunStore, estimator: Estimator) -> int:
 
     With nothing estimated, only the calibration is learned (no tokenizer is
     loaded for it: the framing it would learn serves estimates only)."""
-    if not store.db.execute("SELECT 1 FROM usage WHERE estimated = 1 LIMIT 1").fetchone():
+    if not store.has_estimated_usage():
         estimator = Estimator(estimator.calibration)  # no tokenizer: nothing to count
     estimator.calibration = learn(store, estimator)
     save_calibration(store, estimator.calibration)
@@ -55,20 +55,9 @@ def refine(store: RunStore, estimator: Estimator) -> int:
 
 def learn(store: RunStore, estimator: Estimator) -> Calibration:
     calibration = Calibration()
-    models = [r[0] for r in store.db.execute(
-        "SELECT DISTINCT model FROM attempts WHERE status = 'done'")]
-    for model in models:
+    for model in store.finished_models():
         counter = estimator.counter_for(model)
-        for row in store.iterate(
-            "SELECT r.body, s.content, s.reasoning, u.prompt_tokens, u.completion_tokens, "
-            "u.reasoning_tokens, u.cached_tokens FROM attempts a "
-            "JOIN requests r ON r.id = a.request_id "
-            "JOIN usage u ON u.attempt_id = a.id "
-            "LEFT JOIN segments s ON s.attempt_id = a.id AND s.seq = 0 "
-            "WHERE a.status = 'done' AND a.mode = 'fresh' AND a.model = ? "
-            "AND u.estimated = 0 AND COALESCE(u.prompt_method, 'exact') = 'exact' "
-            "ORDER BY a.id DESC LIMIT ?", (model, SAMPLE)
-        ):
+        for row in store.reported_samples(model, SAMPLE):
             body = json.loads(row["body"])
             usage = Usage(row["prompt_tokens"], row["completion_tokens"],
                           row["prompt_tokens"] + row["completion_tokens"],
@@ -89,14 +78,7 @@ def learn(store: RunStore, estimator: Estimator) -> Calibration:
 
 
 def reestimate(store: RunStore, estimator: Estimator) -> int:
-    rows = store.query(
-        "SELECT a.id, a.request_id, a.fingerprint, a.model, a.mode, a.continues, a.status, "
-        "a.prefix_chars, r.body, u.prompt_tokens, u.completion_tokens, u.total_tokens, "
-        "u.reasoning_tokens, u.cached_tokens, u.raw, u.prompt_method, u.completion_method "
-        "FROM attempts a JOIN usage u ON u.attempt_id = a.id "
-        "JOIN requests r ON r.id = a.request_id "
-        "WHERE u.estimated = 1 OR u.prompt_method = 'derived'"
-    )
+    rows = store.usage_to_refine()
     updates: list[tuple[int, Usage]] = []
     for row in rows:
         body: dict[str, Any] = json.loads(row["body"])
@@ -128,40 +110,27 @@ def _prompt(store: RunStore, row: Any, sent: dict[str, Any], estimator: Estimato
     if row["prompt_method"] == "exact":
         return int(row["prompt_tokens"]), "exact"
     # the same messages were reported for another attempt of this request
-    reported = store.db.execute(
-        "SELECT u.prompt_tokens FROM attempts a JOIN usage u ON u.attempt_id = a.id "
-        "WHERE a.request_id = ? AND a.fingerprint = ? AND a.mode = ? AND a.id != ? "
-        "AND a.continues IS ? AND COALESCE(u.prompt_method, "
-        "CASE u.estimated WHEN 0 THEN 'exact' ELSE 'static' END) = 'exact' "
-        "ORDER BY a.id DESC LIMIT 1",
-        (row["request_id"], row["fingerprint"], row["mode"], row["id"], row["continues"]),
-    ).fetchone()
+    reported = store.reported_prompt(row["request_id"], row["fingerprint"], row["mode"],
+                                     row["id"], row["continues"])
     if reported is not None:
-        return int(reported[0]), "derived"
+        return reported, "derived"
     if row["continues"]:
         # the request's own prompt, reported for a fresh attempt, plus the answer so far
-        base = store.db.execute(
-            "SELECT u.prompt_tokens FROM attempts a JOIN usage u ON u.attempt_id = a.id "
-            "WHERE a.request_id = ? AND a.fingerprint = ? AND a.mode = 'fresh' "
-            "AND u.estimated = 0 ORDER BY a.id DESC LIMIT 1",
-            (row["request_id"], row["fingerprint"])).fetchone()
+        base = store.reported_fresh_prompt(row["request_id"], row["fingerprint"])
         if base is not None:
             prefix = sent["messages"][-1]["content"]
             counted, how = estimator.text(row["model"], prefix, "content")
             framing = estimator.calibration.framing(row["model"], 1) or 0.0
-            return int(base[0] + counted + framing), weakest("derived", how)
+            return int(base + counted + framing), weakest("derived", how)
     return estimator.prompt(sent)
 
 
 def load_calibration(store: RunStore) -> Calibration:
     fits = {(model, direction): Fit(samples, sx, sy, sxx, sxy)
-            for model, direction, samples, sx, sy, sxx, sxy in store.db.execute(
-                "SELECT model, direction, samples, sx, sy, sxx, sxy FROM calibration")}
+            for model, direction, samples, sx, sy, sxx, sxy in store.calibration_rows()}
     return Calibration(fits)
 
 def save_calibration(store: RunStore, calibration: Calibration) -> None:
-    store.db.execute("DELETE FROM calibration")
-    store.db.executemany(
-        "INSERT INTO calibration VALUES (?, ?, ?, ?, ?, ?, ?)",
+    store.save_calibration(
         [(model, direction, f.samples, f.sx, f.sy, f.sxx, f.sxy)
          for (model, direction), f in calibration.fits.items() if f.samples])

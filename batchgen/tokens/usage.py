@@ -11,31 +11,12 @@ calibrated, static — see ``batchgen.tokens.estimator``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from batchgen.tokens.estimator import ESTIMATED, Estimator
+from batchgen.store.records import Usage
+from batchgen.tokens.estimator import Estimator
 
 _STATIC = Estimator()
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens of one attempt, as reported by the server or estimated."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    reasoning_tokens: int | None = None
-    cached_tokens: int | None = None
-    raw: str | None = None
-    prompt_method: str = "exact"
-    completion_method: str = "exact"
-
-    @property
-    def estimated(self) -> bool:
-        """True when some figure is not from the server (derived ones are)."""
-        return self.prompt_method in ESTIMATED or self.completion_method in ESTIMATED
 
 
 def _int(value: Any) -> int | None:

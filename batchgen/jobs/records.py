@@ -1,0 +1,79 @@
+"""What a validated job is inside batchgen: frozen records, made from the schema.
+
+The schema (:mod:`batchgen.jobs.schema`) is what users write, checked at the
+edge; these are what the rest of batchgen passes around once it passed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchgen.store.records import PlanRow
+
+
+@dataclass(frozen=True)
+class Request:
+    """One resolved request: what is sent, and how it is known again."""
+
+    id: str
+    position: int
+    model: str
+    body: dict[str, Any]
+    fingerprint: str
+    tags: tuple[str, ...] = ()
+    source: str = ""
+    body_json: str = ""
+
+    def row(self) -> PlanRow:
+        """What the run store plans of it: id, position, fingerprint, model, body, tags."""
+        return (self.id, self.position, self.fingerprint, self.model,
+                self.body_json or json.dumps(self.body, ensure_ascii=False, separators=(",", ":")),
+                json.dumps(list(self.tags), ensure_ascii=False, separators=(",", ":"))
+                if self.tags else None)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    api_key_env: str | None
+    region: str | None = None
+    local: bool = False
+    model_path: str | None = None
+    server_args: tuple[str, ...] = ()
+    continuation: str = "none"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    concurrency: int = 8
+    max_attempts: int = 6
+    idle_timeout: float = 120.0
+    connect_timeout: float = 30.0
+    max_duration: float | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    resume: str = "auto"
+    limits_url: str | None = None
+    via: str = "stream"
+    fallback: str = "batch"
+    no_wait: bool = False  # --no-wait: submit batches and exit 5
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_cost: float
+    currency: str
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """Counts gathered while validating, for ``validate`` and ``--dry-run``."""
+
+    requests: int
+    models: tuple[str, ...]
+    files: tuple[str, ...] = field(default=())
+    plan_digest: str = ""  # SHA-256 over every (id, fingerprint) this run runs, in job order
+    job_digest: str = ""  # the same over the whole job (equal to plan_digest unless sharded)
+    job_requests: int = 0  # requests in the whole job
