@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from batchgen.errors import ExitCode, exit_codes_help
+
 if TYPE_CHECKING:
     from batchgen.jobs.load import Job, Overrides
     from batchgen.run.runner import RunSummary
@@ -34,6 +36,12 @@ class Failure(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"batchgen: {self.format_message()}", err=True)
+
+
+def _exit_codes_in_doc(func: F) -> F:
+    """Put the exit codes (one list, :class:`ExitCode`) into a command's help."""
+    func.__doc__ = (func.__doc__ or "").replace("{exit_codes}", exit_codes_help())
+    return func
 
 
 def _errors(func: F) -> F:
@@ -134,14 +142,12 @@ def main() -> None:
               help="With --via batch: requests an expired or cancelled batch left unanswered "
                    "go into a new batch (default) or are streamed.")
 @_errors
+@_exit_codes_in_doc
 def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool,
         force: bool, **kwargs: Any) -> None:
     """Run every prompt of FILE (YAML or JSONL), streamed, journaled and resumable.
 
-    Exit codes: 0 all done, 1 some failed or unfinished, 2 bad usage or job
-    file, 3 stopped by budget, 4 stopped by a run-fatal API error, 5 submitted
-    to the provider's Batch API (run again to collect), 74 the disk refused a
-    write, 75 run directory locked, 130 interrupted (run again to resume).
+    {exit_codes}
     """
     from batchgen.run.progress import make_progress
     from batchgen.run.runner import RunOptions, check_job, run_job
@@ -161,7 +167,7 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
         summary = run_job(job, RunOptions(progress=make_progress(job.name, mode), force=force))
     except KeyboardInterrupt:
         click.echo(f"batchgen: interrupted; run again to resume ({job.run_dir})", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     _print_summary(job, summary)
     sys.exit(summary.exit_code)
 
@@ -331,7 +337,7 @@ def merge(job_dir: str) -> None:
                f"{Path(job_dir) / 'report.html'}")
     if summary.incomplete:
         click.echo("batchgen: incomplete: " + "; ".join(summary.incomplete), err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
 
 
 @main.group()
@@ -365,7 +371,7 @@ def local_check(model_path: str | None) -> None:
         if report.log_tail:
             click.echo("last lines of the server's log:")
             click.echo(report.log_tail)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
     click.echo("ok: `batchgen run jobs/example.yaml` runs on this model")
 
 

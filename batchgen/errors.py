@@ -1,4 +1,4 @@
-"""Every error batchgen raises on purpose.
+"""Every error batchgen raises on purpose, and every exit code.
 
 The whole tree::
 
@@ -9,11 +9,16 @@ The whole tree::
     ├── StoreError                   run.db unreadable or from a newer batchgen  (1)
     ├── StorageError                 the disk refused a write (full, read-only)  (74)
     ├── LocalEndpointError           llama-server / model missing or not healthy (1)
+    │   └── ServerCrashed            llama-server died from a signal at start
+    ├── BatchApiError                the provider's Batch API kept failing       (1)
     └── AttemptError                 one streamed attempt failed; carries data
         ├── TransientError           worth another attempt (429, 5xx, cut, stall)
         ├── RequestFatalError        this request fails for good (400, 404, ...)
         │   └── ModerationError      content moderation refused the request
         └── RunFatalError            nothing will work: bad key, arrears, quota (4)
+
+:class:`ExitCode` is the one list of exit codes: the errors above, a run's
+summary, the CLI's help and the documentation all take theirs from it.
 
 Core code raises these; only ``cli.py`` turns them into exit codes and text.
 Messages never contain an API key: they are built from server replies, which
@@ -23,18 +28,77 @@ pass through :func:`batchgen.secrets.redact` first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """How ``batchgen`` exits. :attr:`short` is the CLI help's wording,
+    :attr:`meaning` the documentation's."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    BUDGET = 3
+    RUN_FATAL = 4
+    SUBMITTED = 5
+    STORAGE = 74  # sysexits' EX_IOERR
+    LOCKED = 75  # sysexits' EX_TEMPFAIL
+    INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+    @property
+    def short(self) -> str:
+        return _SHORT[self]
+
+    @property
+    def meaning(self) -> str:
+        return _MEANING[self]
+
+
+_SHORT = {
+    ExitCode.OK: "all done",
+    ExitCode.FAILED: "some failed or unfinished",
+    ExitCode.USAGE: "bad usage or job file",
+    ExitCode.BUDGET: "stopped by budget",
+    ExitCode.RUN_FATAL: "stopped by a run-fatal API error",
+    ExitCode.SUBMITTED: "submitted to the provider's Batch API (run again to collect)",
+    ExitCode.STORAGE: "the disk refused a write",
+    ExitCode.LOCKED: "run directory locked",
+    ExitCode.INTERRUPTED: "interrupted (run again to resume)",
+}
+_MEANING = {
+    ExitCode.OK: "every request is done",
+    ExitCode.FAILED: "some requests failed for good, or are not finished (see `failed.jsonl`, "
+                     "`batchgen status`); `merge`: some shards are incomplete",
+    ExitCode.USAGE: "bad usage, bad job file, missing API key, Redis unreachable, a "
+                    "stream-only model sent `--via batch`, a file where the run directory "
+                    "goes — nothing was written or sent",
+    ExitCode.BUDGET: "stopped by the budget",
+    ExitCode.RUN_FATAL: "stopped by a run-fatal API error (bad key, access denied, arrears, "
+                        "quota used up)",
+    ExitCode.SUBMITTED: "submitted to the provider's Batch API (`--no-wait`): run the same "
+                        "command again to collect",
+    ExitCode.STORAGE: "the disk refused a write (full, read-only); what was committed is "
+                      "kept: free space and run again",
+    ExitCode.LOCKED: "another run holds the run directory's lock",
+    ExitCode.INTERRUPTED: "interrupted; run again to resume",
+}
+
+
+def exit_codes_help() -> str:
+    """The exit codes in one sentence, for ``--help``."""
+    return "Exit codes: " + ", ".join(f"{code.value} {code.short}" for code in ExitCode) + "."
 
 
 class BatchgenError(Exception):
     """Root of every error batchgen raises on purpose."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
 
 class UsageError(BatchgenError):
     """The command line or environment is wrong; nothing was written."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)
@@ -67,7 +131,7 @@ class JobFileError(UsageError):
 class LockedError(BatchgenError):
     """Another batchgen run holds this run directory."""
 
-    exit_code = 75
+    exit_code = ExitCode.LOCKED
 
 
 class StoreError(BatchgenError):
@@ -81,7 +145,7 @@ class StorageError(BatchgenError):
     sysexits' EX_IOERR. ``no_space`` tells a full disk from other failures.
     """
 
-    exit_code = 74
+    exit_code = ExitCode.STORAGE
 
     def __init__(self, message: str, *, path: str, no_space: bool) -> None:
         super().__init__(message)
@@ -91,6 +155,18 @@ class StorageError(BatchgenError):
 
 class LocalEndpointError(BatchgenError):
     """The embedded local endpoint could not be found or started."""
+
+
+class ServerCrashed(LocalEndpointError):
+    """llama-server died from a signal while starting; ``signal`` says which."""
+
+    def __init__(self, message: str, sig: int) -> None:
+        super().__init__(message)
+        self.signal = sig
+
+
+class BatchApiError(BatchgenError):
+    """The provider's Batch API kept failing; what was done is recorded."""
 
 
 class AttemptError(BatchgenError):
@@ -149,4 +225,4 @@ class RunFatalError(AttemptError):
     """No request can succeed (bad key, access denied, arrears, quota)."""
 
     error_class = "run_fatal"
-    exit_code = 4
+    exit_code = ExitCode.RUN_FATAL

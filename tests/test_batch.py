@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
+from batchgen.errors import BatchApiError
 from batchgen.jobs.load import Overrides
 from batchgen.run.runner import RunOptions
-from batchgen.run.via_batch import BatchApiError
 from batchgen.testing.fakeserver import FakeServer
 from tests.conftest import ROOT, FakeProcess, read_results, run_cli, write_job
 

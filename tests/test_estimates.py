@@ -121,7 +121,8 @@ def test_qwen_tokenizer_counts_as_dashscopes_own() -> None:
     ours = qwen_counter()
     assert ours is not None
     root = Path(__file__).resolve().parent.parent
-    texts = [(root / "README.md").read_text(), (root / "batchgen" / "run" / "engine.py").read_text(),
+    engine = root / "batchgen" / "run" / "engine.py"
+    texts = [(root / "README.md").read_text(), engine.read_text(),
              "流式输出可以避免长文本生成时的服务器超时。" * 40,
              "Mixed 中文 text, 123 456.\n\n  \t x",
              "e\u0301t\u00e9 caf\u00e9 na\u00efve"]

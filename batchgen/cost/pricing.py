@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from batchgen.store.runstore import RunStore
 
 LOCAL_LIST = "local"
-ASSUMED_MAX_OUTPUT = 8192  # budget worst case for a request that sets no max_tokens
 
 
 @dataclass(frozen=True)

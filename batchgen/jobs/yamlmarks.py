@@ -241,7 +241,7 @@ def _mapping(loader: _Loader, stream: str) -> Generator[tuple[int, Node], None, 
         loader.anchors[event.anchor] = node
     while not loader.check_event(MappingEndEvent):
         key = loader.compose_node(node, None)
-        assert key is not None
+        assert key is not None  # noqa: S101 - an invariant, for the type checker
         nxt: Any = loader.peek_event()
         if _scalar_is(key, stream) and isinstance(nxt, SequenceStartEvent):
             if nxt.anchor:
@@ -258,7 +258,7 @@ def _mapping(loader: _Loader, stream: str) -> Generator[tuple[int, Node], None, 
             while not loader.check_event(SequenceEndEvent):
                 before = loader.composed
                 item = loader.compose_node(value, index)
-                assert item is not None
+                assert item is not None  # noqa: S101 - an invariant, for the type checker
                 _bounded(loader, item, before)
                 loader.in_items += loader.composed - before
                 yield index, item

@@ -52,7 +52,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from batchgen.errors import LocalEndpointError
+from batchgen.errors import LocalEndpointError, ServerCrashed
 
 log = logging.getLogger(__name__)
 
@@ -307,14 +307,6 @@ def crash_advice(sig: int, server_from: str, log_path: Path,
     return f"{head} Likely cause: {cause}. Fix: {fix}"
 
 
-class ServerCrashed(LocalEndpointError):
-    """llama-server died from a signal while starting."""
-
-    def __init__(self, message: str, sig: int) -> None:
-        super().__init__(message)
-        self.signal = sig
-
-
 def cleanup_stale(run_dir: Path) -> None:
     """Stop a llama-server an earlier, crashed run left behind."""
     pid_file = run_dir / PID_FILE
@@ -416,7 +408,7 @@ class LocalServer:
         deadline = time.monotonic() + HEALTH_TIMEOUT
         url = f"http://127.0.0.1:{self.port}/health"
         while time.monotonic() < deadline:
-            assert self.proc is not None
+            assert self.proc is not None  # noqa: S101 - an invariant, for the type checker
             code = self.proc.poll()
             if code is not None:
                 if -code in CRASH_SIGNALS:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchgen.cost.pricing import ASSUMED_MAX_OUTPUT, ModelPrice, PriceBook, PriceList, StoreCosts
+from batchgen.cost.pricing import ModelPrice, PriceBook, PriceList, StoreCosts
 from batchgen.errors import UsageError
 from batchgen.jobs.load import Job
 from batchgen.jobs.records import Budget, Request
@@ -29,14 +29,13 @@ from batchgen.store.records import Usage
 from batchgen.store.runstore import Pending, RunStore
 from batchgen.tokens.estimator import Estimator
 from batchgen.tokens.ledger import load_calibration
+from batchgen.tokens.static import output_bound
 
 
 def worst_case(price: ModelPrice, body: dict[str, Any], estimator: Estimator | None = None
                ) -> float:
     prompt = (estimator or Estimator()).prompt(body)[0]
-    max_out = int(body.get("max_tokens") or body.get("max_completion_tokens")
-                  or ASSUMED_MAX_OUTPUT)
-    return price.worst_case(prompt, max_out)
+    return price.worst_case(prompt, output_bound(body))
 
 
 def endpoint_list(job: Job, book: PriceBook) -> PriceList | None:
@@ -45,7 +44,7 @@ def endpoint_list(job: Job, book: PriceBook) -> PriceList | None:
 
 def check_budget(job: Job, book: PriceBook) -> None:
     """A budget needs a price, in its currency, for every model of the job."""
-    assert job.budget is not None
+    assert job.budget is not None  # noqa: S101 - an invariant, for the type checker
     plist = endpoint_list(job, book)
     for model in job.info.models:
         price = book.price(plist, model)
@@ -82,7 +81,7 @@ class BudgetGuard:
 
     def _price(self, model: str) -> ModelPrice:
         price = self.book.price(self.plist, model)
-        assert price is not None  # checked for every model of the job in __init__
+        assert price is not None  # noqa: S101 - checked for every model of the job in __init__
         return price
 
     def admit(self, p: Pending) -> str | None:
@@ -126,7 +125,7 @@ class BatchBudget:
     def worst(self, request_id: str, model: str, body: dict[str, Any]) -> float:
         if request_id not in self._worst:
             price = self.book.price(self.plist, model)
-            assert price is not None  # checked for every model of the job before the run
+            assert price is not None  # noqa: S101 - an invariant
             self._worst[request_id] = (worst_case(price, body, self.estimator)
                                        * price.batch_discount)
         return self._worst[request_id]

@@ -32,6 +32,7 @@ from batchgen.errors import (
     StorageError,
     TransientError,
 )
+from batchgen.jobs.records import RunSettings
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.run.budget import BudgetGuard
 from batchgen.run.continuation import EchoFilter, continue_body, refusal, resumable
@@ -42,6 +43,7 @@ from batchgen.store.records import Resume, Usage
 from batchgen.store.runstore import AttemptEnd, Ended, Pending, RunStore
 from batchgen.tokens import tokenizers
 from batchgen.tokens.estimator import Estimator
+from batchgen.tokens.static import output_bound
 from batchgen.tokens.usage import estimate, from_report
 from batchgen.wire import retry
 from batchgen.wire.stream import StreamResult, stream_attempt
@@ -49,7 +51,6 @@ from batchgen.wire.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT_RESERVE = 4096  # tokens assumed for TPM when a request sets no max_tokens
 
 
 class _Stopped(Exception):
@@ -87,16 +88,17 @@ class EngineDeps:
 
 
 class Engine:
-    def __init__(self, deps: EngineDeps, *, concurrency: int, max_attempts: int,
-                 rpm: float | None, tpm: float | None, idle_timeout: float = 120.0,
-                 max_duration: float | None = None, continuation: str = "none",
-                 resume: str = "auto", gate: StartGate | None = None) -> None:
+    def __init__(self, deps: EngineDeps, settings: RunSettings, *, continuation: str = "none",
+                 gate: StartGate | None = None) -> None:
         self.d = deps
+        concurrency = settings.concurrency
+        idle_timeout, max_duration = settings.idle_timeout, settings.max_duration
         # how an interrupted answer goes on ("none": it starts over)
-        self.form = continuation if resume == "auto" else "none"
-        self.max_attempts = max_attempts
+        self.form = continuation if settings.resume == "auto" else "none"
+        self.max_attempts = settings.max_attempts
         self.limit = AdaptiveLimit(concurrency, deps.clock)
-        self.gate: StartGate = gate or Gate(rpm=rpm, tpm=tpm, clock=deps.clock, sleep=deps.sleep)
+        self.gate: StartGate = gate or Gate(rpm=settings.rpm, tpm=settings.tpm,
+                                            clock=deps.clock, sleep=deps.sleep)
         self.breaker = Breaker(self.gate)
         self.max_active = max(2 * concurrency, concurrency + 4)
         self.outcome = Outcome()
@@ -199,10 +201,7 @@ class Engine:
 
     async def _attempts(self, p: Pending) -> None:
         number = p.attempts
-        reserve = self.d.estimator.prompt(p.body)[0] + int(
-            p.body.get("max_tokens") or p.body.get("max_completion_tokens")
-            or DEFAULT_OUTPUT_RESERVE
-        )
+        reserve = self.d.estimator.prompt(p.body)[0] + output_bound(p.body)
         async for attempt in retry.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
                                           rng=self.d.rng):
             with attempt:

@@ -118,7 +118,7 @@ class Journal:
             yield
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc)
-            assert self.failure is not None
+            assert self.failure is not None  # noqa: S101 - an invariant, for the type checker
             raise self.failure from None
 
     def _fail(self, exc: BaseException) -> None:
@@ -245,6 +245,6 @@ class Journal:
 def _write_all(run_dir: Path, finished: list[Ended]) -> None:
     files = []
     for done in finished:
-        assert done.request_id is not None
+        assert done.request_id is not None  # noqa: S101 - an invariant, for the type checker
         files += text_files(run_dir, done.request_id, done.content, done.reasoning)
     write_many_atomic(files)

@@ -1,4 +1,4 @@
-"""One run, start to end: check, lock, plan from the store, run, export.
+"""One run, start to end: check, lock, plan from the store, run, export (:class:`Runner`).
 
 Nothing is written before the job file validated and the API key was found.
 The plan is rebuilt from the run store every time (resume is derived from
@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import random
-import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from batchgen import __version__
 from batchgen.cost.pricing import PriceBook, overrides_to_json
-from batchgen.errors import RunFatalError, StorageError, UsageError
+from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
 from batchgen.jobs import validated
 from batchgen.jobs.load import Job
 from batchgen.outputs.files import clean_temp, export_all, prepare_reports, write_reports
 from batchgen.run.budget import BudgetGuard, check_budget, spent
 from batchgen.run.engine import Engine, EngineDeps, Outcome
+from batchgen.run.interrupt import Interrupt
 from batchgen.run.journal import storage_error
 from batchgen.run.progress import NullProgress, Progress
 from batchgen.secrets import Redactor, api_key_from_env, quiet_transport_logs
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
-EXIT_STORAGE = 74  # sysexits' EX_IOERR: the disk refused a write
-EXIT_SUBMITTED = 5  # the provider's Batch API runs it: run again to collect
 PREPARE_REPORTS_AFTER = 0.2  # s after the engine starts: its first requests go out first
 
 ClientFactory = Callable[[str, str, Job], Any]
@@ -57,7 +54,7 @@ ClientFactory = Callable[[str, str, Job], Any]
 
 @dataclass
 class RunSummary:
-    """What a run did; ``exit_code`` follows the README's table."""
+    """What a run did, and how the CLI exits for it."""
 
     run_dir: Path
     total: int
@@ -71,20 +68,20 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.storage is not None:
-            return EXIT_STORAGE
+            return ExitCode.STORAGE
         if self.stopped_by == "interrupt":
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         if self.stopped_by == "submitted":
-            return EXIT_SUBMITTED
+            return ExitCode.SUBMITTED
         if self.fatal is not None:
-            return EXIT_FATAL
+            return ExitCode.RUN_FATAL
         if self.stopped_by == "budget":
-            return EXIT_BUDGET
+            return ExitCode.BUDGET
         if self.failed or self.pending:
-            return EXIT_FAILED  # never 0 while a request of the job is unfinished
-        return EXIT_OK
+            return ExitCode.FAILED  # never 0 while a request of the job is unfinished
+        return ExitCode.OK
 
 
 @dataclass
@@ -146,58 +143,284 @@ def check_job(job: Job, book: PriceBook) -> None:
 
 
 async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
-    api_key = api_key_from_env(job.endpoint.api_key_env)  # before anything is written
-    book = PriceBook(job.pricing)
-    check_job(job, book)  # before anything is written, too
-    _check_store_not_lost(job.run_dir, opts.force)
-    gate = await _shared_gate(job, api_key, opts)  # Redis answers, or nothing is written
-    try:
-        return await _run_with_gate(job, opts, api_key, book, gate)
-    finally:
-        if gate is not None:
-            await gate.close()
+    """Run ``job`` inside a running event loop (see :class:`Runner`)."""
+    return await Runner(job, opts).run()
 
 
-async def _shared_gate(job: Job, api_key: str, opts: RunOptions) -> SharedGate | None:
-    if not job.run.limits_url:
-        return None
-    from batchgen.pacing.redis_gate import SharedGate, account_id
+class Runner:
+    """One run of one job, phase by phase: :meth:`check` (nothing written),
+    :meth:`locked` (the run directory, held), :meth:`plan` (from the store),
+    :meth:`execute` (the endpoint, the engine or the Batch API, then the cost
+    truth) and :meth:`export`. What the phases share lives on the object."""
 
-    gate = SharedGate(job.run.limits_url, account_id(job.endpoint.base_url, api_key),
-                      rpm=job.run.rpm, tpm=job.run.tpm, sleep=opts.sleep)
-    try:
-        await gate.check()
-    except BaseException:
-        await gate.close()
-        raise
-    return gate
+    def __init__(self, job: Job, opts: RunOptions) -> None:
+        self.job = job
+        self.opts = opts
+        self.book = PriceBook(job.pricing)
+        self.api_key = ""
+        self.redact = Redactor("")
+        self.gate: SharedGate | None = None
+        self.run_id = 0
+        self.estimator = Estimator()
+        self.recovered = 0
+        self.interrupt = Interrupt()
 
-
-async def _run_with_gate(job: Job, opts: RunOptions, api_key: str, book: PriceBook,
-                         gate: SharedGate | None) -> RunSummary:
-    quiet_transport_logs()
-    redact = Redactor(api_key)
-    try:
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(job.run_dir)
-        lock.acquire()
-    except OSError as exc:
-        in_the_way = _file_in_the_way(job.run_dir)
-        if in_the_way is not None:
-            raise UsageError(
-                f"the run directory {job.run_dir} cannot be made: {in_the_way} is a file, "
-                "not a directory; point --out (or output_dir:) elsewhere, or give the run "
-                "another name (--name, name:)") from None
-        raise storage_error(exc, job.run_dir) from None
-    try:
+    async def run(self) -> RunSummary:
+        self.check()
+        self.gate = await self._shared_gate()  # Redis answers, or nothing is written
         try:
-            (job.run_dir / "texts").mkdir(exist_ok=True)
-            clean_temp(job.run_dir)
+            quiet_transport_logs()
+            self.redact = Redactor(self.api_key)
+            with self.locked():
+                return await self._with_store()
+        finally:
+            if self.gate is not None:
+                await self.gate.close()
+
+    # ---------------------------------------------------------------- check
+
+    def check(self) -> None:
+        """Everything that can refuse the run before anything is written: the
+        API key, the job itself (:func:`check_job`), a lost store."""
+        self.api_key = api_key_from_env(self.job.endpoint.api_key_env)
+        check_job(self.job, self.book)
+        _check_store_not_lost(self.job.run_dir, self.opts.force)
+
+    async def _shared_gate(self) -> SharedGate | None:
+        job = self.job
+        if not job.run.limits_url:
+            return None
+        from batchgen.pacing.redis_gate import SharedGate, account_id
+
+        gate = SharedGate(job.run.limits_url, account_id(job.endpoint.base_url, self.api_key),
+                          rpm=job.run.rpm, tpm=job.run.tpm, sleep=self.opts.sleep)
+        try:
+            await gate.check()
+        except BaseException:
+            await gate.close()
+            raise
+        return gate
+
+    # ----------------------------------------------------------------- lock
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The run directory, made and held (one run at a time), its ``texts/``
+        ready and temporary files a crash left removed."""
+        run_dir = self.job.run_dir
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run_dir)
+            lock.acquire()
         except OSError as exc:
-            raise storage_error(exc, job.run_dir) from None
-        return await _locked_run(job, opts, api_key, redact, book, gate)
-    finally:
-        lock.release()
+            in_the_way = _file_in_the_way(run_dir)
+            if in_the_way is not None:
+                raise UsageError(
+                    f"the run directory {run_dir} cannot be made: {in_the_way} is a file, "
+                    "not a directory; point --out (or output_dir:) elsewhere, or give the run "
+                    "another name (--name, name:)") from None
+            raise storage_error(exc, run_dir) from None
+        try:
+            try:
+                (run_dir / "texts").mkdir(exist_ok=True)
+                clean_temp(run_dir)
+            except OSError as exc:
+                raise storage_error(exc, run_dir) from None
+            yield
+        finally:
+            lock.release()
+
+    async def _with_store(self) -> RunSummary:
+        job = self.job
+        store = RunStore(job.run_dir / "run.db")
+        try:
+            try:
+                summary = await self._phases(store)
+            except (StorageError, sqlite3.OperationalError, OSError) as exc:
+                summary = RunSummary(run_dir=job.run_dir, total=job.info.requests, skipped=0,
+                                     storage=storage_error(exc, job.run_dir))
+            if summary.storage is not None:
+                summary.storage = _with_counts(summary.storage, store)
+            return summary
+        finally:
+            self.opts.progress.close()
+            with contextlib.suppress(sqlite3.Error):
+                store.close()
+
+    async def _phases(self, store: RunStore) -> RunSummary:
+        self.plan(store)
+        job = self.job
+        todo = store.count_todo()
+        start = store.counts()
+        summary = RunSummary(run_dir=job.run_dir, total=job.info.requests, skipped=start["done"])
+        if job.run.via != "batch":
+            self.opts.progress.start(todo, start["done"])
+        outcome = Outcome()
+        if todo or (job.run.via == "batch" and start["batched"]):
+            outcome = await self.execute(store)
+        summary.done, summary.failed = outcome.done, outcome.failed
+        summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
+        summary.storage, summary.notes = outcome.storage, outcome.notes
+        counts = store.counts()
+        summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch" else 0)
+        if summary.storage is None:  # else the disk refuses writes: outputs stay as they were
+            self.export(store, summary)
+        return summary
+
+    # ----------------------------------------------------------------- plan
+
+    def plan(self, store: RunStore) -> None:
+        """Record this invocation, recover what a killed one left streaming, and
+        bring the store's requests in line with the job (resume is derived from
+        disk, never from memory)."""
+        job, opts = self.job, self.opts
+        self.run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
+                                      region=job.endpoint.region, pid=os.getpid(),
+                                      version=__version__, now=opts.clock())
+        store.set_meta("pricing", overrides_to_json(job.pricing))
+        store.set_meta("job", json.dumps({  # what `batchgen merge` checks shards against
+            "name": job.name, "digest": job.info.job_digest,
+            "requests": job.info.job_requests,
+            "shard": list(job.shard) if job.shard else None}))
+        estimator = self.estimator = Estimator(load_calibration(store))
+        self.recovered = store.recover(lambda body, content, reasoning: estimate(
+            body, content, reasoning, estimator), now=opts.clock())
+        # The same plan as last time (same ids, same fingerprints, same order)
+        # is not planned again; a new one comes from the rows validating kept
+        # (batchgen.jobs.spool), or from resolving the job once more.
+        if store.meta("plan") != job.info.plan_digest:
+            store.sync_requests(job.plan_rows())
+            store.set_meta("plan", job.info.plan_digest)
+        if job.validation_key is not None:  # the next run of these inputs need not validate
+            kept = validated.record(job.validation_key, job.info)
+            if store.meta(validated.META_KEY) != kept:
+                store.set_meta(validated.META_KEY, kept)
+        store.commit()
+        job.discard_spool()
+
+    # -------------------------------------------------------------- execute
+
+    async def execute(self, store: RunStore) -> Outcome:
+        """Start the endpoint (a local server, if asked), then the engine (or the
+        Batch API); both stop on signals. Then the cost truth, endpoint still up."""
+        job, opts = self.job, self.opts
+        budget = (BudgetGuard(job.budget, job, self.book, store, self.estimator)
+                  if job.budget else None)
+        restore = self.interrupt.install() if opts.handle_signals else (lambda: None)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                base_url = await self._endpoint(stack)
+                local_url = base_url if job.endpoint.local else None
+                # during the run, a tokenizer only if at hand (Qwen's costs ~60 MB and half a
+                # second to load: it loads when a continuation or the refinement needs it)
+                self.estimator.counter_for = lambda model: counter_for(model, local_url,
+                                                                       wait=False)
+                client = (opts.client_factory or default_client)(base_url, self.api_key, job)
+                close = getattr(client, "close", None)
+                if close is not None:
+                    stack.push_async_callback(close)
+                outcome = await self._engine_or_batches(store, client, budget)
+                if outcome.storage is None and not self.interrupt.came:
+                    self.estimator.counter_for = lambda model: counter_for(model, local_url)
+                    self._refine(store)
+                return outcome
+        except asyncio.CancelledError:
+            if not self.interrupt.came:
+                raise
+            return Outcome(stopped_by="interrupt")
+        finally:
+            restore()
+
+    async def _endpoint(self, stack: contextlib.AsyncExitStack) -> str:
+        """The base URL to send to: the job's, or a local llama-server's."""
+        job = self.job
+        if not job.endpoint.local:
+            return job.endpoint.base_url
+        from batchgen.llama.server import LocalServer
+
+        # the SDK's client imports (~0.25 s of CPU) while llama-server loads its
+        # model, when the process only waits for /health
+        preload = _preload_sdk() if self.opts.client_factory is None else None
+        base_url = await stack.enter_async_context(LocalServer(
+            job.run_dir, model_path=job.endpoint.model_path,
+            concurrency=job.run.concurrency, server_args=job.endpoint.server_args))
+        if preload is not None:
+            await asyncio.wait([preload])
+        return base_url
+
+    async def _engine_or_batches(self, store: RunStore, client: Any,
+                                 budget: BudgetGuard | None) -> Outcome:
+        job, opts = self.job, self.opts
+        engine = Engine(
+            EngineDeps(store=store, client=client, run_dir=job.run_dir, run_id=self.run_id,
+                       progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
+                       redact=self.redact, rng=opts.rng, flush_interval=opts.flush_interval,
+                       budget=budget, estimator=self.estimator),
+            job.run, continuation=job.endpoint.continuation, gate=self.gate)
+        outcome = Outcome()
+        # report.html's imports and template, while the first requests are sent
+        asyncio.get_running_loop().call_later(PREPARE_REPORTS_AFTER, prepare_reports)
+        if job.run.via == "batch":  # a signal cancels it: the batches run on remotely
+            outcome, released = await self._batches(store, client)
+            engine.only = set(released)  # --fallback stream: what batches left unanswered
+            if budget is not None and job.budget is not None:  # what the batches cost
+                budget.spent = spent(store, self.book, job.budget.currency)
+        if job.run.via != "batch" or (outcome.stopped_by is None and engine.only):
+            self.interrupt.engine = engine  # a signal stops it and records what streamed
+            with _quiet_gc():  # streamed, or what an expired batch left (--fallback stream)
+                streamed = await engine.run()
+            streamed.done += outcome.done
+            streamed.failed += outcome.failed
+            streamed.notes = outcome.notes + streamed.notes
+            outcome = streamed
+        return outcome
+
+    async def _batches(self, store: RunStore, client: Any) -> tuple[Outcome, list[str]]:
+        """The job's pending requests through the provider's Batch API; and
+        what expired or cancelled batches left to stream (--fallback stream)."""
+        from batchgen.run.budget import BatchBudget
+        from batchgen.run.via_batch import BatchRunner
+
+        job, opts = self.job, self.opts
+        budget = (BatchBudget(job.budget, job, self.book, store, self.estimator)
+                  if job.budget else None)
+        runner = BatchRunner(store, client, job.run, run_id=self.run_id, progress=opts.progress,
+                             redact=self.redact, sleep=opts.sleep, budget=budget)
+        result = await runner.run()
+        stopped = ("submitted" if result.submitted else "fatal" if result.fatal
+                   else "budget" if result.over_budget else None)
+        return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
+                       stopped_by=stopped, notes=result.lines), result.released
+
+    def _refine(self, store: RunStore) -> None:
+        """Cost truth, with the endpoint still up (llama-server's /tokenize)."""
+        try:
+            refine(store, self.estimator)
+        except sqlite3.Error:
+            raise  # the disk: the run's storage error
+        except Exception:  # estimates stay as they were; the next run refines
+            log.warning("could not refine the estimated usage", exc_info=True)
+
+    # --------------------------------------------------------------- export
+
+    def export(self, store: RunStore, summary: RunSummary) -> None:
+        """results.jsonl, failed.jsonl, texts/ and the reports, derived from the
+        store; rewritten only when it changed since they were last written in
+        full (or when one is missing)."""
+        job = self.job
+        state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{self.recovered}:" \
+                f"{overrides_to_json(job.pricing)}"
+        outputs = ("results.jsonl", "failed.jsonl", "report.md", "report.json")
+        if store.meta("exported") != state or not all(
+            (job.run_dir / name).exists() for name in outputs
+        ):
+            export_all(store, job.run_dir, self.book)
+            store.end_run(self.run_id, _status(summary), self.opts.clock())
+            write_reports(job.run_dir)
+            store.set_meta("exported", state)
+            store.commit()
+        else:
+            store.end_run(self.run_id, _status(summary), self.opts.clock())
 
 
 def _file_in_the_way(run_dir: Path) -> Path | None:
@@ -232,24 +455,6 @@ def _check_store_not_lost(run_dir: Path, force: bool) -> None:
         )
 
 
-async def _locked_run(job: Job, opts: RunOptions, api_key: str, redact: Redactor,
-                      book: PriceBook, gate: SharedGate | None) -> RunSummary:
-    store = RunStore(job.run_dir / "run.db")
-    try:
-        try:
-            summary = await _run_and_export(job, opts, store, api_key, redact, book, gate)
-        except (StorageError, sqlite3.OperationalError, OSError) as exc:
-            summary = RunSummary(run_dir=job.run_dir, total=job.info.requests, skipped=0,
-                                 storage=storage_error(exc, job.run_dir))
-        if summary.storage is not None:
-            summary.storage = _with_counts(summary.storage, store)
-        return summary
-    finally:
-        opts.progress.close()
-        with contextlib.suppress(sqlite3.Error):
-            store.close()
-
-
 def _with_counts(error: StorageError, store: RunStore) -> StorageError:
     """The storage error, with what is safe and what is left."""
     try:
@@ -260,162 +465,6 @@ def _with_counts(error: StorageError, store: RunStore) -> StorageError:
     fix = "free space and run again" if error.no_space else "fix the disk and run again"
     return StorageError(f"{error}: {counts['done']} requests done, {left} not finished; {fix}",
                         path=error.path, no_space=error.no_space)
-
-
-async def _run_and_export(job: Job, opts: RunOptions, store: RunStore, api_key: str,
-                          redact: Redactor, book: PriceBook,
-                          gate: SharedGate | None) -> RunSummary:
-    run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
-                             region=job.endpoint.region, pid=os.getpid(),
-                             version=__version__, now=opts.clock())
-    store.set_meta("pricing", overrides_to_json(job.pricing))
-    store.set_meta("job", json.dumps({  # what `batchgen merge` checks shards against
-        "name": job.name, "digest": job.info.job_digest, "requests": job.info.job_requests,
-        "shard": list(job.shard) if job.shard else None}))
-    estimator = Estimator(load_calibration(store))
-    recovered = store.recover(lambda body, content, reasoning: estimate(
-        body, content, reasoning, estimator), now=opts.clock())
-    # The same plan as last time (same ids, same fingerprints, same order)
-    # is not planned again; a new one comes from the rows validating kept
-    # (batchgen.jobs.spool), or from resolving the job once more.
-    if store.meta("plan") != job.info.plan_digest:
-        store.sync_requests(job.plan_rows())
-        store.set_meta("plan", job.info.plan_digest)
-    if job.validation_key is not None:  # the next run of these inputs need not validate
-        kept = validated.record(job.validation_key, job.info)
-        if store.meta(validated.META_KEY) != kept:
-            store.set_meta(validated.META_KEY, kept)
-    store.commit()
-    job.discard_spool()
-    total = job.info.requests
-    todo = store.count_todo()
-    start = store.counts()
-    summary = RunSummary(run_dir=job.run_dir, total=total, skipped=start["done"])
-    batched = start["batched"]
-    if job.run.via != "batch":
-        opts.progress.start(todo, start["done"])
-    outcome = Outcome()
-    if todo or (job.run.via == "batch" and batched):
-        guard = BudgetGuard(job.budget, job, book, store, estimator) if job.budget else None
-        outcome = await _run_engine(job, opts, store, run_id, api_key, redact, book, guard,
-                                    estimator, gate)
-    summary.done, summary.failed = outcome.done, outcome.failed
-    summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
-    summary.storage, summary.notes = outcome.storage, outcome.notes
-    counts = store.counts()
-    summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch" else 0)
-    if summary.storage is not None:
-        return summary  # the disk refuses writes: the outputs stay as they were
-    # Outputs are derived from the store; rewrite them only when it changed
-    # since they were last written in full (or when one is missing).
-    state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{recovered}:" \
-            f"{overrides_to_json(job.pricing)}"
-    outputs = ("results.jsonl", "failed.jsonl", "report.md", "report.json")
-    if store.meta("exported") != state or not all(
-        (job.run_dir / name).exists() for name in outputs
-    ):
-        export_all(store, job.run_dir, book)
-        store.end_run(run_id, _status(summary), opts.clock())
-        write_reports(job.run_dir)
-        store.set_meta("exported", state)
-        store.commit()
-    else:
-        store.end_run(run_id, _status(summary), opts.clock())
-    return summary
-
-
-async def _run_engine(job: Job, opts: RunOptions, store: RunStore, run_id: int,
-                      api_key: str, redact: Redactor, book: PriceBook, budget: BudgetGuard | None,
-                      estimator: Estimator, gate: SharedGate | None) -> Outcome:
-    """Start the endpoint (a local server, if asked), then the engine; both stop on signals."""
-    holder: dict[str, Any] = {}
-    restore = _install_signals(holder) if opts.handle_signals else (lambda: None)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            base_url = job.endpoint.base_url
-            if job.endpoint.local:
-                from batchgen.llama.server import LocalServer
-
-                # the SDK's client imports (~0.25 s of CPU) while llama-server loads its
-                # model, when the process only waits for /health
-                preload = _preload_sdk() if opts.client_factory is None else None
-                base_url = await stack.enter_async_context(LocalServer(
-                    job.run_dir, model_path=job.endpoint.model_path,
-                    concurrency=job.run.concurrency, server_args=job.endpoint.server_args))
-                if preload is not None:
-                    await asyncio.wait([preload])
-            local_url = base_url if job.endpoint.local else None
-            # during the run, a tokenizer only if at hand (Qwen's costs ~60 MB and half a
-            # second to load: it loads when a continuation or the refinement needs it)
-            estimator.counter_for = lambda model: counter_for(model, local_url, wait=False)
-            factory = opts.client_factory or default_client
-            client = factory(base_url, api_key, job)
-            close = getattr(client, "close", None)
-            if close is not None:
-                stack.push_async_callback(close)
-            engine = Engine(
-                EngineDeps(store=store, client=client, run_dir=job.run_dir, run_id=run_id,
-                           progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
-                           redact=redact, rng=opts.rng, flush_interval=opts.flush_interval,
-                           budget=budget, estimator=estimator),
-                concurrency=job.run.concurrency, max_attempts=job.run.max_attempts,
-                rpm=job.run.rpm, tpm=job.run.tpm, idle_timeout=job.run.idle_timeout,
-                max_duration=job.run.max_duration, continuation=job.endpoint.continuation,
-                resume=job.run.resume, gate=gate,
-            )
-            outcome = Outcome()
-            # report.html's imports and template, while the first requests are sent
-            asyncio.get_running_loop().call_later(PREPARE_REPORTS_AFTER, prepare_reports)
-            if job.run.via == "batch":  # a signal cancels it: the batches run on remotely
-                outcome, released = await _run_batches(job, opts, store, run_id, client, redact,
-                                                       book, estimator)
-                engine.only = set(released)  # --fallback stream: what batches left unanswered
-                if budget is not None and job.budget is not None:  # what the batches cost
-                    budget.spent = spent(store, book, job.budget.currency)
-            if job.run.via != "batch" or (outcome.stopped_by is None and engine.only):
-                holder["engine"] = engine  # a signal stops it and records what streamed
-                with _quiet_gc():  # streamed, or what an expired batch left (--fallback stream)
-                    streamed = await engine.run()
-                streamed.done += outcome.done
-                streamed.failed += outcome.failed
-                streamed.notes = outcome.notes + streamed.notes
-                outcome = streamed
-            if outcome.storage is None and not holder.get("interrupted"):
-                # cost truth, with the endpoint still up (llama-server's /tokenize)
-                estimator.counter_for = lambda model: counter_for(model, local_url)
-                try:
-                    refine(store, estimator)
-                except sqlite3.Error:
-                    raise  # the disk: the run's storage error
-                except Exception:  # estimates stay as they were; the next run refines
-                    log.warning("could not refine the estimated usage", exc_info=True)
-            return outcome
-    except asyncio.CancelledError:
-        if not holder.get("interrupted"):
-            raise
-        return Outcome(stopped_by="interrupt")
-    finally:
-        restore()
-
-
-async def _run_batches(job: Job, opts: RunOptions, store: RunStore, run_id: int, client: Any,
-                       redact: Redactor, book: PriceBook, estimator: Estimator
-                       ) -> tuple[Outcome, list[str]]:
-    """The job's pending requests through the provider's Batch API (batchrun); and
-    what expired or cancelled batches left to stream (--fallback stream)."""
-    from batchgen.run.budget import BatchBudget
-    from batchgen.run.via_batch import BatchRunner
-
-    budget = BatchBudget(job.budget, job, book, store, estimator) if job.budget else None
-    runner = BatchRunner(store, client, run_id=run_id, max_attempts=job.run.max_attempts,
-                         no_wait=job.run.no_wait, fallback=job.run.fallback,
-                         progress=opts.progress, redact=redact, sleep=opts.sleep,
-                         budget=budget)
-    result = await runner.run()
-    stopped = ("submitted" if result.submitted else "fatal" if result.fatal
-               else "budget" if result.over_budget else None)
-    return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
-                   stopped_by=stopped, notes=result.lines), result.released
 
 
 def _preload_sdk() -> asyncio.Future[Any]:
@@ -441,37 +490,6 @@ def _quiet_gc() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def _install_signals(holder: dict[str, Any]) -> Callable[[], None]:
-    """First SIGINT/SIGTERM: stop launching and record in-flight attempts as
-    aborted (or abandon start-up). A second one exits at once; the store is
-    consistent at every commit."""
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    hits = 0
-
-    def handler() -> None:
-        nonlocal hits
-        hits += 1
-        if hits > 1:
-            os._exit(EXIT_INTERRUPTED)
-        holder["interrupted"] = True
-        engine = holder.get("engine")
-        if engine is not None:
-            engine.stop("interrupt")
-            engine.cancel_all()
-        elif main is not None:
-            main.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, handler)
-
-    def restore() -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-    return restore
 
 
 def _status(summary: RunSummary) -> str:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchgen.batch_api import client as batchapi
-from batchgen.errors import BatchgenError, RequestFatalError, RunFatalError, TransientError
+from batchgen.errors import BatchApiError, RequestFatalError, RunFatalError, TransientError
+from batchgen.jobs.records import RunSettings
 from batchgen.run.progress import Progress
 from batchgen.store.batches import BatchRow
 from batchgen.store.runstore import AttemptEnd, RunStore
@@ -48,10 +49,6 @@ POLL_CAP = 60.0
 STEP_RETRIES = 8  # consecutive failed Batch API calls before the run gives up (resumable)
 
 
-class BatchApiError(BatchgenError):
-    """The Batch API kept failing; what was done is recorded (exit 1)."""
-
-
 @dataclass
 class BatchOutcome:
     done: int = 0
@@ -64,8 +61,8 @@ class BatchOutcome:
 
 
 class BatchRunner:
-    def __init__(self, store: RunStore, client: Any, *, run_id: int, max_attempts: int,
-                 no_wait: bool, fallback: str, progress: Progress, redact: retry.Redact,
+    def __init__(self, store: RunStore, client: Any, settings: RunSettings, *, run_id: int,
+                 progress: Progress, redact: retry.Redact,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  poll_first: float = POLL_FIRST, poll_cap: float = POLL_CAP,
                  budget: BatchBudget | None = None) -> None:
@@ -74,9 +71,9 @@ class BatchRunner:
         self.batches = store.batches()
         self.remote = batchapi.Remote(client)
         self.run_id = run_id
-        self.max_attempts = max_attempts
-        self.no_wait = no_wait
-        self.fallback = fallback
+        self.max_attempts = settings.max_attempts
+        self.no_wait = settings.no_wait
+        self.fallback = settings.fallback
         self.progress = progress
         self.redact = redact
         self.sleep = sleep
@@ -189,7 +186,7 @@ class BatchRunner:
             self.batches.step(b.id, "uploaded", file_id=file_id)
             b = self.batches.get(b.id)
         if b.state in ("uploaded", "creating"):
-            assert b.file_id is not None
+            assert b.file_id is not None  # noqa: S101 - an invariant, for the type checker
             remote = await self.remote.find_batch(b.file_id) if b.state == "creating" else None
             if remote is None:
                 self.batches.step(b.id, "creating")
@@ -208,7 +205,7 @@ class BatchRunner:
 
     async def _poll(self, b: BatchRow) -> bool:
         """Look at a running batch; collect it when it ended. True when it ended."""
-        assert b.batch_id is not None
+        assert b.batch_id is not None  # noqa: S101 - an invariant, for the type checker
         remote = await self.remote.retrieve(b.batch_id)
         status, counts = batchapi.status(remote), batchapi.counts(remote)
         before = self._seen.get(b.id, b.counts)
@@ -269,9 +266,10 @@ class BatchRunner:
             calls = message.get("tool_calls")
             usage = from_report(body.get("usage"), sent, content if isinstance(content, str)
                                 else "", reasoning if isinstance(reasoning, str) else "")
-            self.store.end_attempts([_ended(attempt, rid, now, usage, content, reasoning,
-                                            body["choices"][0].get("finish_reason"), calls,
-                                            response.get("request_id"))])
+            self.store.end_attempts([_ended(
+                attempt, rid, now, usage, content, reasoning,
+                finish=body["choices"][0].get("finish_reason"), calls=calls,
+                provider_id=response.get("request_id"))])
             self.outcome.done += 1
             return True
         err = retry.from_payload(status if isinstance(status, int) else None,
@@ -302,7 +300,7 @@ class BatchRunner:
                f"{done}{failed} ({b.model})"
 
 
-def _ended(attempt: int, rid: str, now: float, usage: Any, content: Any, reasoning: Any,
+def _ended(attempt: int, rid: str, now: float, usage: Any, content: Any, reasoning: Any, *,
            finish: Any, calls: Any, provider_id: Any) -> Any:
     from batchgen.store.runstore import Ended
 

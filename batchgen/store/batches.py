@@ -102,7 +102,7 @@ class BatchStore:
         cur = self.db.execute(
             "INSERT INTO batches (run_key, model, state, requests, created, updated) "
             "VALUES (?, ?, 'planned', ?, ?, ?)", (key, model, len(items), now, now))
-        assert cur.lastrowid is not None
+        assert cur.lastrowid is not None  # noqa: S101 - an invariant, for the type checker
         self.db.executemany("INSERT INTO batch_items VALUES (?, ?, ?)",
                             [(cur.lastrowid, rid, fp) for rid, fp in items])
         self.db.executemany("UPDATE requests SET state='batched' WHERE id=?",

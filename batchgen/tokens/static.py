@@ -18,6 +18,11 @@ other         2.5                  Cyrillic, Greek, Arabic, accented Latin, emoj
 
 A message adds 4 tokens of framing; an image part counts 1,000 tokens and an
 audio / video part 2,000 (both vary widely by resolution and length).
+
+A request that sets no ``max_tokens`` (nor ``max_completion_tokens``) is
+assumed to produce at most :data:`ASSUMED_MAX_OUTPUT` tokens — one rule for the
+budget's worst case and the tokens a TPM limit holds for it
+(:func:`output_bound`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ OTHER_PER_TOKEN = 2.5
 MESSAGE_OVERHEAD = 4
 IMAGE_TOKENS = 1000
 MEDIA_TOKENS = 2000
+ASSUMED_MAX_OUTPUT = 8192
+
+
+def output_bound(body: dict[str, Any]) -> int:
+    """The most completion tokens a request can produce, as far as known."""
+    return int(body.get("max_tokens") or body.get("max_completion_tokens")
+               or ASSUMED_MAX_OUTPUT)
 
 _CJK = re.compile(
     "[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u31ff"

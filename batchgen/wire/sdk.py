@@ -73,7 +73,7 @@ def _complete(module: ModuleType) -> None:
         # is an AttributeError, as in any package part-way through its import
         module.__class__ = ModuleType  # type: ignore[assignment]
         spec = module.__spec__
-        assert spec is not None and spec.loader is not None
+        assert spec is not None and spec.loader is not None  # noqa: S101 - an invariant
         spec.loader.exec_module(module)
 
 

@@ -1,0 +1,56 @@
+"""Ctrl-C and SIGTERM during a run: stop cleanly once, at once the second time.
+
+The first SIGINT/SIGTERM stops launching and records the attempts in flight as
+aborted (their text is journaled, so the next run continues them), or abandons
+start-up when no engine runs yet. A second one exits at once with the
+interrupted exit code: the store is consistent at every commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from batchgen.errors import ExitCode
+
+if TYPE_CHECKING:
+    from batchgen.run.engine import Engine
+
+
+@dataclass
+class Interrupt:
+    """Whether a signal came, and the engine it stops (set once one runs)."""
+
+    came: bool = False
+    engine: Engine | None = None
+
+    def install(self) -> Callable[[], None]:
+        """Handle SIGINT/SIGTERM in the running loop; returns what undoes it."""
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        hits = 0
+
+        def handler() -> None:
+            nonlocal hits
+            hits += 1
+            if hits > 1:
+                os._exit(ExitCode.INTERRUPTED)
+            self.came = True
+            if self.engine is not None:
+                self.engine.stop("interrupt")
+                self.engine.cancel_all()
+            elif main is not None:
+                main.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, handler)
+
+        def restore() -> None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+        return restore
