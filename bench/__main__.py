@@ -16,15 +16,15 @@ import time
 from bench.common import ROOT
 
 SUITE = {
-    "P1": "bench.p1_cpu",
-    "P2": "bench.p2_concurrency",
-    "P3": "bench.p3_ratelimit",
-    "P4": "bench.p4_memory",
-    "P5": "bench.p5_rerun",
-    "P6": "bench.p6_startup",
-    "P7": "bench.p7_per_request",
-    "P8": "bench.p8_paced",
-    "P9": "bench.p9_resume",
+    "P1": "bench.p01_cpu",
+    "P2": "bench.p02_concurrency",
+    "P3": "bench.p03_ratelimit",
+    "P4": "bench.p04_memory",
+    "P5": "bench.p05_rerun",
+    "P6": "bench.p06_startup",
+    "P7": "bench.p07_per_request",
+    "P8": "bench.p08_paced",
+    "P9": "bench.p09_resume",
     "P10": "bench.p10_estimates",
     "P11": "bench.p11_shards",
 }

@@ -8,52 +8,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from batchgen.testing.process import FakeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "BATCHGEN_BENCH_API_KEY"
 os.environ.setdefault(KEY_ENV, "bench-key")
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def control(self, what: str, payload: dict[str, Any] | None = None) -> Any:
-        url = f"http://127.0.0.1:{self.port}/_control/{what}"
-        data = json.dumps(payload).encode() if payload is not None else None
-        with urllib.request.urlopen(urllib.request.Request(url, data=data)) as resp:
-            return json.loads(resp.read())
-
-    def cpu(self) -> float:
-        return float(self.control("stats")["cpu"])
-
-
 @contextmanager
-def fake_server(*args: str) -> Iterator[Server]:
-    """The tests' fake API, alone in a process, so its CPU is not ours."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchgen.testing.fakeserver", "--port", "0", *args],
-        stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    port = int(line.split()[1])
-    try:
-        yield Server(proc, port)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def fake_server(*args: str) -> Iterator[FakeProcess]:
+    """The fake API, alone in a process, so its CPU is not ours."""
+    with FakeProcess(*args, path="/v1") as server:
+        yield server
 
 
 def write_jsonl(path: Path, n: int, tokens: int, extra: str = "") -> Path:

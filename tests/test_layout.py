@@ -10,7 +10,9 @@ import importlib
 import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "batchgen"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "batchgen"
 # top-level modules every package may use, and the version
 FOUNDATION = {"errors", "secrets", "jsonfast", "__version__"}
 # package -> what it may import besides itself and the foundation

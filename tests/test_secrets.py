@@ -6,7 +6,8 @@ import sqlite3
 from pathlib import Path
 
 from batchgen.secrets import Redactor
-from tests.conftest import CANARY, FakeProcess, read_results, run_cli, write_job
+from batchgen.testing.process import FakeProcess
+from tests.helpers import CANARY, read_results, run_cli, write_job
 
 
 def all_bytes_under(root: Path) -> bytes:

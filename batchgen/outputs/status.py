@@ -41,11 +41,8 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
     batches = store.batches(readonly=True)
     if batches.exists():
         for b in batches.all():
-            c = b.counts
-            counted = f", {c.get('completed', 0)}/{c.get('total', b.requests)} done" \
-                f"{', ' + str(c['failed']) + ' failed' if c.get('failed') else ''}" if c else ""
-            st.batches.append(f"{b.batch_id or '(not created yet)'}: "
-                              f"{b.remote_status or b.state} ({b.state}){counted}; "
+            counted = f", {b.done_text()}" if b.counts else ""
+            st.batches.append(f"{b.name}: {b.where} ({b.state}){counted}; "
                               f"{b.requests} requests of {b.model}")
     st.pending = counts["pending"] - st.streaming
     row = store.usage_totals()

@@ -71,7 +71,7 @@ class Outcome:
 
 @dataclass
 class EngineDeps:
-    """Side effects, passed in (STYLE.md 4)."""
+    """Side effects, passed in: tests give a fake clock, sleep and client."""
 
     store: RunStore
     client: Any

@@ -293,11 +293,7 @@ class BatchRunner:
                                             now=now)
 
     def _describe(self, b: BatchRow) -> str:
-        c = b.counts
-        done = f"{c.get('completed', 0)}/{c.get('total', b.requests)} done"
-        failed = f", {c['failed']} failed" if c.get("failed") else ""
-        return f"batch {b.batch_id or '(not yet created)'}: {b.remote_status or b.state}, " \
-               f"{done}{failed} ({b.model})"
+        return f"batch {b.name}: {b.where}, {b.done_text()} ({b.model})"
 
 
 def _ended(attempt: int, rid: str, now: float, usage: Any, content: Any, reasoning: Any, *,

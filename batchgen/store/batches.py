@@ -81,6 +81,22 @@ class BatchRow:
     def filename(self) -> str:
         return f"batchgen-{self.run_key}.jsonl"
 
+    @property
+    def name(self) -> str:
+        """The provider's batch id, once it has one."""
+        return self.batch_id or "(not created yet)"
+
+    @property
+    def where(self) -> str:
+        """Where it stands: the provider's status, else the last step begun."""
+        return self.remote_status or self.state
+
+    def done_text(self) -> str:
+        """``completed/total done[, N failed]`` as the provider counts them."""
+        c = self.counts
+        failed = f", {c['failed']} failed" if c.get("failed") else ""
+        return f"{c.get('completed', 0)}/{c.get('total', self.requests)} done{failed}"
+
 
 class BatchStore:
     """Batch bookkeeping on a run store's connection (commits are the caller's)."""

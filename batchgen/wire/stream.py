@@ -8,7 +8,7 @@ headers and error types), asks for the response unread (the switch behind
 directly when the SDK's aiohttp transport carries them — and hands them to
 :class:`batchgen.wire.sse.SSEDecoder` (framing) and
 :func:`batchgen.wire.chunks.read_event` (what each chunk says). Every shape real
-providers send is read as the SDK reads it (tests/test_replay.py replays
+providers send is read as the SDK reads it (tests/wire/test_replay.py replays
 recordings from 14 providers); where the SDK drops data the server sent —
 thinking parts in a content list, ``reasoning_details``, tool-call deltas,
 Groq's ``x_groq.usage`` — batchgen keeps it.

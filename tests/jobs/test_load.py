@@ -1,0 +1,351 @@
+"""Job files: what they resolve to, and how every kind of broken one is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchgen.cli import main
+from batchgen.errors import JobFileError
+from batchgen.jobs.load import Overrides, load_job
+from tests.helpers import ROOT, run_cli
+
+GOOD_HEAD = "name: t\nendpoint: {base_url: 'https://example.com/v1'}\ndefaults: {model: m}\n"
+
+
+def test_every_example_job_validates() -> None:
+    jobs = sorted((ROOT / "jobs").iterdir())
+    assert {p.suffix for p in jobs} >= {".yaml", ".jsonl"}
+    for path in jobs:
+        job = load_job(path, Overrides(model="qwen-plus"))
+        assert job.info.requests > 0, path
+
+
+def test_defaults_merge_system_and_extra_body(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "defaults:\n  model: qwen-plus\n  system: Be brief.\n  temperature: 0.7\n"
+        "  max_tokens: 100\n  extra_body: {enable_thinking: false, top_k: 5}\n"
+        "prompts:\n"
+        "  - {id: a, prompt: hi, temperature: 0.1, extra_body: {enable_thinking: true}}\n"
+        "  - {id: b, prompt: hi, system: Be long., max_tokens: null}\n"
+        "  - id: c\n    messages: [{role: system, content: own}, {role: user, content: x}]\n",
+        encoding="utf-8")
+    reqs = {r.id: r for r in load_job(path).requests()}
+    assert reqs["a"].body == {
+        "model": "qwen-plus",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        "temperature": 0.1, "max_tokens": 100,
+        "extra_body": {"enable_thinking": True, "top_k": 5},
+    }
+    assert reqs["b"].body["messages"][0] == {"role": "system", "content": "Be long."}
+    assert "max_tokens" not in reqs["b"].body
+    assert reqs["c"].body["messages"][0] == {"role": "system", "content": "own"}
+    assert load_job(path).run_dir == Path("outputs") / "job"
+
+
+def test_ids_are_stable_and_fingerprints_follow_the_request(tmp_path: Path) -> None:
+    path = tmp_path / "job.jsonl"
+    path.write_text('{"prompt": "x"}\n{"prompt": "y"}\n{"prompt": "x"}\n', encoding="utf-8")
+    first = [(r.id, r.fingerprint) for r in load_job(path, Overrides(model="m")).requests()]
+    again = [(r.id, r.fingerprint) for r in load_job(path, Overrides(model="m")).requests()]
+    assert first == again
+    assert first[2][0] == first[0][0] + "-2" and first[2][1] == first[0][1]
+    other = [r.fingerprint for r in load_job(path, Overrides(model="m2")).requests()]
+    assert other[0] != first[0][1]
+    moved = [r.fingerprint for r in load_job(
+        path, Overrides(model="m", base_url="https://other.example/v1")).requests()]
+    assert moved[0] != first[0][1]
+
+
+def test_batch_api_lines_keep_provider_keys(tmp_path: Path) -> None:
+    path = tmp_path / "batch.jsonl"
+    path.write_text(json.dumps({"custom_id": "r1", "method": "POST",
+                                "url": "/v1/chat/completions",
+                                "body": {"model": "qwen-plus", "stream": False,
+                                         "messages": [{"role": "user", "content": "hi"}],
+                                         "enable_thinking": False, "top_p": 0.5}}) + "\n")
+    (req,) = load_job(path).requests()
+    assert req.id == "r1"
+    assert req.body == {"model": "qwen-plus", "messages": [{"role": "user", "content": "hi"}],
+                        "top_p": 0.5, "extra_body": {"enable_thinking": False}}
+
+
+def test_prompts_file_joins_inline_prompts(tmp_path: Path) -> None:
+    (tmp_path / "more.jsonl").write_text('{"id": "m1", "prompt": "x"}\n', encoding="utf-8")
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD_HEAD + "prompts: [{id: a, prompt: y}]\nprompts_file: more.jsonl\n")
+    assert [r.id for r in load_job(path).requests()] == ["a", "m1"]
+
+
+# ---------------------------------------------------------------- broken files
+
+BIG = "prompts:\n" + "  - prompt: " + "x" * 1000 + "\n"
+BOMB = (
+    'a: &a ["l","l","l","l","l","l","l","l","l"]\n'
+    + "".join(f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n"
+              for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+)
+
+CASES: list[tuple[str, str, str, int | None, str]] = [
+    # (case, file name, content, line, what the message says)
+    ("empty", "j.yaml", "", None, "empty file"),
+    ("only-comments", "j.yaml", "# nothing\n", None, "empty file"),
+    ("yaml-syntax", "j.yaml", GOOD_HEAD + "prompts: [a, b\n", 5, "YAML syntax error"),
+    ("yaml-tab", "j.yaml", GOOD_HEAD + "prompts:\n\t- prompt: x\n", 5,
+     "(a tab: YAML indents with spaces only)"),
+    ("yaml-tab-in-item", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n\tid: y\n", 6,
+     "tab character"),
+    ("not-a-mapping", "j.yaml", "- a\n- b\n", 1, "is a mapping"),
+    ("unknown-top-key", "j.yaml", GOOD_HEAD + "promts: []\n", 4, "did you mean 'prompts'"),
+    ("unknown-param", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n    temprature: 1\n", 6,
+     "did you mean 'temperature'"),
+    ("provider-key-top", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - prompt: x\n    enable_thinking: true\n", 6, "extra_body"),
+    ("unknown-run-key", "j.yaml", GOOD_HEAD + "run: {concurency: 3}\nprompts: [{prompt: x}]\n", 4,
+     "did you mean 'concurrency'"),
+    ("wrong-type-temp", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n    temperature: hot\n", 6,
+     "wrong type"),
+    ("wrong-type-max", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n    max_tokens: '100'\n", 6,
+     "wrong type"),
+    ("out-of-range", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n    temperature: 9\n", 6,
+     "less than or equal to 2"),
+    ("concurrency-zero", "j.yaml", GOOD_HEAD + "run: {concurrency: 0}\nprompts: [{prompt: x}]\n",
+     4, "greater than or equal to 1"),
+    ("missing-prompt", "j.yaml", GOOD_HEAD + "prompts:\n  - id: a\n", 5, "missing prompt/messages"),
+    ("prompt-and-messages", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - prompt: x\n    messages: [{role: user, content: y}]\n", 5,
+     "either"),
+    ("no-prompts", "j.yaml", GOOD_HEAD, None, "no prompts"),
+    ("empty-prompts", "j.yaml", GOOD_HEAD + "prompts: []\n", None, "no prompts"),
+    ("duplicate-id", "j.yaml", GOOD_HEAD + "prompts:\n  - {id: a, prompt: x}\n"
+     "  - {id: a, prompt: y}\n", 6, "duplicate id 'a'"),
+    ("traversal-id", "j.yaml", GOOD_HEAD + "prompts:\n  - {id: ../../etc/passwd, prompt: x}\n", 5,
+     "names files"),
+    ("slash-id", "j.yaml", GOOD_HEAD + "prompts:\n  - {id: a/b, prompt: x}\n", 5, "names files"),
+    ("dot-id", "j.yaml", GOOD_HEAD + "prompts:\n  - {id: .hidden, prompt: x}\n", 5, "names files"),
+    ("long-id", "j.yaml", GOOD_HEAD + f"prompts:\n  - {{id: {'a' * 129}, prompt: x}}\n", 5,
+     "names files"),
+    ("bad-name", "j.yaml", "name: ../up\n" + GOOD_HEAD[8:] + "prompts: [{prompt: x}]\n", 1,
+     "names files"),
+    ("no-model", "j.yaml", "prompts:\n  - prompt: x\n", 2, "no model"),
+    ("bad-role", "j.yaml", GOOD_HEAD + "prompts:\n  - messages: [{role: robot, content: x}]\n", 5,
+     "role"),
+    ("part-without-type", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - messages: [{role: user, content: [{text: x}]}]\n", 5, "'type'"),
+    ("n-two", "j.yaml", GOOD_HEAD + "prompts:\n  - {prompt: x, n: 2}\n", 5,
+     "n must be 1: a request streams one answer"),
+    ("stream-in-extra-body", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - {prompt: x, extra_body: {stream: false}}\n", 5, "sets them itself"),
+    ("duplicate-key", "j.yaml", GOOD_HEAD + "prompts: [{prompt: x}]\nname: again\n", 5,
+     "duplicate key 'name'"),
+    ("alias-bomb", "j.yaml", BOMB, None, "alias"),
+    ("prompt-not-a-mapping", "j.yaml", GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - just text\n",
+     6, "each prompt is a mapping"),
+    ("syntax-in-a-later-prompt", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - {prompt: y\n  - {prompt: z}\n", 7,
+     "YAML syntax error"),
+    ("duplicate-key-in-a-prompt", "j.yaml",
+     GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - prompt: y\n    prompt: z\n", 7,
+     "duplicate key 'prompt'"),
+    ("anchored-prompts", "j.yaml", GOOD_HEAD + "prompts: &all\n  - {prompt: x}\n", 4,
+     "anchor on `prompts:`"),
+    ("merged-prompts", "j.yaml", "base: &b {prompts: [{prompt: x}]}\n<<: *b\n" + GOOD_HEAD, 2,
+     "write `prompts:` out"),
+    ("second-document", "j.yaml", GOOD_HEAD + "prompts: [{prompt: x}]\n---\nname: b\n", 5,
+     "single document"),
+    ("python-tag", "j.yaml", "name: !!python/object/apply:os.system [ls]\n", 1,
+     "could not determine a constructor"),
+    ("http-base-url", "j.yaml", "endpoint: {base_url: 'http://api.example.com/v1'}\n"
+     "defaults: {model: m}\nprompts: [{prompt: x}]\n", 1, "https://"),
+    ("creds-in-url", "j.yaml", "endpoint: {base_url: 'https://u:p@api.example.com/v1'}\n"
+     "defaults: {model: m}\nprompts: [{prompt: x}]\n", 1, "credentials"),
+    ("literal-key", "j.yaml", "endpoint:\n  api_key: sk-abcdef0123456789abcdef\n"
+     "defaults: {model: m}\nprompts: [{prompt: x}]\n", 2, "api_key_env"),
+    ("key-in-env-field", "j.yaml", "endpoint:\n  api_key_env: sk-abcdef0123456789abcdef\n"
+     "defaults: {model: m}\nprompts: [{prompt: x}]\n", 2, "api_key_env"),
+    ("prompts-file-escape", "j.yaml", GOOD_HEAD + "prompts_file: ../../etc/passwd.jsonl\n", 4,
+     "inside the job file's folder"),
+    ("prompts-file-missing", "j.yaml", GOOD_HEAD + "prompts_file: nothere.jsonl\n", 4,
+     "cannot read"),
+    ("jsonl-syntax", "j.jsonl", '{"prompt": "x", "model": "m"}\n{"prompt": "y",\n', 2,
+     "JSON syntax error"),
+    ("jsonl-not-object", "j.jsonl", '{"prompt": "x", "model": "m"}\n["y"]\n', 2, "JSON object"),
+    ("jsonl-unknown-key", "j.jsonl", '{"prompt": "x", "modle": "m"}\n', 1, "did you mean 'model'"),
+    ("jsonl-duplicate-custom-id", "j.jsonl",
+     '{"custom_id": "a", "url": "/v1/chat/completions", "body": {"model": "m", '
+     '"messages": [{"role": "user", "content": "x"}]}}\n'
+     '{"custom_id": "a", "url": "/v1/chat/completions", "body": {"model": "m", '
+     '"messages": [{"role": "user", "content": "y"}]}}\n', 2, "duplicate id"),
+    ("batch-wrong-url", "j.jsonl", '{"custom_id": "a", "url": "/v1/embeddings", "body": {}}\n', 1,
+     "chat-completions"),
+    ("jsonl-not-utf8", "j.jsonl", '{"prompt": "x", "model": "m"}\n', 1, "UTF-8"),
+    ("binary", "j.yaml", "", None, "binary file"),
+    ("huge-yaml", "j.yaml", BIG, None, "cap"),
+    ("directory", "j.yaml", "", None, "directory"),
+]
+
+
+def _make(tmp_path: Path, case: str, name: str, content: str) -> Path:
+    path = tmp_path / "jobs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if case == "binary":
+        path.write_bytes(b"\x7fELF\x00\x01\x02" * 20)
+    elif case == "jsonl-not-utf8":
+        path.write_bytes(b'{"prompt": "\xff\xfe", "model": "m"}\n')
+    elif case == "directory":
+        path.mkdir()
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("case", "name", "content", "line", "says"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_broken_job_file_exit_2_with_location_and_nothing_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, name: str, content: str,
+    line: int | None, says: str,
+) -> None:
+    from batchgen.jobs import load as jobfile
+
+    monkeypatch.setattr(jobfile, "MAX_YAML_BYTES", 512)
+    monkeypatch.chdir(tmp_path)
+    path = _make(tmp_path, case, name, content)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for command in ("validate", "run"):
+        result = CliRunner().invoke(main, [command, str(path)])
+        assert result.exit_code == 2, (command, result.output)
+        where = f"{path}:{line}:" if line is not None else f"{path}:"
+        assert where in result.output, result.output
+        assert says in result.output, result.output
+        assert "sk-abcdef0123456789abcdef" not in result.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_many_problems_are_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "j.yaml"
+    path.write_text(GOOD_HEAD + "prompts:\n" + "".join(
+        f"  - {{prompt: x, temprature: {i}}}\n" for i in range(30)))
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    assert len(info.value.problems) == 20 and info.value.truncated
+
+
+def test_broken_file_in_a_real_subprocess(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD_HEAD + "prompts:\n  - prompt: x\n    temprature: 1\n")
+    proc = run_cli("run", str(path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{path}:6: prompts[0].temprature: unknown key" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_validate_prints_the_plan(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(GOOD_HEAD + "prompts: [{prompt: x}, {prompt: y, model: other}]\n")
+    result = CliRunner().invoke(main, ["validate", str(path), "--out", "somewhere"])
+    assert result.exit_code == 0, result.output
+    assert "requests: 2" in result.output
+    assert "m, other" in result.output
+    assert str(Path("somewhere") / "t") in result.output
+
+
+def test_prompts_may_use_anchors_from_anywhere_before_them(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "name: &sys brief\ndefaults: {model: m}\nprompts:\n"
+        "  - &first {id: a, prompt: hi, system: *sys}\n"
+        "  - {<<: *first, id: b}\n"
+        "  - {id: c, messages: [{role: user, content: *sys}]}\n",
+        encoding="utf-8")
+    reqs = {r.id: r for r in load_job(path).requests()}
+    assert reqs["a"].body["messages"][0] == {"role": "system", "content": "brief"}
+    assert reqs["b"].body["messages"] == reqs["a"].body["messages"]
+    assert reqs["c"].body["messages"] == [{"role": "user", "content": "brief"}]
+
+
+def test_problems_in_prompts_name_their_lines_in_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    items = "".join(f"  - {{prompt: p{i}}}\n" for i in range(50))
+    path.write_text(GOOD_HEAD + "prompts:\n" + items + "  - prompt: x\n    temperature: hot\n",
+                    encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    (problem,) = info.value.problems
+    assert problem.line == 3 + 1 + 50 + 2 and problem.key == "prompts[50].temperature"
+
+
+def test_a_yaml_job_holds_no_tree_of_its_prompts(tmp_path: Path) -> None:
+    """Prompts are read an item at a time: the memory a walk needs does not grow
+    with the job beyond the text itself (and the ids that find clashes)."""
+    import gc
+    import tracemalloc
+
+    def peak(n: int) -> tuple[int, int]:
+        path = tmp_path / f"job{n}.yaml"
+        path.write_text(GOOD_HEAD + "prompts:\n" + "".join(
+            f"  - id: p{i}\n    prompt: Write line {i} of a long report\n    temperature: 0.5\n"
+            for i in range(n)), encoding="utf-8")
+        gc.collect()
+        tracemalloc.start()
+        job = load_job(path)
+        assert sum(1 for _ in job.requests()) == n
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used, path.stat().st_size
+
+    small, small_size = peak(200)
+    big, big_size = peak(2_000)
+    # a document tree costs ~2 KB a prompt; the text ~70 bytes, the id set ~150
+    assert big - small < 4 * (big_size - small_size), (small, big)
+
+
+def test_aliases_may_not_expand_a_job_much_but_plain_text_may_be_long(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchgen.jobs import yamlmarks as yamlload
+
+    monkeypatch.setattr(yamlload, "MAX_EXPANDED_NODES", 500)
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD_HEAD + "prompts:\n" + "".join(
+        f"  - {{id: p{i}, prompt: x, stop: [a, b, c]}}\n" for i in range(200)),
+        encoding="utf-8")
+    assert load_job(path).info.requests == 200  # 2,000 values written out: fine
+    path.write_text(GOOD_HEAD + "prompts:\n  - {id: a, prompt: x, stop: &s [a, b, c, d, e]}\n"
+                    + "".join(f"  - {{id: p{i}, prompt: x, stop: *s}}\n" for i in range(100)),
+                    encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    assert "alias" in info.value.problems[0].message
+
+
+def test_a_lone_surrogate_is_a_problem_with_its_line_and_key(tmp_path: Path) -> None:
+    """JSON can escape half a UTF-16 pair; UTF-8 (the wire, the store) cannot
+    carry it. Refused like any broken value, not a traceback."""
+    path = tmp_path / "job.jsonl"
+    path.write_text('{"prompt": "fine \\ud83d\\ude00"}\n'
+                    '{"prompt": "half \\ud800 a pair"}\n'
+                    '{"id": "t", "prompt": "ok", "tags": ["a\\udc00"]}\n'
+                    '{"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", '
+                    '"body": {"model": "m", "messages": [{"role": "user", "content": "x"}], '
+                    '"extra\\ud800": 1}}\n', encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path, Overrides(model="m"))
+    where = [(p.line, p.key) for p in info.value.problems]
+    assert where == [(2, "prompt"), (3, "tags[0]"), (4, "body.extra\ud800")]
+    assert all("lone UTF-16 surrogate" in p.message for p in info.value.problems)
+    result = CliRunner().invoke(main, ["validate", str(path), "--model", "m"])
+    assert result.exit_code == 2 and "job.jsonl:2: prompt" in result.output
+
+
+def test_a_batch_line_whose_extra_body_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "job.jsonl"
+    path.write_text('{"custom_id": "b1", "method": "POST", "url": "/v1/chat/completions", '
+                    '"body": {"model": "m", "messages": [{"role": "user", "content": "x"}], '
+                    '"extra_body": ["top_k", 3]}}\n', encoding="utf-8")
+    with pytest.raises(JobFileError) as info:
+        load_job(path)
+    (problem,) = info.value.problems
+    assert (problem.line, problem.key) == (1, "body.extra_body")

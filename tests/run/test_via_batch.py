@@ -1,0 +1,340 @@
+"""--via batch: the provider's Batch API, with nothing submitted twice and nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen import load_job, run_job
+from batchgen.errors import BatchApiError
+from batchgen.jobs.load import Overrides
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import FakeServer
+from batchgen.testing.process import FakeProcess
+from tests.helpers import ROOT, no_sleep, read_results, run_cli, write_job
+
+
+def prompts(n: int, faults: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    faults = faults or {}
+    return [{"id": f"b{i:02d}", "prompt": f"[[len={12 + i}]] batch item {i}"
+             + (f" [[faults={faults[i]}]]" if i in faults else "")} for i in range(n)]
+
+
+def batch_run(job: Path, **overrides: Any) -> Any:
+    return run_job(load_job(job, Overrides(via="batch", **overrides)),
+                   RunOptions(sleep=no_sleep, flush_interval=0.05))
+
+
+def complete_per_request(entries: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in entries:
+        if e["complete"]:
+            out[e["key"]] = out.get(e["key"], 0) + 1
+    return out
+
+
+def control(port: int, what: str, payload: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(payload).encode() if payload is not None else None
+    url = f"http://127.0.0.1:{port}/_control/{what}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=data)) as response:
+        return json.loads(response.read())
+
+
+def test_a_batch_run_collects_into_the_usual_outputs(tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(10, {3: "400", 5: "500"}),
+                    endpoint={"region": "cn"})
+    summary = batch_run(job)
+    assert (summary.done, summary.failed, summary.exit_code) == (9, 1, 1)
+    run_dir = tmp_path / "out" / "t"
+    results = read_results(run_dir)
+    assert [r["id"] for r in results] == [f"b{i:02d}" for i in range(10) if i != 3]
+    for r in results:
+        assert (run_dir / "texts" / f"{r['id']}.md").read_text() == r["content"]
+        assert "estimated" not in r["usage"]
+    failed = [json.loads(x) for x in (run_dir / "failed.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failed] == ["b03"]
+    # the 500 went into a second batch; every request answered exactly once
+    assert len(fake.batches.state.order) == 2
+    assert set(complete_per_request(fake.ledger.entries).values()) == {1}
+    assert all(e.get("via") == "batch" for e in fake.ledger.entries)  # nothing streamed
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["batch"]["requests"] == 9
+    (row,) = report["rows"]
+    assert report["batch"]["cost"]["CNY"] == pytest.approx(row["cost"])
+    assert report["batch"]["saved"]["CNY"] == pytest.approx(row["cost"])  # half price
+    status = run_cli("status", str(run_dir))
+    assert "completed (collected), 8/10 done, 2 failed" in status.stdout
+
+
+def test_no_wait_submits_once_then_collects(tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(6))
+    first = run_cli("run", str(job), "--via", "batch", "--no-wait")
+    assert first.returncode == 5, first.stderr
+    batch_id = fake.batches.state.order[0]
+    assert batch_id in first.stdout and "run the same command again" in first.stderr
+    codes = [run_cli("run", str(job), "--via", "batch", "--no-wait").returncode
+             for _ in range(4)]
+    assert codes[0] == 5 and codes[-1] == 0  # progress, then collected
+    assert fake.batches.state.order == [batch_id]  # never a second batch
+    assert len(read_results(tmp_path / "out" / "t")) == 6
+
+
+def test_an_expired_batch_sends_its_unanswered_lines_again(tmp_path: Path,
+                                                         fake: FakeServer) -> None:
+    fake.batches.state.settings.update(end="expired", answer=4)
+    job = write_job(tmp_path / "job.yaml", fake, prompts(10))
+    first = batch_run(job, no_wait=False)
+    # the first batch expired with 4 answered; the next ones expire too, answering 4 each
+    assert first.exit_code == 0
+    assert set(complete_per_request(fake.ledger.entries).values()) == {1}
+    assert len(read_results(tmp_path / "out" / "t")) == 10
+    assert len(fake.batches.state.order) == 3
+
+
+def test_fallback_stream_streams_what_an_expired_batch_left(tmp_path: Path,
+                                                          fake: FakeServer) -> None:
+    fake.batches.state.settings.update(end="expired", answer=3)
+    job = write_job(tmp_path / "job.yaml", fake, prompts(8))
+    summary = batch_run(job, fallback="stream")
+    assert (summary.done, summary.exit_code) == (8, 0)
+    via = [e.get("via", "stream") for e in fake.ledger.entries if e["complete"]]
+    assert sorted(via) == ["batch"] * 3 + ["stream"] * 5
+    assert set(complete_per_request(fake.ledger.entries).values()) == {1}
+
+
+def test_files_split_per_model_and_line_cap(tmp_path: Path, fake: FakeServer,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchgen.batch_api import client as batchapi
+
+    monkeypatch.setattr(batchapi, "MAX_LINES", 4)
+    monkeypatch.setattr(batchapi.chunks, "__defaults__", (4, batchapi.MAX_BYTES))
+    items = prompts(9)
+    for item in items[5:]:
+        item["model"] = "qwen-max"
+    job = write_job(tmp_path / "job.yaml", fake, items)
+    assert batch_run(job).exit_code == 0
+    sizes = []
+    for batch_id in fake.batches.state.order:
+        batch = fake.batches.state.batches[batch_id]
+        lines = fake.batches.state.files[batch["input_file_id"]]["data"].splitlines()
+        models = {json.loads(x)["body"]["model"] for x in lines}
+        assert len(models) == 1  # one model a file
+        sizes.append(len(lines))
+    assert sorted(sizes) == [1, 4, 4]  # 5 qwen-plus in 4 + 1, 4 qwen-max
+
+
+def test_stream_only_models_are_refused_before_anything_is_sent(tmp_path: Path,
+                                                               fake: FakeServer) -> None:
+    items = prompts(3)
+    items[1]["model"] = "qwq-plus"
+    items[2]["model"] = "qwen3-32b"
+    job = write_job(tmp_path / "job.yaml", fake, items)
+    proc = run_cli("run", str(job), "--via", "batch")
+    assert proc.returncode == 2
+    assert "qwen3-32b, qwq-plus accept only streamed calls" in proc.stderr
+    assert fake.batches.state.files == {} and fake.ledger.requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+def start(job: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job), "--via", "batch",
+                             "--no-wait", "-q"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize(("delay", "event"), [
+    ("delay_upload_after", "upload"),  # the file is there; its answer lost
+    ("delay_create_before", None),  # uploaded; the create not made yet
+    ("delay_create_after", "create"),  # the batch exists; its answer lost
+])
+def test_a_kill_between_remote_steps_never_makes_two_batches(
+    tmp_path: Path, fake_process: FakeProcess, delay: str, event: str | None
+) -> None:
+    port = fake_process.port
+    job = write_job(tmp_path / "job.yaml", None, prompts(5))
+    job.write_text(job.read_text().replace("https://example.invalid/v1", fake_process.base_url))
+    control(port, "batch", {delay: 30})
+    proc = start(job)
+    deadline = time.monotonic() + 60
+    wanted = event or "upload"
+    while time.monotonic() < deadline:
+        if any(e[0] == wanted for e in control(port, "batches")["events"]):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the held-back answer (or the held-back create)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    control(port, "batch", {delay: 0})
+    for _ in range(8):
+        again = start(job)
+        _, err = again.communicate(timeout=60)
+        if again.returncode == 0:
+            break
+        assert again.returncode == 5, err
+    assert again.returncode == 0, err
+    seen = control(port, "batches")
+    # one upload and one batch for these requests, whatever the moment of the kill
+    # (a kill in a held-back create may leave that create to finish after the kill)
+    assert sum(e[0] == "upload" for e in seen["events"]) == 1
+    assert len(seen["batches"]) == 1
+    entries = fake_process.get("ledger")["entries"]
+    assert set(complete_per_request(entries).values()) == {1} and len(entries) == 5
+    assert len(read_results(tmp_path / "out" / "t")) == 5
+
+
+def test_a_kill_while_the_batch_runs_collects_it_later(tmp_path: Path,
+                                                      fake_process: FakeProcess) -> None:
+    job = write_job(tmp_path / "job.yaml", None, prompts(4))
+    job.write_text(job.read_text().replace("https://example.invalid/v1", fake_process.base_url))
+    proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job), "--via",
+                             "batch", "-q"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not control(fake_process.port, "batches")["batches"]:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: the batch keeps running at the provider
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    code = 5
+    for _ in range(6):
+        code = run_cli("run", str(job), "--via", "batch", "--no-wait").returncode
+        if code != 5:
+            break
+    assert code == 0
+    assert len(control(fake_process.port, "batches")["batches"]) == 1
+    assert len(read_results(tmp_path / "out" / "t")) == 4
+
+
+def test_a_failing_batch_api_is_retried_then_reported(tmp_path: Path, fake: FakeServer) -> None:
+    fake.batches.state.settings["fail"] = 3  # three calls answer 503, then it recovers
+    job = write_job(tmp_path / "job.yaml", fake, prompts(3))
+    summary = batch_run(job)
+    assert (summary.done, summary.exit_code) == (3, 0)
+    fake.batches.state.settings["fail"] = 1000  # down for good
+    job2 = write_job(tmp_path / "job2.yaml", fake, prompts(2), name="down")
+    with pytest.raises(BatchApiError, match="run the same command again") as info:
+        batch_run(job2)
+    assert info.value.exit_code == 1 and "HTTP 503" in str(info.value)
+
+
+def worst_at_batch_price(job: Path, body: dict[str, Any]) -> float:
+    from batchgen.cost.pricing import PriceBook
+    from batchgen.run.budget import endpoint_list, worst_case
+
+    loaded = load_job(job)
+    book = PriceBook(loaded.pricing)
+    price = book.price(endpoint_list(loaded, book), "qwen-plus")
+    assert price is not None and price.batch_discount == 0.5
+    return worst_case(price, body) * price.batch_discount
+
+
+def test_a_budget_bounds_what_is_in_open_batches(tmp_path: Path, fake: FakeServer) -> None:
+    items = [{"id": f"b{i:02d}", "prompt": f"[[len=12]] batch item {i}"} for i in range(10)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 1000})
+    last = {"role": "user", "content": items[9]["prompt"]}
+    worst = worst_at_batch_price(job, {"model": "qwen-plus", "max_tokens": 1000,
+                                       "messages": [last]})
+    # room for four worst cases at a time; answers cost far less than their worst
+    # case, so each collected batch makes room for the next
+    summary = batch_run(job, max_cost=4.5 * worst, currency="CNY")
+    assert (summary.done, summary.exit_code) == (10, 0), summary
+    sizes = [len(fake.batches.state.files[fake.batches.state.batches[b]["input_file_id"]]["data"]
+                 .splitlines()) for b in fake.batches.state.order]
+    assert sum(sizes) == 10 and max(sizes) <= 4, sizes
+    report = json.loads((tmp_path / "out" / "t" / "report.json").read_text())
+    assert sum(t["cost"] for t in report["totals"]) <= 4.5 * worst
+
+
+def test_a_budget_counts_batches_a_previous_run_left_open(tmp_path: Path,
+                                                          fake: FakeServer) -> None:
+    items = [{"id": f"b{i:02d}", "prompt": f"[[len=12]] batch item {i}"} for i in range(6)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 1000})
+    worst = worst_at_batch_price(job, {"model": "qwen-plus", "max_tokens": 1000, "messages": [
+        {"role": "user", "content": items[5]["prompt"]}]})
+    cap = ["--max-cost", f"{3.5 * worst:.9f}", "--currency", "CNY"]
+    first = run_cli("run", str(job), "--via", "batch", "--no-wait", *cap)
+    assert first.returncode == 5, first.stderr
+    # the next process finds 3 requests in the open batch: no room for a fourth
+    again = run_cli("run", str(job), "--via", "batch", "--no-wait", *cap)
+    assert again.returncode == 5, again.stderr
+    assert len(fake.batches.state.order) == 1
+    for _ in range(8):
+        last = run_cli("run", str(job), "--via", "batch", "--no-wait", *cap)
+        if last.returncode != 5:
+            break
+    assert last.returncode == 0, last.stderr
+    sizes = [len(fake.batches.state.files[fake.batches.state.batches[b]["input_file_id"]]["data"]
+                 .splitlines()) for b in fake.batches.state.order]
+    assert sizes == [3, 3], sizes
+
+
+def test_a_budget_too_small_for_one_request_submits_nothing_and_exits_3(
+        tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(5), endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 1000})
+    worst = worst_at_batch_price(job, {"model": "qwen-plus", "max_tokens": 1000,
+                                       "messages": [{"role": "user", "content": "x"}]})
+    proc = run_cli("run", str(job), "--via", "batch", "--max-cost", f"{worst / 2:.9f}",
+                   "--currency", "CNY")
+    assert proc.returncode == 3, proc.stderr
+    assert "stopped by the budget" in proc.stderr and "5 not run" in proc.stdout
+    assert fake.batches.state.files == {} and fake.batches.state.order == []
+
+
+def test_what_an_expired_batch_left_streams_within_what_the_batch_spent(
+        tmp_path: Path, fake: FakeServer) -> None:
+    # qwen-max has no thinking price: an answer of max_tokens costs its worst case.
+    # Streamed, a request costs twice its batch price, so the streamed guard must
+    # count what the batch already spent, not what the run had before it.
+    fake.batches.state.settings.update(end="expired", answer=3)
+    items = [{"id": f"b{i:02d}", "prompt": f"[[len=1000]] batch item {i}"} for i in range(6)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-max", "max_tokens": 1000})
+    loaded = load_job(job)
+    from batchgen.cost.pricing import PriceBook
+    from batchgen.run.budget import endpoint_list, worst_case
+
+    book = PriceBook(loaded.pricing)
+    price = book.price(endpoint_list(loaded, book), "qwen-max")
+    assert price is not None and price.batch_discount == 0.5
+    body = {"model": "qwen-max", "max_tokens": 1000,
+            "messages": [{"role": "user", "content": items[0]["prompt"]}]}
+    cap = 6.5 * worst_case(price, body) * price.batch_discount  # all six fit, batched
+    summary = batch_run(job, fallback="stream", max_cost=cap, currency="CNY")
+    report = json.loads((tmp_path / "out" / "t" / "report.json").read_text())
+    spent = sum(t["cost"] for t in report["totals"])
+    assert spent <= cap, (spent, cap)
+    assert summary.exit_code == 3 and summary.stopped_by == "budget", summary
+    assert 3 < summary.done < 6
+
+
+def worst_printed(proc: subprocess.CompletedProcess[str]) -> float:
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "worst case:" in x)
+    return float(line.split()[2].replace(",", ""))
+
+
+def test_a_dry_run_via_batch_prices_at_the_batch_price_and_refuses_what_a_run_would(
+        tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(4), endpoint={"region": "cn"},
+                    defaults={"model": "qwen-plus", "max_tokens": 2000})
+    streamed = run_cli("run", str(job), "--dry-run")
+    batched = run_cli("run", str(job), "--dry-run", "--via", "batch")
+    assert "at the Batch API price" in batched.stdout
+    assert worst_printed(batched) == pytest.approx(worst_printed(streamed) / 2, rel=1e-3)
+    refused = run_cli("run", str(job), "--dry-run", "--via", "batch", "--model", "qwq-plus")
+    assert refused.returncode == 2
+    assert "qwq-plus accepts only streamed calls" in refused.stderr
+    assert fake.batches.state.files == {} and fake.ledger.requests == 0
+    assert not (tmp_path / "out").exists()

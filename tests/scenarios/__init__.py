@@ -1,0 +1,1 @@
+"""End-to-end scenarios: whole runs of the CLI against fakes and real parts."""

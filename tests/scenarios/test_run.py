@@ -1,0 +1,232 @@
+"""End-to-end runs against the loopback fake API (in process)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen import load_job, run_job
+from batchgen.errors import UsageError
+from batchgen.jobs.load import Overrides
+from batchgen.run.runner import RunOptions
+from batchgen.store.lock import RunLock
+from batchgen.testing.fakeserver import Config, FakeServer, plan_for
+from tests.helpers import CANARY, KEY_ENV, no_sleep, read_results, run_cli, write_job
+
+
+def opts() -> RunOptions:
+    return RunOptions(sleep=no_sleep, flush_interval=0.05)
+
+
+def ledger(fake: FakeServer) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if k != "body"} for e in fake.ledger.entries]
+
+
+def test_run_writes_texts_results_and_usage(tmp_path: Path, fake: FakeServer) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "intro", "prompt": "请介绍一下自己"},
+        {"id": "think", "model": "qwq-plus", "prompt": "Why is the sky blue?"},
+        {"id": "essay", "prompt": "[[len=60]] write an essay", "max_tokens": 2048},
+    ])
+    summary = run_job(load_job(job_file), opts())
+    assert (summary.done, summary.failed, summary.exit_code) == (3, 0, 0)
+    run_dir = tmp_path / "out" / "t"
+    results = read_results(run_dir)
+    assert [r["id"] for r in results] == ["intro", "think", "essay"]
+    by_id = {r["id"]: r for r in results}
+    for entry in fake.ledger.entries:
+        body = entry["body"]
+        plan = plan_for(body, 1, Config())
+        rid = {"请介绍一下自己": "intro", "Why is the sky blue?": "think"}.get(
+            body["messages"][-1]["content"], "essay")
+        result = by_id[rid]
+        # exactly the generated text, nothing added
+        assert result["content"] == "".join(plan.tokens)
+        assert (run_dir / "texts" / f"{rid}.md").read_text(encoding="utf-8") == result["content"]
+        assert result["usage"]["prompt_tokens"] == entry["prompt_tokens"]
+        assert result["usage"]["completion_tokens"] == entry["completion_tokens"]
+        assert "estimated" not in result["usage"]
+        assert entry["stream"] and entry["include_usage"]
+    assert by_id["think"]["reasoning_content"]
+    assert (run_dir / "texts" / "think.reasoning.md").read_text(encoding="utf-8") == by_id[
+        "think"]["reasoning_content"]
+    assert by_id["think"]["usage"]["reasoning_tokens"] > 0
+    assert not (run_dir / "texts" / "intro.reasoning.md").exists()
+    assert by_id["essay"]["finish_reason"] == "stop"
+    assert all(r["attempts"] == 1 for r in results)
+    assert all(len(r["fingerprint"]) == 64 for r in results)
+    assert (run_dir / "failed.jsonl").read_text() == ""
+
+
+def test_rerun_skips_finished_requests_without_calls(tmp_path: Path, fake: FakeServer) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake,
+                         [{"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(5)])
+    run_job(load_job(job_file), opts())
+    calls = fake.ledger.requests
+    before = (tmp_path / "out" / "t" / "results.jsonl").read_bytes()
+    summary = run_job(load_job(job_file), opts())
+    assert fake.ledger.requests == calls
+    assert (summary.skipped, summary.done, summary.exit_code) == (5, 0, 0)
+    assert (tmp_path / "out" / "t" / "results.jsonl").read_bytes() == before
+
+
+def test_changed_prompt_runs_again_and_keeps_old_attempt(tmp_path: Path, fake: FakeServer) -> None:
+    prompts = [{"id": "a", "prompt": "first version"}, {"id": "b", "prompt": "unchanged"}]
+    job_file = write_job(tmp_path / "job.yaml", fake, prompts)
+    run_job(load_job(job_file), opts())
+    prompts[0]["prompt"] = "second version"
+    write_job(job_file, fake, prompts)
+    summary = run_job(load_job(job_file), opts())
+    assert (summary.done, summary.skipped) == (1, 1)
+    results = read_results(tmp_path / "out" / "t")
+    new = plan_for({"model": "qwen-plus",
+                    "messages": [{"role": "user", "content": "second version"}]}, 1, Config())
+    assert results[0]["content"] == "".join(new.tokens)
+    db = sqlite3.connect(tmp_path / "out" / "t" / "run.db")
+    assert db.execute("SELECT COUNT(*) FROM attempts WHERE request_id='a'").fetchone()[0] == 2
+
+
+def test_identical_prompts_are_two_requests(tmp_path: Path, fake: FakeServer) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake, [{"prompt": "same"}, {"prompt": "same"}])
+    summary = run_job(load_job(job_file), opts())
+    assert summary.done == 2
+    ids = [r["id"] for r in read_results(tmp_path / "out" / "t")]
+    assert len(set(ids)) == 2 and ids[1] == ids[0] + "-2"
+
+
+def test_cut_stream_is_retried_and_the_partial_attempt_is_kept(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake,
+                         [{"id": "cut", "prompt": "[[len=30]] [[faults=cut@10]]"}])
+    summary = run_job(load_job(job_file), opts())
+    assert summary.done == 1
+    result = read_results(tmp_path / "out" / "t")[0]
+    assert result["attempts"] == 2
+    db = sqlite3.connect(tmp_path / "out" / "t" / "run.db")
+    status, partial, est = db.execute(
+        "SELECT a.status, group_concat(s.content, ''), u.estimated FROM attempts a "
+        "JOIN segments s ON s.attempt_id = a.id JOIN usage u ON u.attempt_id = a.id "
+        "WHERE a.n = 1").fetchone()
+    assert status == "error" and est == 1
+    assert result["content"].startswith(partial) and len(partial) < len(result["content"])
+
+
+def test_failed_request_lands_in_failed_jsonl_in_job_file_form(
+    tmp_path: Path, fake: FakeServer
+) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "ok", "prompt": "fine"},
+        {"id": "bad", "prompt": "[[faults=400]] refused", "temperature": 0.3, "tags": ["x"]},
+    ])
+    summary = run_job(load_job(job_file), opts())
+    assert (summary.done, summary.failed, summary.exit_code) == (1, 1, 1)
+    failed = tmp_path / "out" / "t" / "failed.jsonl"
+    entry = json.loads(failed.read_text())
+    assert entry["id"] == "bad" and entry["temperature"] == 0.3 and entry["tags"] == ["x"]
+    # the file is a job file: it validates and runs as is
+    job = load_job(failed, Overrides(base_url=fake.base_url, api_key_env=KEY_ENV,
+                                     out=str(tmp_path / "again")))
+    assert job.info.requests == 1
+    assert next(job.requests()).body == json.loads(
+        sqlite3.connect(tmp_path / "out" / "t" / "run.db")
+        .execute("SELECT body FROM requests WHERE id='bad'").fetchone()[0])
+
+
+def test_missing_key_is_exit_2_and_writes_nothing(tmp_path: Path, fake: FakeServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    job_file = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}])
+    with pytest.raises(UsageError, match=KEY_ENV):
+        run_job(load_job(job_file), opts())
+    proc = run_cli("run", str(job_file), env={KEY_ENV: ""})
+    assert proc.returncode == 2
+    assert KEY_ENV in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_locked_run_directory_exits_75_and_touches_nothing(tmp_path: Path,
+                                                           fake: FakeServer) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}])
+    run_dir = tmp_path / "out" / "t"
+    run_dir.mkdir(parents=True)
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        proc = run_cli("run", str(job_file))
+    finally:
+        lock.release()
+    assert proc.returncode == 75, proc.stderr
+    assert "another batchgen run" in proc.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    assert fake.ledger.requests == 0
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_or_report_of_a_directory_without_a_run_is_exit_2(tmp_path: Path,
+                                                                 command: str) -> None:
+    proc = run_cli(command, str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{tmp_path} holds no run (no run.db)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["out", "out/t"])
+def test_a_file_where_the_run_directory_goes_is_exit_2_and_sends_nothing(
+        tmp_path: Path, fake: FakeServer, where: str) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}])
+    in_the_way = tmp_path / where
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("keep me\n")
+    proc = run_cli("run", str(job_file))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{in_the_way} is a file, not a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert in_the_way.read_text() == "keep me\n"
+    assert fake.ledger.requests == 0
+
+
+def test_cli_run_and_status(tmp_path: Path, fake: FakeServer) -> None:
+    job_file = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "a", "prompt": "one"}, {"id": "b", "prompt": "[[faults=404]] two"}])
+    proc = run_cli("run", str(job_file), "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert "1 done" in proc.stdout and "1 failed" in proc.stdout
+    status = run_cli("status", str(tmp_path / "out" / "t"))
+    assert status.returncode == 0
+    assert "done:      1" in status.stdout and "failed:    1" in status.stdout
+    assert "b: http_404" in status.stdout
+    assert CANARY not in proc.stdout + proc.stderr + status.stdout + status.stderr
+
+
+def test_flags_override_the_job_file(tmp_path: Path, fake: FakeServer) -> None:
+    job_file = write_job(tmp_path / "job.yaml", None, [{"prompt": "x"}])
+    proc = run_cli("run", str(job_file), "--base-url", fake.base_url, "--name", "renamed",
+                   "--out", str(tmp_path / "elsewhere"), "--model", "qwen-max",
+                   "--concurrency", "2", "-q")
+    assert proc.returncode == 0, proc.stderr
+    results = read_results(tmp_path / "elsewhere" / "renamed")
+    assert results[0]["model"] == "qwen-max"
+
+
+def test_jsonl_job_with_flags(tmp_path: Path, fake: FakeServer) -> None:
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text(
+        json.dumps({"id": "j1", "prompt": "hello"}) + "\n\n"
+        + json.dumps({"custom_id": "b1", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": "qwen-turbo",
+                               "messages": [{"role": "user", "content": "hi"}],
+                               "enable_thinking": False}}) + "\n",
+        encoding="utf-8")
+    proc = run_cli("run", str(jsonl), "--base-url", fake.base_url, "--api-key-env", KEY_ENV,
+                   "--model", "qwen-plus", "--out", str(tmp_path / "o"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    results = read_results(tmp_path / "o" / "prompts")
+    assert [(r["id"], r["model"]) for r in results] == [("j1", "qwen-plus"), ("b1", "qwen-turbo")]
+    sent = {e["body"]["model"]: e["body"] for e in fake.ledger.entries}
+    assert sent["qwen-turbo"]["enable_thinking"] is False
+    assert sent["qwen-turbo"]["stream"] is True

@@ -1,0 +1,184 @@
+"""Shards on many machines: stable membership, merge, shared limits in a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from batchgen import load_job, run_job
+from batchgen.jobs.load import Overrides
+from batchgen.run.runner import RunOptions
+from batchgen.testing.fakeserver import FakeServer
+from batchgen.testing.process import FakeProcess
+from tests.helpers import ROOT, RedisServer, no_sleep, read_results, run_cli, write_job
+
+
+def prompts(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": f"req-{i:03d}", "prompt": f"[[len={20 + i % 30}]] item {i}",
+             "tags": ["even" if i % 2 == 0 else "odd"]} for i in range(start, start + n)]
+
+
+def ids_of(job: Path, shard: str, *args: str) -> list[str]:
+    proc = run_cli("validate", str(job), "--shard", shard, "--format", "json", *args)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["shard"] == shard and data["requests"] == len(data["ids"])
+    return list(data["ids"])
+
+
+def run_shard(job: Path, k: int, n: int) -> None:
+    summary = run_job(load_job(job, Overrides(shard=(k, n))),
+                      RunOptions(sleep=no_sleep, flush_interval=0.05))
+    assert summary.exit_code == 0
+
+
+def test_membership_is_stable_when_prompts_are_appended(tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(60))
+    before = {k: ids_of(job, f"{k}/4") for k in range(1, 5)}
+    everything = [i for k in range(1, 5) for i in before[k]]
+    assert sorted(everything) == [f"req-{i:03d}" for i in range(60)]  # each id once
+    assert all(before[k] for k in before)  # no empty shard at this size
+    write_job(job, fake, prompts(60) + prompts(25, start=60))
+    for k in range(1, 5):
+        after = ids_of(job, f"{k}/4")
+        assert after[:len(before[k])] == before[k]  # appending moved nothing
+    monkey = {**os.environ, "JOB_COMPLETION_INDEX": "2"}
+    indexed = run_cli("validate", str(job), "--shard", "index/4", "--format", "json", env=monkey)
+    assert json.loads(indexed.stdout)["ids"] == ids_of(job, "3/4")
+    bad = run_cli("validate", str(job), "--shard", "index/4",
+                  env={"JOB_COMPLETION_INDEX": "", "BATCHGEN_SHARD_INDEX": ""})
+    assert bad.returncode == 2 and "JOB_COMPLETION_INDEX" in bad.stderr
+
+
+def test_merged_shards_equal_the_unsharded_run_byte_for_byte(tmp_path: Path,
+                                                           fake: FakeServer) -> None:
+    whole = write_job(tmp_path / "whole.yaml", fake, prompts(30), output_dir=str(tmp_path / "a"),
+                      endpoint={"region": "cn"})
+    run_job(load_job(whole), RunOptions(sleep=no_sleep))
+    split = write_job(tmp_path / "split.yaml", fake, prompts(30), output_dir=str(tmp_path / "b"),
+                      endpoint={"region": "cn"})
+    for k in (1, 2, 3):
+        run_shard(split, k, 3)
+    assert (tmp_path / "b" / "t" / "shard-2-of-3" / "run.db").exists()
+    merged = run_cli("merge", str(tmp_path / "b" / "t"))
+    assert merged.returncode == 0, merged.stderr
+    a, b = tmp_path / "a" / "t", tmp_path / "b" / "t"
+    assert (b / "results.jsonl").read_bytes() == (a / "results.jsonl").read_bytes()
+    assert sorted(p.name for p in (b / "texts").iterdir()) == sorted(
+        p.name for p in (a / "texts").iterdir())
+    for text in (a / "texts").iterdir():
+        assert (b / "texts" / text.name).read_bytes() == text.read_bytes()
+    assert (b / "failed.jsonl").read_bytes() == (a / "failed.jsonl").read_bytes()
+    report = json.loads((b / "report.json").read_text())
+    assert sum(r["requests_done"] for r in report["rows"]) == 30
+    assert report["runs"] == [str(b / f"shard-{k}-of-3") for k in (1, 2, 3)]
+    assert (b / "report.html").exists() and (b / "report.md").exists()
+    status = run_cli("status", str(b))
+    assert status.returncode == 0
+    assert "3 of 3 shards" in status.stdout and "all shards: 30 requests, 30 done" in status.stdout
+    # `batchgen report` of the job's directory stands for all its shards
+    asked = run_cli("report", str(b), "--format", "json")
+    assert asked.returncode == 0, asked.stderr
+    again = json.loads(asked.stdout)
+    assert again["runs"] == report["runs"] and again["rows"] == report["rows"]
+
+
+def test_merge_refuses_shards_of_different_versions(tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(12))
+    run_shard(job, 1, 2)
+    run_shard(job, 2, 2)
+    changed = prompts(12)
+    changed[3]["prompt"] += " (edited)"
+    write_job(job, fake, changed)
+    run_shard(job, 1, 2)
+    proc = run_cli("merge", str(tmp_path / "out" / "t"))
+    assert proc.returncode == 2
+    assert "different versions of the job" in proc.stderr and "shard-2-of-2" in proc.stderr
+    assert not (tmp_path / "out" / "t" / "results.jsonl").exists()
+    run_shard(job, 2, 2)  # the same version everywhere: it merges
+    assert run_cli("merge", str(tmp_path / "out" / "t")).returncode == 0
+    run_shard(job, 1, 3)  # a shard of another split
+    other = run_cli("merge", str(tmp_path / "out" / "t"))
+    assert other.returncode == 2 and "different splits" in other.stderr
+    mixed = run_cli("report", str(tmp_path / "out" / "t"))  # would count requests twice
+    assert mixed.returncode == 2 and "different splits" in mixed.stderr
+
+
+def test_a_half_finished_set_merges_what_is_done(tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(20))
+    run_shard(job, 1, 3)
+    run_shard(job, 3, 3)
+    proc = run_cli("merge", str(tmp_path / "out" / "t"))
+    assert proc.returncode == 1
+    assert "shard-2-of-3: missing" in proc.stderr
+    done = {r["id"] for r in read_results(tmp_path / "out" / "t")}
+    assert done == set(ids_of(job, "1/3")) | set(ids_of(job, "3/3"))
+    status = run_cli("status", str(tmp_path / "out" / "t"))
+    assert "not started: shard-2-of-3" in status.stdout
+
+
+def test_redis_unreachable_at_start_sends_and_writes_nothing(tmp_path: Path,
+                                                           fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, prompts(3),
+                    run={"limits_url": "redis://127.0.0.1:9/0"})
+    proc = run_cli("run", str(job))
+    assert proc.returncode == 2
+    assert "cannot reach Redis at redis://127.0.0.1:9/0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert fake.ledger.requests == 0 and not (tmp_path / "out").exists()
+
+
+def start(job: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "run", str(job), "-q", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_three_shards_share_one_accounts_rpm_through_redis(tmp_path: Path,
+                                                            redis_server: RedisServer) -> None:
+    rpm, n = 600, 120  # 10 requests a second for the account, whatever the processes
+    server = FakeProcess("--rpm", str(rpm))
+    try:
+        job = write_job(tmp_path / "job.yaml", None, prompts(n), run={"concurrency": 8,
+                                                                     "rpm": rpm})
+        job.write_text(job.read_text().replace("https://example.invalid/v1", server.base_url))
+        env = {"BATCHGEN_LIMITS_URL": redis_server.url}
+        began = time.monotonic()
+        procs = [start(job, "--shard", f"{k}/3", env=env) for k in (1, 2, 3)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err
+        took = time.monotonic() - began
+        throttled = {e["key"] for e in server.get("ledger")["entries"] if e["status"] == 429}
+    finally:
+        server.stop()
+    assert len(throttled) <= 0.02 * n, f"{len(throttled)} of {n} requests saw a 429"
+    ideal = n / rpm * 60
+    assert took <= 1.2 * ideal + 6, (took, ideal)  # + start-up of three processes
+    assert took >= 0.9 * ideal  # they did share the limit: no process ran at the full rate
+
+
+def test_redis_lost_mid_run_waits_and_goes_on(tmp_path: Path, redis_server: RedisServer,
+                                              fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake,
+                    [{"id": f"r{i}", "prompt": f"[[len=20]] [[delay=0.02]] {i}"}
+                     for i in range(30)],
+                    run={"concurrency": 2, "rpm": 600, "limits_url": redis_server.url})
+    proc = start(job)
+    deadline = time.monotonic() + 60
+    while fake.ledger.requests < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    redis_server.stop()
+    time.sleep(2.5)
+    redis_server.start()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "waiting for Redis at redis://127.0.0.1" in err
+    assert "answers again" in err
+    assert len(read_results(tmp_path / "out" / "t")) == 30
