@@ -421,7 +421,7 @@ def entry() -> None:
 
     When a command returns, everything it wrote is written, synced and closed
     (the run store, texts, results, reports; a local server stopped), yet
-    Python's own teardown — freeing the modules of the SDK, aiohttp, pydantic
+    Python's own teardown — freeing the modules of aiohttp, pydantic, PyYAML
     and the rest, joining idle worker threads — took another 0.2–0.3 s of every
     run here. So the exit code the command chose is handed to ``os._exit`` once
     the standard streams and logging are flushed. An exception that escapes a

@@ -73,6 +73,16 @@ def _plain(obj: Any, depth: int) -> bool:
     return False
 
 
+def dumps(obj: Any) -> bytes:
+    """``obj`` as compact JSON bytes for the wire (a request's body): orjson's,
+    or the standard library's where orjson cannot write a value (an integer
+    beyond 64 bits)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def loads(raw: bytes) -> Any:
     """``json.loads(raw)``: the same value, or the same exception."""
     try:

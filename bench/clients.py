@@ -11,13 +11,15 @@ MODE
   whole   aiohttp, not streamed: one JSON body per answer, parsed, content kept
   sdk     the seed's loop: ``async for chunk in await create(stream=True)``,
           which builds a pydantic object per chunk
-  sdkpath batchgen's request path and nothing else: its SDK client
-          (``batchgen.wire.stream.make_client``: the SDK without its type modules,
-          aiohttp transport), ``client.post`` with the raw-response switch,
-          the body's bytes read from aiohttp's reader and discarded. No job
-          file, store, journal, parsing or retries: what batchgen would cost
-          if its own work were free, so batchgen / sdkpath is batchgen's own
-          share and sdkpath / bare the SDK's
+  sdkpath the request path batchgen had before it owned its transport: the
+          openai SDK's client on its aiohttp transport, ``client.post`` with the
+          raw-response switch, the body's bytes read (``aiter_raw``) and
+          discarded — the baseline that shows what owning the transport bought
+  ownpath batchgen's request path and nothing else: its own transport
+          (``batchgen.wire.transport.Transport``), the body's bytes read and
+          discarded. No job file, store, journal, parsing or retries: what
+          batchgen would cost if its own work were free, so batchgen / ownpath
+          is batchgen's own share and ownpath / bare the transport's
   sdkwhole  the SDK not streamed: ``await create()`` (what most scripts do)
 
 Each client uses uvloop when installed, as batchgen does, so the comparison
@@ -113,10 +115,13 @@ async def sdk_client(todo: list[str], base_url: str, concurrency: int, stream: b
 
 async def sdkpath_client(todo: list[str], base_url: str, concurrency: int, stream: bool
                          ) -> tuple[int, int]:
-    from batchgen.wire.stream import REQUEST_HEADERS, _aiohttp_content, make_client, wire_body
+    import openai
 
-    client = make_client(base_url, "bench-key", connect_timeout=120.0, idle_timeout=600.0,
-                         max_connections=concurrency)
+    timeout = openai.Timeout(connect=120.0, read=600.0, write=60.0, pool=None)
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="bench-key", max_retries=0, timeout=timeout,
+        http_client=openai.DefaultAioHttpClient(timeout=timeout, follow_redirects=False))
+    headers = {"X-Stainless-Raw-Response": "stream", "Accept-Encoding": "identity"}
     sem = asyncio.Semaphore(concurrency)
     got = 0
     done = 0
@@ -125,19 +130,40 @@ async def sdkpath_client(todo: list[str], base_url: str, concurrency: int, strea
         nonlocal got, done
         async with sem:
             response: Any = await client.post(
-                "/chat/completions", cast_to=object, body=wire_body(body(prompt, False)),
-                options={"headers": REQUEST_HEADERS})
+                "/chat/completions", cast_to=object, body=body(prompt, True),
+                options={"headers": headers})
             http = response.http_response
             try:
-                reader = _aiohttp_content(http)
-                if reader is None:
-                    async for data in http.aiter_raw():
-                        got += len(data)
-                else:
-                    while data := await reader.readany():
-                        got += len(data)
+                async for data in http.aiter_raw():
+                    got += len(data)
             finally:
                 await http.aclose()
+            done += 1
+
+    await asyncio.gather(*(one(p) for p in todo))
+    await client.close()
+    return done, got
+
+
+async def ownpath_client(todo: list[str], base_url: str, concurrency: int, stream: bool
+                         ) -> tuple[int, int]:
+    from batchgen.wire.stream import make_client, wire_body
+
+    client = make_client(base_url, "bench-key", connect_timeout=120.0,
+                         max_connections=concurrency)
+    sem = asyncio.Semaphore(concurrency)
+    got = 0
+    done = 0
+
+    async def one(prompt: str) -> None:
+        nonlocal got, done
+        async with sem:
+            response = await client.stream(wire_body(body(prompt, False)))
+            try:
+                while data := await response.read():
+                    got += len(data)
+            finally:
+                response.close()
             done += 1
 
     await asyncio.gather(*(one(p) for p in todo))
@@ -154,7 +180,7 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    floor = mode == "sdkpath"
+    floor = mode == "ownpath"
     if floor:  # as batchgen's entry point: fewer GC passes, no interpreter teardown
         import gc
 
@@ -163,7 +189,7 @@ def main() -> None:
         gc.set_threshold(*GC_THRESHOLDS)
     client = {"bare": (aiohttp_client, True), "whole": (aiohttp_client, False),
               "sdk": (sdk_client, True), "sdkwhole": (sdk_client, False),
-              "sdkpath": (sdkpath_client, True)}[mode]
+              "sdkpath": (sdkpath_client, True), "ownpath": (ownpath_client, True)}[mode]
     done, got = runner(client[0](todo, base_url, int(concurrency), client[1]))
     print(json.dumps({"requests": done, "bytes": got}), flush=True)
     if floor:

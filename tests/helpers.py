@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from batchgen.testing.fakeserver import FakeServer
+from batchgen.wire.transport import Response
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 
@@ -155,16 +156,17 @@ class RedisServer:
             self.proc = None
 
 
-class Body:
-    """Stands in for an httpx response body: yields the given byte pieces as sent."""
+class Body(Response):
+    """An answer whose body is the given byte pieces, read one a call as sent
+    (no connection under it to pause)."""
 
     def __init__(self, pieces: list[bytes], headers: dict[str, str] | None = None) -> None:
-        self.pieces = pieces
-        self.headers = headers or {}
+        left = list(pieces)
 
-    async def aiter_raw(self) -> Any:
-        for piece in self.pieces:
-            yield piece
+        async def read() -> bytes:
+            return left.pop(0) if left else b""
+
+        super().__init__(headers=headers or {}, read=read, transport=None, close=lambda: None)
 
 
 async def no_sleep(_seconds: float) -> None:

@@ -106,3 +106,28 @@ def test_no_module_outside_the_store_runs_sql() -> None:
     outside = {str(p.relative_to(PACKAGE)): sql_uses(p) for p in sorted(PACKAGE.rglob("*.py"))
                if p.relative_to(PACKAGE).parts[0] not in ("store", "testing")}
     assert {k: v for k, v in outside.items() if v} == {}
+
+
+# each third-party library is imported by one package (or foundation module) only
+OWNERS = {
+    "aiohttp": {"wire", "testing"}, "openai": {"batch_api"}, "redis": {"pacing"},
+    "pygal": {"outputs"}, "jinja2": {"outputs"}, "tiktoken": {"tokens"},
+    "orjson": {"jsonfast"}, "yaml": {"jobs"}, "pydantic": {"jobs"}, "tenacity": {"wire"},
+    "tqdm": {"run"}, "click": {"cli"}, "uvloop": {"run"},
+}
+
+
+def test_each_library_is_imported_by_its_one_owner() -> None:
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        here = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in OWNERS and here not in OWNERS[top]:
+                    wrong.append(f"{rel} imports {name} (owned by {sorted(OWNERS[top])})")
+    assert wrong == []

@@ -2,8 +2,8 @@
 
 Upload a JSONL file (``files.create(purpose="batch")``), create a batch
 (``batches.create``), poll it (``batches.retrieve``), download its output and
-error files. The client is the run's openai SDK client (made by
-``batchgen.wire.stream``); this module only calls it. Every step can be looked up
+error files, through the openai SDK's client (:func:`open_client`, the only
+place batchgen imports the SDK). Every step can be looked up
 again after a crash: an uploaded file by its name (which holds the batch's
 run key), a created batch by its input file (``batches.list``), so no step is
 ever taken twice for the same requests.
@@ -75,6 +75,18 @@ def chunks(lines: Iterable[tuple[str, str, bytes]], max_lines: int = MAX_LINES,
 
 def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def open_client(base_url: str, api_key: str, *, connect_timeout: float) -> Any:
+    """The openai SDK's async client for the Batch API: its own retries off
+    (batchgen's Batch runner retries each step), redirects not followed (they
+    would carry the key to another origin)."""
+    import openai
+
+    timeout = openai.Timeout(connect=connect_timeout, read=600.0, write=600.0, pool=None)
+    return openai.AsyncOpenAI(
+        api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
+        http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False))
 
 
 class Remote:

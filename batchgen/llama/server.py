@@ -79,6 +79,7 @@ FALLBACK_STARTS = ((NO_REPACK,), (NO_REPACK, NO_MMAP))
 # Every flag batchgen itself may pass on a normal start (server_command).
 START_FLAGS = ("-m", "--host", "--port", "-np", "-c")
 HELP_TIMEOUT = 30.0
+CHECK_TIMEOUT = 60.0  # s for `local check`'s one tiny streamed request
 CRASH_SIGNALS = {
     signal.SIGILL: "SIGILL (illegal instruction)",
     signal.SIGSEGV: "SIGSEGV (segmentation fault)",
@@ -481,18 +482,17 @@ async def self_test(model_path: str | None = None, server_args: Sequence[str] = 
                 report.started_in = time.monotonic() - t0
                 report.start_flags = server.start_flags
                 report.crashes = tuple(server.crashes)
-                client = make_client(base_url, "no-key", connect_timeout=10, idle_timeout=60,
-                                     max_connections=1)
+                client = make_client(base_url, "no-key", connect_timeout=10, max_connections=1)
                 pieces: list[str] = []
                 result = StreamResult()
                 t1 = time.monotonic()
                 try:
-                    await stream_attempt(
+                    await asyncio.wait_for(stream_attempt(
                         client, {"model": model_name(model_path), "max_tokens": 8,
                                  "temperature": 0,
                                  "messages": [{"role": "user", "content": "Say hello."}]},
                         lambda content, _reasoning: pieces.append(content), result,
-                        redact=lambda text: text)
+                        redact=lambda text: text), CHECK_TIMEOUT)
                 finally:
                     await client.close()
                 report.streamed_in = time.monotonic() - t1

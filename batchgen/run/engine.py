@@ -200,24 +200,45 @@ class Engine:
         self.d.progress.update(failed=1, in_flight=self.limit.active)
 
     async def _attempts(self, p: Pending) -> None:
-        number = p.attempts
-        reserve = self.d.estimator.prompt(p.body)[0] + output_bound(p.body)
+        """The request's attempts under the retry policy (``retry.policy``).
+
+        The first attempt goes without the policy's bookkeeping: most requests
+        need only one, and tenacity's loop costs tens of µs of CPU per request
+        (P7). If it fails transiently, its error is replayed into the policy as
+        the policy's own first attempt, so the waits, the stop and the 429
+        allowance are exactly those of a loop that had run it.
+        """
+        tries = [p.attempts, self.d.estimator.prompt(p.body)[0] + output_bound(p.body)]
+        try:
+            await self._try(p, tries)
+            return
+        except TransientError as exc:
+            failed: TransientError | None = exc
         async for attempt in retry.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
                                           rng=self.d.rng):
             with attempt:
-                if self.stopping:
-                    raise _Stopped
-                await self.gate.wait(reserve)
-                await self.limit.acquire()
-                try:
-                    if self.stopping:
-                        raise _Stopped
-                    if number > p.attempts and not self._retry_fits(p):
-                        raise _Stopped
-                    number += 1
-                    await self._attempt(p, number, reserve)
-                finally:
-                    self.limit.release()
+                if failed is not None:
+                    replay, failed = failed, None
+                    raise replay
+                await self._try(p, tries)
+
+    async def _try(self, p: Pending, tries: list[int]) -> None:
+        """One attempt, through the gate and a slot; ``tries`` holds the
+        request's attempt number so far and the tokens it reserves."""
+        if self.stopping:
+            raise _Stopped
+        number, reserve = tries
+        await self.gate.wait(reserve)
+        await self.limit.acquire()
+        try:
+            if self.stopping:
+                raise _Stopped
+            if number > p.attempts and not self._retry_fits(p):
+                raise _Stopped
+            tries[0] = number = number + 1
+            await self._attempt(p, number, reserve)
+        finally:
+            self.limit.release()
 
     def _retry_fits(self, p: Pending) -> bool:
         """A retry spends again: it goes only while the budget still fits."""

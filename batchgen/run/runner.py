@@ -99,11 +99,12 @@ class RunOptions:
 
 
 def default_client(base_url: str, api_key: str, job: Job) -> Any:
+    """The streaming transport (no read timeout: idleness is the engine's
+    Watchdog's to judge, which knows when the process was stopped)."""
     from batchgen.wire.stream import make_client
 
-    # idleness is the engine's Watchdog's to judge (it knows when the process was stopped)
     return make_client(base_url, api_key, connect_timeout=job.run.connect_timeout,
-                       idle_timeout=None, max_connections=job.run.concurrency)
+                       max_connections=job.run.concurrency, redact=Redactor(api_key))
 
 
 def run_job(job: Job, options: RunOptions | None = None) -> RunSummary:
@@ -161,6 +162,7 @@ class Runner:
         self.redact = Redactor("")
         self.gate: SharedGate | None = None
         self.run_id = 0
+        self.base_url = job.endpoint.base_url
         self.estimator = Estimator()
         self.recovered = 0
         self.interrupt = Interrupt()
@@ -181,9 +183,14 @@ class Runner:
 
     def check(self) -> None:
         """Everything that can refuse the run before anything is written: the
-        API key, the job itself (:func:`check_job`), a lost store."""
+        API key, the job itself (:func:`check_job`), a proxy of a kind the
+        transport does not speak, a lost store."""
         self.api_key = api_key_from_env(self.job.endpoint.api_key_env)
         check_job(self.job, self.book)
+        if not self.job.endpoint.local:  # a proxy batchgen cannot speak: said before anything
+            from batchgen.wire.transport import proxy_for
+
+            proxy_for(self.job.endpoint.base_url)
         _check_store_not_lost(self.job.run_dir, self.opts.force)
 
     async def _shared_gate(self) -> SharedGate | None:
@@ -309,7 +316,7 @@ class Runner:
         restore = self.interrupt.install() if opts.handle_signals else (lambda: None)
         try:
             async with contextlib.AsyncExitStack() as stack:
-                base_url = await self._endpoint(stack)
+                base_url = self.base_url = await self._endpoint(stack)
                 local_url = base_url if job.endpoint.local else None
                 # during the run, a tokenizer only if at hand (Qwen's costs ~60 MB and half a
                 # second to load: it loads when a continuation or the refinement needs it)
@@ -338,15 +345,9 @@ class Runner:
             return job.endpoint.base_url
         from batchgen.llama.server import LocalServer
 
-        # the SDK's client imports (~0.25 s of CPU) while llama-server loads its
-        # model, when the process only waits for /health
-        preload = _preload_sdk() if self.opts.client_factory is None else None
-        base_url = await stack.enter_async_context(LocalServer(
+        return await stack.enter_async_context(LocalServer(
             job.run_dir, model_path=job.endpoint.model_path,
             concurrency=job.run.concurrency, server_args=job.endpoint.server_args))
-        if preload is not None:
-            await asyncio.wait([preload])
-        return base_url
 
     async def _engine_or_batches(self, store: RunStore, client: Any,
                                  budget: BudgetGuard | None) -> Outcome:
@@ -361,7 +362,7 @@ class Runner:
         # report.html's imports and template, while the first requests are sent
         asyncio.get_running_loop().call_later(PREPARE_REPORTS_AFTER, prepare_reports)
         if job.run.via == "batch":  # a signal cancels it: the batches run on remotely
-            outcome, released = await self._batches(store, client)
+            outcome, released = await self._batches(store)
             engine.only = set(released)  # --fallback stream: what batches left unanswered
             if budget is not None and job.budget is not None:  # what the batches cost
                 budget.spent = spent(store, self.book, job.budget.currency)
@@ -375,18 +376,24 @@ class Runner:
             outcome = streamed
         return outcome
 
-    async def _batches(self, store: RunStore, client: Any) -> tuple[Outcome, list[str]]:
+    async def _batches(self, store: RunStore) -> tuple[Outcome, list[str]]:
         """The job's pending requests through the provider's Batch API; and
         what expired or cancelled batches left to stream (--fallback stream)."""
+        from batchgen.batch_api.client import open_client
         from batchgen.run.budget import BatchBudget
         from batchgen.run.via_batch import BatchRunner
 
         job, opts = self.job, self.opts
         budget = (BatchBudget(job.budget, job, self.book, store, self.estimator)
                   if job.budget else None)
-        runner = BatchRunner(store, client, job.run, run_id=self.run_id, progress=opts.progress,
-                             redact=self.redact, sleep=opts.sleep, budget=budget)
-        result = await runner.run()
+        sdk = open_client(self.base_url, self.api_key, connect_timeout=job.run.connect_timeout)
+        try:
+            runner = BatchRunner(store, sdk, job.run, run_id=self.run_id,
+                                 progress=opts.progress, redact=self.redact, sleep=opts.sleep,
+                                 budget=budget)
+            result = await runner.run()
+        finally:
+            await sdk.close()
         stopped = ("submitted" if result.submitted else "fatal" if result.fatal
                    else "budget" if result.over_budget else None)
         return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
@@ -467,21 +474,11 @@ def _with_counts(error: StorageError, store: RunStore) -> StorageError:
                         path=error.path, no_space=error.no_space)
 
 
-def _preload_sdk() -> asyncio.Future[Any]:
-    """Import the SDK's client on a worker thread; a failure there is left to
-    the client's own import, which reports it."""
-    from batchgen.wire.sdk import sdk
-
-    future = asyncio.ensure_future(asyncio.to_thread(sdk))
-    future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
-    return future
-
-
 @contextlib.contextmanager
 def _quiet_gc() -> Iterator[None]:
     """Everything imported and built so far lives for the whole run: freeze it,
     so the collector stops re-scanning it. Without this, a full collection of
-    the SDK's objects stalled the event loop ~0.1 s every few seconds, which at
+    the imported libraries' objects stalled the event loop ~0.1 s every few seconds, which at
     512 streams delayed every stream (bench P2). The little garbage start-up
     left (~700 objects) is frozen with it rather than collected first: that
     full collection took ~40 ms before the first request."""

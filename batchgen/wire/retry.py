@@ -11,7 +11,8 @@ Every failure of an attempt becomes exactly one of:
 - :class:`RunFatalError` — the run stops: bad key, access denied, arrears,
   quota used up for good.
 
-The SDK's own retries are off (``max_retries=0``). tenacity drives the attempts
+The transport retries nothing itself (nor does the Batch API's SDK client:
+``max_retries=0``). tenacity drives the attempts
 around the *whole* consumption of a stream (a ``@retry`` on an async generator
 would not see errors raised while iterating).
 """
@@ -66,8 +67,8 @@ def _no_redact(text: str) -> str:
 def parse_error_body(body: object) -> tuple[str | None, str | None, str | None]:
     """(code, message, type) from an error body in any of the shapes servers send.
 
-    The SDK hands over the ``error`` object, or the raw text when the body was
-    not JSON — DashScope's moderation 400 arrives as ``data: {...}`` text.
+    An error answer's body, a mid-stream ``error`` object, or raw text when the
+    body was not JSON — DashScope's moderation 400 arrives as ``data: {...}`` text.
     """
     if isinstance(body, str | bytes):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body

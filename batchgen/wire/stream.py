@@ -1,46 +1,33 @@
-"""One streamed attempt: send through the openai SDK, read raw SSE, emit text.
+"""One streamed attempt: send through batchgen's own transport, read raw SSE, emit text.
 
-The SDK builds a pydantic object per chunk when iterated the usual way, which
-is most of a client's CPU. Instead this module sends the request with the
-SDK's ``client.post`` (its method for any path, with its auth, base URL,
-headers and error types), asks for the response unread (the switch behind
-``with_streaming_response``), reads the body's bytes — from aiohttp's reader
-directly when the SDK's aiohttp transport carries them — and hands them to
+:class:`batchgen.wire.transport.Transport` sends the request (aiohttp, with the
+auth header, the JSON body, redirects refused, errors mapped to batchgen's
+own); this module reads the body's bytes as they come and hands them to
 :class:`batchgen.wire.sse.SSEDecoder` (framing) and
 :func:`batchgen.wire.chunks.read_event` (what each chunk says). Every shape real
-providers send is read as the SDK reads it (tests/wire/test_replay.py replays
-recordings from 14 providers); where the SDK drops data the server sent —
-thinking parts in a content list, ``reasoning_details``, tool-call deltas,
-Groq's ``x_groq.usage`` — batchgen keeps it.
-
-The SDK is imported when the first client is made (:mod:`batchgen.wire.sdk`, its
-client without its ~450 type modules): a fully skipped re-run never pays for
-the import.
+providers send is read as the openai SDK reads it (tests/wire/test_replay.py
+replays recordings from 14 providers against the SDK's reading); where the SDK
+drops data the server sent — thinking parts in a content list,
+``reasoning_details``, tool-call deltas, Groq's ``x_groq.usage`` — batchgen
+keeps it. A streamed run does not import the openai SDK at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import ssl
-import urllib.request
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from batchgen.errors import TransientError
 from batchgen.wire.chunks import StreamResult, read_event, read_whole
 from batchgen.wire.retry import Redact
-from batchgen.wire.sdk import sdk
 from batchgen.wire.sse import EventTooLarge, SSEDecoder
+from batchgen.wire.transport import Read, Response, Transport
 from batchgen.wire.watchdog import Watch
 
-if TYPE_CHECKING:
-    from openai import AsyncOpenAI
-
-__all__ = ["StreamResult", "make_client", "stream_attempt", "tls_context", "wire_body"]
+__all__ = ["StreamResult", "Transport", "make_client", "stream_attempt", "wire_body"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +36,7 @@ log = logging.getLogger(__name__)
 # end is seen at most that share of its duration late, while a long generation
 # wakes its task, and the event loop, once for several chunks. Not after a read
 # of COALESCE_BYTES or more (the data is coming fast), and only where a read
-# takes all that arrived (aiohttp's reader, read directly). Only a stream whose
+# takes all that arrived (the transport's reader). Only a stream whose
 # chunks have come at least COALESCE_CHUNKS a window is paused: a pause costs a
 # timer and two changes to the loop's poller, more than the wake-ups it saves
 # on a slower stream (python -m bench: P8 at 10–20 ms a chunk needs 1.5× the
@@ -75,80 +62,12 @@ RATELIMIT_HEADERS = (
 
 OnText = Callable[[str, str], None]
 
-REQUEST_HEADERS = {
-    # The SDK's own switch for "hand over the response unread" (what its
-    # with_streaming_response sets): batchgen reads the event stream itself.
-    "X-Stainless-Raw-Response": "stream",
-    # an event stream gains little from compression, and a compressed body is
-    # where a hostile server hides a bomb: ask for none (see _inflate)
-    "Accept-Encoding": "identity",
-}
-
-
-def make_client(
-    base_url: str,
-    api_key: str,
-    *,
-    connect_timeout: float,
-    idle_timeout: float | None,
-    max_connections: int,
-) -> AsyncOpenAI:
-    """An async client with the SDK's retries off.
-
-    ``idle_timeout`` is the transport's read timeout; a run passes ``None``
-    and leaves idleness to its :class:`~batchgen.wire.watchdog.Watchdog`, which
-    does not count time the process was stopped.
-
-    The transport is aiohttp where the SDK supports it (``DefaultAioHttpClient``):
-    it costs about 40% less CPU per chunk and per request than httpx here
-    (``python -m bench``). ``BATCHGEN_HTTP=httpx`` picks httpx.
-    """
-    openai = sdk()
-    verify = tls_context(base_url)
-    limits_type = type(openai.DEFAULT_CONNECTION_LIMITS)
-    limits = limits_type(
-        max_connections=max(max_connections, 16),
-        max_keepalive_connections=max(max_connections, 16),
-        keepalive_expiry=30.0,
-    )
-    timeout = openai.Timeout(connect=connect_timeout, read=idle_timeout, write=60.0, pool=None)
-    http_client: Any = None
-    # Redirects are not followed: a 307/308 would re-send the prompt (and the
-    # key's request) to another origin, a 301/302 turn the POST into a GET
-    # whose reply looks like an answer. They fail the request, naming the target.
-    if os.environ.get("BATCHGEN_HTTP", "aiohttp") == "aiohttp":
-        try:
-            http_client = openai.DefaultAioHttpClient(limits=limits, timeout=timeout,
-                                                      follow_redirects=False, verify=verify)
-        except (AttributeError, ImportError, RuntimeError):
-            http_client = None  # an SDK without aiohttp support, or aiohttp missing
-    if http_client is None:
-        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout,
-                                                     follow_redirects=False, verify=verify)
-    client: AsyncOpenAI = openai.AsyncOpenAI(
-        api_key=api_key,
-        base_url=base_url,
-        max_retries=0,
-        timeout=timeout,
-        http_client=http_client,
-    )
-    return client
-
-
-def tls_context(base_url: str) -> ssl.SSLContext | bool:
-    """What the client verifies TLS peers with: ``True`` (the SDK's default
-    context, the system's CA certificates) wherever a TLS connection can be made.
-
-    Loading those certificates takes 50–130 ms of a run's start-up. A plain-HTTP
-    endpoint (a local llama-server, a cluster's own vLLM) reached without a proxy
-    makes no TLS connection — redirects are not followed — so it gets a context
-    that trusts no one: it still requires a verified certificate and the host's
-    name, so if it were ever used it would refuse the connection, never accept
-    an unverified one.
-    """
-    if urlsplit(base_url).scheme.lower() != "http" or urllib.request.getproxies():
-        return True
-    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname, no CAs
+def make_client(base_url: str, api_key: str, *, connect_timeout: float,
+                max_connections: int, redact: Redact = lambda text: text) -> Transport:
+    """The transport a run streams through (see :class:`Transport`); made on the
+    running event loop, closed with ``await client.close()``."""
+    return Transport(base_url, api_key, connect_timeout=connect_timeout,
+                     max_connections=max_connections, redact=redact)
 
 
 def wire_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +81,7 @@ def wire_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def stream_attempt(
-    client: AsyncOpenAI,
+    client: Transport,
     body: dict[str, Any],
     on_text: OnText,
     result: StreamResult,
@@ -181,20 +100,16 @@ async def stream_attempt(
     is not good, whatever it sent before.
     """
     try:
-        # the SDK's request method for any path: no per-request walk over the
-        # typed parameters (~0.5 ms of CPU a request through create())
-        response: Any = await client.post("/chat/completions", cast_to=object,
-                                          body=wire_body(body),
-                                          options={"headers": REQUEST_HEADERS})
+        response = await client.stream(wire_body(body))
         try:
-            headers = response.http_response.headers
+            headers = response.headers
             result.request_id = headers.get("x-request-id")
             result.ratelimit = {k: headers[k] for k in RATELIMIT_HEADERS if k in headers}
             if on_open is not None:
                 on_open()
-            await _consume(response.http_response, on_text, result, redact, watch)
+            await _consume(response, on_text, result, redact, watch)
         finally:
-            await response.http_response.aclose()
+            response.close()
     except asyncio.CancelledError:
         if watch is None or watch.fired is None:
             raise
@@ -222,67 +137,45 @@ async def stream_attempt(
     return result
 
 
-Read = Callable[[], Awaitable[bytes]]  # the next piece of the body; b"" at its end
+def _encoding(http: Response) -> str:
+    return str(http.headers.get("content-encoding", "")).strip().lower()
 
 
-def _reader(http: Any, result: StreamResult) -> Read:
+def _reader(http: Response, result: StreamResult) -> Read:
     """The body's bytes as sent; inflated here when a server compressed it anyway."""
-    encoding = str(http.headers.get("content-encoding", "")).strip().lower()
+    encoding = _encoding(http)
     if encoding in ("", "identity"):
-        direct = _aiohttp_content(http)
-        if direct is not None:
-            return cast(Read, direct.readany)
-        return _pieces(cast(AsyncIterator[bytes], http.aiter_raw()))
+        return http.read
     if encoding in ("gzip", "x-gzip", "deflate"):
-        return _pieces(_inflate(http.aiter_raw(), encoding))
+        return _pieces(_inflate(_raw(http.read), encoding))
     raise TransientError(f"the server sent a body in {encoding!r}, which batchgen does not read",
                          error_class="unsupported_encoding", provider_request_id=result.request_id)
 
 
-def _aiohttp_content(http: Any) -> Any | None:
-    """aiohttp's own reader of the body, when the SDK's aiohttp transport carries it.
-
-    Read directly, each read skips three async-generator layers (httpx's
-    response, its bound stream, the transport's stream) and the transport's
-    16 KiB re-chunking; any other transport, or a layout this does not know,
-    is read through httpx's ``aiter_raw``. Errors then arrive as aiohttp's own
-    (``ClientPayloadError``, ``ServerDisconnectedError``), which
-    :func:`batchgen.wire.retry.classify` knows.
-    """
-    stream = getattr(http, "stream", None)
-    inner = getattr(stream, "_stream", stream)
-    content = getattr(getattr(inner, "_aiohttp_response", None), "content", None)
-    if content is None or not callable(getattr(content, "readany", None)):
-        return None
-    return content
+async def _raw(read: Read) -> AsyncIterator[bytes]:
+    while piece := await read():
+        yield piece
 
 
-def _holder(http: Any) -> Any | None:
-    """aiohttp's protocol under the body's reader, when the body is read from
-    it directly (one read takes all that arrived: see :func:`_gather`);
-    ``None`` for any other transport, whose reads come a network read at a
-    time however long the wait between them, and for a compressed body (read
-    through httpx's iterator to be inflated)."""
-    if str(http.headers.get("content-encoding", "")).strip().lower() not in ("", "identity"):
-        return None
-    protocol = getattr(_aiohttp_content(http), "_protocol", None)
-    return protocol if hasattr(protocol, "transport") else None
+def _holder(http: Response) -> asyncio.BaseTransport | None:
+    """The connection to pause between gathered reads: where one read takes all
+    that arrived (see :func:`_gather`); ``None`` for a compressed body (its
+    reads come inflated a piece at a time)."""
+    return http.transport if _encoding(http) in ("", "identity") else None
 
 
-async def _gather(hold: Any, seconds: float) -> None:
+async def _gather(transport: Any, seconds: float) -> None:
     """Sleep while the kernel gathers what arrives.
 
     With the socket's reading paused the event loop does not wake for each
-    chunk either (one socket read, one parse of the HTTP framing, for all
-    that came in the pause), which is most of a paced stream's CPU. Only the
-    transport is paused, and only when aiohttp holds no pause of its own (its
-    flow control, its parser's state stay as they are).
+    chunk either (one socket read, one parse of the HTTP framing, for all that
+    came in the pause), which is most of a paced stream's CPU. Only asyncio's
+    public transport methods are used, and only while the transport is reading:
+    a pause of the HTTP library's own flow control (a full buffer) is left to it.
     """
-    transport = hold.transport
-    if transport is None or getattr(hold, "_reading_paused", True) \
-            or getattr(hold, "_buffer_paused", True) \
-            or not all(callable(getattr(transport, name, None)) for name in _FLOW) \
-            or not transport.is_reading():
+    if transport is None or not all(callable(getattr(transport, name, None))
+                                    for name in _FLOW) \
+            or transport.is_closing() or not transport.is_reading():
         await asyncio.sleep(seconds)
         return
     transport.pause_reading()
@@ -329,7 +222,7 @@ def _keep(whole: bytearray, chunk: bytes, events: list[Any], limit: int) -> byte
     return whole if len(whole) <= limit else None
 
 
-def _not_a_stream(http: Any, body: bytes, on_text: OnText, result: StreamResult,
+def _not_a_stream(http: Response, body: bytes, on_text: OnText, result: StreamResult,
                   redact: Redact) -> None:
     """The body ended without one event. A whole ``chat.completion`` (a server
     or gateway that does not stream) is the answer, taken once; an error object
@@ -359,7 +252,7 @@ def _warn_once(message: str) -> None:
         log.warning("%s", message)
 
 
-async def _consume(http: Any, on_text: OnText, result: StreamResult, redact: Redact,
+async def _consume(http: Response, on_text: OnText, result: StreamResult, redact: Redact,
                    watch: Watch | None = None) -> None:
     decoder = SSEDecoder()
     read = _reader(http, result)

@@ -27,7 +27,7 @@ from batchgen.run.journal import Journal
 from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.testing.process import FakeProcess
-from tests.helpers import CANARY, ROOT, no_sleep, read_results, run_cli, write_job
+from tests.helpers import CANARY, ROOT, Body, no_sleep, read_results, run_cli, write_job
 
 
 def opts() -> RunOptions:
@@ -161,16 +161,15 @@ def test_an_event_stream_without_events_is_a_stream_cut_short() -> None:
     from batchgen.wire import stream
     from batchgen.wire.chunks import StreamResult
 
-    class Http:
-        def __init__(self, kind: str) -> None:
-            self.headers = {"content-type": kind}
+    def http(kind: str) -> Body:
+        return Body([], {"content-type": kind})
 
     result = StreamResult()
-    stream._not_a_stream(Http("text/event-stream; charset=utf-8"), b": ping\n\n: ping\n\n",
+    stream._not_a_stream(http("text/event-stream; charset=utf-8"), b": ping\n\n: ping\n\n",
                          lambda c, r: None, result, str)
     assert not result.complete
     with pytest.raises(TransientError, match=r"not an event stream \(text/plain\): ': ping"):
-        stream._not_a_stream(Http("text/plain"), b": ping\n\n", lambda c, r: None, result, str)
+        stream._not_a_stream(http("text/plain"), b": ping\n\n", lambda c, r: None, result, str)
 
 
 @pytest.mark.parametrize("fault", ["bigline:20", "gzipbomb:64"])

@@ -12,6 +12,7 @@ from batchgen.errors import ModerationError, RequestFatalError, TransientError
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.tokens.usage import from_report
 from batchgen.wire.stream import StreamResult, _consume, wire_body
+from batchgen.wire.transport import Read, Response
 from tests.helpers import Body
 
 
@@ -245,46 +246,44 @@ def _run_and_check_plain_texts(tmp_path: Path, fake: FakeServer,
         assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-def test_either_transport_reads_whole_and_cut_streams_alike(
-        tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """aiohttp's reader is read directly; any other transport through httpx's
-    ``aiter_raw``. Both give the same texts, cut streams continued included."""
+def test_the_transport_reads_whole_and_cut_streams_with_a_connection_to_pause(
+        tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole and cut streams read alike, and every stream has the connection
+    the gathered reads pause (public asyncio methods): if aiohttp ever stops
+    handing it over, the fast path would vanish silently — this fails instead."""
     from batchgen.wire import stream
 
-    monkeypatch.setenv("BATCHGEN_HTTP", transport)
     direct: list[bool] = []
-    real = stream._aiohttp_content
+    real = stream._holder
 
-    def spy(http: object) -> object:
+    def spy(http: Response) -> object:
         found = real(http)
-        direct.append(found is not None)
+        direct.append(found is not None and all(
+            callable(getattr(found, name, None)) for name in stream._FLOW))
         return found
 
-    monkeypatch.setattr(stream, "_aiohttp_content", spy)
+    monkeypatch.setattr(stream, "_holder", spy)
     prompts = [{"id": "whole", "prompt": "[[len=30]] plain"},
                {"id": "cut", "prompt": "[[len=30]] [[faults=cut@12]] dropped"}]
     _run_and_check_plain_texts(tmp_path, fake, prompts)
     # continuation is "none" on this URL: the cut answer is sent again from its start
     assert sorted(e["completion_tokens"] for e in fake.ledger.entries) == [12, 30, 30]
-    assert direct and set(direct) == {transport == "aiohttp"}
+    assert direct and set(direct) == {True}
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_paced_streams_are_read_in_gathered_pieces_and_lose_nothing(
-        tmp_path: Path, fake: FakeServer, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stream past COALESCE_AFTER is read at most every so often (aiohttp's
+        tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream past COALESCE_AFTER is read at most every so often (its
     socket paused in between): fewer reads than chunks, the same text."""
     from batchgen.wire import stream
 
-    monkeypatch.setenv("BATCHGEN_HTTP", transport)
     monkeypatch.setattr(stream, "COALESCE_AFTER", 0.0)
     monkeypatch.setattr(stream, "COALESCE_SHARE", 1.0)  # a window of 50 ms from the start
     monkeypatch.setattr(stream, "COALESCE_FOR", 0.05)
     reads: list[int] = []
     real = stream._reader
 
-    def counted(http: object, result: StreamResult) -> stream.Read:
+    def counted(http: Response, result: StreamResult) -> Read:
         read = real(http, result)
 
         async def count() -> bytes:
@@ -298,10 +297,7 @@ def test_paced_streams_are_read_in_gathered_pieces_and_lose_nothing(
     prompts = [{"id": f"p{i}", "prompt": f"[[len=40]][[delay=0.01]] paced {i}"} for i in range(3)]
     _run_and_check_plain_texts(tmp_path, fake, prompts)
     chunks = 3 * (40 + 3)  # role, tokens, finish, usage
-    if transport == "aiohttp":
-        assert len(reads) < chunks / 2, (len(reads), chunks)
-    else:  # httpx hands over a network read at a time: no gathering, no waits
-        assert len(reads) >= chunks / 2, (len(reads), chunks)
+    assert len(reads) < chunks / 2, (len(reads), chunks)
 
 
 def test_a_stream_slower_than_the_window_is_read_as_it_comes(
@@ -353,25 +349,26 @@ class _Transport:
         return self.closing
 
 
-class _Protocol:
-    def __init__(self, transport: _Transport, paused: bool = False) -> None:
-        self.transport = transport
-        self._reading_paused = paused
-        self._buffer_paused = False
-
-
 def test_gather_pauses_the_socket_only_where_aiohttp_holds_no_pause_of_its_own() -> None:
     from batchgen.wire.stream import _gather
 
     free = _Transport()
-    asyncio.run(_gather(_Protocol(free), 0.001))
+    asyncio.run(_gather(free, 0.001))
     assert free.calls == ["pause", "resume"] and free.reading
     held = _Transport()
-    asyncio.run(_gather(_Protocol(held, paused=True), 0.001))
+    held.reading = False  # aiohttp's flow control paused it (a full buffer)
+    asyncio.run(_gather(held, 0.001))
     assert held.calls == []  # aiohttp's flow control owns this pause
-    closed = _Transport(closing=True)
-    asyncio.run(_gather(_Protocol(closed), 0.001))
-    assert closed.calls == ["pause"]  # a closing socket is not woken again
-    gone = _Protocol(free)
-    gone.transport = None  # type: ignore[assignment]
-    asyncio.run(_gather(gone, 0.001))  # the connection went: a sleep, nothing else
+    closing = _Transport(closing=True)
+    asyncio.run(_gather(closing, 0.001))
+    assert closing.calls == []  # a closing socket is left alone
+
+    class Closes(_Transport):
+        def pause_reading(self) -> None:
+            super().pause_reading()
+            self.closing = True  # the connection closes during the pause
+
+    closed = Closes()
+    asyncio.run(_gather(closed, 0.001))
+    assert closed.calls == ["pause"]  # a closed socket is not woken again
+    asyncio.run(_gather(None, 0.001))  # the connection went: a sleep, nothing else

@@ -1,0 +1,241 @@
+"""batchgen.wire.transport: the streaming path's own HTTP client (aiohttp).
+
+What it sends (auth, JSON body, User-Agent, no compression), what it refuses
+(redirects), where it goes (proxies from the environment), what it trusts
+(the system's store; nothing at all where no TLS can happen), how an error
+answer becomes batchgen's own error, and that a streamed run never imports
+the openai SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen import __version__
+from batchgen.errors import RequestFatalError, TransientError, UsageError
+from batchgen.testing.fakeserver import FakeServer
+from batchgen.wire.transport import Transport, proxy_for, tls_context
+from tests.helpers import CANARY, ROOT, write_job
+
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY",
+              "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+SSE_BODY = (b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop","index":0}]}'
+            b"\n\ndata: [DONE]\n\n")
+
+
+@pytest.fixture
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+Handler = Callable[[str, dict[str, str], bytes], bytes]
+
+
+async def serve(handler: Handler) -> tuple[asyncio.Server, int, list[tuple[str, dict[str, str],
+                                                                          bytes]]]:
+    """A raw HTTP/1.1 server on a free loopback port: it records each request
+    (request line, headers, body) and answers ``handler``'s bytes."""
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (line.partition(":") for line in lines[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        seen.append((lines[0], headers, body))
+        writer.write(handler(lines[0], headers, body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(one, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], seen
+
+
+def answer(status: str, headers: dict[str, str], body: bytes) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (f"HTTP/1.1 {status}\r\n{head}Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+def stream_ok(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
+    return answer("200 OK", {"Content-Type": "text/event-stream", "x-request-id": "req-1"},
+                  SSE_BODY)
+
+
+async def through(base_url: str, body: dict[str, Any],
+                  then: Callable[[Transport], Awaitable[Any]] | None = None) -> bytes:
+    transport = Transport(base_url, CANARY, connect_timeout=5, max_connections=2,
+                          redact=lambda s: s.replace(CANARY, "***"))
+    try:
+        response = await transport.stream(body)
+        got = b""
+        while piece := await response.read():
+            got += piece
+        response.close()
+        if then is not None:
+            await then(transport)
+        return got
+    finally:
+        await transport.close()
+
+
+def test_a_request_carries_the_key_the_json_body_and_batchgen_s_user_agent(
+        no_proxies: None) -> None:
+    async def main() -> tuple[bytes, list[tuple[str, dict[str, str], bytes]]]:
+        server, port, seen = await serve(stream_ok)
+        async with server:
+            got = await through(f"http://127.0.0.1:{port}/v1", {"model": "m", "stream": True,
+                                                               "x": "流"})
+        return got, seen
+
+    got, seen = asyncio.run(main())
+    assert got == SSE_BODY
+    (line, headers, body), = seen
+    assert line == "POST /v1/chat/completions HTTP/1.1"
+    assert headers["authorization"] == f"Bearer {CANARY}"
+    assert headers["user-agent"] == f"batchgen/{__version__}"
+    assert headers["accept-encoding"] == "identity"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {"model": "m", "stream": True, "x": "流"}
+
+
+def test_an_error_answer_is_batchgen_s_error_with_its_data_and_no_key(no_proxies: None) -> None:
+    def limited(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
+        error = {"error": {"code": "Throttling", "message": f"slow down {CANARY}",
+                           "type": "rate_limit"}}
+        return answer("429 Too Many Requests",
+                      {"Retry-After": "7", "x-request-id": "req-429",
+                       "Content-Type": "application/json"}, json.dumps(error).encode())
+
+    async def main() -> None:
+        server, port, _ = await serve(limited)
+        async with server:
+            await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
+
+    with pytest.raises(TransientError) as info:
+        asyncio.run(main())
+    err = info.value
+    assert (err.error_class, err.http_status, err.code, err.provider_request_id) == (
+        "rate_limited", 429, "Throttling", "req-429")
+    assert err.retry_after == 7.0
+    assert CANARY not in str(err) and "slow down ***" in str(err)
+
+
+@pytest.mark.parametrize("status", ["301 Moved Permanently", "307 Temporary Redirect"])
+def test_a_redirect_is_not_followed_and_names_its_target(no_proxies: None, status: str) -> None:
+    async def main() -> list[tuple[str, dict[str, str], bytes]]:
+        def moved(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
+            return answer(status, {"Location": f"http://127.0.0.1:{port}/steal"}, b"")
+
+        server, port, seen = await serve(moved)
+        async with server:
+            with pytest.raises(RequestFatalError, match="/steal"):
+                await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
+        return seen
+
+    seen = asyncio.run(main())
+    assert [line for line, _, _ in seen] == ["POST /v1/chat/completions HTTP/1.1"]  # once
+
+
+def test_a_proxy_from_the_environment_carries_the_request_and_its_credentials(
+        no_proxies: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> list[tuple[str, dict[str, str], bytes]]:
+        server, port, seen = await serve(stream_ok)
+        monkeypatch.setenv("http_proxy", f"http://user:p%40ss@127.0.0.1:{port}")
+        async with server:
+            got = await through("http://api.invalid/v1", {"model": "m"})
+        assert got == SSE_BODY
+        return seen
+
+    (line, headers, _), = asyncio.run(main())
+    assert line == "POST http://api.invalid/v1/chat/completions HTTP/1.1"  # via the proxy
+    assert headers["proxy-authorization"] == "Basic dXNlcjpwQHNz"  # user:p@ss
+    assert headers["authorization"] == f"Bearer {CANARY}"
+
+
+def test_which_proxy_the_environment_names(no_proxies: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert proxy_for("https://dashscope.aliyuncs.com/compatible-mode/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
+    monkeypatch.setenv("http_proxy", "http://plain.corp:80")
+    assert proxy_for("https://dashscope.aliyuncs.com/v1") == "http://proxy.corp:3128"
+    assert proxy_for("http://10.0.0.5:8000/v1") == "http://plain.corp:80"
+    monkeypatch.setenv("no_proxy", "dashscope.aliyuncs.com,localhost")
+    assert proxy_for("https://dashscope.aliyuncs.com/v1") is None
+    monkeypatch.delenv("http_proxy")
+    monkeypatch.setenv("all_proxy", "http://any.corp:1")
+    assert proxy_for("http://10.0.0.5:8000/v1") == "http://any.corp:1"
+    monkeypatch.setenv("all_proxy", "socks5://any.corp:1080")
+    with pytest.raises(UsageError, match="socks5"):
+        proxy_for("http://10.0.0.5:8000/v1")
+
+
+def test_a_plain_http_endpoint_without_a_proxy_gets_a_context_that_trusts_no_one() -> None:
+    for url in ("http://127.0.0.1:8080/v1", "HTTP://gpu-node:8000/v1"):
+        ctx = tls_context(url, proxied=False)
+        # fails closed: a certificate is required, checked against the host, and
+        # no certificate authority is trusted
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        assert ctx.cert_store_stats()["x509_ca"] == 0
+
+
+def test_tls_is_verified_against_the_system_store_or_ssl_cert_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    system = ssl.create_default_context().cert_store_stats()
+    for url, proxied in (("https://dashscope.aliyuncs.com/v1", False),
+                         ("http://127.0.0.1:8080/v1", True)):  # a proxy may speak TLS
+        ctx = tls_context(url, proxied=proxied)
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        assert ctx.cert_store_stats() == system
+    bundle = ssl.get_default_verify_paths().openssl_cafile
+    if not os.path.isfile(bundle):
+        pytest.skip("this system has no CA bundle file to point SSL_CERT_FILE at")
+    only = tmp_path / "one.pem"
+    text = Path(bundle).read_text(encoding="ascii", errors="ignore")
+    only.write_text(text[:text.index("-----END CERTIFICATE-----") + 26], encoding="ascii")
+    monkeypatch.setenv("SSL_CERT_FILE", str(only))
+    assert tls_context("https://x.example/v1", proxied=False).cert_store_stats()["x509_ca"] == 1
+
+
+def test_the_key_is_in_no_repr(no_proxies: None) -> None:
+    async def main() -> str:
+        transport = Transport("http://127.0.0.1:9/v1", CANARY, connect_timeout=1,
+                              max_connections=1, redact=str)
+        try:
+            return repr(transport) + repr(vars(transport).keys())
+        finally:
+            await transport.close()
+
+    assert CANARY not in asyncio.run(main())
+
+
+def test_a_streamed_run_imports_no_openai_module(tmp_path: Path, fake: FakeServer) -> None:
+    """``python -X importtime -m batchgen run`` of a streamed job: the openai
+    SDK stays for the Batch API and the tests; the streaming path owns its
+    transport."""
+    job = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": "[[len=5]] hi"}])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "batchgen", "run",
+                           str(job), "-q"], env=env, capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "aiohttp" in imported  # the import log is read, and the transport is there
+    assert not [m for m in imported if m == "openai" or m.startswith("openai.")]
+    assert not [m for m in imported if m.split(".")[0] in ("httpx", "httpx2", "httpcore2")]
