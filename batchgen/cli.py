@@ -220,6 +220,10 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
                    err=True)
     elif summary.stopped_by == "interrupt":
         click.echo("batchgen: interrupted; run the same command again to resume", err=True)
+    elif summary.stopped_by == "unavailable":
+        click.echo(f"batchgen: stopped: the endpoint stayed unreachable; {summary.pending} "
+                   "requests are pending, none failed: run the same command again to "
+                   "continue", err=True)
     elif summary.pending:
         click.echo(f"batchgen: {summary.pending} requests were not finished; run the same "
                    "command again", err=True)
@@ -288,6 +292,8 @@ def status(run_dir: str, show_failed: int) -> None:
         state = "running" if st.running else "not running"
         click.echo(f"  {shard.name}: {state}; {st.total} requests, {st.done} done, "
                    f"{st.streaming} streaming, {st.pending} pending, {st.failed} failed")
+        if st.outage:
+            click.echo(f"    {st.outage}")
         for fail in st.failures:
             click.echo(f"    failed {fail}")
     missing = [f"shard-{k}-of-{n}" for k in range(1, n + 1) if (k, n) not in shards]
@@ -301,6 +307,8 @@ def status(run_dir: str, show_failed: int) -> None:
 def _print_status(run_dir: str, st: Any) -> None:
     state = "running" if st.running else "not running"
     click.echo(f"{run_dir}: {state}")
+    if st.outage:
+        click.echo(f"  {st.outage}")
     click.echo(f"  requests:  {st.total}")
     click.echo(f"  done:      {st.done}")
     click.echo(f"  streaming: {st.streaming}")

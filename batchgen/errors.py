@@ -41,6 +41,7 @@ class ExitCode(IntEnum):
     BUDGET = 3
     RUN_FATAL = 4
     SUBMITTED = 5
+    UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE
     STORAGE = 74  # sysexits' EX_IOERR
     LOCKED = 75  # sysexits' EX_TEMPFAIL
     INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -61,6 +62,8 @@ _SHORT = {
     ExitCode.BUDGET: "stopped by budget",
     ExitCode.RUN_FATAL: "stopped by a run-fatal API error",
     ExitCode.SUBMITTED: "submitted to the provider's Batch API (run again to collect)",
+    ExitCode.UNAVAILABLE: "the endpoint was unreachable for run.outage_timeout (run again to "
+                          "continue)",
     ExitCode.STORAGE: "the disk refused a write",
     ExitCode.LOCKED: "run directory locked",
     ExitCode.INTERRUPTED: "interrupted (run again to resume)",
@@ -77,6 +80,9 @@ _MEANING = {
                         "quota used up)",
     ExitCode.SUBMITTED: "submitted to the provider's Batch API (`--no-wait`): run the same "
                         "command again to collect",
+    ExitCode.UNAVAILABLE: "the endpoint was unreachable (connection refused, DNS, TLS, or only "
+                          "server errors) for longer than `run.outage_timeout`; every unfinished "
+                          "request is left pending, none failed: run the same command again",
     ExitCode.STORAGE: "the disk refused a write (full, read-only); what was committed is "
                       "kept: free space and run again",
     ExitCode.LOCKED: "another run holds the run directory's lock",
@@ -174,6 +180,8 @@ class AttemptError(BatchgenError):
 
     error_class = "error"
     in_stream = False  # the server sent it as an error event inside a 200 stream
+
+    during_outage = False  # failed while the endpoint was down: not the request's failure
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ SUITE = {
     "P9": "bench.p09_resume",
     "P10": "bench.p10_estimates",
     "P11": "bench.p11_shards",
+    "P12": "bench.p12_outage",
 }
 
 

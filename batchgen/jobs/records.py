@@ -59,6 +59,7 @@ class RunSettings:
     via: str = "stream"
     fallback: str = "batch"
     no_wait: bool = False  # --no-wait: submit batches and exit 5
+    outage_timeout: float = 1800.0
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,9 @@ class RunSpec(_Strict):
     # what a batch that expired or was cancelled leaves unanswered goes into: a new
     # batch, or streaming
     fallback: Literal["batch", "stream"] = "batch"
+    # seconds an outage of the endpoint is waited out before the run stops
+    # (exit 69), every unfinished request left pending
+    outage_timeout: float = Field(default=1800.0, gt=0)
 
 
 class BudgetSpec(_Strict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,25 @@ class Status:
     batched: int = 0
     failures: list[str] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
+    outage: str | None = None  # the endpoint unreachable: since when, why, the next try
+
+
+def outage_text(kept: str | None, running: bool, now: float | None = None) -> str | None:
+    """What a run recorded of an outage of its endpoint, in words."""
+    if not kept:
+        return None
+    try:
+        state = json.loads(kept)
+        since = time.strftime("%H:%M:%S", time.localtime(float(state["since"])))
+        reason, probes, nxt = str(state["reason"]), int(state["probes"]), float(state["next"])
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return None
+    head = f"endpoint unreachable since {since} — {reason}; {probes} probe" \
+           f"{'s' if probes != 1 else ''}"
+    if not running:
+        return head + "; the run stopped waiting (run.outage_timeout): run it again"
+    wait = max(0.0, nxt - (time.time() if now is None else now))
+    return f"{head}, next try in {wait:.0f} s"
 
 
 def read_status(run_dir: Path, failed_limit: int = 10) -> Status:
@@ -45,6 +66,7 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
             st.batches.append(f"{b.name}: {b.where} ({b.state}){counted}; "
                               f"{b.requests} requests of {b.model}")
     st.pending = counts["pending"] - st.streaming
+    st.outage = outage_text(store.meta("outage"), st.running)
     row = store.usage_totals()
     st.attempts, st.prompt_tokens = row["n"], row["p"]
     st.completion_tokens, st.estimated_attempts = row["c"], row["e"]

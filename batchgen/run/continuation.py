@@ -45,7 +45,8 @@ THINKING_MODELS = re.compile(
     r"^(qwq|qvq)|thinking|reason|deepseek-r1|-r1\b|^o[1345](-|$)|gpt-oss", re.IGNORECASE)
 # Attempts whose text is a sound start: stopped by us, or by a passing fault.
 CONTINUABLE = frozenset({
-    "interrupted", "connection", "idle_timeout", "max_duration", "incomplete_stream",
+    "interrupted", "connection", "connect_timeout", "idle_timeout", "max_duration",
+    "incomplete_stream",
     "malformed_chunk", "error_event", "server_error", "timeout", "conflict", "rate_limited",
     "oversized_event",
 })

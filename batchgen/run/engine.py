@@ -34,6 +34,7 @@ from batchgen.errors import (
 )
 from batchgen.jobs.records import RunSettings
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
+from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
 from batchgen.run.budget import BudgetGuard
 from batchgen.run.continuation import EchoFilter, continue_body, refusal, resumable
 from batchgen.run.journal import Journal, Live
@@ -100,6 +101,9 @@ class Engine:
         self.gate: StartGate = gate or Gate(rpm=settings.rpm, tpm=settings.tpm,
                                             clock=deps.clock, sleep=deps.sleep)
         self.breaker = Breaker(self.gate)
+        self._last_outage: OutageState | None = None
+        self.outage = Outage(timeout=settings.outage_timeout, clock=deps.clock,
+                             sleep=deps.sleep, on_change=self._outage_changed)
         self.max_active = max(2 * concurrency, concurrency + 4)
         self.outcome = Outcome()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -174,6 +178,12 @@ class Engine:
             await self._attempts(p)
         except (_Stopped, StorageError):
             return  # pending: a re-run picks it up
+        except OutageTimeout as exc:
+            if self.outcome.stopped_by is None:
+                self.outcome.notes.append(f"stopped: {exc} (run.outage_timeout "
+                                          f"{self.outage.timeout:g} s)")
+                log.warning("stopping the run: %s", exc)
+            self.stop("unavailable")  # this request, and every other, stays pending
         except RunFatalError as exc:
             if self.outcome.fatal is None:
                 self.outcome.fatal = exc
@@ -223,22 +233,46 @@ class Engine:
                 await self._try(p, tries)
 
     async def _try(self, p: Pending, tries: list[int]) -> None:
-        """One attempt, through the gate and a slot; ``tries`` holds the
-        request's attempt number so far and the tokens it reserves."""
+        """One attempt, through the outage's door, the gate and a slot; ``tries``
+        holds the request's attempt number so far and the tokens it reserves."""
         if self.stopping:
             raise _Stopped
-        number, reserve = tries
-        await self.gate.wait(reserve)
-        await self.limit.acquire()
+        probe = await self.outage.admit()
         try:
             if self.stopping:
                 raise _Stopped
-            if number > p.attempts and not self._retry_fits(p):
-                raise _Stopped
-            tries[0] = number = number + 1
-            await self._attempt(p, number, reserve)
+            number, reserve = tries
+            await self.gate.wait(reserve)
+            await self.limit.acquire()
+            try:
+                if self.stopping:
+                    raise _Stopped
+                if number > p.attempts and not self._retry_fits(p):
+                    raise _Stopped
+                tries[0] = number = number + 1
+                await self._attempt(p, number, reserve, probe)
+            finally:
+                self.limit.release()
         finally:
-            self.limit.release()
+            if probe:
+                self.outage.release()
+
+    def _outage_changed(self, state: OutageState | None) -> None:
+        """Say it where people look: the progress line and ``batchgen status``,
+        and once it is over, the run's summary."""
+        if state is None and self._last_outage is not None:
+            seen = self._last_outage
+            self.outcome.notes.append(
+                f"the endpoint was unreachable for {self.d.clock() - seen.since:.0f} s "
+                f"({seen.reason}); waited out with {seen.probes} "
+                f"probe{'s' if seen.probes != 1 else ''}, no request failed for it")
+        self._last_outage = state
+        self.d.progress.note(self.outage.describe() if state is not None
+                             else "the endpoint answers again")
+        with contextlib.suppress(StorageError):
+            self.journal.set_outage(None if state is None else {
+                "since": state.since, "reason": state.reason, "probes": state.probes,
+                "next": state.next_probe})
 
     def _retry_fits(self, p: Pending) -> bool:
         """A retry spends again: it goes only while the budget still fits."""
@@ -271,7 +305,8 @@ class Engine:
                                                                         resume.text))
         return resume
 
-    async def _attempt(self, p: Pending, number: int, reserve: int) -> None:
+    async def _attempt(self, p: Pending, number: int, reserve: int, probe: bool = False
+                       ) -> None:
         resume = await self._resume(p, number)
         body = p.body if resume is None else continue_body(p.body, resume.text, self.form,
                                                            resume.tokens)
@@ -280,10 +315,16 @@ class Engine:
             else EchoFilter(resume.text, live.on_text)
         result = StreamResult()
         watch = self.watchdog.watch()
+        answered = False
+
+        def opened() -> None:
+            nonlocal answered
+            answered = True
+            self.gate.on_accepted()
+
         try:
             await stream_attempt(self.d.client, body, on_text, result,
-                                 redact=self.d.redact, on_open=self.gate.on_accepted,
-                                 watch=watch)
+                                 redact=self.d.redact, on_open=opened, watch=watch)
             if result.finish_reason == "content_filter":
                 raise ModerationError("the provider's content filter stopped the output",
                                       error_class="moderation", code="content_filter",
@@ -310,7 +351,11 @@ class Engine:
                 http_status=err.http_status, error_message=err.message,
                 provider_request_id=err.provider_request_id or result.request_id,
             ), self._billed(body, live, result))
-            self._learn(err)
+            if self.outage.failed(err, answered=answered or result.chunks > 0, probe=probe,
+                                  request=p.id):
+                err.during_outage = True  # the endpoint's failure: held, not counted
+            else:
+                self._learn(err)
             raise err from None
         finally:
             self.watchdog.release(watch)
@@ -341,6 +386,7 @@ class Engine:
         self.outcome.done += 1
         self.limit.on_success()
         self.breaker.record(True)
+        self.outage.answered()
         self.gate.settle(reserve, usage.total_tokens)
         self._note_headers(result)
         self.d.progress.update(done=1, tokens=usage.completion_tokens,

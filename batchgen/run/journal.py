@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -152,6 +153,12 @@ class Journal:
         self.live.pop(done.attempt_id, None)
         self.finished.append(done)
         self._finished.set()
+
+    def set_outage(self, state: dict[str, object] | None) -> None:
+        """What ``batchgen status`` says of an outage of the endpoint (committed
+        with the next flush); ``None`` when the endpoint answers."""
+        with self.guard():
+            self.store.set_meta("outage", json.dumps(state) if state is not None else "")
 
     def mark_failed(self, request_id: str, reason: str | None = None) -> None:
         with self.guard():

@@ -16,9 +16,13 @@ class Progress(Protocol):
     def update(self, *, done: int = 0, failed: int = 0, tokens: int = 0,
                in_flight: int = 0) -> None: ...
     def close(self) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class NullProgress:
+    def note(self, text: str) -> None:
+        pass
+
     def start(self, total: int, skipped: int) -> None:
         pass
 
@@ -76,6 +80,13 @@ class BarProgress:
                 refresh=False,
             )
 
+    def note(self, text: str) -> None:
+        """A line above the bar (an outage, say), the bar redrawn below it."""
+        if self.bar is not None:
+            self.bar.write(f"{self.name}: {text}", file=self.stream)  # type: ignore[attr-defined]
+        else:
+            self.stream.write(f"{self.name}: {text}\n")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()  # type: ignore[attr-defined]
@@ -110,6 +121,9 @@ class LineProgress:
         if now - self._last >= self.interval:
             self._last = now
             self._line()
+
+    def note(self, text: str) -> None:
+        self._write(f"{self.name}: {text}")
 
     def _line(self) -> None:
         self._write(

@@ -79,6 +79,8 @@ class RunSummary:
             return ExitCode.RUN_FATAL
         if self.stopped_by == "budget":
             return ExitCode.BUDGET
+        if self.stopped_by == "unavailable":
+            return ExitCode.UNAVAILABLE
         if self.failed or self.pending:
             return ExitCode.FAILED  # never 0 while a request of the job is unfinished
         return ExitCode.OK

@@ -15,13 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (batchgen/testing/p
 
 
 class FakeProcess:
-    """``python -m batchgen.testing.fakeserver --port 0 ARGS``, on a free port.
+    """``python -m batchgen.testing.fakeserver --port PORT ARGS``, on a free port
+    (``port=0``) or a given one (a server that comes back where it was).
     ``with FakeProcess(...) as server:`` stops it after; so does :meth:`stop`."""
 
-    def __init__(self, *args: str, path: str = "/compatible-mode/v1") -> None:
+    def __init__(self, *args: str, path: str = "/compatible-mode/v1", port: int = 0) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batchgen.testing.fakeserver", "--port", "0", *args],
+            [sys.executable, "-m", "batchgen.testing.fakeserver", "--port", str(port), *args],
             stdout=subprocess.PIPE, text=True, env=env,
         )
         if self.proc.stdout is None:

@@ -210,6 +210,7 @@ def _root(exc: BaseException) -> BaseException:
     return exc
 
 
+CONNECT_TIMEOUTS = frozenset({"ConnectionTimeoutError", "ConnectTimeout"})
 TIMEOUTS = frozenset({"APITimeoutError", "TimeoutException", "ReadTimeout", "TimeoutError",
                       "SocketTimeoutError", "ServerTimeoutError"})
 TRANSPORT_ERRORS = frozenset({"APIConnectionError", "TransportError", "ConnectionError", "OSError",
@@ -237,6 +238,8 @@ def classify(exc: BaseException, *, redact: Redact = _no_redact) -> AttemptError
     root = _root(exc)
     text = redact(printable(_transport_text(exc, root)))
     for kinds in (_mro_names(root), names):
+        if kinds & CONNECT_TIMEOUTS:
+            return TransientError(text, error_class="connect_timeout")
         if kinds & TIMEOUTS:
             return TransientError(text, error_class="idle_timeout")
         if kinds & TRANSPORT_ERRORS:
@@ -298,11 +301,15 @@ def policy(
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, AttemptError) and exc.during_outage:
+            return 0.0  # the outage's probes pace it (pacing.outage)
         retry_after = exc.retry_after if isinstance(exc, AttemptError) else None
         return backoff(state.attempt_number, retry_after, generator)
 
     def stop(state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, AttemptError) and exc.during_outage:
+            return False  # the endpoint's failure, not the request's: never counted
         if isinstance(exc, AttemptError) and exc.error_class == "rate_limited":
             spent["throttled"] += 1
             return spent["throttled"] >= max_attempts * THROTTLE_FACTOR

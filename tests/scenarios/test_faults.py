@@ -178,23 +178,30 @@ def test_a_finish_without_usage_waits_a_grace_not_the_idle_timeout(
     assert monotonic() - began < 30
 
 
-def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
+def test_connection_refused_is_an_outage_waited_out_then_left_pending(tmp_path: Path) -> None:
+    """A refused connection is the endpoint's state, not the request's failure:
+    probes one at a time, 1 s doubling, uncounted against max_attempts; past
+    run.outage_timeout the run stops with exit 69 and the request pending."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     time = FakeTime()
     job = write_job(tmp_path / "job.yaml", None, [{"id": "x", "prompt": "hi"}],
-                    run={"max_attempts": 3})
+                    run={"max_attempts": 3, "outage_timeout": 30})
     job.write_text(job.read_text().replace("https://example.invalid/v1",
                                            f"http://127.0.0.1:{port}/v1"))
     summary = run_job(load_job(job), RunOptions(sleep=time.sleep, clock=time.clock))
-    assert summary.failed == 1 and summary.exit_code == 1
+    assert summary.failed == 0 and summary.pending == 1 and summary.exit_code == 69
     db = sqlite3.connect(tmp_path / "out" / "t" / "run.db")
     rows = db.execute("SELECT error_class, error_message FROM attempts ORDER BY n").fetchall()
-    assert [r[0] for r in rows] == ["connection"] * 3
+    assert len(rows) > 3  # not counted against max_attempts
+    assert {r[0] for r in rows} == {"connection"}
     # in the transport's own words, not the SDK's "Request timed out."
     assert all("timed out" not in r[1] and "connect" in r[1].lower() for r in rows), rows
-    assert len(time.sleeps) >= 2
+    waits = [round(s) for s in time.sleeps if s >= 0.5]
+    assert waits[:4] == [1, 2, 4, 8], time.sleeps  # probes 1 s doubling ...
+    assert 30 <= sum(time.sleeps) <= 30 + 16  # ... until run.outage_timeout, not beyond
+    assert not (tmp_path / "out" / "t" / "failed.jsonl").read_text()
 
 
 def test_backoff_is_full_jitter_capped() -> None:
@@ -237,16 +244,22 @@ def test_breaker_holds_launches_when_most_attempts_fail() -> None:
     assert breaker.cooldown == 5
 
 
-def test_most_requests_failing_pauses_new_launches(tmp_path: Path, fake: FakeServer) -> None:
+def test_a_storm_of_server_errors_is_an_outage_that_fails_no_request(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """Every answer a 503: the endpoint is down, not the requests. Launches
+    hold, one probe goes at a time, and the attempts the storm spoils do not
+    count against max_attempts (2 here, while each request meets three 503s)."""
     time = FakeTime()
-    prompts = [{"id": f"p{i}", "prompt": f"[[faults=503,503,503]] {i}"} for i in range(24)]
+    fake.config.down_for = 10  # the whole endpoint answers 503 to its next 10 requests
+    prompts = [{"id": f"p{i}", "prompt": f"[[len=5]] {i}"} for i in range(24)]
     job = write_job(tmp_path / "job.yaml", fake, prompts,
                     run={"max_attempts": 2, "concurrency": 2})
     summary = run_job(load_job(job), RunOptions(sleep=time.sleep, clock=time.clock,
                                                 rng=random.Random(3)))
-    assert summary.failed == 24
-    # the breaker's cooldown: longer than any back-off of a second attempt (≤ 2 s)
-    assert any(s > 4.0 for s in time.sleeps), time.sleeps
+    assert (summary.done, summary.failed, summary.exit_code) == (24, 0, 0)
+    assert fake.ledger.requests == 10 + 24  # the storm's answers, then one each
+    # the probes' waits (exact: the next probe's time less now): 1 s, then doubling
+    assert {1.0, 2.0, 4.0} <= set(time.sleeps), time.sleeps
 
 
 def test_throttling_has_a_larger_allowance_than_other_failures(tmp_path: Path,

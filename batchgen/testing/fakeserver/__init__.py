@@ -27,10 +27,14 @@ chunks), ``stall@N:S`` (silent for S seconds after N chunks), ``badjson@N``,
 (moderation error event after N chunks), ``nodone`` (no ``[DONE]``, then
 close), ``nousage`` (no usage chunk), ``hang`` (finish and usage, then
 silence), ``mute`` (finish, then silence: no usage, no ``[DONE]``), ``ok``;
-and a hostile server's faults (``tests/fakeserver/hostile.py``:
+and a hostile server's faults (``batchgen/testing/fakeserver/hostile.py``:
 redirects, escape sequences, bad content and usage, huge and gzip-bombed
 events, endless keep-alives, odd headers). ``[[replay=CASE]]`` plays a
-recorded provider stream (``tests/replay.py``).
+recorded provider stream (``batchgen/testing/replay.py``).
+
+The whole endpoint can go down: ``Config.down`` (a status every chat request
+gets while it is set) and ``Config.down_for`` (the next N chat requests get
+503), also through ``POST /_control/config``.
 
 The server keeps a billing ledger (``GET /_control/ledger``): per HTTP
 request the prompt tokens and the completion tokens it actually sent, so cut

@@ -90,6 +90,11 @@ class Config:
     tpm: float | None = None
     default_len: int | None = None
     tick: float | None = None  # one shared timer for all streams (benchmarks)
+    # the whole endpoint down: every chat request answered with this status
+    # (503: a gateway whose backend is gone) while set, or for the next
+    # ``down_for`` requests
+    down: int | None = None
+    down_for: int = 0
     continuation_forms: tuple[str, ...] = ("partial", "prefix", "continue_final_message",
                                            "prefill")
 

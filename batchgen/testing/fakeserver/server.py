@@ -145,6 +145,14 @@ class FakeServer:
         with self._lock:
             self.ledger.requests += 1
             self.ledger.keys_seen.add(auth.removeprefix("Bearer ").strip())
+        if self.config.down is not None or self.config.down_for > 0:
+            with self._lock:
+                self.config.down_for = max(0, self.config.down_for - 1)
+            status = self.config.down or 503
+            await self._error(writer, status, "ServiceUnavailable",
+                              "the service is temporarily unavailable (fake outage)",
+                              "server_error")
+            return True
         if self.config.api_key is not None and auth != f"Bearer {self.config.api_key}":
             await self._error(writer, 401, "invalid_api_key", "Incorrect API key provided. ",
                               "invalid_request_error")
