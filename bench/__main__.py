@@ -28,6 +28,7 @@ SUITE = {
     "P10": "bench.p10_estimates",
     "P11": "bench.p11_shards",
     "P12": "bench.p12_outage",
+    "P13": "bench.p13_guard",
 }
 
 

@@ -22,7 +22,7 @@ from batchgen.jobs import validated
 from batchgen.jobs.endpoints import detect as detect_continuation
 from batchgen.jobs.ids import ClashFinder, clash_problems
 from batchgen.jobs.problems import from_validation, path_str
-from batchgen.jobs.records import Budget, Endpoint, JobInfo, Request, RunSettings
+from batchgen.jobs.records import Budget, Endpoint, GuardSettings, JobInfo, Request, RunSettings
 from batchgen.jobs.schema import (
     ID_RE,
     PARAM_NAMES,
@@ -231,7 +231,8 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
         server_args=tuple(ep.server_args),
         continuation=ep.continuation or detect_continuation(base_url, local),
     )
-    run = RunSettings(**spec.run.model_dump())
+    run = RunSettings(**{**spec.run.model_dump(exclude={"guard"}),
+                         "guard": GuardSettings(**spec.run.guard.model_dump())})
     if ov.concurrency is not None:
         run = replace(run, concurrency=ov.concurrency)
     if ov.via or ov.fallback or ov.no_wait:

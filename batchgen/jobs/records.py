@@ -46,6 +46,17 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class GuardSettings:
+    """``run.guard``: the repetition guard's switch, thresholds and verdict."""
+
+    repetition: bool = True
+    min_span: int = 10
+    min_chars: int = 1000
+    min_copies: int = 10
+    on_repetition: str = "fail"
+
+
+@dataclass(frozen=True)
 class RunSettings:
     concurrency: int = 8
     max_attempts: int = 6
@@ -60,6 +71,7 @@ class RunSettings:
     fallback: str = "batch"
     no_wait: bool = False  # --no-wait: submit batches and exit 5
     outage_timeout: float = 1800.0
+    guard: GuardSettings = field(default_factory=GuardSettings)
 
 
 @dataclass(frozen=True)

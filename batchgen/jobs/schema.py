@@ -232,6 +232,20 @@ class EndpointSpec(_Strict):
         return check_base_url(value)
 
 
+class GuardSpec(_Strict):
+    """``run.guard:`` — what is watched while an answer streams."""
+
+    # a degenerate loop: the same span (≥ min_span characters) back to back,
+    # ≥ min_copies times over ≥ min_chars characters; `false` (or `off`) turns it off
+    repetition: bool = True
+    min_span: int = Field(default=10, ge=2, le=1000)
+    min_chars: int = Field(default=1000, ge=50)
+    min_copies: int = Field(default=10, ge=2)
+    # fail (the request fails, reason `repetition`, its text to the loop's first
+    # copy kept in texts/<id>.partial.md), keep (done with that text), retry
+    on_repetition: Literal["fail", "keep", "retry"] = "fail"
+
+
 class RunSpec(_Strict):
     """``run:`` — how hard and how patiently to run."""
 
@@ -254,6 +268,7 @@ class RunSpec(_Strict):
     # seconds an outage of the endpoint is waited out before the run stops
     # (exit 69), every unfinished request left pending
     outage_timeout: float = Field(default=1800.0, gt=0)
+    guard: GuardSpec = Field(default_factory=GuardSpec)
 
 
 class BudgetSpec(_Strict):

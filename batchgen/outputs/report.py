@@ -17,7 +17,12 @@ USD are never added together.
      "totals": [{"currency", "cost", "estimated_cost"}],
      "unknown_cost": [model], "prices": [{"list", "model", "as_of", "source"}],
      "warnings": [text],
-     "batch": {"requests", "cost": {currency: amount}, "saved": {currency: amount}}}
+     "batch": {"requests", "cost": {currency: amount}, "saved": {currency: amount}},
+     "failed": [{"id", "error_class", "http_status", "error_code", "message"}]}
+
+``failed`` lists the requests that failed for good and why (the first
+:data:`MAX_FAILED`; all are in ``failed.jsonl``): ``repetition`` for a
+degenerate loop the guard stopped, the provider's class and code otherwise.
 
 Each token counts under how it was obtained (``tokens_by_method``): ``exact``
 (reported by the server), ``derived`` (reported for another attempt of the
@@ -42,6 +47,7 @@ from batchgen.store.records import ESTIMATED, METHODS
 from batchgen.store.runstore import RunStore
 
 SCHEMA = "batchgen.report/1"
+MAX_FAILED = 200  # failed requests listed in report.json (all are in failed.jsonl)
 NO_TAG = "(no tag)"
 
 
@@ -76,13 +82,14 @@ class Report:
     # cost, and what the same tokens would have cost streamed (per currency)
     batch: dict[str, Any] = field(default_factory=lambda: {"requests": 0, "cost": {},
                                                            "saved": {}})
+    failed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA, "generated_at": self.generated_at, "runs": self.runs,
             "group_by": self.group_by, "rows": [asdict(r) for r in self.rows],
             "totals": self.totals, "unknown_cost": self.unknown_cost, "prices": self.prices,
-            "warnings": self.warnings, "batch": self.batch,
+            "warnings": self.warnings, "batch": self.batch, "failed": self.failed,
         }
 
 
@@ -106,6 +113,13 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
     for run_dir in run_dirs:
         with RunStore.reading(run_dir) as store:
             _add_store(store, group_by, row, seen_prices, unknown, report.batch)
+            for fail in store.failed_in_order():
+                if len(report.failed) >= MAX_FAILED:
+                    break
+                report.failed.append({
+                    "id": fail["id"], "error_class": fail["error_class"],
+                    "http_status": fail["http_status"], "error_code": fail["error_code"],
+                    "message": fail["error_message"]})
 
     report.rows = sorted(rows.values(), key=lambda r: (r.currency or "~", r.key))
     totals: dict[str, dict[str, Any]] = {}

@@ -33,10 +33,12 @@ from batchgen.errors import (
     TransientError,
 )
 from batchgen.jobs.records import RunSettings
+from batchgen.outputs.files import text_path, write_atomic
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
 from batchgen.run.budget import BudgetGuard
 from batchgen.run.continuation import EchoFilter, continue_body, refusal, resumable
+from batchgen.run.guards import RepetitionStop, guarded
 from batchgen.run.journal import Journal, Live
 from batchgen.run.progress import Progress
 from batchgen.secrets import printable
@@ -101,6 +103,7 @@ class Engine:
         self.gate: StartGate = gate or Gate(rpm=settings.rpm, tpm=settings.tpm,
                                             clock=deps.clock, sleep=deps.sleep)
         self.breaker = Breaker(self.gate)
+        self.guard = settings.guard
         self._last_outage: OutageState | None = None
         self.outage = Outage(timeout=settings.outage_timeout, clock=deps.clock,
                              sleep=deps.sleep, on_change=self._outage_changed)
@@ -311,8 +314,9 @@ class Engine:
         body = p.body if resume is None else continue_body(p.body, resume.text, self.form,
                                                            resume.tokens)
         live = self.journal.open(p, run_id=self.d.run_id, n=number, resume=resume)
-        on_text = live.on_text if resume is None or self.form != "prefill" \
-            else EchoFilter(resume.text, live.on_text)
+        watched = guarded(live.on_text, self.guard) if self.guard.repetition else live.on_text
+        on_text = watched if resume is None or self.form != "prefill" \
+            else EchoFilter(resume.text, watched)
         result = StreamResult()
         watch = self.watchdog.watch()
         answered = False
@@ -329,6 +333,10 @@ class Engine:
                 raise ModerationError("the provider's content filter stopped the output",
                                       error_class="moderation", code="content_filter",
                                       provider_request_id=result.request_id)
+        except RepetitionStop as stop:
+            billed = self._repetition(p, body, live, result, resume, stop.keep, number)
+            self._finish(p, body, live, result, reserve, resume, billed=billed)
+            return
         except asyncio.CancelledError:
             self._end(live, p, AttemptEnd(status="aborted", error_class="interrupted",
                                           error_message="stopped by the user",
@@ -361,13 +369,48 @@ class Engine:
             self.watchdog.release(watch)
         self._finish(p, body, live, result, reserve, resume)
 
+    def _repetition(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
+                    resume: Resume | None, keep: int, number: int) -> Usage | None:
+        """The guard stopped a degenerate loop: what ``run.guard.on_repetition``
+        says. ``keep``: the text to the loop's first copy becomes the answer
+        (``finish_reason: repetition``); what the attempt cost, estimated from
+        all it streamed, is returned for it. Otherwise the attempt is recorded
+        as failed with class ``repetition`` (its cost too) and the request
+        fails (``fail``: its text so far in ``texts/<id>.partial.md``) or is
+        asked again (``retry``, counted against ``run.max_attempts``)."""
+        streamed = "".join(live.content)
+        billed = self._billed(body, live, result)
+        kept = (resume.text if resume is not None else "") + streamed[:keep]
+        message = (f"a degenerate loop: the same text over and over after "
+                   f"{len(kept):,} characters; stopped after {len(streamed):,}")
+        log.warning("%s attempt %d: %s (run.guard.on_repetition: %s)", p.id, number, message,
+                    self.guard.on_repetition)
+        if self.guard.on_repetition == "keep":
+            live.content[:] = [streamed[:keep]]
+            result.finish_reason = "repetition"
+            return billed
+        self._end(live, p, AttemptEnd(status="error", error_class="repetition",
+                                      error_message=message,
+                                      provider_request_id=result.request_id), billed)
+        if self.guard.on_repetition == "retry":
+            raise TransientError(message, error_class="repetition",
+                                 provider_request_id=result.request_id) from None
+        with contextlib.suppress(OSError):
+            write_atomic(text_path(self.d.run_dir, p.id).with_suffix(".partial.md"),
+                         kept.encode("utf-8"))
+        raise RequestFatalError(f"{message} (kept: texts/{p.id}.partial.md)",
+                                error_class="repetition",
+                                provider_request_id=result.request_id) from None
+
     def _finish(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
-                reserve: int, resume: Resume | None) -> None:
-        """The answer is whole and paid for: nothing after this point may lose it."""
+                reserve: int, resume: Resume | None, billed: Usage | None = None) -> None:
+        """The answer is whole and paid for: nothing after this point may lose it.
+        ``billed``: what the attempt cost where its answer was cut short (kept
+        to a loop's first copy), estimated from all it streamed."""
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         estimator = self.d.estimator
         try:
-            usage = from_report(result.usage, body, content, reasoning, estimator)
+            usage = billed or from_report(result.usage, body, content, reasoning, estimator)
         except Exception:  # usage is accounting: estimate it rather than lose the answer
             log.exception("%s: unreadable usage %r; estimated", p.id, result.usage)
             usage = estimate(body, content, reasoning, estimator)

@@ -14,6 +14,8 @@ compared byte for byte. Behaviour is scripted in the prompt text itself::
     [[len=40]]          40 content tokens (default: 16-48, from the hash)
     [[think=20]]        20 reasoning tokens first (QwQ / Qwen3 thinking)
     [[delay=0.01]]      seconds between chunks
+    [[loop=300]]        from token 300 on, one 12-token sentence over and over
+                        (a degenerate loop, to the answer's length)
     [[faults=429,cut@3,ok]]   what attempt 1, 2, 3 ... get (then ok)
 
 Faults: ``429`` (``429:ra=2`` Retry-After seconds, ``429:date=2`` as an HTTP

@@ -159,6 +159,11 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
         return out
 
     tokens, reasoning = words(length, 0), words(think, 0x5EED)
+    if "loop" in directives:  # a degenerate loop: one 12-token sentence over and over
+        start = int(directives["loop"])
+        sentence = [" The", " answer", " is", " the", " same", " as", " before", ",", " and",
+                    " so", " on", "."]
+        tokens = tokens[:start] + [sentence[i % 12] for i in range(max(0, length - start))]
     echo = ""
     if continued is not None:
         form, prefix = continued
