@@ -316,6 +316,9 @@ def _print_status(run_dir: str, st: Any) -> None:
     if st.batched:
         click.echo(f"  batched:   {st.batched} (in a provider batch)")
     click.echo(f"  failed:    {st.failed}")
+    if st.at_the_cap:
+        click.echo(f"  at the cap: {st.at_the_cap} done but stopped at the output cap "
+                   "(finish_reason length; run.on_length: continue goes on)")
     click.echo(f"  attempts:  {st.attempts}")
     est = f" ({st.estimated_attempts} attempts estimated)" if st.estimated_attempts else ""
     click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, "

@@ -29,6 +29,7 @@ SUITE = {
     "P11": "bench.p11_shards",
     "P12": "bench.p12_outage",
     "P13": "bench.p13_guard",
+    "P14": "bench.p14_length",
 }
 
 

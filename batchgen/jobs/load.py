@@ -233,6 +233,12 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
     )
     run = RunSettings(**{**spec.run.model_dump(exclude={"guard"}),
                          "guard": GuardSettings(**spec.run.guard.model_dump())})
+    if run.on_length == "continue" and endpoint.continuation == "none":
+        raise UsageError(
+            f"run.on_length: continue needs an endpoint that continues an answer, and "
+            f"{base_url} has endpoint.continuation: none (detected from its address); set "
+            "endpoint.continuation to the form it speaks (partial, prefix, "
+            "continue_final_message, prefill), or run.on_length: stop")
     if ov.concurrency is not None:
         run = replace(run, concurrency=ov.concurrency)
     if ov.via or ov.fallback or ov.no_wait:

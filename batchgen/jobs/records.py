@@ -72,6 +72,9 @@ class RunSettings:
     no_wait: bool = False  # --no-wait: submit batches and exit 5
     outage_timeout: float = 1800.0
     guard: GuardSettings = field(default_factory=GuardSettings)
+    on_length: str = "stop"
+    max_continuations: int = 16
+    max_total_tokens: int | None = None
 
 
 @dataclass(frozen=True)

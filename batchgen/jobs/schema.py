@@ -269,6 +269,11 @@ class RunSpec(_Strict):
     # (exit 69), every unfinished request left pending
     outage_timeout: float = Field(default=1800.0, gt=0)
     guard: GuardSpec = Field(default_factory=GuardSpec)
+    # an answer cut at the output cap (finish_reason "length"): stop there, or
+    # continue it with the endpoint's continuation form, segment after segment
+    on_length: Literal["stop", "continue"] = "stop"
+    max_continuations: int = Field(default=16, ge=0, le=10_000)  # length-continuations
+    max_total_tokens: int | None = Field(default=None, gt=0)  # completion tokens, all segments
 
 
 class BudgetSpec(_Strict):

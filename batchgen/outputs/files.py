@@ -187,8 +187,11 @@ def result_line(row: Any, with_cost: bool) -> dict[str, Any]:
         line["tool_calls"] = json.loads(row["tool_calls"])
     line["usage"] = _usage(row) if row["prompt_tokens"] is not None else None
     line["attempts"] = row["attempts"]
-    if row["continuations"]:
-        line["continuations"] = row["continuations"]
+    segments = row["length_continuations"] or 0
+    if (row["continuations"] or 0) > segments:  # resumes after a drop or a kill
+        line["continuations"] = row["continuations"] - segments
+    if segments:  # run.on_length: continue went on past the output cap this often
+        line["length_continuations"] = segments
     line["fingerprint"] = row["fingerprint"]
     if row["tags"]:
         line["tags"] = json.loads(row["tags"])

@@ -18,7 +18,8 @@ USD are never added together.
      "unknown_cost": [model], "prices": [{"list", "model", "as_of", "source"}],
      "warnings": [text],
      "batch": {"requests", "cost": {currency: amount}, "saved": {currency: amount}},
-     "failed": [{"id", "error_class", "http_status", "error_code", "message"}]}
+     "failed": [{"id", "error_class", "http_status", "error_code", "message"}],
+     "stopped_at_the_cap": requests done with finish_reason "length"}
 
 ``failed`` lists the requests that failed for good and why (the first
 :data:`MAX_FAILED`; all are in ``failed.jsonl``): ``repetition`` for a
@@ -83,6 +84,7 @@ class Report:
     batch: dict[str, Any] = field(default_factory=lambda: {"requests": 0, "cost": {},
                                                            "saved": {}})
     failed: list[dict[str, Any]] = field(default_factory=list)
+    stopped_at_the_cap: int = 0  # done with finish_reason "length": cut at the output cap
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class Report:
             "group_by": self.group_by, "rows": [asdict(r) for r in self.rows],
             "totals": self.totals, "unknown_cost": self.unknown_cost, "prices": self.prices,
             "warnings": self.warnings, "batch": self.batch, "failed": self.failed,
+            "stopped_at_the_cap": self.stopped_at_the_cap,
         }
 
 
@@ -113,6 +116,7 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
     for run_dir in run_dirs:
         with RunStore.reading(run_dir) as store:
             _add_store(store, group_by, row, seen_prices, unknown, report.batch)
+            report.stopped_at_the_cap += store.at_the_cap()
             for fail in store.failed_in_order():
                 if len(report.failed) >= MAX_FAILED:
                     break

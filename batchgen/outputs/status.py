@@ -27,6 +27,7 @@ class Status:
     failures: list[str] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
     outage: str | None = None  # the endpoint unreachable: since when, why, the next try
+    at_the_cap: int = 0  # done, but stopped at the output cap (finish_reason length)
 
 
 def outage_text(kept: str | None, running: bool, now: float | None = None) -> str | None:
@@ -67,6 +68,7 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
                               f"{b.requests} requests of {b.model}")
     st.pending = counts["pending"] - st.streaming
     st.outage = outage_text(store.meta("outage"), st.running)
+    st.at_the_cap = store.at_the_cap()
     row = store.usage_totals()
     st.attempts, st.prompt_tokens = row["n"], row["p"]
     st.completion_tokens, st.estimated_attempts = row["c"], row["e"]

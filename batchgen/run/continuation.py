@@ -49,6 +49,7 @@ CONTINUABLE = frozenset({
     "incomplete_stream",
     "malformed_chunk", "error_event", "server_error", "timeout", "conflict", "rate_limited",
     "oversized_event",
+    "length",  # a segment cut at the output cap, with run.on_length: continue
 })
 
 
@@ -93,9 +94,21 @@ def remaining_tokens(body: dict[str, Any], done: int) -> dict[str, int]:
     return out
 
 
-def continue_body(body: dict[str, Any], text: str, form: str, done_tokens: int
-                  ) -> dict[str, Any]:
-    """The request that continues ``text`` (the answer so far) in ``form``."""
+def segment_tokens(body: dict[str, Any], done: int, total: int | None) -> dict[str, int]:
+    """The output limit of a segment with ``run.on_length: continue``: a whole
+    ``max_tokens`` again, but no more than ``run.max_total_tokens`` leaves."""
+    out = {}
+    for key in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(key)
+        if isinstance(limit, int):
+            out[key] = max(1, min(limit, total - done) if total is not None else limit)
+    return out
+
+
+def continue_body(body: dict[str, Any], text: str, form: str, done_tokens: int,
+                  limits: dict[str, int] | None = None) -> dict[str, Any]:
+    """The request that continues ``text`` (the answer so far) in ``form``;
+    ``limits`` in place of what is left of the whole answer's (segments)."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     extra = dict(body.get("extra_body") or {})
     if form == "partial":
@@ -105,7 +118,7 @@ def continue_body(body: dict[str, Any], text: str, form: str, done_tokens: int
     elif form == "continue_final_message":
         extra.update(continue_final_message=True, add_generation_prompt=False)
     out = {**body, "messages": [*body["messages"], message],
-           **remaining_tokens(body, done_tokens)}
+           **(remaining_tokens(body, done_tokens) if limits is None else limits)}
     if extra:
         out["extra_body"] = extra
     return out

@@ -18,10 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from batchgen.errors import (
@@ -36,16 +33,20 @@ from batchgen.jobs.records import RunSettings
 from batchgen.outputs.files import text_path, write_atomic
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
-from batchgen.run.budget import BudgetGuard
-from batchgen.run.continuation import EchoFilter, continue_body, refusal, resumable
+from batchgen.run.continuation import (
+    EchoFilter,
+    continue_body,
+    refusal,
+    resumable,
+    segment_tokens,
+)
+from batchgen.run.deps import EngineDeps, Outcome
 from batchgen.run.guards import RepetitionStop, guarded
 from batchgen.run.journal import Journal, Live
-from batchgen.run.progress import Progress
 from batchgen.secrets import printable
 from batchgen.store.records import Resume, Usage
-from batchgen.store.runstore import AttemptEnd, Ended, Pending, RunStore
+from batchgen.store.runstore import AttemptEnd, Ended, Pending
 from batchgen.tokens import tokenizers
-from batchgen.tokens.estimator import Estimator
 from batchgen.tokens.static import output_bound
 from batchgen.tokens.usage import estimate, from_report
 from batchgen.wire import retry
@@ -58,36 +59,6 @@ log = logging.getLogger(__name__)
 
 class _Stopped(Exception):
     """The run stopped launching; this request stays pending."""
-
-
-@dataclass
-class Outcome:
-    """What the engine did, for the summary and the exit code."""
-
-    done: int = 0
-    failed: int = 0
-    fatal: RunFatalError | None = None
-    storage: StorageError | None = None
-    stopped_by: str | None = None  # budget | interrupt | fatal | storage | submitted
-    notes: list[str] = field(default_factory=list)  # to tell the user (batches)
-
-
-@dataclass
-class EngineDeps:
-    """Side effects, passed in: tests give a fake clock, sleep and client."""
-
-    store: RunStore
-    client: Any
-    run_dir: Path
-    run_id: int
-    progress: Progress
-    clock: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
-    redact: retry.Redact
-    rng: random.Random
-    flush_interval: float = 0.1  # seconds between commits of streamed text
-    budget: BudgetGuard | None = None
-    estimator: Estimator = field(default_factory=Estimator)
 
 
 class Engine:
@@ -104,6 +75,7 @@ class Engine:
                                             clock=deps.clock, sleep=deps.sleep)
         self.breaker = Breaker(self.gate)
         self.guard = settings.guard
+        self.settings = settings
         self._last_outage: OutageState | None = None
         self.outage = Outage(timeout=settings.outage_timeout, clock=deps.clock,
                              sleep=deps.sleep, on_change=self._outage_changed)
@@ -253,7 +225,8 @@ class Engine:
                 if number > p.attempts and not self._retry_fits(p):
                     raise _Stopped
                 tries[0] = number = number + 1
-                await self._attempt(p, number, reserve, probe)
+                while await self._attempt(p, number, reserve, probe):  # cut at the cap
+                    tries[0] = number = number + 1  # ... and continued: the next segment
             finally:
                 self.limit.release()
         finally:
@@ -309,10 +282,17 @@ class Engine:
         return resume
 
     async def _attempt(self, p: Pending, number: int, reserve: int, probe: bool = False
-                       ) -> None:
+                       ) -> bool:
+        """One attempt; True when its answer was cut at the output cap and is to
+        be continued as the next segment (``run.on_length: continue``)."""
         resume = await self._resume(p, number)
-        body = p.body if resume is None else continue_body(p.body, resume.text, self.form,
-                                                           resume.tokens)
+        segments = self.settings.on_length == "continue"
+        limits = segment_tokens(p.body, resume.tokens if resume else 0,
+                                self.settings.max_total_tokens) if segments else None
+        if resume is not None:
+            body = continue_body(p.body, resume.text, self.form, resume.tokens, limits)
+        else:
+            body = {**p.body, **limits} if limits else p.body
         live = self.journal.open(p, run_id=self.d.run_id, n=number, resume=resume)
         watched = guarded(live.on_text, self.guard) if self.guard.repetition else live.on_text
         on_text = watched if resume is None or self.form != "prefill" \
@@ -336,7 +316,7 @@ class Engine:
         except RepetitionStop as stop:
             billed = self._repetition(p, body, live, result, resume, stop.keep, number)
             self._finish(p, body, live, result, reserve, resume, billed=billed)
-            return
+            return False
         except asyncio.CancelledError:
             self._end(live, p, AttemptEnd(status="aborted", error_class="interrupted",
                                           error_message="stopped by the user",
@@ -367,7 +347,38 @@ class Engine:
             raise err from None
         finally:
             self.watchdog.release(watch)
+        if self._cut_at_the_cap(p, body, live, result, resume):
+            return True
         self._finish(p, body, live, result, reserve, resume)
+        return False
+
+    def _cut_at_the_cap(self, p: Pending, body: dict[str, Any], live: Live,
+                        result: StreamResult, resume: Resume | None) -> bool:
+        """An answer ended at the output cap that ``run.on_length: continue`` may
+        take further: recorded as a segment (its usage, its text; the request
+        stays open) and True. False where it ends here: another finish reason,
+        on_length stop, a request that cannot be continued (thinking, tools,
+        n > 1), or a limit reached (max_continuations, max_total_tokens)."""
+        s = self.settings
+        if result.finish_reason != "length" or s.on_length != "continue" \
+                or self.form == "none" or refusal(p.body) is not None or result.tool_calls:
+            return False
+        content, reasoning = "".join(live.content), "".join(live.reasoning)
+        try:
+            usage = from_report(result.usage, body, content, reasoning, self.d.estimator)
+        except Exception:  # accounting: estimated rather than lost
+            usage = estimate(body, content, reasoning, self.d.estimator)
+        done = (resume.tokens if resume is not None else 0) + usage.completion_tokens
+        if self.d.store.length_segments(p.id, p.fingerprint) >= s.max_continuations \
+                or (s.max_total_tokens is not None and done >= s.max_total_tokens):
+            return False
+        self._end(live, p, AttemptEnd(status="aborted", error_class="length",
+                                      finish_reason="length",
+                                      error_message="cut at the output cap: continued",
+                                      provider_request_id=result.request_id), usage)
+        self.outage.answered()
+        self.d.progress.update(tokens=usage.completion_tokens, in_flight=self.limit.active)
+        return True
 
     def _repetition(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
                     resume: Resume | None, keep: int, number: int) -> Usage | None:

@@ -30,7 +30,8 @@ from batchgen.jobs import validated
 from batchgen.jobs.load import Job
 from batchgen.outputs.files import clean_temp, export_all, prepare_reports, write_reports
 from batchgen.run.budget import BudgetGuard, check_budget, spent
-from batchgen.run.engine import Engine, EngineDeps, Outcome
+from batchgen.run.deps import EngineDeps, Outcome
+from batchgen.run.engine import Engine
 from batchgen.run.interrupt import Interrupt
 from batchgen.run.journal import storage_error
 from batchgen.run.progress import NullProgress, Progress

@@ -74,6 +74,9 @@ class StoreReads(Reader):
             + cost
             + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint AND x.status != 'aborted') AS attempts, "
+            " (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
+            "   AND x.fingerprint = r.fingerprint AND x.error_class = 'length') "
+            "   AS length_continuations, "
             " s.content, s.reasoning, u.prompt_tokens, u.completion_tokens, u.total_tokens, "
             " u.reasoning_tokens, u.cached_tokens, u.estimated "
             "FROM requests r JOIN attempts a ON a.id = r.done_attempt "
@@ -151,6 +154,21 @@ class StoreReads(Reader):
             "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
             (request_id, fingerprint),
         ).fetchall()
+
+    def at_the_cap(self) -> int:
+        """Requests of the job done with ``finish_reason: length``: stopped at
+        the output cap (not continued, or past run.on_length's limits)."""
+        return int(self.db.execute(
+            "SELECT COUNT(*) FROM requests r JOIN attempts a ON a.id = r.done_attempt "
+            "WHERE r.position IS NOT NULL AND r.state = 'done' AND a.finish_reason = 'length'"
+        ).fetchone()[0])
+
+    def length_segments(self, request_id: str, fingerprint: str) -> int:
+        """Segments of this version of a request cut at the output cap and
+        continued (``run.on_length: continue``)."""
+        return int(self.db.execute(
+            "SELECT COUNT(*) FROM attempts WHERE request_id=? AND fingerprint=? "
+            "AND error_class='length'", (request_id, fingerprint)).fetchone()[0])
 
     def continued(self) -> list[tuple[str, int]]:
         """(request id, the attempt it went on from) of each finished attempt

@@ -1,0 +1,121 @@
+"""run.on_length: continue — an answer past the model's output cap, continued
+segment after segment into one text, nothing repeated or lost at a seam."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchgen.testing.fakeserver import Config, FakeServer, plan_for
+from tests.helpers import read_results, run_cli, write_job
+
+PROMPT = "[[len=100]] a long report"
+
+
+def whole() -> str:
+    body = {"model": "qwen-plus", "messages": [{"role": "user", "content": PROMPT}]}
+    return "".join(plan_for(body, 1, Config()).tokens)
+
+
+def job(tmp_path: Path, fake: FakeServer, continuation: str = "partial",
+        **run: object) -> Path:
+    path = write_job(tmp_path / "job.yaml", fake, [{"id": "doc", "prompt": PROMPT}],
+                     defaults={"model": "qwen-plus", "max_tokens": 30},
+                     run={"on_length": "continue", **run})
+    path.write_text(path.read_text().replace(
+        '"api_key_env"', f'"continuation": "{continuation}", "api_key_env"'))
+    return path
+
+
+def test_an_answer_past_the_cap_is_continued_into_one_text(tmp_path: Path,
+                                                          fake: FakeServer) -> None:
+    proc = run_cli("run", str(job(tmp_path, fake)), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = read_results(tmp_path / "out" / "t")
+    assert result["content"] == whole()  # byte for byte, every seam
+    assert (tmp_path / "out" / "t" / "texts" / "doc.md").read_text() == whole()
+    assert result["finish_reason"] == "stop"
+    assert result["length_continuations"] == 3 and "continuations" not in result
+    sent = [e["completion_tokens"] for e in fake.ledger.entries]
+    assert sent == [30, 30, 30, 10]  # each segment asks for max_tokens, nothing twice
+    assert result["usage"]["completion_tokens"] == 10  # the last segment's; cost: all
+    report = (tmp_path / "out" / "t" / "report.json").read_text()
+    assert '"completion_tokens": 100' in report  # every segment counted and priced
+
+
+def test_the_limits_end_it_at_length(tmp_path: Path, fake: FakeServer) -> None:
+    proc = run_cli("run", str(job(tmp_path, fake, max_continuations=1)), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = read_results(tmp_path / "out" / "t")
+    assert result["finish_reason"] == "length" and result["length_continuations"] == 1
+    assert result["content"] == whole()[:len(result["content"])]
+    other = tmp_path / "total"
+    other.mkdir()
+    fake.ledger.entries.clear()
+    proc = run_cli("run", str(job(other, fake, max_total_tokens=50)), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert [e["completion_tokens"] for e in fake.ledger.entries] == [30, 20]
+    (result,) = read_results(other / "out" / "t")
+    assert result["finish_reason"] == "length"
+
+
+def test_stop_is_the_default_and_none_is_refused_at_validation(tmp_path: Path,
+                                                              fake: FakeServer) -> None:
+    path = job(tmp_path, fake, continuation="none")
+    proc = run_cli("validate", str(path))
+    assert proc.returncode == 2
+    assert "run.on_length" in proc.stderr and "endpoint.continuation: none" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    plain = write_job(tmp_path / "plain.yaml", fake, [{"id": "doc", "prompt": PROMPT}],
+                      defaults={"model": "qwen-plus", "max_tokens": 30}, name="plain")
+    assert run_cli("run", str(plain), "-q").returncode == 0
+    (result,) = read_results(tmp_path / "out" / "plain")
+    assert result["finish_reason"] == "length" and "length_continuations" not in result
+    status = run_cli("status", str(tmp_path / "out" / "plain")).stdout
+    assert "at the cap: 1 done but stopped at the output cap" in status
+    report = (tmp_path / "out" / "plain" / "report.json").read_text()
+    assert '"stopped_at_the_cap": 1' in report
+
+
+def test_a_kill_9_inside_the_third_segment_resumes_inside_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from batchgen.testing.process import FakeProcess
+    from tests.helpers import CANARY, ROOT
+
+    prompt = "[[len=100]][[delay=0.03]] a long report"
+    with FakeProcess("--api-key", CANARY) as server:
+        path = write_job(tmp_path / "job.yaml", None, [{"id": "doc", "prompt": prompt}],
+                         defaults={"model": "qwen-plus", "max_tokens": 30},
+                         run={"on_length": "continue"})
+        path.write_text(path.read_text().replace("https://example.invalid/v1", server.base_url)
+                        .replace('"api_key_env"', '"continuation": "partial", "api_key_env"'))
+        db = tmp_path / "out" / "t" / "run.db"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(path), "-q"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # two segments done, the third streaming
+            try:
+                with sqlite3.connect(db) as conn:
+                    third = conn.execute(
+                        "SELECT COUNT(*) FROM attempts a JOIN segments s ON s.attempt_id = a.id "
+                        "WHERE a.n = 3").fetchone()[0]
+                if third:
+                    break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        again = run_cli("run", str(path), "-q")
+        assert again.returncode == 0, again.stderr
+    body = {"model": "qwen-plus", "messages": [{"role": "user", "content": prompt}]}
+    (result,) = read_results(tmp_path / "out" / "t")
+    assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
+    assert result["length_continuations"] == 3
+    assert result["continuations"] == 1  # the kill: one resume, inside the third segment
