@@ -273,3 +273,28 @@ def test_local_check_says_which_start_worked(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     started = next(line for line in done.stdout.splitlines() if line.startswith("started:"))
     assert "with --no-repack, after a crash: killed by SIGILL" in started
+
+
+def test_on_length_continue_goes_past_a_small_cap_with_prefill(tmp_path: Path) -> None:
+    """The real llama-server continues a trailing assistant message (prefill):
+    an answer cut at a cap of 16 tokens goes on, segment after segment, to a
+    whole of at most 64, and the first segment's text starts the whole."""
+    path = tmp_path / "local.yaml"
+    path.write_text(json.dumps({
+        "name": "len", "output_dir": str(tmp_path / "out"), "endpoint": "local",
+        "defaults": {"max_tokens": 16, "temperature": 0},
+        "run": {"concurrency": 1, "on_length": "continue", "max_total_tokens": 64},
+        "prompts": [{"id": "essay", "prompt": "Write a long essay about the sea."}],
+    }), encoding="utf-8")
+    proc = start(path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    (result,) = read_results(tmp_path / "out" / "len")
+    assert result["length_continuations"] >= 1
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "out" / "len" / "run.db") as db:
+        first = db.execute("SELECT s.content FROM attempts a JOIN segments s "
+                           "ON s.attempt_id = a.id WHERE a.n = 1 ORDER BY s.seq").fetchall()
+    assert result["content"].startswith("".join(r[0] for r in first))
+    assert len(result["content"]) > len("".join(r[0] for r in first))
