@@ -362,7 +362,8 @@ def local_check(model_path: str | None) -> None:
     """Start llama-server for real, stream one tiny request, stop it (exit 0 when it works)."""
     import asyncio
 
-    from batchgen.llama.server import self_test, signal_name
+    from batchgen.llama.check import self_test
+    from batchgen.llama.server import signal_name
 
     report = asyncio.run(self_test(model_path))
     found = report.found
