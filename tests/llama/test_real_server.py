@@ -298,3 +298,29 @@ def test_on_length_continue_goes_past_a_small_cap_with_prefill(tmp_path: Path) -
                            "ON s.attempt_id = a.id WHERE a.n = 1 ORDER BY s.seq").fetchall()
     assert result["content"].startswith("".join(r[0] for r in first))
     assert len(result["content"]) > len("".join(r[0] for r in first))
+
+
+def test_the_repetition_guard_stops_a_real_model_looping(tmp_path: Path) -> None:
+    """SmolLM2-135M at temperature 0 falls into "1234567890" over and over on
+    this prompt; the guard (thresholds lowered for a short answer) leaves the
+    stream well before max_tokens and keeps the text to the loop's first copy."""
+    path = tmp_path / "local.yaml"
+    path.write_text(json.dumps({
+        "name": "loop", "output_dir": str(tmp_path / "out"), "endpoint": "local",
+        "defaults": {"max_tokens": 600, "temperature": 0},
+        "run": {"concurrency": 1, "guard": {"min_chars": 300, "min_copies": 5,
+                                            "on_repetition": "keep"}},
+        "prompts": [{"id": "b", "prompt": "List the numbers from one to one hundred in "
+                     "words, one per line, each followed by the phrase 'and so on'."}],
+    }), encoding="utf-8")
+    proc = start(path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    (result,) = read_results(tmp_path / "out" / "loop")
+    assert result["finish_reason"] == "repetition", result["content"][:300]
+    import re
+
+    stopped = re.search(r"degenerate loop: .* stopped after ([\d,]+)", err)
+    assert stopped is not None, err
+    # left early: far fewer characters than 600 tokens would have streamed
+    assert int(stopped.group(1).replace(",", "")) < 600
