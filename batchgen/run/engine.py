@@ -314,8 +314,8 @@ class Engine:
                                       error_class="moderation", code="content_filter",
                                       provider_request_id=result.request_id)
         except RepetitionStop as stop:
-            billed = self._repetition(p, body, live, result, resume, stop.keep, number)
-            self._finish(p, body, live, result, reserve, resume, billed=billed)
+            kept = self._repetition(p, body, live, result, resume, stop.keep, number)
+            self._finish(p, body, kept, result, reserve, None, kept=True)
             return False
         except asyncio.CancelledError:
             self._end(live, p, AttemptEnd(status="aborted", error_class="interrupted",
@@ -381,14 +381,16 @@ class Engine:
         return True
 
     def _repetition(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
-                    resume: Resume | None, keep: int, number: int) -> Usage | None:
+                    resume: Resume | None, keep: int, number: int) -> Live:
         """The guard stopped a degenerate loop: what ``run.guard.on_repetition``
-        says. ``keep``: the text to the loop's first copy becomes the answer
-        (``finish_reason: repetition``); what the attempt cost, estimated from
-        all it streamed, is returned for it. Otherwise the attempt is recorded
-        as failed with class ``repetition`` (its cost too) and the request
-        fails (``fail``: its text so far in ``texts/<id>.partial.md``) or is
-        asked again (``retry``, counted against ``run.max_attempts``)."""
+        says. The looping attempt is recorded as aborted with class
+        ``repetition``, with all it streamed and what that cost (estimated, and
+        refined from that text after the run). Then the request fails
+        (``fail``: its text to the loop's first copy in ``texts/<id>.partial.md``),
+        is asked again (``retry``, counted against ``run.max_attempts``), or
+        (``keep``) is done with that text: returned is a record of the kept
+        answer, finished with ``finish_reason: repetition`` and no usage of
+        its own (its cost is the looping attempt's)."""
         streamed = "".join(live.content)
         billed = self._billed(body, live, result)
         kept = (resume.text if resume is not None else "") + streamed[:keep]
@@ -396,13 +398,15 @@ class Engine:
                    f"{len(kept):,} characters; stopped after {len(streamed):,}")
         log.warning("%s attempt %d: %s (run.guard.on_repetition: %s)", p.id, number, message,
                     self.guard.on_repetition)
-        if self.guard.on_repetition == "keep":
-            live.content[:] = [streamed[:keep]]
-            result.finish_reason = "repetition"
-            return billed
-        self._end(live, p, AttemptEnd(status="error", error_class="repetition",
+        self._end(live, p, AttemptEnd(status="error" if self.guard.on_repetition != "keep"
+                                      else "aborted", error_class="repetition",
                                       error_message=message,
                                       provider_request_id=result.request_id), billed)
+        if self.guard.on_repetition == "keep":
+            answer = self.journal.open(p, run_id=self.d.run_id, n=number)
+            answer.on_text(kept, "".join(live.reasoning))
+            result.finish_reason = "repetition"
+            return answer
         if self.guard.on_repetition == "retry":
             raise TransientError(message, error_class="repetition",
                                  provider_request_id=result.request_id) from None
@@ -414,19 +418,21 @@ class Engine:
                                 provider_request_id=result.request_id) from None
 
     def _finish(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
-                reserve: int, resume: Resume | None, billed: Usage | None = None) -> None:
+                reserve: int, resume: Resume | None, kept: bool = False) -> None:
         """The answer is whole and paid for: nothing after this point may lose it.
-        ``billed``: what the attempt cost where its answer was cut short (kept
-        to a loop's first copy), estimated from all it streamed."""
+        ``kept``: the answer a loop's first copy left (its cost is on the
+        looping attempt): recorded without usage of its own."""
         content, reasoning = "".join(live.content), "".join(live.reasoning)
         estimator = self.d.estimator
-        try:
-            usage = billed or from_report(result.usage, body, content, reasoning, estimator)
-        except Exception:  # usage is accounting: estimate it rather than lose the answer
-            log.exception("%s: unreadable usage %r; estimated", p.id, result.usage)
-            usage = estimate(body, content, reasoning, estimator)
-        if resume is None:  # what the server reports teaches the estimates
-            estimator.calibration.learn(p.model, body, usage, content, reasoning)
+        usage: Usage | None = None
+        if not kept:
+            try:
+                usage = from_report(result.usage, body, content, reasoning, estimator)
+            except Exception:  # usage is accounting: estimate it rather than lose the answer
+                log.exception("%s: unreadable usage %r; estimated", p.id, result.usage)
+                usage = estimate(body, content, reasoning, estimator)
+            if resume is None:  # what the server reports teaches the estimates
+                estimator.calibration.learn(p.model, body, usage, content, reasoning)
         calls = json.dumps(result.tool_call_list(), ensure_ascii=False) \
             if result.tool_calls else None
         whole = content if resume is None else resume.text + content
@@ -435,15 +441,15 @@ class Engine:
                                         provider_request_id=result.request_id, tool_calls=calls,
                                         first_token=live.first_token),
             usage, self.d.clock(), request_id=p.id, content=whole, reasoning=reasoning))
-        if self.d.budget is not None:
+        if self.d.budget is not None and usage is not None:
             self.d.budget.charge(p, usage)
         self.outcome.done += 1
         self.limit.on_success()
         self.breaker.record(True)
         self.outage.answered()
-        self.gate.settle(reserve, usage.total_tokens)
+        self.gate.settle(reserve, usage.total_tokens if usage is not None else 0)
         self._note_headers(result)
-        self.d.progress.update(done=1, tokens=usage.completion_tokens,
+        self.d.progress.update(done=1, tokens=usage.completion_tokens if usage else 0,
                                in_flight=self.limit.active - 1)
 
     def _billed(self, body: dict[str, Any], live: Live, result: StreamResult) -> Usage | None:
