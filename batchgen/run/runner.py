@@ -154,7 +154,7 @@ async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
 class Runner:
     """One run of one job, phase by phase: :meth:`check` (nothing written),
     :meth:`locked` (the run directory, held), :meth:`plan` (from the store),
-    :meth:`execute` (the endpoint, the engine or the Batch API, then the cost
+    :meth:`send` (the endpoint, the engine or the Batch API, then the cost
     truth) and :meth:`export`. What the phases share lives on the object."""
 
     def __init__(self, job: Job, opts: RunOptions) -> None:
@@ -267,7 +267,7 @@ class Runner:
             self.opts.progress.start(todo, start["done"])
         outcome = Outcome()
         if todo or (job.run.via == "batch" and start["batched"]):
-            outcome = await self.execute(store)
+            outcome = await self.send(store)
         summary.done, summary.failed = outcome.done, outcome.failed
         summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
         summary.storage, summary.notes = outcome.storage, outcome.notes
@@ -308,9 +308,9 @@ class Runner:
         store.commit()
         job.discard_spool()
 
-    # -------------------------------------------------------------- execute
+    # ----------------------------------------------------------------- send
 
-    async def execute(self, store: RunStore) -> Outcome:
+    async def send(self, store: RunStore) -> Outcome:
         """Start the endpoint (a local server, if asked), then the engine (or the
         Batch API); both stop on signals. Then the cost truth, endpoint still up."""
         job, opts = self.job, self.opts
