@@ -19,7 +19,15 @@ USD are never added together.
      "warnings": [text],
      "batch": {"requests", "cost": {currency: amount}, "saved": {currency: amount}},
      "failed": [{"id", "error_class", "http_status", "error_code", "message"}],
-     "stopped_at_the_cap": requests done with finish_reason "length"}
+     "stopped_at_the_cap": requests done with finish_reason "length",
+     "apart": [{"kind", "key", "currency", "attempts", "prompt_tokens",
+                "completion_tokens", "cost"}]}
+
+``apart`` shows, per kind and model (or tag), attempts whose tokens bought
+nothing usable — already counted in ``rows`` and ``totals``, shown again on
+their own line so they are never hidden inside "done": ``loops stopped``
+(attempts the repetition guard aborted) and ``invalid answers`` (answers that
+did not fit the job's schema).
 
 ``failed`` lists the requests that failed for good and why (the first
 :data:`MAX_FAILED`; all are in ``failed.jsonl``): ``repetition`` for a
@@ -50,6 +58,19 @@ from batchgen.store.runstore import RunStore
 SCHEMA = "batchgen.report/1"
 MAX_FAILED = 200  # failed requests listed in report.json (all are in failed.jsonl)
 NO_TAG = "(no tag)"
+# attempt error classes whose spending is also shown on a line of its own
+APART = {"repetition": "loops stopped", "schema": "invalid answers"}
+
+
+@dataclass
+class Apart:
+    kind: str
+    key: str
+    currency: str | None
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = 0.0
 
 
 @dataclass
@@ -85,6 +106,7 @@ class Report:
                                                            "saved": {}})
     failed: list[dict[str, Any]] = field(default_factory=list)
     stopped_at_the_cap: int = 0  # done with finish_reason "length": cut at the output cap
+    apart: list[Apart] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +115,7 @@ class Report:
             "totals": self.totals, "unknown_cost": self.unknown_cost, "prices": self.prices,
             "warnings": self.warnings, "batch": self.batch, "failed": self.failed,
             "stopped_at_the_cap": self.stopped_at_the_cap,
+            "apart": [asdict(a) for a in self.apart],
         }
 
 
@@ -109,13 +132,17 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
     rows: dict[tuple[str, str | None], Row] = {}
     seen_prices: dict[tuple[str, str], dict[str, Any]] = {}
     unknown: set[str] = set()
+    apart: dict[tuple[str, str, str | None], Apart] = {}
 
     def row(key: str, currency: str | None) -> Row:
         return rows.setdefault((key, currency), Row(key, currency))
 
+    def apart_row(kind: str, key: str, currency: str | None) -> Apart:
+        return apart.setdefault((kind, key, currency), Apart(kind, key, currency))
+
     for run_dir in run_dirs:
         with RunStore.reading(run_dir) as store:
-            _add_store(store, group_by, row, seen_prices, unknown, report.batch)
+            _add_store(store, group_by, row, apart_row, seen_prices, unknown, report.batch)
             report.stopped_at_the_cap += store.at_the_cap()
             for fail in store.failed_in_order():
                 if len(report.failed) >= MAX_FAILED:
@@ -126,6 +153,7 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
                     "message": fail["error_message"]})
 
     report.rows = sorted(rows.values(), key=lambda r: (r.currency or "~", r.key))
+    report.apart = sorted(apart.values(), key=lambda a: (a.kind, a.currency or "~", a.key))
     totals: dict[str, dict[str, Any]] = {}
     for r in report.rows:
         if r.currency is None or r.cost is None:
@@ -155,7 +183,7 @@ def _count_batch(batch: dict[str, Any], a: Any, currency: str, cost: float,
 
 
 def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], Row],
-               seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str],
+               apart_row: Callable[[str, str, str | None], Apart], seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str],
                batch: dict[str, Any]) -> None:
     """Add one run store's attempts and requests to the report's rows."""
     book = PriceBook(overrides_from_json(store.meta("pricing")))
@@ -179,7 +207,10 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
                          costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
                                     a["completion_tokens"], a["reasoning_tokens"],
                                     a["cached_tokens"]))
+        kind = APART.get(a["error_class"]) if a["status"] != "done" else None
         for key in _keys(group_by, a["model"], a["tags"]):
+            if kind is not None:
+                _add_apart(apart_row(kind, key, currency), a, cost)
             r = row(key, currency)
             r.attempts += 1
             if a["prompt_tokens"] is None:
@@ -208,6 +239,14 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
                 r.requests_done += 1
             else:
                 r.requests_failed += 1
+
+
+def _add_apart(line: Apart, a: Any, cost: float | None) -> None:
+    line.attempts += 1
+    line.prompt_tokens += a["prompt_tokens"] or 0
+    line.completion_tokens += a["completion_tokens"] or 0
+    if a["prompt_tokens"] is not None:
+        line.cost = None if cost is None or line.cost is None else line.cost + cost
 
 
 # ------------------------------------------------------------------ rendering
@@ -260,6 +299,13 @@ def _footer(report: Report) -> list[str]:
         saved = "; ".join(f"{v:,.4f} {c}" for c, v in sorted(report.batch["saved"].items()))
         lines.append(f"by batch: {report.batch['requests']:,} requests through the provider's "
                      f"Batch API, at its lower price: saved {saved or 'unknown'}")
+    for a in report.apart:
+        lines.append(f"{a.kind}: {a.key}: {a.attempts:,} attempts, {a.prompt_tokens:,} prompt + "
+                     f"{a.completion_tokens:,} completion tokens, "
+                     f"{_money(a.cost, a.currency)} (in the total above)")
+    if report.stopped_at_the_cap:
+        lines.append(f"stopped at the output cap: {report.stopped_at_the_cap:,} answers end "
+                     "with finish_reason length")
     lines += [f"warning: {w}" for w in report.warnings]
     return lines
 

@@ -87,7 +87,8 @@ def job(tmp_path: Path, fake: FakeServer, on: str | bool) -> Path:
                      [{"id": "loop", "prompt": "[[len=2000]][[loop=300]][[delay=0.002]] a report"},
                       {"id": "fine", "prompt": "[[len=40]] a short answer"}],
                      defaults={"model": "qwen-plus", "max_tokens": 8192},
-                     run={"guard": guard, "max_attempts": 2})
+                     run={"guard": guard, "max_attempts": 2},
+                     pricing={"qwen-plus": {"currency": "CNY", "input": 0.8, "output": 2.0}})
 
 
 def bought(fake: FakeServer) -> list[int]:
@@ -109,8 +110,14 @@ def test_fail_stops_the_loop_early_keeps_the_text_and_says_why(tmp_path: Path,
     assert "loop: repetition" in status
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     assert [(f["id"], f["error_class"]) for f in report["failed"]] == [("loop", "repetition")]
+    # what the loop cost is on a line of its own, as well as in the totals
+    [apart] = report["apart"]
+    assert (apart["kind"], apart["key"], apart["attempts"]) == ("loops stopped", "qwen-plus", 1)
+    assert 300 < apart["completion_tokens"] <= 300 + 10 * 12 + 256
+    assert 0 < apart["cost"] < report["totals"][0]["cost"]
+    assert "- loops stopped: qwen-plus: 1 attempts" in (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text(encoding="utf-8")
-    assert "repetition" in html
+    assert "repetition" in html and 'data-apart="loops stopped"' in html
     assert [r["id"] for r in read_results(run_dir)] == ["fine"]
 
 
