@@ -183,7 +183,8 @@ def _count_batch(batch: dict[str, Any], a: Any, currency: str, cost: float,
 
 
 def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], Row],
-               apart_row: Callable[[str, str, str | None], Apart], seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str],
+               apart_row: Callable[[str, str, str | None], Apart],
+               seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str],
                batch: dict[str, Any]) -> None:
     """Add one run store's attempts and requests to the report's rows."""
     book = PriceBook(overrides_from_json(store.meta("pricing")))

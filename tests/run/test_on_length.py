@@ -37,7 +37,7 @@ def test_an_answer_past_the_cap_is_continued_into_one_text(tmp_path: Path,
     assert result["length_continuations"] == 3 and "continuations" not in result
     sent = [e["completion_tokens"] for e in fake.ledger.entries]
     assert sent == [30, 30, 30, 10]  # each segment asks for max_tokens, nothing twice
-    assert result["usage"]["completion_tokens"] == 10  # the last segment's; cost: all
+    assert result["usage"]["completion_tokens"] == 100  # every segment's
     report = (tmp_path / "out" / "t" / "report.json").read_text()
     assert '"completion_tokens": 100' in report  # every segment counted and priced
 
