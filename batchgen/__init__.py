@@ -27,9 +27,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from batchgen.engine.runner import RunOptions, RunSummary, run_job
     from batchgen.errors import BatchgenError, JobFileError
     from batchgen.jobs.load import Job, Overrides, load_job
-    from batchgen.run.runner import RunOptions, RunSummary, run_job
 
 _LAZY = {
     "BatchgenError": "errors",
@@ -37,9 +37,9 @@ _LAZY = {
     "Job": "jobs.load",
     "Overrides": "jobs.load",
     "load_job": "jobs.load",
-    "RunOptions": "run.runner",
-    "RunSummary": "run.runner",
-    "run_job": "run.runner",
+    "RunOptions": "engine.runner",
+    "RunSummary": "engine.runner",
+    "run_job": "engine.runner",
 }
 
 

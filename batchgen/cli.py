@@ -21,8 +21,8 @@ import click
 from batchgen.errors import ExitCode, exit_codes_help
 
 if TYPE_CHECKING:
+    from batchgen.engine.runner import RunSummary
     from batchgen.jobs.load import Job, Overrides
-    from batchgen.run.runner import RunSummary
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -149,8 +149,8 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
 
     {exit_codes}
     """
-    from batchgen.run.progress import make_progress
-    from batchgen.run.runner import RunOptions, check_job, run_job
+    from batchgen.engine.progress import make_progress
+    from batchgen.engine.runner import RunOptions, check_job, run_job
 
     job = _load(file, kwargs, for_run=not dry_run)
     if dry_run:
@@ -173,7 +173,7 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
 
 
 def _print_plan(job: Job) -> None:
-    from batchgen.run.budget import plan
+    from batchgen.engine.budget import plan
 
     p = plan(job)
     where = "embedded local model" if job.endpoint.local else job.endpoint.base_url

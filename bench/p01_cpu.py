@@ -47,8 +47,8 @@ def run(quick: bool) -> list[str]:
     import openai  # noqa: F401 - imported before timing, as both sides need it
 
     from batchgen import load_job, run_job
+    from batchgen.engine.runner import RunOptions
     from batchgen.jobs.load import Overrides
-    from batchgen.run.runner import RunOptions
 
     n = 100 if quick else 200  # the run's fixed costs (store, reports) over enough chunks
     concurrency = 16

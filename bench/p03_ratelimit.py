@@ -20,8 +20,8 @@ def _run(server_base: str, tmp: str, n: int, name: str, rpm: float | None,
     import time
 
     from batchgen import load_job, run_job
+    from batchgen.engine.runner import RunOptions
     from batchgen.jobs.load import Overrides
-    from batchgen.run.runner import RunOptions
 
     path = Path(tmp) / f"{name}.yaml"
     jsonl = write_jsonl(Path(tmp) / f"{name}.jsonl", n, 20)

@@ -55,7 +55,7 @@ def _texts() -> dict[str, str]:
     return {
         "Chinese prose": CHINESE,
         "English prose (README)": (ROOT / "README.md").read_text(encoding="utf-8"),
-        "Python source (engine.py)": (ROOT / "batchgen" / "run" / "engine.py").read_text(),
+        "Python source (engine.py)": (ROOT / "batchgen" / "engine" / "engine.py").read_text(),
         "mixed technical": MIXED,
     }
 
@@ -110,7 +110,7 @@ def _local_errors(rows: list[str], quick: bool, tmp: Path) -> None:
                         "≤ 5%", None))
         return
     from batchgen import load_job, run_job
-    from batchgen.run.runner import RunOptions
+    from batchgen.engine.runner import RunOptions
     from batchgen.tokens.estimator import Calibration, Estimator
     from batchgen.tokens.tokenizers import ServerCounter
 
@@ -160,8 +160,8 @@ def _local_errors(rows: list[str], quick: bool, tmp: Path) -> None:
 
 def _ledger_errors(rows: list[str], quick: bool, tmp: Path) -> None:
     from batchgen import load_job, run_job
+    from batchgen.engine.runner import RunOptions
     from batchgen.outputs.report import build_report
-    from batchgen.run.runner import RunOptions
 
     n = 12 if quick else 60
     for model in ("fake-model", "qwen-plus"):

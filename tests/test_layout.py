@@ -17,7 +17,7 @@ PACKAGE = ROOT / "batchgen"
 FOUNDATION = {"errors", "secrets", "jsonfast", "__version__"}
 # package -> what it may import besides itself and the foundation
 ALLOWED: dict[str, set[str]] = {
-    "run": {"batch_api", "outputs", "cost", "jobs", "llama", "wire", "pacing", "tokens",
+    "engine": {"batch_api", "outputs", "cost", "jobs", "llama", "wire", "pacing", "tokens",
             "store"},
     "batch_api": {"jobs"},
     "outputs": {"cost", "jobs", "tokens", "store"},
@@ -34,7 +34,7 @@ TOP = {"__init__", "__main__", "cli"}  # the edge: may import everything
 
 
 def unit(module: str) -> str:
-    """'batchgen.run.engine' -> 'run'; 'batchgen.errors' -> 'errors'."""
+    """'batchgen.engine.engine' -> 'run'; 'batchgen.errors' -> 'errors'."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
@@ -113,7 +113,7 @@ OWNERS = {
     "aiohttp": {"wire", "testing"}, "openai": {"batch_api"}, "redis": {"pacing"},
     "pygal": {"outputs"}, "jinja2": {"outputs"}, "tiktoken": {"tokens"},
     "orjson": {"jsonfast"}, "yaml": {"jobs"}, "pydantic": {"jobs"}, "tenacity": {"wire"},
-    "tqdm": {"run"}, "click": {"cli"}, "uvloop": {"run"},
+    "tqdm": {"engine"}, "click": {"cli"}, "uvloop": {"engine"},
 }
 
 

@@ -1,7 +1,7 @@
 """What an endpoint's URL says about it, decided when a job is validated.
 
 The continuation form (how an interrupted answer goes back to the endpoint;
-the forms are described in :mod:`batchgen.run.continuation`) follows the
+the forms are described in :mod:`batchgen.engine.continuation`) follows the
 endpoint unless ``endpoint.continuation`` names one.
 """
 

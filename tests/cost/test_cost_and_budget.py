@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from batchgen import load_job, run_job
 from batchgen.cli import main
 from batchgen.cost.pricing import PriceBook
+from batchgen.engine.runner import RunOptions
 from batchgen.errors import UsageError
 from batchgen.jobs.load import Overrides
 from batchgen.jobs.schema import PriceSpec
 from batchgen.outputs.report import build_report, render
-from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.testing.process import FakeProcess
 from tests.helpers import FakeTime, read_results, write_job
@@ -254,7 +254,7 @@ def test_dry_run_skips_only_what_is_done_as_the_job_says_it(
         tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same id, other parameters: to run again. The store is asked a few ids
     at a time; chunk edges change nothing."""
-    from batchgen.run import budget
+    from batchgen.engine import budget
 
     prompts = [{"id": f"p{i}", "prompt": "hi", "max_tokens": 10} for i in range(7)]
     job = write_job(tmp_path / "job.yaml", fake, prompts)

@@ -12,11 +12,11 @@ from typing import IO
 
 import pytest
 
+from batchgen.engine.runner import RunOptions, run_job
 from batchgen.errors import JobFileError
 from batchgen.jobs import spool as spool_mod
 from batchgen.jobs.load import Overrides, load_job
 from batchgen.jobs.spool import Spool
-from batchgen.run.runner import RunOptions, run_job
 from batchgen.testing.fakeserver import FakeServer
 from tests.helpers import KEY_ENV, no_sleep
 

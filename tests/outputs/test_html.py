@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.run.runner import RunOptions
+from batchgen.engine.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from tests.helpers import CANARY, ROOT, no_sleep, run_cli, write_job
 

@@ -19,7 +19,7 @@ from time import monotonic
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.run.runner import RunOptions
+from batchgen.engine.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.wire.retry import BACKOFF_CAP, backoff, retry_after_seconds
 from tests.helpers import FakeTime, read_results, write_job

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from batchgen import load_job, run_job
+from batchgen.engine.engine import Engine
+from batchgen.engine.journal import Journal
+from batchgen.engine.runner import RunOptions
 from batchgen.errors import TransientError
-from batchgen.run.engine import Engine
-from batchgen.run.journal import Journal
-from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.testing.process import FakeProcess
 from tests.helpers import CANARY, ROOT, Body, no_sleep, read_results, run_cli, write_job

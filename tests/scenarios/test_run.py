@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
+from batchgen.engine.runner import RunOptions
 from batchgen.errors import UsageError
 from batchgen.jobs.load import Overrides
-from batchgen.run.runner import RunOptions
 from batchgen.store.lock import RunLock
 from batchgen.testing.fakeserver import Config, FakeServer, plan_for
 from tests.helpers import CANARY, KEY_ENV, no_sleep, read_results, run_cli, write_job

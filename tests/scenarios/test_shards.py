@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from batchgen import load_job, run_job
+from batchgen.engine.runner import RunOptions
 from batchgen.jobs.load import Overrides
-from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.testing.process import FakeProcess
 from tests.helpers import ROOT, RedisServer, no_sleep, read_results, run_cli, write_job

@@ -14,9 +14,9 @@ import pytest
 
 from batchgen import load_job, run_job
 from batchgen.cost.pricing import ModelPrice, Tier
+from batchgen.engine.budget import worst_case
+from batchgen.engine.runner import RunOptions
 from batchgen.outputs.report import build_report, render
-from batchgen.run.budget import worst_case
-from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.tokens.estimator import Calibration, Estimator
 from batchgen.tokens.tokenizers import qwen_counter, vocab_path
@@ -117,7 +117,7 @@ def test_qwen_tokenizer_counts_as_dashscopes_own() -> None:
     ours = qwen_counter()
     assert ours is not None
     root = ROOT
-    engine = root / "batchgen" / "run" / "engine.py"
+    engine = root / "batchgen" / "engine" / "engine.py"
     texts = [(root / "README.md").read_text(), engine.read_text(),
              "流式输出可以避免长文本生成时的服务器超时。" * 40,
              "Mixed 中文 text, 123 456.\n\n  \t x",

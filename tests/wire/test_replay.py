@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.run.runner import RunOptions
+from batchgen.engine.runner import RunOptions
 from batchgen.testing import replay
 from batchgen.testing.fakeserver import FakeServer
 from tests.helpers import no_sleep, read_results, write_job

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from batchgen.errors import ExitCode
 
 if TYPE_CHECKING:
-    from batchgen.run.engine import Engine
+    from batchgen.engine.engine import Engine
 
 
 @dataclass

@@ -31,16 +31,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchgen.batch_api import client as batchapi
+from batchgen.engine.progress import Progress
 from batchgen.errors import BatchApiError, RequestFatalError, RunFatalError, TransientError
 from batchgen.jobs.records import RunSettings
-from batchgen.run.progress import Progress
 from batchgen.store.batches import BatchRow
 from batchgen.store.runstore import AttemptEnd, RunStore
 from batchgen.tokens.usage import from_report
 from batchgen.wire import retry
 
 if TYPE_CHECKING:
-    from batchgen.run.budget import BatchBudget
+    from batchgen.engine.budget import BatchBudget
 
 log = logging.getLogger(__name__)
 

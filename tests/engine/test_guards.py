@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.engine.guards import loop_found
 from batchgen.jobs.records import GuardSettings
-from batchgen.run.guards import loop_found
 from batchgen.testing.fakeserver import FakeServer
 from tests.helpers import read_results, run_cli, write_job
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
+from batchgen.engine.runner import RunOptions
 from batchgen.errors import BatchApiError
 from batchgen.jobs.load import Overrides
-from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.testing.process import FakeProcess
 from tests.helpers import ROOT, no_sleep, read_results, run_cli, write_job
@@ -228,7 +228,7 @@ def test_a_failing_batch_api_is_retried_then_reported(tmp_path: Path, fake: Fake
 
 def worst_at_batch_price(job: Path, body: dict[str, Any]) -> float:
     from batchgen.cost.pricing import PriceBook
-    from batchgen.run.budget import endpoint_list, worst_case
+    from batchgen.engine.budget import endpoint_list, worst_case
 
     loaded = load_job(job)
     book = PriceBook(loaded.pricing)
@@ -303,7 +303,7 @@ def test_what_an_expired_batch_left_streams_within_what_the_batch_spent(
                     defaults={"model": "qwen-max", "max_tokens": 1000})
     loaded = load_job(job)
     from batchgen.cost.pricing import PriceBook
-    from batchgen.run.budget import endpoint_list, worst_case
+    from batchgen.engine.budget import endpoint_list, worst_case
 
     book = PriceBook(loaded.pricing)
     price = book.price(endpoint_list(loaded, book), "qwen-max")

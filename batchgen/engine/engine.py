@@ -4,7 +4,7 @@ One task per active request; at most ``2 × concurrency`` exist at a time, so
 memory does not grow with the job. Each task runs its attempts under the
 tenacity policy; every attempt passes the :class:`Gate` (pause, RPM/TPM) and
 holds an :class:`AdaptiveLimit` slot while it streams. Text goes to the
-:class:`~batchgen.run.journal.Journal`, which commits it to the store.
+:class:`~batchgen.engine.journal.Journal`, which commits it to the store.
 
 Every request ends done, failed (with a reason) or pending: whatever goes
 wrong inside a request's task — a header that does not parse, a bug — is
@@ -21,6 +21,16 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from batchgen.engine.continuation import (
+    EchoFilter,
+    continue_body,
+    refusal,
+    resumable,
+    segment_tokens,
+)
+from batchgen.engine.deps import EngineDeps, Outcome
+from batchgen.engine.guards import RepetitionStop, guarded
+from batchgen.engine.journal import Journal, Live
 from batchgen.errors import (
     AttemptError,
     ModerationError,
@@ -33,16 +43,6 @@ from batchgen.jobs.records import RunSettings
 from batchgen.outputs.files import text_path, write_atomic
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
-from batchgen.run.continuation import (
-    EchoFilter,
-    continue_body,
-    refusal,
-    resumable,
-    segment_tokens,
-)
-from batchgen.run.deps import EngineDeps, Outcome
-from batchgen.run.guards import RepetitionStop, guarded
-from batchgen.run.journal import Journal, Live
 from batchgen.secrets import printable
 from batchgen.store.records import Resume, Usage
 from batchgen.store.runstore import AttemptEnd, Ended, Pending

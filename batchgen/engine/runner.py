@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from batchgen import __version__
 from batchgen.cost.pricing import PriceBook, overrides_to_json
+from batchgen.engine.budget import BudgetGuard, check_budget, spent
+from batchgen.engine.deps import EngineDeps, Outcome
+from batchgen.engine.engine import Engine
+from batchgen.engine.interrupt import Interrupt
+from batchgen.engine.journal import storage_error
+from batchgen.engine.progress import NullProgress, Progress
 from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
 from batchgen.jobs import validated
 from batchgen.jobs.load import Job
 from batchgen.outputs.files import clean_temp, export_all, prepare_reports, write_reports
-from batchgen.run.budget import BudgetGuard, check_budget, spent
-from batchgen.run.deps import EngineDeps, Outcome
-from batchgen.run.engine import Engine
-from batchgen.run.interrupt import Interrupt
-from batchgen.run.journal import storage_error
-from batchgen.run.progress import NullProgress, Progress
 from batchgen.secrets import Redactor, api_key_from_env, quiet_transport_logs
 from batchgen.store.lock import RunLock
 from batchgen.store.runstore import RunStore
@@ -383,8 +383,8 @@ class Runner:
         """The job's pending requests through the provider's Batch API; and
         what expired or cancelled batches left to stream (--fallback stream)."""
         from batchgen.batch_api.client import open_client
-        from batchgen.run.budget import BatchBudget
-        from batchgen.run.via_batch import BatchRunner
+        from batchgen.engine.budget import BatchBudget
+        from batchgen.engine.via_batch import BatchRunner
 
         job, opts = self.job, self.opts
         budget = (BatchBudget(job.budget, job, self.book, store, self.estimator)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchgen.engine.budget import BudgetGuard
+from batchgen.engine.progress import Progress
 from batchgen.errors import RunFatalError, StorageError
-from batchgen.run.budget import BudgetGuard
-from batchgen.run.progress import Progress
 from batchgen.store.runstore import RunStore
 from batchgen.tokens.estimator import Estimator
 from batchgen.wire.retry import Redact

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
+from batchgen.engine.continuation import EchoFilter, continue_body, refusal
+from batchgen.engine.runner import RunOptions
 from batchgen.jobs.endpoints import detect
-from batchgen.run.continuation import EchoFilter, continue_body, refusal
-from batchgen.run.runner import RunOptions
 from batchgen.testing.fakeserver import Config, FakeServer, plan_for
 from tests.helpers import no_sleep, read_results, write_job
 
