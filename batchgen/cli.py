@@ -422,6 +422,27 @@ def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
     click.echo(render(built, fmt), nl=False)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["csv", "tsv", "jsonl", "parquet"]),
+              help="Default: the format of -o's extension, else the job's table format "
+                   "(its data file's), else csv.")
+@click.option("-o", "--output", "dest", type=click.Path(dir_okay=False),
+              help="Where to write it. Default: the job's table (<run dir>/table.<ext>, "
+                   "or output.table).")
+@_errors
+def export(run_dir: str, fmt: str | None, dest: str | None) -> None:
+    """Write a run's table: one row per data row (or per request, for a job
+    without data:), in job order, with the kept input columns, then id,
+    status, content, reasoning, finish_reason, prompt_tokens,
+    completion_tokens, cost and error. Reads the run store only; safe while
+    a run writes it."""
+    from batchgen.outputs.table import write_table
+
+    written = write_table(Path(run_dir), fmt, Path(dest) if dest else None)
+    click.echo(str(written))
+
+
 # allocations between collections of the youngest generation (Python: 700),
 # and collections of each generation between those of the next (10, 10)
 GC_THRESHOLDS = (20_000, 20, 10)

@@ -34,6 +34,7 @@ from batchgen.engine.progress import NullProgress, Progress
 from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
 from batchgen.jobs import validated
 from batchgen.jobs.load import Job
+from batchgen.outputs import table
 from batchgen.outputs.files import clean_temp, export_all, prepare_reports, write_reports
 from batchgen.secrets import Redactor, api_key_from_env, quiet_transport_logs
 from batchgen.store.lock import RunLock
@@ -288,6 +289,8 @@ class Runner:
                                       region=job.endpoint.region, pid=os.getpid(),
                                       version=__version__, now=opts.clock())
         store.set_meta("pricing", overrides_to_json(job.pricing))
+        if job.table is not None:  # what `batchgen export` writes for this run
+            store.set_meta(table.META_KEY, job.table.to_json())
         store.set_meta("job", json.dumps({  # what `batchgen merge` checks shards against
             "name": job.name, "digest": job.info.job_digest,
             "requests": job.info.job_requests,
@@ -420,11 +423,15 @@ class Runner:
         job = self.job
         state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{self.recovered}:" \
                 f"{overrides_to_json(job.pricing)}"
-        outputs = ("results.jsonl", "failed.jsonl", "report.md", "report.json")
-        if store.meta("exported") != state or not all(
-            (job.run_dir / name).exists() for name in outputs
-        ):
+        outputs = [job.run_dir / name for name in
+                   ("results.jsonl", "failed.jsonl", "report.md", "report.json")]
+        if job.table is not None:
+            outputs.append(Path(job.table.path))
+            state += f":{job.table.to_json()}"
+        if store.meta("exported") != state or not all(path.exists() for path in outputs):
             export_all(store, job.run_dir, self.book)
+            if job.table is not None:
+                table.write_from(store, job.run_dir, book=self.book)
             store.end_run(self.run_id, _status(summary), self.opts.clock())
             write_reports(job.run_dir)
             store.set_meta("exported", state)

@@ -22,7 +22,16 @@ from batchgen.jobs import validated
 from batchgen.jobs.endpoints import detect as detect_continuation
 from batchgen.jobs.ids import ClashFinder, clash_problems
 from batchgen.jobs.problems import from_validation, path_str
-from batchgen.jobs.records import Budget, Endpoint, GuardSettings, JobInfo, Request, RunSettings
+from batchgen.jobs.records import (
+    GENERATED_COLUMNS,
+    Budget,
+    Endpoint,
+    GuardSettings,
+    JobInfo,
+    Request,
+    RunSettings,
+    TableSettings,
+)
 from batchgen.jobs.schema import (
     ID_RE,
     PARAM_NAMES,
@@ -95,6 +104,7 @@ class Job:
     spool: Spool | None = field(default=None, compare=False, repr=False)
     # what this job's inputs hash to (batchgen.jobs.validated), for the next run
     validation_key: str | None = field(default=None, compare=False, repr=False)
+    table: TableSettings | None = None  # a job with `data:` writes a table
 
     @property
     def endpoint_id(self) -> str:
@@ -106,7 +116,7 @@ class Job:
     def requests(self) -> Iterator[Request]:
         """Stream the resolved requests again, in job order."""
         for src in self.sources:
-            if src.text is None and file_stat(src.file) != src.stat:
+            if src.watched and file_stat(src.file) != src.stat:
                 raise UsageError(f"{src.file} changed while batchgen was reading it; run again")
 
         def fail(problem: Problem) -> None:
@@ -171,9 +181,10 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
     plan = hashlib.sha256()  # this run's requests (a shard's own)
     whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
     kept = Spool() if for_run and not (job.run_dir / "run.db").exists() else None
+    seen: set[str] = set()
     try:
-        for req in _resolve_all(job, collect):
-            line = f"{req.id}\0{req.fingerprint}\n".encode()
+        for req in _resolve_all(job, collect, seen):
+            line = f"{req.id}\0{req.fingerprint}\0{req.data_row or ''}\n".encode()
             whole.update(line)
             clashes.add(req.id)  # over the whole job: shards merge into one texts/
             total += 1
@@ -188,6 +199,8 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
         if suspects and len(problems) < MAX_PROBLEMS:
             for problem in clash_problems(_resolve_all(job, lambda _p: None), suspects):
                 collect(problem)
+        if job.table is not None and len(problems) < MAX_PROBLEMS:
+            problems += _table_problems(file, job.table, seen, line_map, spec)
         if not problems and total == 0:
             problems.append(Problem(str(file), None, None, "the job has no prompts"))
         if problems:
@@ -268,19 +281,67 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
         name=name, path=file, run_dir=run_dir, endpoint=endpoint, run=run,
         defaults=defaults, info=JobInfo(0, ()), budget=budget,
         pricing=dict(spec.pricing or {}), sources=sources, shard=ov.shard, job_dir=job_dir,
+        table=_table(file, spec, sources, run_dir, ov.shard is not None),
     )
+
+
+def _table(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path,
+           sharded: bool) -> TableSettings | None:
+    """Where and how a job with ``data:`` writes its table (None: no data)."""
+    data = next((s.rows.data for s in sources if s.rows is not None), None)
+    if data is None:
+        return None
+    out = spec.output
+    fmt = out.format or {"json": "jsonl", "": "csv"}.get(data.format, data.format)
+    if data.path is None and out.format is None:
+        fmt = "csv"  # a folder's files: a plain table of them
+    # every shard writes its own rows: in its own run directory
+    path = (str(file.parent / out.table) if out.table and not sharded
+            else str(run_dir / f"table.{fmt}"))
+    return TableSettings(format=fmt, path=path, prefix=out.prefix,
+                         columns=tuple(out.columns) if out.columns is not None else None)
+
+
+def _table_problems(file: Path, table: TableSettings, seen: set[str], line_map: LineMap,
+                    spec: JobSpec) -> list[Problem]:
+    """``output.columns`` that no row has, and generated columns that would
+    overwrite a kept input column (``output.prefix`` sets them apart)."""
+    name = str(file)
+    problems = []
+    if table.columns is not None:
+        for column in table.columns:
+            if column not in seen:
+                problems.append(Problem(
+                    name, line_map.line_of(("output", "columns")), "output.columns",
+                    f"{column!r} is not a column of the data (its columns: "
+                    f"{', '.join(sorted(seen)[:20])})"))
+    kept = set(table.columns) if table.columns is not None else seen
+    id_column = spec.data.id if spec.data is not None else None
+    for column in GENERATED_COLUMNS:
+        generated = table.prefix + column
+        if generated in kept and not (generated == "id" == id_column):
+            problems.append(Problem(
+                name, line_map.line_of(("output",)) or line_map.line_of(("data",)), "output",
+                f"the table's column {generated!r} (what batchgen writes) has the name of an "
+                f"input column; set `output.prefix:` (e.g. gen_), or leave {generated!r} out "
+                "of `output.columns:`"))
+    return problems
 
 
 # ------------------------------------------------------------- resolving
 
 
-def _resolve_all(job: Job, report: Callable[[Problem], None]) -> Iterator[Request]:
+def _resolve_all(job: Job, report: Callable[[Problem], None],
+                 seen: set[str] | None = None) -> Iterator[Request]:
+    """Every request of the job, in job order; ``seen`` gathers the data rows' columns."""
     position = 0
     occurrences: dict[str, int] = {}
     for src in job.sources:
-        for entry, where, path, line_of in entries(src, report):
+        for (entry, where, path, line_of), row in entries(src, report, seen):
             req = _resolve(job, entry, where, path, line_of, position, occurrences, report)
             if req is not None:
+                if row is not None:
+                    req = replace(req, data_row=canonical(row))
                 yield req
                 position += 1
 

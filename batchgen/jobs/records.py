@@ -25,13 +25,34 @@ class Request:
     tags: tuple[str, ...] = ()
     source: str = ""
     body_json: str = ""
+    data_row: str | None = None  # a data row's kept columns (JSON), for the table
 
     def row(self) -> PlanRow:
-        """What the run store plans of it: id, position, fingerprint, model, body, tags."""
+        """What the run store plans of it: id, position, fingerprint, model, body,
+        tags, and the data row it was made of."""
         return (self.id, self.position, self.fingerprint, self.model,
                 self.body_json or json.dumps(self.body, ensure_ascii=False, separators=(",", ":")),
                 json.dumps(list(self.tags), ensure_ascii=False, separators=(",", ":"))
-                if self.tags else None)
+                if self.tags else None, self.data_row)
+
+
+# the columns the table adds to a data row's kept ones, in this order
+GENERATED_COLUMNS = ("id", "status", "content", "reasoning", "finish_reason", "prompt_tokens",
+                     "completion_tokens", "cost", "error")
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """``output:`` of a job with ``data:``: the table every run writes."""
+
+    format: str  # csv | tsv | jsonl | parquet
+    path: str  # where: <run dir>/table.<format>, or output.table
+    prefix: str = ""  # before each generated column's name
+    columns: tuple[str, ...] | None = None  # input columns kept (None: all)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": self.format, "path": self.path, "prefix": self.prefix,
+                           "columns": list(self.columns) if self.columns is not None else None})
 
 
 @dataclass(frozen=True)

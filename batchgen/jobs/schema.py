@@ -312,6 +312,38 @@ class PriceSpec(_Strict):
         return self
 
 
+class DataSpec(_Strict):
+    """``data:`` — rows to template over: a file, or files matching a pattern."""
+
+    path: str | None = Field(default=None, min_length=1)
+    glob: str | None = Field(default=None, min_length=1)
+    id: str | None = Field(default=None, min_length=1)  # the column holding request ids
+    limit: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _path_or_glob(self) -> DataSpec:
+        if (self.path is None) == (self.glob is None):
+            raise ValueError("give `path:` (a CSV, TSV, JSONL, JSON or Parquet file) or "
+                             "`glob:` (files, one row each), one of them")
+        for value in (self.path, self.glob):
+            if value is not None and (value.startswith(("/", "~")) or ".." in value.split("/")):
+                raise ValueError("must be a path inside the job file's folder (no absolute "
+                                 "paths, no '..')")
+        return self
+
+
+OUTPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+class OutputSpec(_Strict):
+    """``output:`` — the table a job with ``data:`` writes."""
+
+    columns: list[str] | None = None  # input columns kept (default: all)
+    format: Literal["csv", "tsv", "jsonl", "parquet"] | None = None
+    table: str | None = Field(default=None, min_length=1)
+    prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$")
+
+
 class JobSpec(_Strict):
     """A YAML job file."""
 
@@ -324,21 +356,35 @@ class JobSpec(_Strict):
     pricing: dict[str, PriceSpec] | None = None
     prompts: list[dict[str, Any]] | None = None
     prompts_file: str | None = None
+    data: DataSpec | None = None
+    template: dict[str, Any] | None = None
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
 
     @field_validator("endpoint", mode="before")
     @classmethod
     def _local_shorthand(cls, value: Any) -> Any:
         return {"local": True} if value == "local" else value
 
-    @field_validator("endpoint", "defaults", "run", mode="before")
+    @field_validator("endpoint", "defaults", "run", "output", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         return {} if value is None else value
 
     @model_validator(mode="after")
     def _has_prompts(self) -> JobSpec:
-        if self.prompts is None and self.prompts_file is None:
-            raise ValueError("no prompts: give `prompts:` or `prompts_file:`")
+        if self.prompts is None and self.prompts_file is None and self.data is None:
+            raise ValueError("no prompts: give `prompts:`, `prompts_file:` or `data:` with "
+                             "a `template:`")
+        if self.data is not None and self.template is None:
+            raise ValueError("`data:` needs a `template:` (prompt:, system:, ... over the "
+                             "row's columns)")
+        if self.template is not None and self.data is None:
+            raise ValueError("`template:` needs `data:` (the rows it fills in)")
         return self
 
 

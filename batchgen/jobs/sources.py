@@ -6,6 +6,7 @@ where it stands in its file; :mod:`batchgen.jobs.load` turns them into requests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -17,15 +18,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from batchgen.errors import JobFileError, Problem
+from batchgen.jobs.data import DataFile, rows
 from batchgen.jobs.problems import from_validation, path_str, secret_problems
-from batchgen.jobs.schema import JobSpec
+from batchgen.jobs.schema import ID_RE, JobSpec, PromptSpec
+from batchgen.jobs.templates import RenderError, Template
 from batchgen.jobs.yamlmarks import LineMap, YamlProblem, load_yaml, stream_items
-from batchgen.jsonfast import loads
+from batchgen.jsonfast import canonical, loads
 
 MAX_YAML_BYTES = 8 * 1024 * 1024
 MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3)))
 MAX_LINE_BYTES = 32 * 1024 * 1024
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+PROMPT_KEYS = frozenset(PromptSpec.model_fields)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,21 @@ class Source:
     text: str | None = field(default=None, repr=False)
     line_map: LineMap | None = None
     stat: tuple[int, int] = (0, 0)
+    rows: Rows | None = None  # `data:` rows and the `template:` they fill
+
+    @property
+    def watched(self) -> bool:
+        """A file read on every walk, whose size and mtime must stay as validated."""
+        return self.text is None and (self.rows is None or self.rows.data.path is not None)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A ``data:`` source: the rows, the template, and what the table keeps."""
+
+    data: DataFile
+    template: Template
+    columns: tuple[str, ...] | None = None  # input columns kept in the table (None: all)
 
 
 def is_jsonl(file: Path) -> bool:
@@ -148,13 +167,68 @@ def yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap
             raise JobFileError([Problem(str(file), where, "prompts_file",
                                         f"{pf}: {exc.problems[0].message}")]) from None
         sources.append(Source(file=full, stat=file_stat(full)))
+    if spec.data is not None and spec.template is not None:
+        sources.append(data_source(file, spec, line_map))
     return tuple(sources)
 
 
+def data_source(file: Path, spec: JobSpec, line_map: LineMap) -> Source:
+    """The ``data:`` rows and the compiled ``template:``, checked as far as can
+    be without reading a row: the template's keys and syntax, the file's
+    format, that it can be read."""
+    assert spec.data is not None and spec.template is not None  # noqa: S101 - caller checks
+    name = str(file)
+    given = spec.data
+    where = line_map.line_of(("data",))
+    problems = [Problem(name, line_map.line_of(("template", key)), f"template.{key}",
+                        f"not a key of a prompt; use one of: {', '.join(sorted(PROMPT_KEYS))}")
+                for key in spec.template if key not in PROMPT_KEYS]
+    template = Template(spec.template, name, line_map.line_of)
+    problems += template.problems
+    if problems:
+        raise JobFileError(problems)
+    data = DataFile(path=file.parent / given.path if given.path is not None else None,
+                    glob=given.glob, base=file.parent, id_column=given.id, limit=given.limit,
+                    where=where)
+    columns = tuple(spec.output.columns) if spec.output.columns is not None else None
+    rows_ = Rows(data=data, template=template, columns=columns)
+    if data.path is None:
+        return Source(file=file, rows=rows_)
+    if not data.format:
+        raise JobFileError([Problem(name, where, "data", f"{given.path}: a data file is .csv, "
+                                    ".tsv, .jsonl, .json or .parquet (by its extension)")])
+    try:
+        if data.format == "parquet":  # binary: only that it is a file that can be opened
+            with data.path.open("rb"):
+                pass
+        else:
+            read_checked(data.path, None)
+    except OSError as exc:
+        raise JobFileError([Problem(name, where, "data", f"{given.path}: cannot read: "
+                                    f"{exc.strerror or exc}")]) from None
+    except JobFileError as exc:
+        raise JobFileError([Problem(name, where, "data",
+                                    f"{given.path}: {exc.problems[0].message}")]) from None
+    return Source(file=data.path, stat=file_stat(data.path), rows=rows_)
+
+
 Entry = tuple[dict[str, Any], str, tuple[Any, ...], Callable[[tuple[Any, ...]], int | None]]
+# a row's columns the table keeps, beside the entry made of it (None for a prompt)
+RowEntry = tuple[Entry, dict[str, Any] | None]
 
 
-def entries(src: Source, report: Callable[[Problem], None]) -> Iterator[Entry]:
+def entries(src: Source, report: Callable[[Problem], None],
+            seen: set[str] | None = None) -> Iterator[RowEntry]:
+    """One source's entries, each with the data row it was made of (or None);
+    ``seen`` gathers the rows' column names."""
+    if src.rows is not None:
+        yield from _row_entries(src.rows, report, seen)
+        return
+    for entry in _prompt_entries(src, report):
+        yield entry, None
+
+
+def _prompt_entries(src: Source, report: Callable[[Problem], None]) -> Iterator[Entry]:
     name = str(src.file)
     if src.text is not None:
         yield from _yaml_entries(src, src.text, report)
@@ -206,3 +280,66 @@ def _yaml_entries(src: Source, text: str, report: Callable[[Problem], None]
                            f"...), not {type(entry).__name__ if entry is not None else 'empty'}"))
             continue
         yield entry, f"{name}:{line}", path, line_of
+
+
+def _row_entries(source: Rows, report: Callable[[Problem], None],
+                 seen: set[str] | None) -> Iterator[RowEntry]:
+    """Each row rendered into a prompt entry, with the id it runs under: the
+    ``data.id`` column's value, else ``r-`` and a digest of the row's content
+    (stable when rows are reordered or appended; a second identical row gets
+    ``-2``)."""
+    data = source.data
+    name = data.name
+    occurrences: dict[str, int] = {}
+    id_column = data.id_column
+    for row, line in rows(data, report):
+        if seen is not None:
+            seen.update(row)
+
+        def at(_path: tuple[Any, ...], _line: int = line) -> int:
+            return _line
+
+        try:
+            entry = source.template.render(row)
+        except RenderError as exc:
+            report(Problem(name, line, path_str(exc.path), exc.message))
+            continue
+        empty = _empty_text(entry)
+        if empty is not None:
+            report(Problem(name, line, path_str(empty), "renders to an empty text for this "
+                           "row; fill the row's value in, or leave the row out"))
+            continue
+        if id_column is not None:
+            if id_column not in row or row[id_column] in (None, ""):
+                report(Problem(name, line, f"data.id ({id_column})",
+                               f"the row has no value in column {id_column!r}, which gives "
+                               "the request ids; fill it in"))
+                continue
+            value = str(row[id_column])
+            if not ID_RE.match(value):
+                report(Problem(name, line, f"data.id ({id_column})",
+                               f"{value[:80]!r} is not a valid request id: letters, digits, "
+                               "'.', '_', '-', at most 128, starting with a letter or digit"))
+                continue
+            entry.setdefault("id", value)
+        elif "id" not in entry:
+            digest = hashlib.sha256(canonical(row).encode("utf-8", "surrogatepass")).hexdigest()
+            n = occurrences.get(digest[:12], 0) + 1
+            occurrences[digest[:12]] = n
+            entry["id"] = f"r-{digest[:12]}" if n == 1 else f"r-{digest[:12]}-{n}"
+        kept = row if source.columns is None else {c: row.get(c) for c in source.columns}
+        yield (entry, f"{name}:{line}", ("template",), at), kept
+
+
+def _empty_text(entry: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Where a rendered prompt's user-facing text came out empty, if it did."""
+    prompt = entry.get("prompt")
+    if isinstance(prompt, str) and not prompt.strip():
+        return ("template", "prompt")
+    messages = entry.get("messages")
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str) and not content.strip():
+                return ("template", "messages", i, "content")
+    return None

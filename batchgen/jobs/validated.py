@@ -71,7 +71,8 @@ def key_of(job: Job) -> str | None:
         digest.update(b"\0source\0")
         if src.text is not None:
             digest.update(src.text.encode("utf-8", "surrogatepass"))
-        elif not _hash_file(src, digest):
+        # files matching a pattern: which ones is known only by walking them
+        elif not src.watched or not _hash_file(src, digest):
             return None
     return digest.hexdigest()
 
@@ -91,7 +92,7 @@ def _hash_file(src: Source, digest: Any) -> bool:
 def still_valid(job: Job) -> bool:
     """Whether no JSONL source moved since it was first looked at (size, mtime)."""
     try:
-        return all(file_stat(s.file) == s.stat for s in job.sources if s.text is None)
+        return all(file_stat(s.file) == s.stat for s in job.sources if s.watched)
     except OSError:
         return False
 

@@ -104,6 +104,51 @@ class StoreReads(Reader):
         )
         yield from cur.execute(sql)
 
+    def outcomes_in_order(self, data_only: bool, with_cost: bool) -> Iterator[sqlite3.Row]:
+        """Every request of the job in job order, whatever its state, for the
+        table: its data row, the answer (done), the error (failed), usage over
+        the answer's segments, and (``with_cost``) what all its attempts cost."""
+        cost = (
+            " (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
+            "   ux.reasoning_tokens, ux.cached_tokens, x.mode)) FROM attempts x "
+            "   JOIN usage ux ON ux.attempt_id = x.id WHERE x.request_id = r.id "
+            "   AND x.fingerprint = r.fingerprint) AS cost, "
+            " (SELECT bg_currency(x.run_id, x.model) FROM attempts x WHERE x.request_id = r.id "
+            "   ORDER BY x.id DESC LIMIT 1) AS currency, "
+        ) if with_cost else " NULL AS cost, NULL AS currency, "
+        where = " AND r.data_row IS NOT NULL" if data_only else ""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        # `cost` and `where` are fixed fragments above; nothing here comes from a user
+        yield from cur.execute(
+            "SELECT r.id, r.state, r.data_row, r.model, s.content, s.reasoning, "  # noqa: S608
+            " d.finish_reason, " + cost +
+            " u.prompt_tokens + COALESCE(g.prompt_tokens, 0) AS prompt_tokens, "
+            " u.completion_tokens + COALESCE(g.completion_tokens, 0) AS completion_tokens, "
+            " CASE WHEN r.state = 'failed' THEN COALESCE(r.reason, e.error_message, "
+            "   e.error_class) END AS error "
+            "FROM requests r "
+            "LEFT JOIN attempts d ON d.id = r.done_attempt AND r.state = 'done' "
+            "LEFT JOIN segments s ON s.attempt_id = d.id AND s.seq = 0 "
+            "LEFT JOIN usage u ON u.attempt_id = d.id "
+            "LEFT JOIN (SELECT x.request_id, x.fingerprint, "
+            "   SUM(ux.prompt_tokens) AS prompt_tokens, "
+            "   SUM(ux.completion_tokens) AS completion_tokens "
+            "   FROM attempts x JOIN usage ux ON ux.attempt_id = x.id "
+            "   WHERE x.error_class = 'length' GROUP BY x.request_id, x.fingerprint) g "
+            "   ON g.request_id = r.id AND g.fingerprint = r.fingerprint AND d.id IS NOT NULL "
+            "LEFT JOIN attempts e ON r.state = 'failed' AND e.id = "
+            "   (SELECT MAX(id) FROM attempts x WHERE x.request_id = r.id) "
+            "WHERE r.position IS NOT NULL" + where + " ORDER BY r.position"
+        )
+
+    def data_rows(self) -> Iterator[str]:
+        """The job's data rows (their kept columns, JSON), in job order."""
+        for (raw,) in self.db.execute(
+                "SELECT data_row FROM requests WHERE position IS NOT NULL "
+                "AND data_row IS NOT NULL ORDER BY position"):
+            yield raw
+
     def failed_in_order(self) -> Iterator[sqlite3.Row]:
         """Requests of the job that failed for good, with their last attempt's error."""
         cur = self.db.cursor()

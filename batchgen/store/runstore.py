@@ -38,7 +38,7 @@ from batchgen.store.estimates import CalibrationRow, EstimateReads
 from batchgen.store.reads import StoreReads
 from batchgen.store.records import PlanRow, Resume, Usage
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Columns added after schema 1, as (table, column, SQL type). A store written
 # by an older batchgen gets them on open; old rows read them as NULL.
@@ -51,6 +51,7 @@ _ADDED_COLUMNS = (
     ("usage", "prompt_method", "TEXT"),  # schema 2: exact, derived, tokenizer, calibrated, static
     ("usage", "completion_method", "TEXT"),  # schema 2: the same, for completion tokens
     ("attempts", "first_token", "REAL"),  # schema 2: when its first text arrived
+    ("requests", "data_row", "TEXT"),  # schema 3: the data row's kept columns (JSON)
 )
 
 _SCHEMA = """
@@ -75,7 +76,8 @@ CREATE TABLE IF NOT EXISTS requests (
     tags TEXT,
     state TEXT NOT NULL DEFAULT 'pending',
     done_attempt INTEGER,
-    reason TEXT
+    reason TEXT,
+    data_row TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_todo ON requests(position)
     WHERE position IS NOT NULL AND state != 'done';
@@ -307,9 +309,10 @@ class RunStore(StoreReads, CostedReads, EstimateReads):
         db = self.db
         db.execute("UPDATE requests SET position = NULL WHERE position IS NOT NULL")
         sql = (
-            "INSERT INTO requests (id, position, fingerprint, model, body, tags) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "INSERT INTO requests (id, position, fingerprint, model, body, tags, data_row) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
             "position = excluded.position, model = excluded.model, tags = excluded.tags, "
+            "data_row = excluded.data_row, "
             "state = CASE WHEN requests.fingerprint = excluded.fingerprint "
             "  THEN requests.state ELSE 'pending' END, "
             "done_attempt = CASE WHEN requests.fingerprint = excluded.fingerprint "

@@ -150,8 +150,8 @@ def test_a_full_disk_means_resolving_again(tmp_path: Path, monkeypatch: pytest.M
 
 def test_spool_round_trip_and_single_read() -> None:
     spool = Spool()
-    rows = [(f"r{i}", i, "f" * 64, "m", '{"a":"\ud83d\ude00 \udc80"}', None if i % 2 else '["t"]')
-            for i in range(5_001)]
+    rows = [(f"r{i}", i, "f" * 64, "m", '{"a":"\ud83d\ude00 \udc80"}', None if i % 2 else '["t"]',
+             None if i % 3 else '{"doc_id":"7"}') for i in range(5_001)]
     for row in rows:
         spool.add(row)
     taken = spool.take()
@@ -163,7 +163,7 @@ def test_long_bodies_are_written_out_early(monkeypatch: pytest.MonkeyPatch) -> N
     """A batch holds ~BATCH_CHARS of body text, not 2,000 long prompts."""
     monkeypatch.setattr(spool_mod, "BATCH_CHARS", 1_000)
     spool = Spool()
-    rows = [(f"r{i}", i, "f", "m", "x" * 300, None) for i in range(40)]
+    rows = [(f"r{i}", i, "f", "m", "x" * 300, None, None) for i in range(40)]
     held = 0
     for row in rows:
         spool.add(row)

@@ -1,0 +1,205 @@
+"""Rows of data a job templates over (``data:``): read as a stream, each with
+where it stands in its file.
+
+Formats by extension: ``.csv`` / ``.tsv`` (a header row; UTF-8 with or without
+a BOM; every value a string), ``.jsonl`` (one object a line), ``.json`` (an
+array of objects: read whole, so capped), ``.parquet`` (pyarrow, the
+``batchgen[parquet]`` extra; read a batch of rows at a time). A row's
+``line`` is its line in a CSV, TSV or JSONL file (where the row starts), and
+its 1-based row number in a JSON array or a Parquet file. ``data: {glob:
+...}`` makes one row per matching file instead (``path``, ``name``, ``stem``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchgen.errors import JobFileError, Problem
+from batchgen.jsonfast import loads
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "json", ".parquet": "parquet"}
+MAX_JSON_BYTES = 256 * 1024 * 1024  # a JSON array is read whole; JSONL streams
+PARQUET_BATCH = 4096
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one cell
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """Where a job's rows come from: a file (``path``) or files (``glob``)."""
+
+    path: Path | None  # the data file (resolved against the job file's folder)
+    glob: str | None = None
+    base: Path = Path()  # the job file's folder: glob rows' paths are relative to it
+    id_column: str | None = None
+    limit: int | None = None
+    where: int | None = None  # line of `data:` in the job file
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else f"data.glob {self.glob!r}"
+
+    @property
+    def format(self) -> str:
+        if self.path is None:
+            return "jsonl"
+        return FORMATS.get(self.path.suffix.lower(), "")
+
+    def stat(self) -> tuple[int, int]:
+        if self.path is None:
+            return (0, 0)
+        st = self.path.stat()
+        return st.st_size, st.st_mtime_ns
+
+
+Report = Callable[[Problem], None]
+
+
+def rows(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
+    """Each row and its line (or row number), in file order, up to ``limit``."""
+    reader = {"csv": _delimited, "tsv": _delimited, "jsonl": _jsonl, "json": _json_array,
+              "parquet": _parquet}[data.format] if data.path is not None else _glob
+    for count, item in enumerate(reader(data, report), start=1):
+        yield item
+        if data.limit is not None and count >= data.limit:
+            return
+
+
+def _open_text(data: DataFile) -> Any:
+    assert data.path is not None  # noqa: S101 - file readers are chosen for a path
+    return data.path.open(encoding="utf-8-sig", newline="")
+
+
+def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
+    name = data.name
+    with _open_text(data) as fh:
+        reader = csv.reader(fh, delimiter="\t" if data.format == "tsv" else ",")
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise JobFileError([Problem(name, None, None, "empty data file: write a header "
+                                            "row of column names, then one row a line")])
+            blank = [i + 1 for i, column in enumerate(header) if not column.strip()]
+            dupes = sorted({c for c in header if header.count(c) > 1})
+            if blank or dupes:
+                what = (f"column {blank[0]} has no name" if blank
+                        else f"column {dupes[0]!r} appears twice")
+                raise JobFileError([Problem(name, 1, None, f"header row: {what}; give every "
+                                            "column one distinct name")])
+            start = reader.line_num + 1
+            for values in reader:
+                line, start = start, reader.line_num + 1
+                if not values or values == [""]:
+                    continue  # a blank line
+                if len(values) != len(header):
+                    report(Problem(name, line, None,
+                                   f"row has {len(values)} values, the header has "
+                                   f"{len(header)} columns; quote values that hold "
+                                   f"{'tabs' if data.format == 'tsv' else 'commas'}"))
+                    continue
+                yield dict(zip(header, values, strict=True)), line
+        except UnicodeDecodeError:
+            raise JobFileError([Problem(name, reader.line_num + 1, None,
+                                        "not UTF-8 text; save the data file as UTF-8")]) from None
+        except csv.Error as exc:
+            raise JobFileError([Problem(name, reader.line_num, None,
+                                        f"not readable as {data.format.upper()}: {exc}")]) from None
+
+
+def _jsonl(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
+    assert data.path is not None  # noqa: S101 - file readers are chosen for a path
+    name = data.name
+    with data.path.open("rb") as fh:
+        for line, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = loads(raw.removeprefix(b"\xef\xbb\xbf") if line == 1 else raw)
+            except UnicodeDecodeError:
+                report(Problem(name, line, None, "not UTF-8 text; save the file as UTF-8"))
+                continue
+            except json.JSONDecodeError as exc:
+                report(Problem(name, line, None,
+                               f"JSON syntax error at column {exc.colno}: {exc.msg}"))
+                continue
+            if not isinstance(obj, dict):
+                report(Problem(name, line, None, "each line is one JSON object (a row: "
+                               '{"column": value, ...})'))
+                continue
+            yield obj, line
+
+
+def _json_array(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
+    assert data.path is not None  # noqa: S101 - file readers are chosen for a path
+    name = data.name
+    size = data.path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise JobFileError([Problem(name, None, None,
+                                    f"a JSON array of {size:,} bytes is read whole (the cap is "
+                                    f"{MAX_JSON_BYTES:,}); write it as JSONL, one row a line")])
+    try:
+        value = loads(data.path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise JobFileError([Problem(name, line, None, f"not a JSON array of rows: {exc}")]
+                           ) from None
+    if not isinstance(value, list):
+        raise JobFileError([Problem(name, 1, None, "a .json data file is an array of objects "
+                                    "(one per row); or write JSONL")])
+    for number, obj in enumerate(value, start=1):
+        if not isinstance(obj, dict):
+            report(Problem(name, number, None, f"row {number} is not an object"))
+            continue
+        yield obj, number
+
+
+def _parquet(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise JobFileError([Problem(data.name, None, None,
+                                    "reading Parquet needs pyarrow: pip install "
+                                    "'batchgen[parquet]'")]) from None
+    try:
+        table = pq.ParquetFile(data.path)
+        number = 0
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH):
+            for row in batch.to_pylist():
+                number += 1
+                yield {key: _jsonable(value) for key, value in row.items()}, number
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise JobFileError([Problem(data.name, None, None,
+                                    f"not readable as Parquet: {exc}")]) from None
+
+
+def _glob(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
+    """One row per file the pattern matches, sorted by path: ``path`` (relative
+    to the job file's folder, as ``file://`` takes it), ``name`` and ``stem``."""
+    assert data.glob is not None  # noqa: S101 - chosen for a glob
+    base = data.base.resolve()
+    found = sorted(p for p in base.glob(data.glob) if p.is_file())
+    for number, path in enumerate(found, start=1):
+        relative = path.relative_to(base).as_posix()
+        yield {"path": relative, "name": path.name, "stem": path.stem}, number
+
+
+def _jsonable(value: Any) -> Any:
+    """A Parquet value as JSON holds it: dates and times in ISO form, decimals
+    and other scalars as text, bytes as UTF-8 text where they are."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    iso = getattr(value, "isoformat", None)
+    return iso() if callable(iso) else str(value)

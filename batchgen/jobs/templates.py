@@ -1,0 +1,129 @@
+"""``template:``: a prompt whose every string is a Jinja2 template over a row.
+
+Rendered in a sandboxed environment with strict undefined names: a name the
+row lacks is an error naming it, never an empty string. A row's values are
+data, never templates: Jinja2 inserts what an expression yields as it is, so a
+value holding ``{{ x }}``, ``{% %}`` or an unbalanced brace arrives literally.
+Strings without ``{{`` or ``{%`` are kept as written (not compiled).
+
+A parameter (any key but the prompt's text, messages, tags, id and model)
+written as one expression, ``max_tokens: "{{ max_len }}"``, becomes the number
+(or ``true``/``false``) it renders to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from batchgen.errors import Problem
+from batchgen.jobs.problems import path_str
+
+TEXT_KEYS = frozenset({"prompt", "system", "messages", "tags", "id", "model"})
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_ONE_EXPRESSION = re.compile(r"\s*\{\{[^{}]*\}\}\s*", re.DOTALL)
+
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                            keep_trailing_newline=True)
+
+
+class RenderError(Exception):
+    """A row that does not render: where in the template, and what to fix."""
+
+    def __init__(self, path: tuple[Any, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Part:
+    template: jinja2.Template
+    convert: bool  # one expression in a parameter: a number renders to a number
+
+
+Compiled = Any  # a tree of dicts, lists, _Part and plain values
+
+
+class Template:
+    """The compiled ``template:`` mapping; :meth:`render` fills it from a row."""
+
+    def __init__(self, spec: dict[str, Any], file: str,
+                 line_of: Callable[[tuple[Any, ...]], int | None]) -> None:
+        self.problems: list[Problem] = []
+        self.names: set[str] = set()
+        self._file, self._line_of = file, line_of
+        self._tree = self._compile(spec, ("template",), convert=False)
+
+    def _compile(self, value: Any, path: tuple[Any, ...], convert: bool) -> Compiled:
+        if isinstance(value, dict):
+            return {key: self._compile(item, (*path, key),
+                                       convert or (len(path) == 1 and key not in TEXT_KEYS))
+                    for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._compile(item, (*path, i), convert) for i, item in enumerate(value)]
+        if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
+            return value
+        try:
+            compiled = _ENV.from_string(value)
+            self.names |= _names(value)
+        except jinja2.TemplateSyntaxError as exc:
+            self.problems.append(Problem(
+                self._file, self._line_of(path), path_str(path),
+                f"template syntax error: {exc.message} (line {exc.lineno} of the template)"))
+            return value
+        return _Part(compiled, convert and bool(_ONE_EXPRESSION.fullmatch(value)))
+
+    def render(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The prompt for ``row``; :class:`RenderError` names the key that failed."""
+        out = _render(self._tree, row, ("template",))
+        assert isinstance(out, dict)  # noqa: S101 - a mapping compiles to a mapping
+        return out
+
+
+def _render(node: Compiled, row: dict[str, Any], path: tuple[Any, ...]) -> Any:
+    if isinstance(node, dict):
+        return {key: _render(item, row, (*path, key)) for key, item in node.items()}
+    if isinstance(node, list):
+        return [_render(item, row, (*path, i)) for i, item in enumerate(node)]
+    if not isinstance(node, _Part):
+        return node
+    try:
+        text = node.template.render(row)
+    except jinja2.UndefinedError as exc:
+        columns = ", ".join(list(row)[:12]) + (", ..." if len(row) > 12 else "")
+        raise RenderError(path, f"{exc.message}: the row has no such column or key "
+                          f"(its columns: {columns}); add it to the data or fix the "
+                          "template") from None
+    except jinja2.TemplateError as exc:
+        raise RenderError(path, f"does not render for this row: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        raise RenderError(path, f"does not render for this row: {type(exc).__name__}: "
+                          f"{exc}") from None
+    if node.convert:
+        return _scalar(text)
+    return text
+
+
+def _scalar(text: str) -> Any:
+    """A parameter's rendered text as the number or boolean it spells, if it does."""
+    stripped = text.strip()
+    if _NUMBER.fullmatch(stripped):
+        number = float(stripped)
+        return int(stripped) if number.is_integer() and "." not in stripped \
+            and "e" not in stripped.lower() else number
+    if stripped in ("true", "True", "false", "False"):
+        return stripped in ("true", "True")
+    return text
+
+
+def _names(source: str) -> set[str]:
+    """The row names a template reads (for the docs' sake of naming columns)."""
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(_ENV.parse(source)))

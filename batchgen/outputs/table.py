@@ -1,0 +1,220 @@
+"""The table: one row per data row (or per request, for a job without
+``data:``), in job order — the kept input columns, then what batchgen made of
+each: ``id``, ``status`` (done | failed | pending), ``content``,
+``reasoning``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
+``cost`` (all its attempts, in the currency of its model's price; empty when
+unknown), ``error``.
+
+Written as CSV, TSV, JSONL or Parquet (pyarrow), atomically, from the run
+store alone: ``batchgen export`` can write it for any run directory, and
+writing it twice from the same store gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
+from batchgen.errors import UsageError
+from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
+from batchgen.outputs.files import jsonl, write_atomic
+from batchgen.store.runstore import RunStore
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+META_KEY = "table"
+PARQUET_ROWS = 8192  # rows per Parquet row group written
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The table's columns: the kept input ones, then the generated ones."""
+
+    inputs: tuple[str, ...]
+    prefix: str
+    data_only: bool  # rows of data only (a job with `data:`), or every request
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.inputs, *(self.prefix + c for c in GENERATED_COLUMNS)]
+
+
+def settings_of(store: RunStore) -> TableSettings | None:
+    """What the run's job said of its table (None: the job has no ``data:``)."""
+    raw = store.meta(META_KEY)
+    if not raw:
+        return None
+    value = json.loads(raw)
+    columns = value.get("columns")
+    return TableSettings(format=value["format"], path=value["path"],
+                         prefix=value.get("prefix", ""),
+                         columns=tuple(columns) if columns is not None else None)
+
+
+def shape_of(store: RunStore, settings: TableSettings | None) -> Shape:
+    if settings is None:
+        return Shape((), "", data_only=False)
+    if settings.columns is not None:
+        return Shape(settings.columns, settings.prefix, data_only=True)
+    seen: dict[str, None] = {}  # every row's columns, in the order they first appear
+    for raw in store.data_rows():
+        for key in json.loads(raw):
+            seen.setdefault(key)
+    return Shape(tuple(seen), settings.prefix, data_only=True)
+
+
+def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterator[dict[str, Any]]:
+    """The table's rows as dicts, in job order (input values as the data gave them)."""
+    book = book or PriceBook(overrides_from_json(store.meta("pricing")))
+    StoreCosts(store, book)  # registers the bg_cost SQL functions
+    p = shape.prefix
+    for r in store.outcomes_in_order(data_only=shape.data_only, with_cost=True):
+        data = json.loads(r["data_row"]) if r["data_row"] else {}
+        out = {c: data.get(c) for c in shape.inputs}
+        done = r["state"] == "done"
+        out[p + "id"] = r["id"]
+        out[p + "status"] = r["state"] if r["state"] in ("done", "failed") else "pending"
+        out[p + "content"] = (r["content"] or "") if done else None
+        out[p + "reasoning"] = (r["reasoning"] or None) if done else None
+        out[p + "finish_reason"] = r["finish_reason"] if done else None
+        out[p + "prompt_tokens"] = r["prompt_tokens"] if done else None
+        out[p + "completion_tokens"] = r["completion_tokens"] if done else None
+        out[p + "cost"] = round(r["cost"], 8) if r["cost"] is not None \
+            and r["currency"] is not None else None
+        out[p + "error"] = r["error"]
+        yield out
+
+
+def write_table(run_dir: Path, fmt: str | None = None, dest: Path | None = None,
+                book: PriceBook | None = None) -> Path:
+    """Write ``run_dir``'s table (its job's format and place unless given); the path."""
+    with RunStore.reading(run_dir) as store:
+        return write_from(store, run_dir, fmt, dest, book)
+
+
+def write_from(store: RunStore, run_dir: Path, fmt: str | None = None,
+               dest: Path | None = None, book: PriceBook | None = None) -> Path:
+    settings = settings_of(store)
+    fmt = fmt or (dest and _format_of(dest)) or (settings.format if settings else "csv")
+    if fmt not in FORMATS:
+        raise UsageError(f"a table is written as {', '.join(FORMATS)}; not {fmt!r}")
+    target = dest or (Path(settings.path) if settings and settings.format == fmt
+                      else run_dir / f"table.{fmt}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shape = shape_of(store, settings)
+    body = rows(store, shape, book)
+    if fmt == "parquet":
+        _write_parquet(target, shape, body, _input_types(store, shape))
+    elif fmt == "jsonl":
+        write_atomic(target, (jsonl(r) for r in body))
+    else:
+        write_atomic(target, _delimited(shape, body, "\t" if fmt == "tsv" else ","))
+    return target
+
+
+def _format_of(path: Path) -> str | None:
+    suffix = path.suffix.lower().lstrip(".")
+    return suffix if suffix in FORMATS else None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _delimited(shape: Shape, body: Iterable[dict[str, Any]], delimiter: str) -> Iterator[bytes]:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+    columns = shape.columns
+    writer.writerow(columns)
+    for n, row in enumerate(body, start=1):
+        writer.writerow([_cell(row[c]) for c in columns])
+        if n % 512 == 0:
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode("utf-8")
+
+
+def _input_types(store: RunStore, shape: Shape) -> dict[str, str]:
+    """Per kept input column, the one Parquet type its values share: string,
+    int64, float64 or bool; a column of mixed or nested values is JSON text."""
+    kinds: dict[str, set[str]] = {c: set() for c in shape.inputs}
+    if shape.inputs:
+        for raw in store.data_rows():
+            data = json.loads(raw)
+            for c in shape.inputs:
+                value = data.get(c)
+                if value is not None:
+                    kinds[c].add(_kind(value))
+    out = {}
+    for column, seen in kinds.items():
+        if seen <= {"int64", "float64"} and "float64" in seen:
+            out[column] = "float64"
+        elif len(seen) == 1 and "json" not in seen:
+            out[column] = seen.pop()
+        else:
+            out[column] = "string" if not seen else "json"
+    return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    return "json"
+
+
+GENERATED_TYPES = {"prompt_tokens": "int64", "completion_tokens": "int64", "cost": "float64"}
+
+
+def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
+                   types: dict[str, str]) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("writing Parquet needs pyarrow: pip install 'batchgen[parquet]', or "
+                         "choose output.format csv, tsv or jsonl") from None
+    fields = [pa.field(c, pa.string() if types[c] == "json" else getattr(pa, types[c])())
+              for c in shape.inputs]
+    fields += [pa.field(shape.prefix + c, getattr(pa, GENERATED_TYPES.get(c, "string"))())
+               for c in GENERATED_COLUMNS]
+    schema = pa.schema(fields)
+    as_json = [c for c in shape.inputs if types[c] == "json"]
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            batch: list[dict[str, Any]] = []
+            for row in body:
+                for c in as_json:
+                    if row[c] is not None:
+                        row[c] = json.dumps(row[c], ensure_ascii=False)
+                batch.append(row)
+                if len(batch) >= PARQUET_ROWS:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch.clear()
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
