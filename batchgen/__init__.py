@@ -2,10 +2,14 @@
 
 Public API::
 
-    from batchgen import load_job, run_job
-    job = load_job("jobs/essays.yaml")
-    summary = run_job(job)
-    print(summary.done, summary.failed, summary.exit_code)
+    import batchgen
+    result = batchgen.run("jobs/translate.yaml")       # or a dict; rows= a DataFrame
+    print(result.counts, result.cost)                   # {"done": 3, ...} {"CNY": 0.01}
+    table = result.rows()                                # the table, in data order
+    result = await batchgen.arun("jobs/essays.yaml")    # in async code
+
+Lower level: ``load_job`` (a validated :class:`Job`) and ``run_job`` (its
+:class:`RunSummary`). Errors come from :class:`BatchgenError`'s tree.
 """
 
 from __future__ import annotations
@@ -20,20 +24,29 @@ __all__ = [
     "JobFileError",
     "Overrides",
     "RunOptions",
+    "RunResult",
     "RunSummary",
+    "UsageError",
     "__version__",
+    "arun",
     "load_job",
+    "run",
     "run_job",
 ]
 
 if TYPE_CHECKING:
+    from batchgen.api import RunResult, arun, run
     from batchgen.engine.runner import RunOptions, RunSummary, run_job
-    from batchgen.errors import BatchgenError, JobFileError
+    from batchgen.errors import BatchgenError, JobFileError, UsageError
     from batchgen.jobs.load import Job, Overrides, load_job
 
 _LAZY = {
+    "run": "api",
+    "arun": "api",
+    "RunResult": "api",
     "BatchgenError": "errors",
     "JobFileError": "errors",
+    "UsageError": "errors",
     "Job": "jobs.load",
     "Overrides": "jobs.load",
     "load_job": "jobs.load",

@@ -13,7 +13,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from batchgen.errors import ExitCode
 
@@ -27,11 +27,23 @@ class Interrupt:
 
     came: bool = False
     engine: Engine | None = None
+    main: asyncio.Task[Any] | None = None  # what a stop before the engine runs cancels
+
+    def trigger(self) -> None:
+        """Stop the run cleanly (in its loop's thread): the engine records what
+        was in flight; before it runs, start-up is abandoned."""
+        self.came = True
+        if self.engine is not None:
+            self.engine.stop("interrupt")
+            self.engine.cancel_all()
+        elif self.main is not None:
+            self.main.cancel()
 
     def install(self) -> Callable[[], None]:
         """Handle SIGINT/SIGTERM in the running loop; returns what undoes it."""
         loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
+        if self.main is None:
+            self.main = asyncio.current_task()
         hits = 0
 
         def handler() -> None:
@@ -39,12 +51,7 @@ class Interrupt:
             hits += 1
             if hits > 1:
                 os._exit(ExitCode.INTERRUPTED)
-            self.came = True
-            if self.engine is not None:
-                self.engine.stop("interrupt")
-                self.engine.cancel_all()
-            elif main is not None:
-                main.cancel()
+            self.trigger()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, handler)

@@ -47,18 +47,21 @@ class _Rate:
 class BarProgress:
     """tqdm bar: requests done / total, output tokens per second, failures."""
 
-    def __init__(self, name: str, stream: TextIO) -> None:
+    def __init__(self, name: str, stream: TextIO, widget: bool = False) -> None:
         self.name = name
         self.stream = stream
+        self.widget = widget  # tqdm.auto: a widget in a notebook, else the text bar
         self.bar: object | None = None
         self.failed = 0
         self.rate = _Rate()
         self._last_postfix = 0.0
 
     def start(self, total: int, skipped: int) -> None:
-        from tqdm import tqdm
+        import tqdm
+        import tqdm.auto
 
-        self.bar = tqdm(total=total, desc=self.name, unit="req", file=self.stream,
+        bar = tqdm.auto.tqdm if self.widget else tqdm.tqdm
+        self.bar = bar(total=total, desc=self.name, unit="req", file=self.stream,
                         dynamic_ncols=True, smoothing=0.1)
         if skipped:
             self.stream.write(f"{self.name}: {skipped} already done, skipped\n")
@@ -141,10 +144,13 @@ class LineProgress:
 
 
 def make_progress(name: str, mode: str = "auto", stream: TextIO | None = None) -> Progress:
-    """``auto``: a bar on a terminal, lines elsewhere; ``quiet``: nothing."""
+    """``auto``: a bar on a terminal, lines elsewhere; ``quiet``: nothing;
+    ``widget``: tqdm.auto's bar (a widget in a notebook)."""
     out = stream or sys.stderr
     if mode == "quiet":
         return NullProgress()
+    if mode == "widget":
+        return BarProgress(name, out, widget=True)
     if mode == "bar" or (mode == "auto" and out.isatty()):
         return BarProgress(name, out)
     return LineProgress(name, out)

@@ -172,6 +172,7 @@ class Runner:
         self.interrupt = Interrupt()
 
     async def run(self) -> RunSummary:
+        self.interrupt.main = asyncio.current_task()
         self.check()
         self.gate = await self._shared_gate()  # Redis answers, or nothing is written
         try:

@@ -82,6 +82,7 @@ class Overrides:
     via: str | None = None  # --via stream|batch
     fallback: str | None = None  # --fallback batch|stream
     no_wait: bool = False  # --no-wait
+    data: Path | None = None  # rows from elsewhere (Python's rows=): replaces data.path
 
 
 @dataclass(frozen=True)
@@ -149,18 +150,42 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
     :meth:`Job.plan_rows` in an unlinked temporary file (:mod:`batchgen.jobs.spool`),
     so that running the job need not resolve it a second time.
     """
-    ov = overrides or Overrides()
     file = Path(path)
     raw = read_checked(file, MAX_YAML_BYTES if not is_jsonl(file) else None)
+    return _load(file, raw, overrides or Overrides(), for_run)
+
+
+DICT_JOB = "<job dict>"  # the name problems of a job given as a dict carry
+
+
+def load_job_dict(data: dict[str, Any], overrides: Overrides | None = None, *,
+                  for_run: bool = False) -> Job:
+    """A job given as a dict of the job file's schema (paths relative to the
+    working directory; the run name defaults to ``job``)."""
+    import json
+
+    ov = overrides or Overrides()
+    if not data.get("name") and ov.name is None:
+        ov = replace(ov, name="job")
+    try:
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+    except (TypeError, ValueError) as exc:
+        raise JobFileError([Problem(DICT_JOB, None, None,
+                                    f"not a job: {exc} (values are text, numbers, "
+                                    "booleans, lists and dicts)")]) from None
+    return _load(Path(DICT_JOB), text, ov, for_run)
+
+
+def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
     if is_jsonl(file):
         spec = JobSpec(prompts_file=str(file))
         line_map = LineMap()
         sources: tuple[Source, ...] = (Source(file=file, stat=file_stat(file)),)
     else:
-        spec, line_map = parse_yaml(file, raw)
+        spec, line_map = parse_yaml(file, raw, rows_given=ov.data is not None)
         check_key_env(file, spec.endpoint, line_map.line_of(('endpoint', 'api_key_env')),
                       ov.api_key_env, ov.allowed_key_envs)
-        sources = yaml_sources(file, raw, spec, line_map)
+        sources = yaml_sources(file, raw, spec, line_map, ov.data)
 
     job = _assemble(file, spec, ov, sources)
     key = validated.key_of(job) if for_run else None

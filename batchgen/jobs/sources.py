@@ -30,6 +30,7 @@ MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3
 MAX_LINE_BYTES = 32 * 1024 * 1024
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PROMPT_KEYS = frozenset(PromptSpec.model_fields)
+ROWS_NAME = "rows.jsonl"  # what `data:` reads as when the rows come from Python
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,18 @@ def read_checked(file: Path, cap: int | None) -> str:
         raise JobFileError([problem]) from None
 
 
-def parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
+def parse_yaml(file: Path, text: str, rows_given: bool = False) -> tuple[JobSpec, LineMap]:
+    """The job's settings, validated; ``rows_given``: its rows come from
+    elsewhere (Python's ``rows=``), in place of ``data:``."""
     name = str(file)
     try:
         data, line_map, _count = load_yaml(text, stream="prompts")
     except YamlProblem as exc:
         raise JobFileError([Problem(name, exc.line, None, exc.message)]) from None
+    if rows_given and isinstance(data, dict):
+        given = data.get("data")
+        data["data"] = {**(given if isinstance(given, dict) else {}), "path": ROWS_NAME}
+        data["data"].pop("glob", None)
     if data is None:
         raise JobFileError([Problem(name, None, None, "empty file: write prompts (see README)")])
     if not isinstance(data, dict):
@@ -143,8 +150,8 @@ def parse_yaml(file: Path, text: str) -> tuple[JobSpec, LineMap]:
     return spec, line_map
 
 
-def yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap
-                  ) -> tuple[Source, ...]:
+def yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap,
+                 rows_file: Path | None = None) -> tuple[Source, ...]:
     sources: list[Source] = []
     if spec.prompts is not None:
         sources.append(Source(file=file, text=text, line_map=line_map))
@@ -168,11 +175,12 @@ def yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap
                                         f"{pf}: {exc.problems[0].message}")]) from None
         sources.append(Source(file=full, stat=file_stat(full)))
     if spec.data is not None and spec.template is not None:
-        sources.append(data_source(file, spec, line_map))
+        sources.append(data_source(file, spec, line_map, rows_file))
     return tuple(sources)
 
 
-def data_source(file: Path, spec: JobSpec, line_map: LineMap) -> Source:
+def data_source(file: Path, spec: JobSpec, line_map: LineMap,
+                rows_file: Path | None = None) -> Source:
     """The ``data:`` rows and the compiled ``template:``, checked as far as can
     be without reading a row: the template's keys and syntax, the file's
     format, that it can be read."""
@@ -187,7 +195,8 @@ def data_source(file: Path, spec: JobSpec, line_map: LineMap) -> Source:
     problems += template.problems
     if problems:
         raise JobFileError(problems)
-    data = DataFile(path=file.parent / given.path if given.path is not None else None,
+    path = rows_file or (file.parent / given.path if given.path is not None else None)
+    data = DataFile(path=path,
                     glob=given.glob, base=file.parent, id_column=given.id, limit=given.limit,
                     where=where)
     columns = tuple(spec.output.columns) if spec.output.columns is not None else None

@@ -324,3 +324,42 @@ def test_the_repetition_guard_stops_a_real_model_looping(tmp_path: Path) -> None
     assert stopped is not None, err
     # left early: far fewer characters than 600 tokens would have streamed
     assert int(stopped.group(1).replace(",", "")) < 600
+
+
+def test_data_jobs_in_csv_jsonl_and_parquet_run_on_the_local_endpoint(tmp_path: Path) -> None:
+    """A template over rows in each data format, on the real llama-server: the
+    table has one row per data row, in data order, each answered."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"n": "3", "thing": "cats"}, {"n": "1", "thing": "the sea"},
+            {"n": "2", "thing": "{{ not a template }}"}]
+    with (tmp_path / "rows.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["n", "thing"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    for suffix in ("csv", "jsonl", "parquet"):
+        path = tmp_path / f"{suffix}.yaml"
+        path.write_text(json.dumps({
+            "name": suffix, "output_dir": str(tmp_path / "out"), "endpoint": "local",
+            "defaults": {"max_tokens": 12, "temperature": 0},
+            "data": {"path": f"rows.{suffix}", "id": "n"},
+            "template": {"prompt": "Write one sentence about {{ thing }}."},
+            "output": {"prefix": "gen_"}}), encoding="utf-8")
+        proc = start(path)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        from batchgen.outputs.table import settings_of, shape_of
+        from batchgen.outputs.table import rows as table_rows
+        from batchgen.store.runstore import RunStore
+
+        with RunStore.reading(tmp_path / "out" / suffix) as store:
+            table = list(table_rows(store, shape_of(store, settings_of(store))))
+        assert [(r["n"], r["gen_id"], r["gen_status"]) for r in table] == [
+            ("3", "3", "done"), ("1", "1", "done"), ("2", "2", "done")]
+        assert all(r["gen_content"] for r in table)
+        assert (tmp_path / "out" / suffix / f"table.{suffix}").exists()

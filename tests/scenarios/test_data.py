@@ -1,0 +1,286 @@
+"""Data in, table out: a job templated over rows of CSV, JSONL and Parquet,
+run against the fake API; the table exact and in data order, also after a
+kill -9; errors that name the row; the same from Python."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import batchgen
+from batchgen.errors import JobFileError
+from batchgen.testing.fakeserver import Config, FakeServer, plan_for
+from batchgen.testing.process import FakeProcess
+from tests.helpers import KEY_ENV, ROOT, kill_until_done, read_results, run_cli
+
+ROWS = [
+    {"doc_id": "d1", "lang": "French", "text": "Hello {{ x }} world"},
+    {"doc_id": "d2", "lang": "German", "text": "Good, {% bad morning } {"},
+    {"doc_id": "d3", "lang": "Spanish", "text": "multi\nline, \"quoted\""},
+    {"doc_id": "d4", "lang": "日本語", "text": "猫が好きです"},
+]
+TEMPLATE = {"system": "You translate into {{ lang }}.",
+            "prompt": "Translate into {{ lang }}:\n\n{{ text }}", "tags": ["{{ lang }}"]}
+GENERATED = ["id", "status", "content", "reasoning", "finish_reason", "prompt_tokens",
+             "completion_tokens", "cost", "error"]
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    if path.suffix == ".csv":
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                        encoding="utf-8")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def data_job(tmp_path: Path, base_url: str, data: Any, **extra: Any) -> Path:
+    job = {"name": "translate", "output_dir": str(tmp_path / "out"),
+           "endpoint": {"base_url": base_url, "api_key_env": KEY_ENV},
+           "defaults": {"model": "qwen-plus", "max_tokens": 200}, "data": data,
+           "template": TEMPLATE, **extra}
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def expected_content(row: dict[str, Any]) -> str:
+    body = {"model": "qwen-plus", "max_tokens": 200, "messages": [
+        {"role": "system", "content": f"You translate into {row['lang']}."},
+        {"role": "user", "content": f"Translate into {row['lang']}:\n\n{row['text']}"}]}
+    return "".join(plan_for(body, 1, Config()).tokens)
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    if path.suffix in (".csv", ".tsv"):
+        text = path.read_text(encoding="utf-8")
+        return list(csv.DictReader(io.StringIO(text, newline=""),
+                                   delimiter="\t" if path.suffix == ".tsv" else ","))
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    import pyarrow.parquet as pq
+
+    return list(pq.read_table(path).to_pylist())
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_data_job_runs_and_writes_its_table_in_data_order(tmp_path: Path, fake: FakeServer,
+                                                            suffix: str) -> None:
+    rows = list(reversed(ROWS))  # data order, not id order
+    data = write_rows(tmp_path / f"docs{suffix}", rows)
+    job = data_job(tmp_path, fake.base_url, {"path": data.name, "id": "doc_id"},
+                   output={"columns": ["doc_id", "lang"], "prefix": "gen_"})
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "out" / "translate"
+    table = read_table(run_dir / f"table{suffix}")
+    assert [r["doc_id"] for r in table] == [r["doc_id"] for r in rows]
+    assert list(table[0]) == ["doc_id", "lang", *("gen_" + c for c in GENERATED)]
+    for got, row in zip(table, rows, strict=True):
+        assert got["gen_id"] == row["doc_id"] and got["gen_status"] == "done"
+        assert got["gen_content"] == expected_content(row)  # row values went in literally
+        assert got["lang"] == row["lang"] and "text" not in got
+        assert got["gen_finish_reason"] == "stop"
+    assert int(table[0]["gen_prompt_tokens"]) > 0
+    results = {r["id"]: r for r in read_results(run_dir)}
+    assert results["d4"]["tags"] == ["日本語"]
+    # a re-run sends nothing and rewrites the same table
+    sent = len(fake.ledger.entries)
+    before = (run_dir / f"table{suffix}").read_bytes()
+    (run_dir / f"table{suffix}").unlink()
+    assert run_cli("run", str(job), "-q").returncode == 0
+    assert len(fake.ledger.entries) == sent
+    assert (run_dir / f"table{suffix}").read_bytes() == before
+
+
+def test_ids_from_content_are_stable_and_export_writes_any_format(tmp_path: Path,
+                                                                   fake: FakeServer) -> None:
+    rows = [*ROWS, ROWS[0]]  # a second identical row
+    write_rows(tmp_path / "docs.jsonl", rows)
+    job = data_job(tmp_path, fake.base_url, "docs.jsonl", output={"prefix": "gen_"})
+    assert run_cli("run", str(job), "-q").returncode == 0, "run"
+    run_dir = tmp_path / "out" / "translate"
+    table = read_table(run_dir / "table.jsonl")
+    ids = [r["gen_id"] for r in table]
+    assert all(i.startswith("r-") for i in ids) and ids[4] == ids[0] + "-2"
+    assert list(table[0])[:3] == ["doc_id", "lang", "text"]  # every input column by default
+    # reordered and appended rows keep their ids
+    write_rows(tmp_path / "docs.jsonl", [ROWS[2], ROWS[0], ROWS[3], ROWS[0], ROWS[1],
+                                         {"doc_id": "d5", "lang": "Czech", "text": "Ahoj"}])
+    assert run_cli("run", str(job), "-q").returncode == 0
+    again = read_table(run_dir / "table.jsonl")
+    assert {r["gen_id"] for r in again} == {*ids, again[-1]["gen_id"]}
+    assert len(fake.ledger.entries) == 6  # only the new row was sent
+    out = tmp_path / "t.tsv"
+    proc = run_cli("export", str(run_dir), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    tsv = read_table(out)
+    assert [r["gen_content"] for r in tsv] == [r["gen_content"] for r in again]
+    proc = run_cli("export", str(run_dir), "--format", "parquet")
+    assert proc.stdout.strip() == str(run_dir / "table.parquet")
+    assert [r["gen_id"] for r in read_table(run_dir / "table.parquet")] == \
+        [r["gen_id"] for r in again]
+
+
+def test_export_of_a_job_without_data_has_a_row_per_request(tmp_path: Path,
+                                                            fake: FakeServer) -> None:
+    from tests.helpers import write_job
+
+    job = write_job(tmp_path / "p.yaml", fake, [{"id": "b", "prompt": "[[len=5]] x"},
+                                                {"id": "a", "prompt": "[[len=6]] y"}])
+    assert run_cli("run", str(job), "-q").returncode == 0
+    proc = run_cli("export", str(tmp_path / "out" / "t"))
+    assert proc.returncode == 0, proc.stderr
+    table = read_table(Path(proc.stdout.strip()))
+    assert [(r["id"], r["status"]) for r in table] == [("b", "done"), ("a", "done")]
+    assert list(table[0]) == GENERATED
+
+
+@pytest.mark.parametrize(("rows", "template", "where", "says"), [
+    ([{"doc_id": "d1", "lang": "x", "text": "t"}], {"prompt": "{{ missing }}"},
+     "docs.csv:2: template.prompt:", "'missing' is undefined"),
+    ([{"doc_id": "d1", "lang": "x", "text": "t"}, {"doc_id": "d2", "lang": "x", "text": ""}],
+     {"prompt": "{{ text }}"}, "docs.csv:3: template.prompt:", "empty"),
+    ([{"doc_id": "d1", "lang": "many", "text": "t"}],
+     {"prompt": "{{ text }}", "max_tokens": "{{ lang }}"}, "docs.csv:2: template.max_tokens:",
+     "integer"),
+    ([{"doc_id": "d 1", "lang": "x", "text": "t"}], {"prompt": "{{ text }}"},
+     "docs.csv:2: data.id (doc_id):", "not a valid request id"),
+    ([{"doc_id": "d1", "lang": "x", "text": "t"}, {"doc_id": "d1", "lang": "y", "text": "u"}],
+     {"prompt": "{{ text }}"}, "docs.csv:3: id:", "duplicate id 'd1'"),
+    ([{"doc_id": "d1", "lang": "x", "text": "t"}], {"prompt": "{{ text }"},
+     "job.yaml", "template syntax error"),
+    ([{"doc_id": "d1", "lang": "x", "content": "t"}], {"prompt": "{{ content }}"},
+     "job.yaml", "output.prefix"),
+])
+def test_every_error_names_its_row_and_nothing_is_written(
+        tmp_path: Path, fake: FakeServer, rows: list[dict[str, Any]], template: dict[str, Any],
+        where: str, says: str) -> None:
+    write_rows(tmp_path / "docs.csv", rows)
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"})
+    spec = json.loads(job.read_text())
+    spec["template"] = template
+    job.write_text(json.dumps(spec))
+    for command in ("validate", "run"):
+        proc = run_cli(command, str(job))
+        assert proc.returncode == 2, proc.stderr
+        assert where in proc.stderr and says in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert fake.ledger.entries == []
+
+
+def test_a_numeric_parameter_renders_to_a_number(tmp_path: Path, fake: FakeServer) -> None:
+    write_rows(tmp_path / "docs.csv", [{"doc_id": "d1", "n": "7", "t": "0.5", "text": "x"}])
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"})
+    spec = json.loads(job.read_text())
+    spec["template"] = {"prompt": "{{ text }}", "max_tokens": "{{ n }}",
+                        "temperature": "{{ t }}", "extra_body": {"top_k": "{{ n }}"}}
+    job.write_text(json.dumps(spec))
+    assert run_cli("run", str(job), "-q").returncode == 0
+    (body,) = [e["body"] for e in fake.ledger.entries]
+    assert body["max_tokens"] == 7 and body["temperature"] == 0.5 and body["top_k"] == 7
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_gives_the_table_of_an_uninterrupted_run(
+        tmp_path: Path, fake_process: FakeProcess) -> None:
+    rows = [{"doc_id": f"d{i:02d}", "lang": "French",
+             "text": f"[[len={30 + i % 17}]] [[delay=0.02]] document {i}"} for i in range(20)]
+    write_rows(tmp_path / "docs.csv", rows)
+    job = data_job(tmp_path, fake_process.base_url, {"path": "docs.csv", "id": "doc_id"},
+                   run={"concurrency": 4}, endpoint={"base_url": fake_process.base_url,
+                                                     "api_key_env": KEY_ENV,
+                                                     "continuation": "partial"})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def start(out: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job), "--out",
+                                 str(tmp_path / out), "-q"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    assert start("clean").wait(120) == 0
+    kills = kill_until_done(lambda: start("killed"), random.Random(5), 0.4, 1.5,
+                            run_db=tmp_path / "killed" / "translate" / "run.db")
+    assert kills >= 1
+    keep = ["doc_id", "lang", "text", "id", "status", "content", "finish_reason", "error"]
+    clean = read_table(tmp_path / "clean" / "translate" / "table.csv")
+    killed = read_table(tmp_path / "killed" / "translate" / "table.csv")
+    assert [{k: r[k] for k in keep} for r in killed] == [{k: r[k] for k in keep} for r in clean]
+    assert [r["doc_id"] for r in clean] == [r["doc_id"] for r in rows]
+
+
+# ------------------------------------------------------------------ Python
+
+
+def python_job(tmp_path: Path, fake: FakeServer) -> dict[str, Any]:
+    return {"name": "py", "output_dir": str(tmp_path / "out"),
+            "endpoint": {"base_url": fake.base_url, "api_key_env": KEY_ENV},
+            "defaults": {"model": "qwen-plus"}, "template": {"prompt": "Say {{ word }}"}}
+
+
+def test_run_from_python_with_rows_and_a_dataframe(tmp_path: Path, fake: FakeServer) -> None:
+    import pandas as pd
+
+    rows = [{"word": "one", "n": 1}, {"word": "two", "n": 2}, {"word": "three", "n": 3}]
+    result = batchgen.run(python_job(tmp_path, fake), rows=rows, progress=False)
+    assert result.ok and result.counts == {"done": 3, "failed": 0, "pending": 0}
+    assert result.run_dir == tmp_path / "out" / "py"
+    table = result.rows()
+    assert [(r["word"], r["n"], r["status"]) for r in table] == [
+        ("one", 1, "done"), ("two", 2, "done"), ("three", 3, "done")]
+    frame = result.to_pandas()
+    assert list(frame["word"]) == ["one", "two", "three"]
+    # the same rows as a DataFrame: the same ids, nothing sent again
+    sent = len(fake.ledger.entries)
+    again = batchgen.run(python_job(tmp_path, fake), rows=pd.DataFrame(rows), progress=False)
+    assert again.ok and len(fake.ledger.entries) == sent
+    assert [r["id"] for r in again.rows()] == [r["id"] for r in table]
+
+
+def test_errors_from_python_are_the_clis(tmp_path: Path, fake: FakeServer) -> None:
+    with pytest.raises(JobFileError) as caught:
+        batchgen.run(python_job(tmp_path, fake), rows=[{"word": "x"}, {"other": 1}],
+                     progress=False)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.line, problem.key) == ("rows", 2, "template.prompt")
+    assert "'word' is undefined" in problem.message
+    with pytest.raises(TypeError, match="unknown setting"):
+        batchgen.run(python_job(tmp_path, fake), rows=[], bogus=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_inside_a_running_event_loop_like_a_notebook_cell(tmp_path: Path,
+                                                              fake_process: FakeProcess) -> None:
+    job = {"name": "nb", "output_dir": str(tmp_path / "out"),
+           "endpoint": {"base_url": fake_process.base_url, "api_key_env": KEY_ENV},
+           "defaults": {"model": "qwen-plus"}, "template": {"prompt": "Say {{ word }}"}}
+
+    async def cell() -> batchgen.RunResult:
+        return batchgen.run(job, rows=[{"word": "a"}, {"word": "b"}], progress=False)
+
+    result = asyncio.run(cell())
+    assert result.counts["done"] == 2
+
+    async def awaited() -> batchgen.RunResult:
+        return await batchgen.arun(job, rows=[{"word": "a"}, {"word": "b"}, {"word": "c"}],
+                                   progress=False)
+
+    assert asyncio.run(awaited()).counts == {"done": 3, "failed": 0, "pending": 0}
