@@ -353,8 +353,8 @@ def test_data_jobs_in_csv_jsonl_and_parquet_run_on_the_local_endpoint(tmp_path: 
         proc = start(path)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        from batchgen.outputs.table import settings_of, shape_of
         from batchgen.outputs.table import rows as table_rows
+        from batchgen.outputs.table import settings_of, shape_of
         from batchgen.store.runstore import RunStore
 
         with RunStore.reading(tmp_path / "out" / suffix) as store:
