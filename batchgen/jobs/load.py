@@ -363,10 +363,9 @@ def _resolve_all(job: Job, report: Callable[[Problem], None],
     occurrences: dict[str, int] = {}
     for src in job.sources:
         for (entry, where, path, line_of), row in entries(src, report, seen):
-            req = _resolve(job, entry, where, path, line_of, position, occurrences, report)
+            req = _resolve(job, entry, where, path, line_of, position, occurrences, report,
+                           row)
             if req is not None:
-                if row is not None:
-                    req = replace(req, data_row=canonical(row))
                 yield req
                 position += 1
 
@@ -384,7 +383,8 @@ def _validate(model: type[BaseModel], entry: dict[str, Any], name: str,
 
 def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
              line_of: Callable[[tuple[Any, ...]], int | None], position: int,
-             occurrences: dict[str, int], report: Callable[[Problem], None]) -> Request | None:
+             occurrences: dict[str, int], report: Callable[[Problem], None],
+             data_row: str | None = None) -> Request | None:
     name = where.rsplit(":", 1)[0]
     given_id: str | None
     if "custom_id" in entry:
@@ -444,7 +444,7 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         req_id = f"p-{digest}" if n == 1 else f"p-{digest}-{n}"
     return Request(id=req_id, position=position, model=model, body=request,
                    fingerprint=fingerprint, tags=tuple(spec.tags or ()), source=where,
-                   body_json=body_json)
+                   body_json=body_json, data_row=data_row)
 
 
 def _lone_surrogate(obj: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:

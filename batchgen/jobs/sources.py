@@ -222,8 +222,8 @@ def data_source(file: Path, spec: JobSpec, line_map: LineMap,
 
 
 Entry = tuple[dict[str, Any], str, tuple[Any, ...], Callable[[tuple[Any, ...]], int | None]]
-# a row's columns the table keeps, beside the entry made of it (None for a prompt)
-RowEntry = tuple[Entry, dict[str, Any] | None]
+# a row's columns the table keeps (JSON), beside the entry made of it (None for a prompt)
+RowEntry = tuple[Entry, str | None]
 
 
 def entries(src: Source, report: Callable[[Problem], None],
@@ -331,12 +331,14 @@ def _row_entries(source: Rows, report: Callable[[Problem], None],
                                "'.', '_', '-', at most 128, starting with a letter or digit"))
                 continue
             entry.setdefault("id", value)
-        elif "id" not in entry:
-            digest = hashlib.sha256(canonical(row).encode("utf-8", "surrogatepass")).hexdigest()
-            n = occurrences.get(digest[:12], 0) + 1
-            occurrences[digest[:12]] = n
-            entry["id"] = f"r-{digest[:12]}" if n == 1 else f"r-{digest[:12]}-{n}"
-        kept = row if source.columns is None else {c: row.get(c) for c in source.columns}
+        row_json = canonical(row)
+        if id_column is None and "id" not in entry:
+            digest = hashlib.sha256(row_json.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+            n = occurrences.get(digest, 0) + 1
+            occurrences[digest] = n
+            entry["id"] = f"r-{digest}" if n == 1 else f"r-{digest}-{n}"
+        kept = row_json if source.columns is None \
+            else canonical({c: row.get(c) for c in source.columns})
         yield (entry, f"{name}:{line}", ("template",), at), kept
 
 

@@ -32,6 +32,9 @@ _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
                             keep_trailing_newline=True)
 
 
+_GLOBALS = dict(_ENV.globals)
+
+
 class RenderError(Exception):
     """A row that does not render: where in the template, and what to fix."""
 
@@ -45,6 +48,23 @@ class RenderError(Exception):
 class _Part:
     template: jinja2.Template
     convert: bool  # one expression in a parameter: a number renders to a number
+    # text and names, for a template that is only text and {{ name }}s: joined
+    # without Jinja2's machinery (~4 µs a string), to the same output
+    pieces: tuple[str, ...] | None = None
+
+
+_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _plain_pieces(source: str) -> tuple[str, ...] | None:
+    """Text and names alternately (text first) when ``source`` is only text and
+    ``{{ name }}``; None when Jinja2 must render it (filters, attributes,
+    statements, comments)."""
+    parts = _NAME.split(source)
+    texts = parts[0::2]
+    if any("{{" in t or "{%" in t or "{#" in t for t in texts):
+        return None
+    return tuple(parts)
 
 
 Compiled = Any  # a tree of dicts, lists, _Part and plain values
@@ -77,11 +97,16 @@ class Template:
                 self._file, self._line_of(path), path_str(path),
                 f"template syntax error: {exc.message} (line {exc.lineno} of the template)"))
             return value
-        return _Part(compiled, convert and bool(_ONE_EXPRESSION.fullmatch(value)))
+        return _Part(compiled, convert and bool(_ONE_EXPRESSION.fullmatch(value)),
+                     _plain_pieces(value))
 
     def render(self, row: dict[str, Any]) -> dict[str, Any]:
         """The prompt for ``row``; :class:`RenderError` names the key that failed."""
-        out = _render(self._tree, row, ("template",))
+        # one set of names for every string of the row (the environment's globals,
+        # then the row's columns), shared by their contexts rather than copied for
+        # each: a third of the time of Template.render, the same output
+        names = {**_GLOBALS, **row}
+        out = _render(self._tree, names, ("template",))
         assert isinstance(out, dict)  # noqa: S101 - a mapping compiles to a mapping
         return out
 
@@ -94,9 +119,14 @@ def _render(node: Compiled, row: dict[str, Any], path: tuple[Any, ...]) -> Any:
     if not isinstance(node, _Part):
         return node
     try:
-        text = node.template.render(row)
+        if node.pieces is not None:
+            text = _join(node.pieces, row)
+        else:
+            template = node.template
+            text = "".join(template.root_render_func(template.new_context(row, shared=True)))
     except jinja2.UndefinedError as exc:
-        columns = ", ".join(list(row)[:12]) + (", ..." if len(row) > 12 else "")
+        given = [name for name in row if name not in _GLOBALS]
+        columns = ", ".join(given[:12]) + (", ..." if len(given) > 12 else "")
         raise RenderError(path, f"{exc.message}: the row has no such column or key "
                           f"(its columns: {columns}); add it to the data or fix the "
                           "template") from None
@@ -108,6 +138,19 @@ def _render(node: Compiled, row: dict[str, Any], path: tuple[Any, ...]) -> Any:
     if node.convert:
         return _scalar(text)
     return text
+
+
+def _join(pieces: tuple[str, ...], names: dict[str, Any]) -> str:
+    out = []
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            out.append(piece)
+        elif piece in names:
+            value = names[piece]
+            out.append(value if type(value) is str else str(value))
+        else:
+            raise jinja2.UndefinedError(f"{piece!r} is undefined")
+    return "".join(out)
 
 
 def _scalar(text: str) -> Any:
