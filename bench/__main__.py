@@ -30,6 +30,7 @@ SUITE = {
     "P12": "bench.p12_outage",
     "P13": "bench.p13_guard",
     "P14": "bench.p14_length",
+    "P15": "bench.p15_data",
 }
 
 

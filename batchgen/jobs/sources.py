@@ -331,7 +331,7 @@ def _row_entries(source: Rows, report: Callable[[Problem], None],
                                "'.', '_', '-', at most 128, starting with a letter or digit"))
                 continue
             entry.setdefault("id", value)
-        row_json = canonical(row)
+        row_json = canonical(row) if source.columns is None or id_column is None else ""
         if id_column is None and "id" not in entry:
             digest = hashlib.sha256(row_json.encode("utf-8", "surrogatepass")).hexdigest()[:12]
             n = occurrences.get(digest, 0) + 1
