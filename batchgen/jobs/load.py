@@ -364,7 +364,7 @@ def _resolve_all(job: Job, report: Callable[[Problem], None],
     for src in job.sources:
         for (entry, where, path, line_of), row in entries(src, report, seen):
             req = _resolve(job, entry, where, path, line_of, position, occurrences, report,
-                           row)
+                           data_row=row)
             if req is not None:
                 yield req
                 position += 1
@@ -383,7 +383,7 @@ def _validate(model: type[BaseModel], entry: dict[str, Any], name: str,
 
 def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
              line_of: Callable[[tuple[Any, ...]], int | None], position: int,
-             occurrences: dict[str, int], report: Callable[[Problem], None],
+             occurrences: dict[str, int], report: Callable[[Problem], None], *,
              data_row: str | None = None) -> Request | None:
     name = where.rsplit(":", 1)[0]
     given_id: str | None
