@@ -209,7 +209,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
     seen: set[str] = set()
     try:
         for req in _resolve_all(job, collect, seen):
-            line = f"{req.id}\0{req.fingerprint}\0{req.data_row or ''}\n".encode()
+            line = (f"{req.id}\0{req.fingerprint}\n" if req.data_row is None  # as ever
+                    else f"{req.id}\0{req.fingerprint}\0{req.data_row}\n").encode()
             whole.update(line)
             clashes.add(req.id)  # over the whole job: shards merge into one texts/
             total += 1

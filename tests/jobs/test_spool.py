@@ -191,7 +191,7 @@ def test_a_run_plans_from_the_spool_even_if_the_file_changes_after_validating(
     summary = run_job(job, RunOptions(sleep=no_sleep, flush_interval=0.05))
     assert summary.exit_code == 0 and summary.done == 6
     with sqlite3.connect(job.run_dir / "run.db") as db:
-        stored = db.execute("SELECT id, position, fingerprint, model, body, tags "
+        stored = db.execute("SELECT id, position, fingerprint, model, body, tags, data_row "
                             "FROM requests ORDER BY position").fetchall()
     assert stored == expected
     assert _unlinked() == before
