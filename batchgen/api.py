@@ -170,6 +170,8 @@ def _in_worker_thread(job: Job, progress: bool, force: bool) -> RunResult:
     loop: asyncio.AbstractEventLoop | None = None
     outcome: dict[str, Any] = {}
     ready = threading.Event()
+    finished = threading.Event()  # not Thread.join: a KeyboardInterrupt inside join()
+    # can leave the thread marked as ended while it still runs (CPython 3.11)
 
     def work() -> None:
         nonlocal loop
@@ -183,17 +185,18 @@ def _in_worker_thread(job: Job, progress: bool, force: bool) -> RunResult:
         finally:
             ready.set()
             job.discard_spool()
+            finished.set()
 
     thread = threading.Thread(target=work, name=f"batchgen-{job.name}", daemon=True)
     thread.start()
     try:
-        _wait(thread)
+        _wait(finished)
     except KeyboardInterrupt:
         ready.wait()
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
                 loop.call_soon_threadsafe(runner.interrupt.trigger)
-        _wait(thread)  # a second Ctrl-C leaves at once: the store is consistent at every commit
+        _wait(finished)  # a second Ctrl-C leaves at once: the store is consistent at every commit
         raise
     error = outcome.get("error")
     if isinstance(error, asyncio.CancelledError):
@@ -206,9 +209,9 @@ def _in_worker_thread(job: Job, progress: bool, force: bool) -> RunResult:
     return _result(summary)
 
 
-def _wait(thread: threading.Thread) -> None:
-    while thread.is_alive():
-        thread.join(0.1)
+def _wait(finished: threading.Event) -> None:
+    while not finished.wait(0.1):
+        pass
 
 
 def _result(summary: RunSummary) -> RunResult:

@@ -284,3 +284,59 @@ def test_run_inside_a_running_event_loop_like_a_notebook_cell(tmp_path: Path,
                                    progress=False)
 
     assert asyncio.run(awaited()).counts == {"done": 3, "failed": 0, "pending": 0}
+
+
+def test_ctrl_c_stops_a_python_run_cleanly_and_the_next_call_resumes(
+        tmp_path: Path, fake_process: FakeProcess) -> None:
+    """SIGINT to a script inside batchgen.run (as a notebook's interrupt): the
+    run stops as the CLI's does, KeyboardInterrupt is raised, the outputs are
+    written; the same call again finishes the job."""
+    job = {"name": "ki", "output_dir": str(tmp_path / "out"),
+           "endpoint": {"base_url": fake_process.base_url, "api_key_env": KEY_ENV,
+                        "continuation": "partial"},
+           "defaults": {"model": "qwen-plus"}, "run": {"concurrency": 2},
+           "template": {"prompt": "[[len=60]] [[delay=0.03]] Say {{ word }}"}}
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import json, sys, batchgen\n"
+        f"job = json.loads({json.dumps(json.dumps(job))})\n"
+        "rows = [{'word': f'w{i}'} for i in range(12)]\n"
+        "try:\n"
+        "    result = batchgen.run(job, rows=rows, progress=False)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(0)\n"
+        "print('finished', result.counts, flush=True)\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "out" / "ki" / "run.db"
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                if conn.execute("SELECT COUNT(*) FROM requests WHERE state = 'done'"
+                                ).fetchone()[0] >= 2:
+                    break
+        except sqlite3.Error:
+            continue
+    proc.send_signal(2)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == "interrupted", (out, err)
+    run_dir = tmp_path / "out" / "ki"
+    with sqlite3.connect(db) as conn:
+        states = dict(conn.execute("SELECT state, COUNT(*) FROM requests GROUP BY state"))
+        aborted = conn.execute("SELECT COUNT(*) FROM attempts WHERE error_class = "
+                               "'interrupted'").fetchone()[0]
+    assert 2 <= states.get("done", 0) < 12 and aborted >= 1, (states, aborted)
+    assert (run_dir / "table.jsonl").exists()  # written on the way out, as the CLI does
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert "finished {'done': 12, 'failed': 0, 'pending': 0}" in again.stdout, again.stderr
+    table = read_table(run_dir / "table.jsonl")
+    assert [r["word"] for r in table] == [f"w{i}" for i in range(12)]
+    assert all(r["status"] == "done" for r in table)
