@@ -340,3 +340,19 @@ def test_ctrl_c_stops_a_python_run_cleanly_and_the_next_call_resumes(
     table = read_table(run_dir / "table.jsonl")
     assert [r["word"] for r in table] == [f"w{i}" for i in range(12)]
     assert all(r["status"] == "done" for r in table)
+
+
+def test_prompts_and_data_together_and_a_table_elsewhere(tmp_path: Path,
+                                                         fake: FakeServer) -> None:
+    write_rows(tmp_path / "docs.csv", ROWS[:2])
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"},
+                   prompts=[{"id": "intro", "prompt": "[[len=5]] hello"}],
+                   output={"format": "parquet", "table": "tables/out.parquet",
+                           "columns": ["lang"]})
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["id"] for r in read_results(tmp_path / "out" / "translate")] == [
+        "intro", "d1", "d2"]
+    table = read_table(tmp_path / "tables" / "out.parquet")
+    assert [(r["lang"], r["id"]) for r in table] == [("French", "d1"), ("German", "d2")]
+    assert not (tmp_path / "out" / "translate" / "table.csv").exists()
