@@ -1,24 +1,33 @@
-"""Request ids that clash: found over millions of ids in a few bytes per id.
+"""Request ids that clash: found over millions of ids in a few MB, whatever the count.
 
 Two ids clash when they are equal, or equal but for case: on macOS and
 Windows file systems ``texts/Foo.md`` and ``texts/foo.md`` are one file, so
 one answer would silently overwrite the other.
 
 Holding every id in a set costs ~100 bytes an id (100 MB at a million). This
-keeps an 8-byte digest of each case-folded id in an array instead, finds the
-digests that occur twice with a bitmap of 64 bits per id (a first filter) and
-a dict of the few candidates, and leaves the positions to look at again; the
-caller re-reads only those to name the clashing lines.
+keeps an 8-byte digest of each case-folded id instead, in memory up to
+:data:`CHUNK` of them and beyond that in an unlinked temporary file (as the
+plan's spool does). At the end the digests are split by their low bits into
+buckets of about :data:`CHUNK` each, each bucket is sorted and its repeats
+found; the positions holding a repeated digest are what the caller reads
+again to name the clashing lines. Memory stays at a few MB at any size (it
+was 16 bytes an id, 16 MB at a million, in the bitmap this replaced).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
+from typing import IO
 
 from batchgen.errors import Problem
 from batchgen.jobs.records import Request
+
+CHUNK = 1 << 16  # digests held in memory at once (512 KB), and about a bucket's size
+_SPILL = 1 << 13  # digests a bucket gathers before they are written out
 
 
 def fold_key(request_id: str) -> int:
@@ -31,35 +40,77 @@ class ClashFinder:
     """``add(id)`` in job order, then ``positions()``: where clashes may be."""
 
     def __init__(self) -> None:
-        self.keys = array("q")
+        self.keys = array("q")  # the digests not yet written out
+        self.count = 0
+        self._file: IO[bytes] | None = None
 
     def add(self, request_id: str) -> None:
         self.keys.append(fold_key(request_id))
+        self.count += 1
+        if len(self.keys) >= CHUNK:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="batchgen-ids-")  # noqa: SIM115
+            self.keys.tofile(self._file)
+            del self.keys[:]
 
     def positions(self) -> set[int]:
         """Positions whose case-folded id digest occurs more than once."""
-        n = len(self.keys)
-        if n < 2:
-            return set()
-        bits = max(1 << 16, 1 << (n * 64 - 1).bit_length())
-        mask = bits - 1
-        seen = bytearray(bits // 8)
-        maybe: set[int] = set()
-        for key in self.keys:
-            slot = key & mask
-            byte, bit = slot >> 3, 1 << (slot & 7)
-            if seen[byte] & bit:
-                maybe.add(slot)
-            else:
-                seen[byte] |= bit
-        if not maybe:
-            return set()
-        counts: dict[int, int] = {}
-        for key in self.keys:
-            if key & mask in maybe:
-                counts[key] = counts.get(key, 0) + 1
-        twice = {key for key, count in counts.items() if count > 1}
-        return {i for i, key in enumerate(self.keys) if key in twice}
+        try:
+            if self._file is None:
+                return _repeated_at(self.keys, _repeats(self.keys))
+            self.keys.tofile(self._file)
+            del self.keys[:]
+            repeats = self._repeats_by_bucket(self._file)
+            return _repeated_at(self._read(self._file), repeats) if repeats else set()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _read(self, file: IO[bytes]) -> Iterator[int]:
+        file.seek(0)
+        while True:
+            chunk = array("q")
+            chunk.frombytes(file.read(CHUNK * 8))
+            if not chunk:
+                return
+            yield from chunk
+
+    def _repeats_by_bucket(self, file: IO[bytes]) -> set[int]:
+        buckets = 1 << max(0, (self.count // CHUNK).bit_length())
+        mask = buckets - 1
+        with tempfile.TemporaryFile(prefix="batchgen-ids-") as split:
+            where: list[list[tuple[int, int]]] = [[] for _ in range(buckets)]
+            held = [array("q") for _ in range(buckets)]
+
+            def spill(b: int) -> None:
+                where[b].append((split.tell(), len(held[b])))
+                held[b].tofile(split)
+                del held[b][:]
+
+            for key in self._read(file):
+                bucket = held[key & mask]
+                bucket.append(key)
+                if len(bucket) >= _SPILL:
+                    spill(key & mask)
+            repeats: set[int] = set()
+            for b in range(buckets):
+                keys = array("q", held[b])
+                del held[b][:]
+                for offset, n in where[b]:
+                    split.seek(offset)
+                    keys.fromfile(split, n)
+                repeats |= _repeats(keys)
+            return repeats
+
+
+def _repeats(keys: array[int]) -> set[int]:
+    ordered = sorted(keys)
+    return {a for a, b in itertools.pairwise(ordered) if a == b}
+
+
+def _repeated_at(keys: Iterable[int], repeats: set[int]) -> set[int]:
+    return {i for i, key in enumerate(keys) if key in repeats} if repeats else set()
 
 
 def clash_problems(requests: Iterable[Request], positions: set[int]) -> Iterator[Problem]:
