@@ -191,6 +191,8 @@ def _print_plan(job: Job) -> None:
         click.echo(f"  unknown cost:  {unknown} (no price; add `pricing:`)")
     if job.budget:
         click.echo(f"  budget:        {job.budget.max_cost:,.4f} {job.budget.currency}")
+    for model, mode in job.info.schema_modes:
+        click.echo(f"  schema:        {model}: {mode}")
 
 
 def _print_summary(job: Job, summary: RunSummary) -> None:

@@ -115,6 +115,8 @@ OWNERS = {
     # pyarrow reads Parquet data (jobs) and writes Parquet tables (outputs)
     "pygal": {"outputs"}, "jinja2": {"outputs", "jobs"}, "tiktoken": {"tokens"},
     "pyarrow": {"jobs", "outputs"}, "pandas": {"api"},
+    # a schema is checked when the job loads (jobs) and answers when they end (engine)
+    "jsonschema": {"jobs", "engine"},
     "orjson": {"jsonfast"}, "yaml": {"jobs"}, "pydantic": {"jobs"}, "tenacity": {"wire"},
     "tqdm": {"engine"}, "click": {"cli"}, "uvloop": {"engine"},
 }

@@ -21,6 +21,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from batchgen.engine import structured
 from batchgen.engine.continuation import (
     EchoFilter,
     continue_body,
@@ -40,7 +41,7 @@ from batchgen.errors import (
     TransientError,
 )
 from batchgen.jobs.records import RunSettings
-from batchgen.outputs.files import text_path, write_atomic
+from batchgen.outputs.files import pretty_json, text_path, write_atomic
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
 from batchgen.secrets import printable
@@ -225,8 +226,10 @@ class Engine:
                 if number > p.attempts and not self._retry_fits(p):
                     raise _Stopped
                 tries[0] = number = number + 1
-                while await self._attempt(p, number, reserve, probe):  # cut at the cap
-                    tries[0] = number = number + 1  # ... and continued: the next segment
+                # cut at the cap and continued (the next segment), or an answer that did
+                # not fit the schema asked again (run.max_invalid): one more attempt
+                while await self._attempt(p, number, reserve, probe):
+                    tries[0] = number = number + 1
             finally:
                 self.limit.release()
         finally:
@@ -283,8 +286,10 @@ class Engine:
 
     async def _attempt(self, p: Pending, number: int, reserve: int, probe: bool = False
                        ) -> bool:
-        """One attempt; True when its answer was cut at the output cap and is to
-        be continued as the next segment (``run.on_length: continue``)."""
+        """One attempt; True when another is to follow at once: its answer was
+        cut at the output cap and goes on as the next segment (``run.on_length:
+        continue``), or did not fit the request's schema and is asked again
+        (``run.max_invalid``)."""
         resume = await self._resume(p, number)
         segments = self.settings.on_length == "continue"
         limits = segment_tokens(p.body, resume.tokens if resume else 0,
@@ -295,6 +300,8 @@ class Engine:
             body = {**p.body, **limits} if limits else p.body
         live = self.journal.open(p, run_id=self.d.run_id, n=number, resume=resume)
         watched = guarded(live.on_text, self.guard) if self.guard.repetition else live.on_text
+        if p.schema is not None and resume is None:  # a continuation starts mid-JSON
+            watched = structured.watched(watched)
         on_text = watched if resume is None or self.form != "prefill" \
             else EchoFilter(resume.text, watched)
         result = StreamResult()
@@ -317,6 +324,9 @@ class Engine:
             kept = self._repetition(p, body, live, result, resume, stop.keep, number)
             self._finish(p, body, kept, result, reserve, None, kept=True)
             return False
+        except structured.NotJson as stop:
+            return self._invalid(p, live, result, f"was stopped early: {stop}",
+                                 self._billed(body, live, result))
         except asyncio.CancelledError:
             self._end(live, p, AttemptEnd(status="aborted", error_class="interrupted",
                                           error_message="stopped by the user",
@@ -349,8 +359,39 @@ class Engine:
             self.watchdog.release(watch)
         if self._cut_at_the_cap(p, body, live, result, resume):
             return True
-        self._finish(p, body, live, result, reserve, resume)
+        value_json = None
+        if p.schema is not None:
+            check = structured.check_for(p.schema)
+            whole = (resume.text if resume is not None else "") + "".join(live.content)
+            problem = check.problem(whole)
+            if problem is not None:
+                return self._invalid(p, live, result, problem, self._billed(body, live, result))
+            value_json = pretty_json(check.parse(whole))
+        self._finish(p, body, live, result, reserve, resume, value_json=value_json)
         return False
+
+    def _invalid(self, p: Pending, live: Live, result: StreamResult, problem: str,
+                 usage: Usage | None) -> bool:
+        """An answer that is not JSON fitting the request's schema: recorded as
+        an attempt of class ``schema`` with its usage (it was paid for), then
+        asked again as a fresh attempt — up to ``run.max_invalid`` times, apart
+        from ``run.max_attempts`` — after which the request fails with reason
+        ``schema`` and what was wrong."""
+        self._end(live, p, AttemptEnd(status="error", error_class="schema",
+                                      finish_reason=result.finish_reason,
+                                      error_message=f"the answer {problem}",
+                                      provider_request_id=result.request_id), usage)
+        self.outage.answered()
+        self.d.progress.update(tokens=usage.completion_tokens if usage else 0,
+                               in_flight=self.limit.active)
+        invalid = self.d.store.attempts_of_class(p.id, p.fingerprint, "schema")
+        log.info("%s: invalid answer %d: %s", p.id, invalid, problem)
+        if invalid > self.settings.max_invalid:
+            raise RequestFatalError(f"the answer {problem} ({invalid} answers, none valid; "
+                                    f"run.max_invalid {self.settings.max_invalid})",
+                                    error_class="schema",
+                                    provider_request_id=result.request_id)
+        return True
 
     def _cut_at_the_cap(self, p: Pending, body: dict[str, Any], live: Live,
                         result: StreamResult, resume: Resume | None) -> bool:
@@ -418,7 +459,8 @@ class Engine:
                                 provider_request_id=result.request_id) from None
 
     def _finish(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
-                reserve: int, resume: Resume | None, kept: bool = False) -> None:
+                reserve: int, resume: Resume | None, kept: bool = False,
+                value_json: str | None = None) -> None:
         """The answer is whole and paid for: nothing after this point may lose it.
         ``kept``: the answer a loop's first copy left (its cost is on the
         looping attempt): recorded without usage of its own."""
@@ -440,7 +482,8 @@ class Engine:
             live.attempt_id, AttemptEnd(status="done", finish_reason=result.finish_reason,
                                         provider_request_id=result.request_id, tool_calls=calls,
                                         first_token=live.first_token),
-            usage, self.d.clock(), request_id=p.id, content=whole, reasoning=reasoning))
+            usage, self.d.clock(), request_id=p.id, content=whole, reasoning=reasoning,
+            value_json=value_json))
         if self.d.budget is not None and usage is not None:
             self.d.budget.charge(p, usage)
         self.outcome.done += 1

@@ -253,5 +253,6 @@ def _write_all(run_dir: Path, finished: list[Ended]) -> None:
     files = []
     for done in finished:
         assert done.request_id is not None  # noqa: S101 - an invariant, for the type checker
-        files += text_files(run_dir, done.request_id, done.content, done.reasoning)
+        files += text_files(run_dir, done.request_id, done.content, done.reasoning,
+                            done.value_json)
     write_many_atomic(files)

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from batchgen.errors import JobFileError, Problem, UsageError
-from batchgen.jobs import validated
+from batchgen.jobs import structured, validated
 from batchgen.jobs.endpoints import detect as detect_continuation
 from batchgen.jobs.ids import ClashFinder, clash_problems
 from batchgen.jobs.problems import from_validation, path_str
@@ -207,8 +207,9 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
     whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
     kept = Spool() if for_run and not (job.run_dir / "run.db").exists() else None
     seen: set[str] = set()
+    schemas = structured.Schemas()
     try:
-        for req in _resolve_all(job, collect, seen):
+        for req in _resolve_all(job, collect, seen, schemas):
             line = (f"{req.id}\0{req.fingerprint}\n" if req.data_row is None  # as ever
                     else f"{req.id}\0{req.fingerprint}\0{req.data_row}\n").encode()
             whole.update(line)
@@ -238,7 +239,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
     files = tuple(str(s.file) for s in sources)
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
                    plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
-                   job_requests=total)
+                   job_requests=total, schema_modes=tuple(schemas.modes))
     if key is not None and not validated.still_valid(job):
         key = None  # a file moved while it was read: nothing to vouch for next time
     return replace(job, info=info, spool=kept, validation_key=key)
@@ -358,14 +359,16 @@ def _table_problems(file: Path, table: TableSettings, seen: set[str], line_map: 
 
 
 def _resolve_all(job: Job, report: Callable[[Problem], None],
-                 seen: set[str] | None = None) -> Iterator[Request]:
+                 seen: set[str] | None = None, schemas: structured.Schemas | None = None
+                 ) -> Iterator[Request]:
     """Every request of the job, in job order; ``seen`` gathers the data rows' columns."""
     position = 0
     occurrences: dict[str, int] = {}
+    schemas = schemas or structured.Schemas()
     for src in job.sources:
         for (entry, where, path, line_of), row in entries(src, report, seen):
             req = _resolve(job, entry, where, path, line_of, position, occurrences, report,
-                           data_row=row)
+                           data_row=row, walk=schemas)
             if req is not None:
                 yield req
                 position += 1
@@ -385,7 +388,7 @@ def _validate(model: type[BaseModel], entry: dict[str, Any], name: str,
 def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
              line_of: Callable[[tuple[Any, ...]], int | None], position: int,
              occurrences: dict[str, int], report: Callable[[Problem], None], *,
-             data_row: str | None = None) -> Request | None:
+             data_row: str | None = None, walk: structured.Schemas) -> Request | None:
     name = where.rsplit(":", 1)[0]
     given_id: str | None
     if "custom_id" in entry:
@@ -424,9 +427,32 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
     request: dict[str, Any] = {"model": model, "messages": messages, **params}
     if extra:
         request["extra_body"] = extra
+    schema_json: str | None = None
+    own = "answer_schema" in spec.model_fields_set
+    given = spec.answer_schema if own else defaults.answer_schema
+    if given is not None:
+        at = (*path, "schema") if own else ("defaults", "schema")
+        mode = spec.schema_mode or defaults.schema_mode or "auto"
+        try:
+            schema = structured.load_schema(given, job.path.parent, walk.files)
+        except structured.SchemaProblem as exc:
+            report(Problem(name if own else str(job.path), line_of(at), path_str(at), str(exc)))
+            return None
+        if "response_format" in params:
+            report(Problem(name, line_of(path), path_str((*path, "response_format")),
+                           "give `schema:` or `response_format:`, not both (schema_mode "
+                           "chooses the response_format)"))
+            return None
+        if mode == "auto":
+            mode = structured.auto_mode(job.endpoint.base_url, job.endpoint.local, request)
+        request = structured.apply(request, schema, mode)
+        schema_json = canonical(schema)
+        walk.modes[(model, mode)] = None
     body_json = canonical(request)
     try:
         keyed = f"{job.endpoint_id}\n{body_json}".encode()
+        if schema_json is not None:  # a schema the body does not carry still counts
+            keyed += f"\n{schema_json}".encode()
         if spec.tags:
             "".join(spec.tags).encode()
     except UnicodeEncodeError:
@@ -445,7 +471,7 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         req_id = f"p-{digest}" if n == 1 else f"p-{digest}-{n}"
     return Request(id=req_id, position=position, model=model, body=request,
                    fingerprint=fingerprint, tags=tuple(spec.tags or ()), source=where,
-                   body_json=body_json, data_row=data_row)
+                   body_json=body_json, data_row=data_row, schema_json=schema_json)
 
 
 def _lone_surrogate(obj: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:

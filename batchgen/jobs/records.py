@@ -26,14 +26,15 @@ class Request:
     source: str = ""
     body_json: str = ""
     data_row: str | None = None  # a data row's kept columns (JSON), for the table
+    schema_json: str | None = None  # the JSON Schema its answer must fit (canonical JSON)
 
     def row(self) -> PlanRow:
         """What the run store plans of it: id, position, fingerprint, model, body,
-        tags, and the data row it was made of."""
+        tags, the data row it was made of, and the schema its answer must fit."""
         return (self.id, self.position, self.fingerprint, self.model,
                 self.body_json or json.dumps(self.body, ensure_ascii=False, separators=(",", ":")),
                 json.dumps(list(self.tags), ensure_ascii=False, separators=(",", ":"))
-                if self.tags else None, self.data_row)
+                if self.tags else None, self.data_row, self.schema_json)
 
 
 # the columns the table adds to a data row's kept ones, in this order
@@ -96,6 +97,7 @@ class RunSettings:
     on_length: str = "stop"
     max_continuations: int = 16
     max_total_tokens: int | None = None
+    max_invalid: int = 2
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,5 @@ class JobInfo:
     plan_digest: str = ""  # SHA-256 over every (id, fingerprint) this run runs, in job order
     job_digest: str = ""  # the same over the whole job (equal to plan_digest unless sharded)
     job_requests: int = 0  # requests in the whole job
+    # (model, schema mode) of the requests whose answer must fit a schema
+    schema_modes: tuple[tuple[str, str], ...] = ()

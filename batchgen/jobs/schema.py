@@ -41,7 +41,7 @@ PROVIDER_KEYS = frozenset(
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
 
 class Params(_Strict):
@@ -121,7 +121,15 @@ def _id_from_int(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class PromptSpec(Params):
+class Answer(_Strict):
+    """``schema:`` and ``schema_mode:`` (:mod:`batchgen.jobs.structured`): the
+    answer must be JSON fitting a JSON Schema (a mapping, or a ``.json`` path)."""
+
+    answer_schema: dict[str, Any] | str | None = Field(default=None, alias="schema")
+    schema_mode: Literal["auto", "json_schema", "json_object", "prompt"] | None = None
+
+
+class PromptSpec(Params, Answer):
     """One entry of ``prompts:`` or one line of a JSONL job file."""
 
     id: str | None = Field(default=None, pattern=ID_PATTERN)
@@ -152,7 +160,7 @@ class PromptSpec(Params):
         return self
 
 
-class Defaults(Params):
+class Defaults(Params, Answer):
     """``defaults:`` — applied to every prompt unless the prompt sets its own."""
 
     model: str | None = Field(default=None, min_length=1)
@@ -272,6 +280,7 @@ class RunSpec(_Strict):
     # an answer cut at the output cap (finish_reason "length"): stop there, or
     # continue it with the endpoint's continuation form, segment after segment
     on_length: Literal["stop", "continue"] = "stop"
+    max_invalid: int = Field(default=2, ge=0, le=100)  # answers asked again for a schema
     max_continuations: int = Field(default=16, ge=0, le=10_000)  # length-continuations
     max_total_tokens: int | None = Field(default=None, gt=0)  # completion tokens, all segments
 

@@ -29,7 +29,7 @@ MAX_YAML_BYTES = 8 * 1024 * 1024
 MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3)))
 MAX_LINE_BYTES = 32 * 1024 * 1024
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-PROMPT_KEYS = frozenset(PromptSpec.model_fields)
+PROMPT_KEYS = frozenset(f.alias or name for name, f in PromptSpec.model_fields.items())
 ROWS_NAME = "rows.jsonl"  # what `data:` reads as when the rows come from Python
 
 

@@ -110,7 +110,9 @@ def recall(run_dir: Path, key: str) -> JobInfo | None:
         return JobInfo(requests=int(info["requests"]), models=tuple(info["models"]),
                        files=tuple(info["files"]), plan_digest=str(info["plan_digest"]),
                        job_digest=str(info["job_digest"]),
-                       job_requests=int(info["job_requests"]))
+                       job_requests=int(info["job_requests"]),
+                       schema_modes=tuple((str(m), str(k)) for m, k in
+                                          info.get("schema_modes", ())))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # an unreadable record is no record: validate
 

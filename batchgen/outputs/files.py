@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.cost.pricing import PriceBook, StoreCosts
+from batchgen.jobs import structured
 from batchgen.jobs.schema import ID_RE
+from batchgen.jobs.structured import answer_value
 from batchgen.store.runstore import RunStore
 
 
@@ -129,16 +131,30 @@ def text_path(run_dir: Path, request_id: str, reasoning: bool = False) -> Path:
     return run_dir / "texts" / (f"{request_id}.reasoning.md" if reasoning else f"{request_id}.md")
 
 
-def text_files(run_dir: Path, request_id: str, content: str,
-               reasoning: str) -> list[tuple[Path, bytes]]:
+def text_files(run_dir: Path, request_id: str, content: str, reasoning: str,
+               value_json: str | None = None) -> list[tuple[Path, bytes]]:
+    """texts/<id>.md, and texts/<id>.reasoning.md and texts/<id>.json where
+    there is reasoning, or a JSON value (an answer to a schema)."""
     files = [(text_path(run_dir, request_id), content.encode("utf-8"))]
     if reasoning:
         files.append((text_path(run_dir, request_id, reasoning=True), reasoning.encode("utf-8")))
+    if value_json is not None:
+        files.append((json_path(run_dir, request_id), value_json.encode("utf-8")))
     return files
 
 
-def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str) -> None:
-    write_many_atomic(text_files(run_dir, request_id, content, reasoning))
+def json_path(run_dir: Path, request_id: str) -> Path:
+    """texts/<id>.json: the parsed value of an answer to a schema."""
+    return text_path(run_dir, request_id).with_suffix(".json")
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
+
+
+def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str,
+                value_json: str | None = None) -> None:
+    write_many_atomic(text_files(run_dir, request_id, content, reasoning, value_json))
 
 
 def jsonl(obj: dict[str, Any]) -> bytes:
@@ -175,6 +191,13 @@ def _cost(row: Any) -> dict[str, Any] | None:
     return cost
 
 
+def _value(content: str) -> Any:
+    try:
+        return answer_value(content)
+    except ValueError:  # checked when it finished; a store edited since: no value
+        return None
+
+
 def result_line(row: Any, with_cost: bool) -> dict[str, Any]:
     """One line of results.jsonl from a row of :meth:`RunStore.done_in_order`."""
     content = row["content"] or ""
@@ -192,6 +215,8 @@ def result_line(row: Any, with_cost: bool) -> dict[str, Any]:
         line["continuations"] = row["continuations"] - segments
     if segments:  # run.on_length: continue went on past the output cap this often
         line["length_continuations"] = segments
+    if row["schema"] is not None:  # checked valid when it finished
+        line["json"] = _value(content)
     line["fingerprint"] = row["fingerprint"]
     if row["tags"]:
         line["tags"] = json.loads(row["tags"])
@@ -201,8 +226,12 @@ def result_line(row: Any, with_cost: bool) -> dict[str, Any]:
 
 
 def failed_entry(row: Any) -> dict[str, Any]:
-    """A failed request in job-file form, from a row of :meth:`RunStore.failed_in_order`."""
+    """A failed request in job-file form, from a row of :meth:`RunStore.failed_in_order`.
+    An answer to a schema: its ``schema`` and the ``schema_mode`` it was asked
+    in, the messages as written (without the schema's instruction)."""
     body = json.loads(row["body"])
+    if row["schema"] is not None:
+        body = structured.as_written(body, json.loads(row["schema"]))
     entry: dict[str, Any] = {"id": row["id"], "model": body.pop("model"),
                              "messages": body.pop("messages"), **body}
     if row["tags"]:
@@ -226,9 +255,11 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
             line = result_line(row, with_cost)
             counts["done"] += 1
             path = text_path(run_dir, row["id"])
-            if not path.exists():
+            value = pretty_json(line["json"]) if "json" in line else None
+            if not path.exists() or (value is not None
+                                     and not json_path(run_dir, row["id"]).exists()):
                 write_texts(run_dir, row["id"], line["content"],
-                            line.get("reasoning_content", ""))
+                            line.get("reasoning_content", ""), value)
                 counts["texts_restored"] += 1
             yield jsonl(line)
 

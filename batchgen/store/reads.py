@@ -69,7 +69,7 @@ class StoreReads(Reader):
         cur.row_factory = sqlite3.Row
         # `cost` is one of two fixed fragments above; nothing here comes from a user
         sql = (
-            "SELECT r.id, r.position, r.model, r.fingerprint, r.tags, "  # noqa: S608
+            "SELECT r.id, r.position, r.model, r.fingerprint, r.tags, r.schema, "  # noqa: S608
             "a.id AS attempt_id, a.finish_reason, a.tool_calls, a.continuations"
             + cost
             + ", a.run_id, (SELECT COUNT(*) FROM attempts x WHERE x.request_id = r.id "
@@ -121,7 +121,7 @@ class StoreReads(Reader):
         cur.row_factory = sqlite3.Row
         # `cost` and `where` are fixed fragments above; nothing here comes from a user
         yield from cur.execute(
-            "SELECT r.id, r.state, r.data_row, r.model, s.content, s.reasoning, "  # noqa: S608
+            "SELECT r.id, r.state, r.data_row, r.schema, r.model, s.content, s.reasoning, "  # noqa: S608
             " d.finish_reason, " + cost +
             " u.prompt_tokens + COALESCE(g.prompt_tokens, 0) AS prompt_tokens, "
             " u.completion_tokens + COALESCE(g.completion_tokens, 0) AS completion_tokens, "
@@ -142,6 +142,12 @@ class StoreReads(Reader):
             "WHERE r.position IS NOT NULL" + where + " ORDER BY r.position"
         )
 
+    def schemas(self) -> list[str]:
+        """The distinct schemas the job's answers must fit (JSON text)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT schema FROM requests WHERE position IS NOT NULL "
+            "AND schema IS NOT NULL")]
+
     def data_rows(self) -> Iterator[str]:
         """The job's data rows (their kept columns, JSON), in job order."""
         for (raw,) in self.db.execute(
@@ -154,7 +160,7 @@ class StoreReads(Reader):
         cur = self.db.cursor()
         cur.row_factory = sqlite3.Row
         yield from cur.execute(
-            "SELECT r.id, r.position, r.body, r.tags, "
+            "SELECT r.id, r.position, r.body, r.tags, r.schema, "
             "CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
             " THEN 'internal_error' ELSE a.error_class END AS error_class, a.error_code, "
             " a.http_status, "
@@ -229,9 +235,13 @@ class StoreReads(Reader):
     def length_segments(self, request_id: str, fingerprint: str) -> int:
         """Segments of this version of a request cut at the output cap and
         continued (``run.on_length: continue``)."""
+        return self.attempts_of_class(request_id, fingerprint, "length")
+
+    def attempts_of_class(self, request_id: str, fingerprint: str, error_class: str) -> int:
+        """Attempts of this version of a request that ended with ``error_class``."""
         return int(self.db.execute(
             "SELECT COUNT(*) FROM attempts WHERE request_id=? AND fingerprint=? "
-            "AND error_class='length'", (request_id, fingerprint)).fetchone()[0])
+            "AND error_class=?", (request_id, fingerprint, error_class)).fetchone()[0])
 
     def continued(self) -> list[tuple[str, int]]:
         """(request id, the attempt it went on from) of each finished attempt

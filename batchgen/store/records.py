@@ -16,7 +16,7 @@ ESTIMATED = frozenset({"tokenizer", "calibrated", "static"})
 
 # A request as the store's `requests` table takes it:
 # (id, position, fingerprint, model, body JSON, tags JSON or None)
-PlanRow = tuple[str, int, str, str, str, str | None, str | None]
+PlanRow = tuple[str, int, str, str, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ _ADDED_COLUMNS = (
     ("usage", "completion_method", "TEXT"),  # schema 2: the same, for completion tokens
     ("attempts", "first_token", "REAL"),  # schema 2: when its first text arrived
     ("requests", "data_row", "TEXT"),  # schema 3: the data row's kept columns (JSON)
+    ("requests", "schema", "TEXT"),  # schema 3: the JSON Schema its answer must fit
 )
 
 _SCHEMA = """
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS requests (
     state TEXT NOT NULL DEFAULT 'pending',
     done_attempt INTEGER,
     reason TEXT,
-    data_row TEXT
+    data_row TEXT,
+    schema TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_todo ON requests(position)
     WHERE position IS NOT NULL AND state != 'done';
@@ -148,6 +150,7 @@ class Pending:
     body: dict[str, Any]
     tags: tuple[str, ...]
     attempts: int
+    schema: str | None = None  # the JSON Schema its answer must fit (JSON text)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class Ended:
     request_id: str | None = None
     content: str = ""
     reasoning: str = ""
+    value_json: str | None = None  # an answer to a schema: its JSON value, pretty-printed
 
 
 @dataclass(frozen=True)
@@ -309,10 +313,10 @@ class RunStore(StoreReads, CostedReads, EstimateReads):
         db = self.db
         db.execute("UPDATE requests SET position = NULL WHERE position IS NOT NULL")
         sql = (
-            "INSERT INTO requests (id, position, fingerprint, model, body, tags, data_row) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "INSERT INTO requests (id, position, fingerprint, model, body, tags, data_row, "
+            "schema) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
             "position = excluded.position, model = excluded.model, tags = excluded.tags, "
-            "data_row = excluded.data_row, "
+            "data_row = excluded.data_row, schema = excluded.schema, "
             "state = CASE WHEN requests.fingerprint = excluded.fingerprint "
             "  THEN requests.state ELSE 'pending' END, "
             "done_attempt = CASE WHEN requests.fingerprint = excluded.fingerprint "
@@ -342,7 +346,7 @@ class RunStore(StoreReads, CostedReads, EstimateReads):
             rows = self.db.execute(
                 "SELECT r.id, r.position, r.fingerprint, r.model, r.body, r.tags, "
                 " (SELECT COUNT(*) FROM attempts a WHERE a.request_id = r.id "
-                "  AND a.fingerprint = r.fingerprint) "
+                "  AND a.fingerprint = r.fingerprint), r.schema "
                 "FROM requests r WHERE r.position IS NOT NULL "
                 "AND r.state IN ('pending', 'failed') "
                 "AND r.position > ? ORDER BY r.position LIMIT ?",
@@ -350,9 +354,9 @@ class RunStore(StoreReads, CostedReads, EstimateReads):
             ).fetchall()
             if not rows:
                 return
-            for rid, pos, fp, model, body, tags, n in rows:
+            for rid, pos, fp, model, body, tags, n, schema in rows:
                 yield Pending(rid, pos, fp, model, json.loads(body),
-                              tuple(json.loads(tags)) if tags else (), n)
+                              tuple(json.loads(tags)) if tags else (), n, schema)
                 last = pos
 
     def last_attempt_id(self) -> int:

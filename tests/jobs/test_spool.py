@@ -151,7 +151,8 @@ def test_a_full_disk_means_resolving_again(tmp_path: Path, monkeypatch: pytest.M
 def test_spool_round_trip_and_single_read() -> None:
     spool = Spool()
     rows = [(f"r{i}", i, "f" * 64, "m", '{"a":"\ud83d\ude00 \udc80"}', None if i % 2 else '["t"]',
-             None if i % 3 else '{"doc_id":"7"}') for i in range(5_001)]
+             None if i % 3 else '{"doc_id":"7"}', None if i % 5 else '{"type":"object"}')
+            for i in range(5_001)]
     for row in rows:
         spool.add(row)
     taken = spool.take()
@@ -163,7 +164,7 @@ def test_long_bodies_are_written_out_early(monkeypatch: pytest.MonkeyPatch) -> N
     """A batch holds ~BATCH_CHARS of body text, not 2,000 long prompts."""
     monkeypatch.setattr(spool_mod, "BATCH_CHARS", 1_000)
     spool = Spool()
-    rows = [(f"r{i}", i, "f", "m", "x" * 300, None, None) for i in range(40)]
+    rows = [(f"r{i}", i, "f", "m", "x" * 300, None, None, None) for i in range(40)]
     held = 0
     for row in rows:
         spool.add(row)
@@ -191,7 +192,7 @@ def test_a_run_plans_from_the_spool_even_if_the_file_changes_after_validating(
     summary = run_job(job, RunOptions(sleep=no_sleep, flush_interval=0.05))
     assert summary.exit_code == 0 and summary.done == 6
     with sqlite3.connect(job.run_dir / "run.db") as db:
-        stored = db.execute("SELECT id, position, fingerprint, model, body, tags, data_row "
+        stored = db.execute("SELECT id, position, fingerprint, model, body, tags, data_row, schema "
                             "FROM requests ORDER BY position").fetchall()
     assert stored == expected
     assert _unlinked() == before

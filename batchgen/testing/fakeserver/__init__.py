@@ -17,6 +17,10 @@ compared byte for byte. Behaviour is scripted in the prompt text itself::
     [[loop=300]]        from token 300 on, one 12-token sentence over and over
                         (a degenerate loop, to the answer's length)
     [[faults=429,cut@3,ok]]   what attempt 1, 2, 3 ... get (then ok)
+    [[json=prose,violate,valid]]  an answer in JSON, of these kinds for attempt
+                        1, 2, 3 ... (the last repeats): valid, fenced, violate
+                        (an age that is text), invalid (cut off), prose (text
+                        first), stall (whitespace) — ``plan.json_tokens``
 
 Faults: ``429`` (``429:ra=2`` Retry-After seconds, ``429:date=2`` as an HTTP
 date, ``429:ms=1500`` retry-after-ms), ``408 409 500 502 503 504 529``,

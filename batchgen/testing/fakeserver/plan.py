@@ -159,6 +159,9 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
         return out
 
     tokens, reasoning = words(length, 0), words(think, 0x5EED)
+    kinds = [k.strip() for k in directives.get("json", "").split(",") if k.strip()]
+    if kinds:  # an answer in JSON: this attempt's kind (the last one repeats)
+        tokens = json_tokens(kinds[min(attempt, len(kinds)) - 1], words(length, 0x15), seed)
     if "loop" in directives:  # a degenerate loop: one 12-token sentence over and over
         start = int(directives["loop"])
         sentence = [" The", " answer", " is", " the", " same", " as", " before", ",", " and",
@@ -184,6 +187,28 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
         headers=dict(h.split(":", 1) for h in directives.get("header", "").split("|") if h),
         continued=continued[0] if continued else None, echo=echo,
     )
+
+
+def json_tokens(kind: str, text: list[str], seed: bytes) -> list[str]:
+    """An answer of ``kind``: ``valid`` (an object of a name, an age and tags),
+    ``fenced`` (the same in a ```json fence), ``violate`` (JSON, but the age is
+    text), ``invalid`` (JSON cut off), ``prose`` (text before the JSON), or
+    ``stall`` (whitespace, as JSON mode does when it stalls), in tokens of a
+    few characters, so a stream cut anywhere is cut mid-JSON."""
+    if kind == "stall":
+        return ["  "] * max(len(text), 300)
+    value = {"name": "".join(text).strip(), "age": seed[2] % 90,
+             "tags": [w.strip() for w in text[:3]]}
+    if kind == "violate":
+        value["age"] = f"{value['age']} years"
+    doc = json.dumps(value, ensure_ascii=False, indent=1)
+    if kind == "fenced":
+        doc = f"```json\n{doc}\n```"
+    elif kind == "invalid":
+        doc = doc[:len(doc) // 2]
+    elif kind == "prose":
+        doc = "Sure! Here is the JSON you asked for:\n" + doc
+    return [doc[i:i + 4] for i in range(0, len(doc), 4)]
 
 
 def continue_tokens(tokens: list[str], prefix: str) -> list[str]:

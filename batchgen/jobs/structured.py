@@ -1,0 +1,188 @@
+"""``schema:`` and ``schema_mode:``: an answer that must be JSON fitting a schema.
+
+A schema is a JSON Schema (Draft 2020-12), inline or a ``.json`` file next to
+the job file, checked when the job is loaded. How the request asks for it:
+
+- ``json_schema``: ``response_format: {type: json_schema, json_schema: {name,
+  schema, strict: true}}`` — the endpoint holds the model to the schema;
+- ``json_object``: ``response_format: {type: json_object}``, and the system
+  message names JSON and gives the schema when the messages do not mention
+  JSON (Model Studio requires the word);
+- ``prompt``: no ``response_format``; the schema goes into the system message;
+- ``auto`` (the default): per endpoint, the best it is known to take —
+  ``json_schema`` on OpenAI and the local llama-server (a grammar from the
+  schema), ``json_object`` on Model Studio and DeepSeek, ``prompt`` for a
+  thinking request (Model Studio takes no ``response_format`` while thinking)
+  and for endpoints batchgen does not know.
+
+Whatever the mode, the answer is checked against the schema when it ends
+(:mod:`batchgen.engine.structured`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+MODES = ("auto", "json_schema", "json_object", "prompt")
+SCHEMA_NAME = "answer"
+
+
+class SchemaProblem(ValueError):
+    """A schema that cannot be used: what is wrong and where."""
+
+
+@dataclass
+class Schemas:
+    """What one walk over a job's requests learns of schemas: the files read
+    (each once), and the (model, mode) pairs chosen (``--dry-run`` says them)."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modes: dict[tuple[str, str], None] = field(default_factory=dict)
+
+
+def load_schema(value: dict[str, Any] | str, base: Path,
+                cache: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The schema ``value`` names (inline, or a ``.json`` path relative to
+    ``base``), checked as a Draft 2020-12 schema."""
+    if isinstance(value, str):
+        if cache is not None and value in cache:
+            return cache[value]
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise SchemaProblem("a schema file is a path inside the job file's folder "
+                                "(no absolute paths, no '..')")
+        try:
+            schema = json.loads((base / path).read_text(encoding="utf-8-sig"))
+        except OSError as exc:
+            raise SchemaProblem(f"{value}: cannot read: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise SchemaProblem(f"{value}: not JSON: {exc}") from None
+        if not isinstance(schema, dict):
+            raise SchemaProblem(f"{value}: a schema is a JSON object")
+        check_schema(schema, value)
+        if cache is not None:
+            cache[value] = schema
+        return schema
+    check_schema(value, "the schema")
+    return value
+
+
+def check_schema(schema: dict[str, Any], what: str) -> None:
+    # imported here: ~60 ms that a job without a schema need not pay
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        at = "/" + "/".join(str(p) for p in exc.absolute_path) if exc.absolute_path else ""
+        raise SchemaProblem(f"{what} is not a valid JSON Schema (Draft 2020-12) at "
+                            f"{at or '/'}: {exc.message}") from None
+
+
+def thinking(body: dict[str, Any]) -> bool:
+    """Whether the request asks the model to think before it answers."""
+    extra = body.get("extra_body") or {}
+    model = str(body.get("model", ""))
+    return bool(extra.get("enable_thinking")) or model.startswith(
+        ("qwq", "qvq", "deepseek-r1", "deepseek-reasoner"))
+
+
+def auto_mode(base_url: str, local: bool, body: dict[str, Any]) -> str:
+    """The mode ``auto`` stands for on this endpoint, for this request."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    if local:
+        return "json_schema"
+    if thinking(body):
+        return "prompt"
+    if host == "api.openai.com":
+        return "json_schema"
+    if host.endswith(("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com",
+                      "api.deepseek.com")):
+        return "json_object"
+    return "prompt"
+
+
+def instruction(schema: dict[str, Any]) -> str:
+    return ("Answer with one JSON value only — no prose before or after it — that "
+            "fits this JSON Schema:\n" + json.dumps(schema, ensure_ascii=False, indent=1))
+
+
+def apply(request: dict[str, Any], schema: dict[str, Any], mode: str) -> dict[str, Any]:
+    """``request`` (model, messages, parameters) asking for the schema in ``mode``."""
+    out = dict(request)
+    messages = [dict(m) for m in request["messages"]]
+    if mode == "json_schema":
+        out["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": SCHEMA_NAME, "schema": schema, "strict": True}}
+        return out
+    if mode == "json_object":
+        out["response_format"] = {"type": "json_object"}
+        if any("json" in _text(m).lower() for m in messages):
+            return out
+    out["messages"] = _with_system(messages, instruction(schema))
+    return out
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _with_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    for message in messages:
+        if message.get("role") in ("system", "developer") and isinstance(
+                message.get("content"), str):
+            message["content"] = f"{message['content']}\n\n{text}"
+            return messages
+    return [{"role": "system", "content": text}, *messages]
+
+
+def unfenced(text: str) -> str:
+    """An answer's text without a Markdown code fence around it (```` ```json
+    ... ``` ````), if it has one: what is parsed as its JSON."""
+    stripped = text.strip()
+    if not stripped.startswith("```"):
+        return stripped
+    first_newline = stripped.find("\n")
+    if first_newline < 0:
+        return stripped
+    body = stripped[first_newline + 1:]
+    end = body.rfind("```")
+    return (body[:end] if end >= 0 else body).strip()
+
+
+def answer_value(text: str) -> Any:
+    """The JSON value of an answer that was checked valid."""
+    return json.loads(unfenced(text))
+
+
+def as_written(body: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """A body :func:`apply` made, back in job-file form: ``schema`` and the
+    ``schema_mode`` it was sent in, no ``response_format``, the schema's
+    instruction taken out of the system message (a re-run adds it again)."""
+    out = dict(body)
+    kind = (out.pop("response_format", None) or {}).get("type")
+    out["schema"] = schema
+    out["schema_mode"] = {"json_schema": "json_schema", "json_object": "json_object"}.get(
+        str(kind), "prompt")
+    text = instruction(schema)
+    messages = []
+    for message in out.get("messages") or []:
+        content = message.get("content")
+        if message.get("role") in ("system", "developer") and isinstance(content, str):
+            if content == text:
+                continue
+            messages.append({**message, "content": content.removesuffix(f"\n\n{text}")})
+        else:
+            messages.append(message)
+    out["messages"] = messages
+    return out
