@@ -9,6 +9,7 @@ requests a second time, so a 100k-prompt JSONL never sits in memory.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -162,8 +163,6 @@ def load_job_dict(data: dict[str, Any], overrides: Overrides | None = None, *,
                   for_run: bool = False) -> Job:
     """A job given as a dict of the job file's schema (paths relative to the
     working directory; the run name defaults to ``job``)."""
-    import json
-
     ov = overrides or Overrides()
     if not data.get("name") and ov.name is None:
         ov = replace(ov, name="job")
@@ -326,7 +325,8 @@ def _table(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path
     path = (str(file.parent / out.table) if out.table and not sharded
             else str(run_dir / f"table.{fmt}"))
     return TableSettings(format=fmt, path=path, prefix=out.prefix,
-                         columns=tuple(out.columns) if out.columns is not None else None)
+                         columns=tuple(out.columns) if out.columns is not None else None,
+                         flatten=out.flatten)
 
 
 def _table_problems(file: Path, table: TableSettings, seen: set[str], line_map: LineMap,
@@ -427,7 +427,7 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
     request: dict[str, Any] = {"model": model, "messages": messages, **params}
     if extra:
         request["extra_body"] = extra
-    schema_json: str | None = None
+    schema_json = schema_key = None
     own = "answer_schema" in spec.model_fields_set
     given = spec.answer_schema if own else defaults.answer_schema
     if given is not None:
@@ -446,13 +446,14 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         if mode == "auto":
             mode = structured.auto_mode(job.endpoint.base_url, job.endpoint.local, request)
         request = structured.apply(request, schema, mode)
-        schema_json = canonical(schema)
+        schema_json = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))  # as written
+        schema_key = canonical(schema)
         walk.modes[(model, mode)] = None
     body_json = canonical(request)
     try:
         keyed = f"{job.endpoint_id}\n{body_json}".encode()
         if schema_json is not None:  # a schema the body does not carry still counts
-            keyed += f"\n{schema_json}".encode()
+            keyed += f"\n{schema_key}".encode()
         if spec.tags:
             "".join(spec.tags).encode()
     except UnicodeEncodeError:

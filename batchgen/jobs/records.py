@@ -50,10 +50,12 @@ class TableSettings:
     path: str  # where: <run dir>/table.<format>, or output.table
     prefix: str = ""  # before each generated column's name
     columns: tuple[str, ...] | None = None  # input columns kept (None: all)
+    flatten: bool = False  # a column per top-level property of a JSON answer
 
     def to_json(self) -> str:
         return json.dumps({"format": self.format, "path": self.path, "prefix": self.prefix,
-                           "columns": list(self.columns) if self.columns is not None else None})
+                           "columns": list(self.columns) if self.columns is not None else None,
+                           "flatten": self.flatten})
 
 
 @dataclass(frozen=True)

@@ -351,6 +351,7 @@ class OutputSpec(_Strict):
     format: Literal["csv", "tsv", "jsonl", "parquet"] | None = None
     table: str | None = Field(default=None, min_length=1)
     prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$")
+    flatten: bool = False  # an answer to a schema: a column per top-level property
 
 
 class JobSpec(_Strict):

@@ -107,9 +107,12 @@ def auto_mode(base_url: str, local: bool, body: dict[str, Any]) -> str:
     return "prompt"
 
 
+INSTRUCTION = ("Answer with one JSON value only — no prose before or after it — that "
+               "fits this JSON Schema:\n")
+
+
 def instruction(schema: dict[str, Any]) -> str:
-    return ("Answer with one JSON value only — no prose before or after it — that "
-            "fits this JSON Schema:\n" + json.dumps(schema, ensure_ascii=False, indent=1))
+    return INSTRUCTION + json.dumps(schema, ensure_ascii=False, indent=1)
 
 
 def apply(request: dict[str, Any], schema: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -174,14 +177,14 @@ def as_written(body: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     out["schema"] = schema
     out["schema_mode"] = {"json_schema": "json_schema", "json_object": "json_object"}.get(
         str(kind), "prompt")
-    text = instruction(schema)
     messages = []
     for message in out.get("messages") or []:
         content = message.get("content")
         if message.get("role") in ("system", "developer") and isinstance(content, str):
-            if content == text:
-                continue
-            messages.append({**message, "content": content.removesuffix(f"\n\n{text}")})
+            if content.startswith(INSTRUCTION):
+                continue  # the instruction was the whole system message
+            at = content.rfind(f"\n\n{INSTRUCTION}")
+            messages.append({**message, "content": content[:at] if at >= 0 else content})
         else:
             messages.append(message)
     out["messages"] = messages

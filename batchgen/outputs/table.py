@@ -25,6 +25,7 @@ from typing import Any
 from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
 from batchgen.errors import UsageError
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
+from batchgen.jobs.structured import answer_value
 from batchgen.outputs.files import jsonl, write_atomic
 from batchgen.store.runstore import RunStore
 
@@ -35,15 +36,20 @@ PARQUET_ROWS = 8192  # rows per Parquet row group written
 
 @dataclass(frozen=True)
 class Shape:
-    """The table's columns: the kept input ones, then the generated ones."""
+    """The table's columns: the kept input ones, then the generated ones, then
+    (answers to a schema) ``json`` and, flattened, one per top-level property."""
 
     inputs: tuple[str, ...]
     prefix: str
     data_only: bool  # rows of data only (a job with `data:`), or every request
+    json: bool = False
+    flat: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
-        return [*self.inputs, *(self.prefix + c for c in GENERATED_COLUMNS)]
+        return [*self.inputs, *(self.prefix + c for c in GENERATED_COLUMNS),
+                *([self.prefix + "json"] if self.json else []),
+                *(self.prefix + c for c in self.flat)]
 
 
 def settings_of(store: RunStore) -> TableSettings | None:
@@ -55,19 +61,28 @@ def settings_of(store: RunStore) -> TableSettings | None:
     columns = value.get("columns")
     return TableSettings(format=value["format"], path=value["path"],
                          prefix=value.get("prefix", ""),
-                         columns=tuple(columns) if columns is not None else None)
+                         columns=tuple(columns) if columns is not None else None,
+                         flatten=bool(value.get("flatten")))
 
 
 def shape_of(store: RunStore, settings: TableSettings | None) -> Shape:
+    schemas = [json.loads(s) for s in store.schemas()]
+    flat: dict[str, None] = {}
+    if settings is not None and settings.flatten:
+        for schema in schemas:
+            for name in (schema.get("properties") or {}):
+                flat.setdefault(name)
     if settings is None:
-        return Shape((), "", data_only=False)
+        return Shape((), "", data_only=False, json=bool(schemas))
     if settings.columns is not None:
-        return Shape(settings.columns, settings.prefix, data_only=True)
+        return Shape(settings.columns, settings.prefix, data_only=True, json=bool(schemas),
+                     flat=tuple(flat))
     seen: dict[str, None] = {}  # every row's columns, in the order they first appear
     for raw in store.data_rows():
         for key in json.loads(raw):
             seen.setdefault(key)
-    return Shape(tuple(seen), settings.prefix, data_only=True)
+    return Shape(tuple(seen), settings.prefix, data_only=True, json=bool(schemas),
+                 flat=tuple(flat))
 
 
 def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterator[dict[str, Any]]:
@@ -89,7 +104,19 @@ def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterat
         out[p + "cost"] = round(r["cost"], 8) if r["cost"] is not None \
             and r["currency"] is not None else None
         out[p + "error"] = r["error"]
+        if shape.json:
+            value = _value(r["content"]) if done and r["schema"] is not None else None
+            out[p + "json"] = value
+            for name in shape.flat:
+                out[p + name] = value.get(name) if isinstance(value, dict) else None
         yield out
+
+
+def _value(content: str | None) -> Any:
+    try:
+        return answer_value(content or "")
+    except ValueError:
+        return None
 
 
 def write_table(run_dir: Path, fmt: str | None = None, dest: Path | None = None,
@@ -197,8 +224,11 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
               for c in shape.inputs]
     fields += [pa.field(shape.prefix + c, getattr(pa, GENERATED_TYPES.get(c, "string"))())
                for c in GENERATED_COLUMNS]
+    answers = [shape.prefix + "json"] * shape.json + [shape.prefix + c for c in shape.flat]
+    fields += [pa.field(c, pa.string()) for c in answers]  # JSON text
     schema = pa.schema(fields)
-    as_json = [c for c in shape.inputs if types[c] == "json"]
+    as_json = [c for c in shape.inputs if types[c] == "json"] + answers
+    flat = {shape.prefix + c for c in shape.flat}  # a text property stays text
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -206,7 +236,7 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
             batch: list[dict[str, Any]] = []
             for row in body:
                 for c in as_json:
-                    if row[c] is not None:
+                    if row[c] is not None and not (c in flat and isinstance(row[c], str)):
                         row[c] = json.dumps(row[c], ensure_ascii=False)
                 batch.append(row)
                 if len(batch) >= PARQUET_ROWS:

@@ -196,7 +196,7 @@ def json_tokens(kind: str, text: list[str], seed: bytes) -> list[str]:
     ``stall`` (whitespace, as JSON mode does when it stalls), in tokens of a
     few characters, so a stream cut anywhere is cut mid-JSON."""
     if kind == "stall":
-        return ["  "] * max(len(text), 300)
+        return ["  "] * max(len(text), 2000)
     value = {"name": "".join(text).strip(), "age": seed[2] % 90,
              "tags": [w.strip() for w in text[:3]]}
     if kind == "violate":

@@ -1,0 +1,213 @@
+"""Structured output: a schema for the answer — the four modes, invalid answers
+asked again and priced apart, early stops, outputs, failures said everywhere."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen.engine.structured import AnswerCheck, NotJson, watched
+from batchgen.jobs.structured import apply, auto_mode, instruction, unfenced
+from batchgen.testing.fakeserver import FakeServer
+from tests.helpers import read_results, run_cli, write_job
+
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                         "tags": {"type": "array", "items": {"type": "string"}}},
+          "required": ["name", "age", "tags"], "additionalProperties": False}
+PRICES = {"qwen-plus": {"currency": "CNY", "input": 0.8, "output": 2.0}}
+
+
+def job(tmp_path: Path, fake: FakeServer, prompts: list[dict[str, Any]], **extra: Any) -> Path:
+    (tmp_path / "person.json").write_text(json.dumps(PERSON), encoding="utf-8")
+    defaults = {"model": "qwen-plus", "schema": "person.json", **extra.pop("defaults", {})}
+    return write_job(tmp_path / "job.yaml", fake, prompts, defaults=defaults, pricing=PRICES,
+                     **extra)
+
+
+def sent(fake: FakeServer, key: str) -> list[dict[str, Any]]:
+    return [e["body"] for e in fake.ledger.entries
+            if key in json.dumps(e["body"]["messages"])]
+
+
+def test_the_four_modes_send_what_they_say(tmp_path: Path, fake: FakeServer) -> None:
+    prompts = [{"id": "js", "prompt": "[[json=valid]] a", "schema_mode": "json_schema"},
+               {"id": "jo", "prompt": "[[json=valid]] b", "schema_mode": "json_object"},
+               {"id": "pr", "prompt": "[[json=valid]] d", "schema_mode": "prompt",
+                "system": "Be exact."},
+               {"id": "au", "prompt": "[[json=valid]] e"}]
+    proc = run_cli("run", str(job(tmp_path, fake, prompts)), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (js,) = sent(fake, "] a")
+    assert js["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": PERSON, "strict": True}}
+    (jo,) = sent(fake, "] b")
+    assert jo["response_format"] == {"type": "json_object"}
+    # the fake's own [[json=...]] names JSON already: nothing is added
+    assert [m["role"] for m in jo["messages"]] == ["user"]
+    unnamed = apply({"model": "m", "messages": [{"role": "user", "content": "b"}]},
+                    PERSON, "json_object")
+    assert unnamed["messages"][0] == {"role": "system", "content": instruction(PERSON)}
+    (pr,) = sent(fake, "] d")
+    assert "response_format" not in pr
+    assert pr["messages"][0]["content"] == "Be exact.\n\n" + instruction(PERSON)
+    (au,) = sent(fake, "] e")  # auto on an endpoint batchgen does not know: prompt
+    assert "response_format" not in au and "JSON Schema" in au["messages"][0]["content"]
+    results = {r["id"]: r for r in read_results(tmp_path / "out" / "t")}
+    assert all(isinstance(r["json"]["age"], int) for r in results.values())
+    saved = json.loads((tmp_path / "out" / "t" / "texts" / "js.json").read_text())
+    assert saved == results["js"]["json"]
+    assert (tmp_path / "out" / "t" / "texts" / "js.md").read_text() == results["js"]["content"]
+
+
+def test_auto_is_the_best_the_endpoint_takes() -> None:
+    body = {"model": "qwen-plus", "messages": []}
+    assert auto_mode("https://dashscope.aliyuncs.com/compatible-mode/v1", False, body) \
+        == "json_object"
+    assert auto_mode("https://api.openai.com/v1", False, body) == "json_schema"
+    assert auto_mode("http://127.0.0.1:8080/v1", True, body) == "json_schema"
+    thinking = {**body, "extra_body": {"enable_thinking": True}}
+    assert auto_mode("https://dashscope.aliyuncs.com/compatible-mode/v1", False, thinking) \
+        == "prompt"  # Model Studio takes no response_format while thinking
+    assert auto_mode("https://example.com/v1", False, body) == "prompt"
+    assert apply({"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                 PERSON, "prompt")["messages"][0]["role"] == "system"
+
+
+def test_invalid_answers_are_asked_again_priced_apart_and_then_fail(tmp_path: Path,
+                                                                    fake: FakeServer) -> None:
+    prompts = [{"id": "fix", "prompt": "[[json=prose,violate,fenced]] [[delay=0.002]] a"},
+               {"id": "bad", "prompt": "[[json=invalid,stall,violate]] [[delay=0.002]] b"},
+               {"id": "fine", "prompt": "[[json=valid]] c"}]
+    path = job(tmp_path, fake, prompts)
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 1
+    run_dir = tmp_path / "out" / "t"
+    results = {r["id"]: r for r in read_results(run_dir)}
+    assert set(results) == {"fix", "fine"} and results["fix"]["attempts"] == 3
+    assert results["fix"]["content"].startswith("```json") and results["fix"]["json"]["tags"]
+    # early stops: prose and whitespace are left before the answer's end
+    entries = {(e["key"], e["attempt"]): e for e in fake.ledger.entries}
+    stall = [e for e in entries.values() if "stall" in json.dumps(e["body"]) and
+             e["attempt"] == 2]
+    assert stall and stall[0]["completion_tokens"] < 300
+    status = run_cli("status", str(run_dir)).stdout
+    assert "bad: schema: the answer does not fit the schema: /age:" in status
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [(f["id"], f["error_class"]) for f in report["failed"]] == [("bad", "schema")]
+    [line] = [a for a in report["apart"] if a["kind"] == "invalid answers"]
+    billed = [e for e in fake.ledger.entries if "fine" not in json.dumps(e["body"])
+              and not (e["attempt"] == 3 and "prose" in json.dumps(e["body"]))]
+    assert line["attempts"] == 5 == len(billed)
+    assert line["completion_tokens"] >= sum(e["completion_tokens"] for e in billed
+                                            if e["complete"])
+    assert "- invalid answers: qwen-plus: 5 attempts" in (run_dir / "report.md").read_text()
+    assert 'data-apart="invalid answers"' in (run_dir / "report.html").read_text()
+    # failed.jsonl runs again as a job, with its schema
+    failed = (run_dir / "failed.jsonl").read_text().splitlines()
+    entry = json.loads(failed[0])
+    assert entry["schema"] == PERSON and entry["schema_mode"] == "prompt"
+    assert "JSON Schema" not in json.dumps(entry["messages"])
+    again = run_cli("validate", str(run_dir / "failed.jsonl"), "--model", "qwen-plus")
+    assert again.returncode == 0, again.stderr
+
+
+def test_max_invalid_and_a_broken_schema(tmp_path: Path, fake: FakeServer) -> None:
+    path = job(tmp_path, fake, [{"id": "a", "prompt": "[[json=violate,valid]] a"}],
+               run={"max_invalid": 0})
+    assert run_cli("run", str(path), "-q").returncode == 1
+    assert len(fake.ledger.entries) == 1
+    broken = write_job(tmp_path / "broken.yaml", fake, [
+        {"id": "a", "prompt": "x", "schema": {"type": "objekt"}}], name="broken")
+    proc = run_cli("validate", str(broken))
+    assert proc.returncode == 2
+    assert "prompts[0].schema" in proc.stderr and "not a valid JSON Schema" in proc.stderr
+    both = write_job(tmp_path / "both.yaml", fake, [
+        {"id": "a", "prompt": "x", "schema": PERSON, "response_format": {"type": "json_object"}}],
+        name="both")
+    assert "not both" in run_cli("validate", str(both)).stderr
+
+
+def test_dry_run_says_the_mode(tmp_path: Path, fake: FakeServer) -> None:
+    path = job(tmp_path, fake, [{"id": "a", "prompt": "x"}])
+    out = run_cli("run", str(path), "--dry-run").stdout
+    assert "schema:        qwen-plus: prompt" in out
+
+
+def test_a_data_table_gains_json_and_flattened_columns(tmp_path: Path, fake: FakeServer) -> None:
+    (tmp_path / "rows.csv").write_text("k,w\nk1,one\nk2,two\n", encoding="utf-8")
+    path = job(tmp_path, fake, [], data={"path": "rows.csv", "id": "k"},
+               template={"prompt": "[[json=valid]] about {{ w }}"},
+               output={"flatten": True, "columns": ["w"]})
+    spec = json.loads(path.read_text())
+    del spec["prompts"]
+    path.write_text(json.dumps(spec))
+    assert run_cli("run", str(path), "-q").returncode == 0
+    import csv
+
+    with (tmp_path / "out" / "t" / "table.csv").open(encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0])[-4:] == ["json", "name", "age", "tags"]
+    assert json.loads(table[0]["json"])["age"] == int(table[0]["age"])
+
+
+def test_a_kill_mid_object_continues_into_valid_json(tmp_path: Path) -> None:
+    """kill -9 while a JSON answer streams, cut mid-object: the re-run goes on
+    from the text (partial mode) and the seam leaves valid JSON."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    from batchgen.testing.process import FakeProcess
+    from tests.helpers import KEY_ENV, ROOT, kill_until_done
+
+    with FakeProcess("--api-key", os.environ[KEY_ENV]) as server:
+        prompts = [{"id": f"p{i}", "prompt": f"[[json=valid]] [[len=60]] [[delay=0.03]] {i}"}
+                   for i in range(4)]
+        (tmp_path / "person.json").write_text(json.dumps(PERSON), encoding="utf-8")
+        path = write_job(tmp_path / "job.yaml", None, prompts,
+                         defaults={"model": "qwen-plus", "schema": "person.json"},
+                         endpoint={"base_url": server.base_url, "api_key_env": KEY_ENV,
+                                   "continuation": "partial"}, run={"concurrency": 2})
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        kills = kill_until_done(
+            lambda: subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(path), "-q"],
+                                     env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL),
+            random.Random(11), 0.5, 1.2, run_db=tmp_path / "out" / "t" / "run.db")
+        assert kills >= 1
+    with sqlite3.connect(tmp_path / "out" / "t" / "run.db") as db:
+        continued = db.execute("SELECT COUNT(*) FROM attempts WHERE mode = 'continue' "
+                               "AND status = 'done'").fetchone()[0]
+    assert continued >= 1
+    for r in read_results(tmp_path / "out" / "t"):
+        assert r["json"] == json.loads(r["content"]) and isinstance(r["json"]["age"], int)
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ('{"a": 1}', True), ("  \n[1]", True), ("```json\n{}", True), ('"s"', True),
+    ("Sure, here", False), ("``x", False), (" " * 300, False)])
+def test_the_start_of_an_answer(text: str, ok: bool) -> None:
+    watch = watched(lambda _c, _r: None)
+    try:
+        for i in range(0, len(text), 2):
+            watch(text[i:i + 2], "")
+    except NotJson:
+        assert not ok
+    else:
+        assert ok
+
+
+def test_the_check_at_the_finish() -> None:
+    check = AnswerCheck(PERSON)
+    assert check.problem('```json\n{"name": "a", "age": 3, "tags": []}\n```') is None
+    assert unfenced("```\n[1]\n```") == "[1]"
+    problem = check.problem('{"name": 1, "age": "x", "tags": [], "extra": 0}')
+    assert problem is not None and problem.startswith("does not fit the schema: ")
+    assert "/age: 'x' is not of type 'integer'" in problem and "/name" in problem
+    assert (check.problem('{"name": "a"') or "").startswith("is not JSON")
