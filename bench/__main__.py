@@ -31,6 +31,7 @@ SUITE = {
     "P13": "bench.p13_guard",
     "P14": "bench.p14_length",
     "P15": "bench.p15_data",
+    "P16": "bench.p16_structured",
 }
 
 

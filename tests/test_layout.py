@@ -116,7 +116,7 @@ OWNERS = {
     "pygal": {"outputs"}, "jinja2": {"outputs", "jobs"}, "tiktoken": {"tokens"},
     "pyarrow": {"jobs", "outputs"}, "pandas": {"api"},
     # a schema is checked when the job loads (jobs) and answers when they end (engine)
-    "jsonschema": {"jobs", "engine"},
+    "jsonschema_rs": {"jobs", "engine"},
     "orjson": {"jsonfast"}, "yaml": {"jobs"}, "pydantic": {"jobs"}, "tenacity": {"wire"},
     "tqdm": {"engine"}, "click": {"cli"}, "uvloop": {"engine"},
 }

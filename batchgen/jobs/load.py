@@ -434,7 +434,7 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         at = (*path, "schema") if own else ("defaults", "schema")
         mode = spec.schema_mode or defaults.schema_mode or "auto"
         try:
-            schema = structured.load_schema(given, job.path.parent, walk.files)
+            schema = structured.load_schema(given, job.path.parent, walk.files, walk.checked)
         except structured.SchemaProblem as exc:
             report(Problem(name if own else str(job.path), line_of(at), path_str(at), str(exc)))
             return None

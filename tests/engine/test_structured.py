@@ -209,5 +209,5 @@ def test_the_check_at_the_finish() -> None:
     assert unfenced("```\n[1]\n```") == "[1]"
     problem = check.problem('{"name": 1, "age": "x", "tags": [], "extra": 0}')
     assert problem is not None and problem.startswith("does not fit the schema: ")
-    assert "/age: 'x' is not of type 'integer'" in problem and "/name" in problem
+    assert '/age: "x" is not of type "integer"' in problem and "/name" in problem
     assert (check.problem('{"name": "a"') or "").startswith("is not JSON")

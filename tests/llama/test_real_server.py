@@ -363,3 +363,27 @@ def test_data_jobs_in_csv_jsonl_and_parquet_run_on_the_local_endpoint(tmp_path: 
             ("3", "3", "done"), ("1", "1", "done"), ("2", "2", "done")]
         assert all(r["gen_content"] for r in table)
         assert (tmp_path / "out" / suffix / f"table.{suffix}").exists()
+
+
+def test_answers_to_a_schema_on_the_local_endpoint(tmp_path: Path) -> None:
+    """llama-server takes json_object and json_schema (auto on the local
+    endpoint: a grammar from the schema): both answers parse and fit."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                                "country": {"type": "string"}},
+              "required": ["city", "country"]}
+    path = tmp_path / "local.yaml"
+    path.write_text(json.dumps({
+        "name": "schema", "output_dir": str(tmp_path / "out"), "endpoint": "local",
+        "defaults": {"max_tokens": 120, "temperature": 0, "schema": schema},
+        "prompts": [{"id": "auto", "prompt": "Name a large city and its country."},
+                    {"id": "object", "prompt": "Name a large city and its country, as JSON.",
+                     "schema_mode": "json_object"}]}), encoding="utf-8")
+    proc = start(path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    results = {r["id"]: r for r in read_results(tmp_path / "out" / "schema")}
+    assert set(results) == {"auto", "object"}
+    for result in results.values():
+        assert isinstance(result["json"]["city"], str), result["content"]
+        assert json.loads((tmp_path / "out" / "schema" / "texts" /
+                           f"{result['id']}.json").read_text()) == result["json"]
