@@ -108,6 +108,9 @@ def test_every_job_file_example_in_the_docs_validates(page: str, data: dict[str,
     if given is not None:  # the docs' data is the example's: jobs/translate.csv
         name = given if isinstance(given, str) else given["path"]
         (tmp_path / name).write_bytes((ROOT / "jobs" / "translate.csv").read_bytes())
+    schema = (job.get("defaults") or {}).get("schema")
+    if isinstance(schema, str):  # the docs' schema files are the examples' in jobs/
+        (tmp_path / schema).write_bytes((ROOT / "jobs" / schema).read_bytes())
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job, allow_unicode=True), encoding="utf-8")
     load_job(path)
