@@ -76,6 +76,8 @@ def _job_options(func: F) -> F:
                      help="Streams at once (default 8)."),
         click.option("--local", is_flag=True,
                      help="Run on the embedded local model (llama.cpp) instead of an API."),
+        click.option("--media-root", metavar="DIR",
+                     help="A folder file:// paths may read besides the job file's own."),
         click.option("--shard", metavar="K/N",
                      help="Only shard K of N (by a stable hash of the request id); index/N "
                           "takes K-1 from JOB_COMPLETION_INDEX or BATCHGEN_SHARD_INDEX."),
@@ -98,6 +100,7 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
         concurrency=kwargs.get("concurrency"), local=bool(kwargs.get("local")),
         max_cost=kwargs.get("max_cost"), currency=kwargs.get("currency"),
         allowed_key_envs=tuple(kwargs.get("allow_key_env") or ()),
+        media_root=kwargs.get("media_root"),
     )
 
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from batchgen.engine import structured
@@ -40,6 +41,7 @@ from batchgen.errors import (
     StorageError,
     TransientError,
 )
+from batchgen.jobs import media
 from batchgen.jobs.records import RunSettings
 from batchgen.outputs.files import pretty_json, text_path, write_atomic
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
@@ -64,8 +66,9 @@ class _Stopped(Exception):
 
 class Engine:
     def __init__(self, deps: EngineDeps, settings: RunSettings, *, continuation: str = "none",
-                 gate: StartGate | None = None) -> None:
+                 gate: StartGate | None = None, raw_audio: bool = True) -> None:
         self.d = deps
+        self.raw_audio = raw_audio  # input_audio.data as bare base64 (else a data URL)
         concurrency = settings.concurrency
         idle_timeout, max_duration = settings.idle_timeout, settings.max_duration
         # how an interrupted answer goes on ("none": it starts over)
@@ -314,7 +317,8 @@ class Engine:
             self.gate.on_accepted()
 
         try:
-            await stream_attempt(self.d.client, body, on_text, result,
+            wire_body = self._with_media(body)
+            await stream_attempt(self.d.client, wire_body, on_text, result,
                                  redact=self.d.redact, on_open=opened, watch=watch)
             if result.finish_reason == "content_filter":
                 raise ModerationError("the provider's content filter stopped the output",
@@ -369,6 +373,19 @@ class Engine:
             value_json = pretty_json(check.parse(whole))
         self._finish(p, body, live, result, reserve, resume, value_json=value_json)
         return False
+
+    def _with_media(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` as sent: its ``file://`` parts read now and put in as data
+        (:func:`batchgen.jobs.media.expand`); a file that no longer passes its
+        checks fails the request."""
+        s = self.settings
+        base = Path(s.media_base)
+        try:
+            return media.expand(body, base, media.roots_from(s.media_root, base),
+                                s.max_media_bytes, raw_audio=self.raw_audio)
+        except media.MediaProblem as exc:
+            raise RequestFatalError(f"a file changed since the job was checked: {exc}",
+                                    error_class="media") from None
 
     def _invalid(self, p: Pending, live: Live, result: StreamResult, problem: str,
                  usage: Usage | None) -> bool:

@@ -32,7 +32,7 @@ from batchgen.engine.interrupt import Interrupt
 from batchgen.engine.journal import storage_error
 from batchgen.engine.progress import NullProgress, Progress
 from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
-from batchgen.jobs import validated
+from batchgen.jobs import media, validated
 from batchgen.jobs.load import Job
 from batchgen.outputs import table
 from batchgen.outputs.files import clean_temp, export_all, prepare_reports, write_reports
@@ -364,7 +364,8 @@ class Runner:
                        progress=opts.progress, clock=opts.clock, sleep=opts.sleep,
                        redact=self.redact, rng=opts.rng, flush_interval=opts.flush_interval,
                        budget=budget, estimator=self.estimator),
-            job.run, continuation=job.endpoint.continuation, gate=self.gate)
+            job.run, continuation=job.endpoint.continuation, gate=self.gate,
+            raw_audio=media.raw_audio_for(job.endpoint.base_url))
         outcome = Outcome()
         # report.html's imports and template, while the first requests are sent
         asyncio.get_running_loop().call_later(PREPARE_REPORTS_AFTER, prepare_reports)

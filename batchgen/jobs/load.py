@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from batchgen.errors import JobFileError, Problem, UsageError
-from batchgen.jobs import structured, validated
+from batchgen.jobs import media, structured, validated
 from batchgen.jobs.endpoints import detect as detect_continuation
 from batchgen.jobs.ids import ClashFinder, clash_problems
 from batchgen.jobs.problems import from_validation, path_str
@@ -84,6 +84,7 @@ class Overrides:
     fallback: str | None = None  # --fallback batch|stream
     no_wait: bool = False  # --no-wait
     data: Path | None = None  # rows from elsewhere (Python's rows=): replaces data.path
+    media_root: str | None = None  # --media-root: file:// may read here too
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,18 @@ class Job:
             self.spool.close()
 
 
+@dataclass
+class Walk:
+    """What one walk over a job's requests learns beside them: schema files read
+    (each once), inline schemas found valid, the (model, mode) pairs chosen
+    (``--dry-run`` says them) and how many ``file://`` references there are."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checked: set[str] = field(default_factory=set)
+    modes: dict[tuple[str, str], None] = field(default_factory=dict)
+    media_files: int = 0
+
+
 def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *,
              for_run: bool = False) -> Job:
     """Read and validate a job file. Raises :class:`JobFileError`; writes nothing.
@@ -190,7 +203,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
     key = validated.key_of(job) if for_run else None
     if key is not None:
         known = validated.recall(job.run_dir, key)
-        if known is not None:
+        if known is not None and not known.media_files:  # files may change under the job
             return replace(job, info=known, validation_key=key)
     problems: list[Problem] = []
 
@@ -206,9 +219,9 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
     whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
     kept = Spool() if for_run and not (job.run_dir / "run.db").exists() else None
     seen: set[str] = set()
-    schemas = structured.Schemas()
+    walk = Walk()
     try:
-        for req in _resolve_all(job, collect, seen, schemas):
+        for req in _resolve_all(job, collect, seen, walk):
             line = (f"{req.id}\0{req.fingerprint}\n" if req.data_row is None  # as ever
                     else f"{req.id}\0{req.fingerprint}\0{req.data_row}\n").encode()
             whole.update(line)
@@ -238,7 +251,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
     files = tuple(str(s.file) for s in sources)
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
                    plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
-                   job_requests=total, schema_modes=tuple(schemas.modes))
+                   job_requests=total, schema_modes=tuple(walk.modes),
+                   media_files=walk.media_files)
     if key is not None and not validated.still_valid(job):
         key = None  # a file moved while it was read: nothing to vouch for next time
     return replace(job, info=info, spool=kept, validation_key=key)
@@ -278,6 +292,9 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
             f"{base_url} has endpoint.continuation: none (detected from its address); set "
             "endpoint.continuation to the form it speaks (partial, prefix, "
             "continue_final_message, prefill), or run.on_length: stop")
+    run = replace(run, media_base=str(file.parent.resolve()),
+                  media_root=str(Path(ov.media_root).resolve()) if ov.media_root
+                  else run.media_root)
     if ov.concurrency is not None:
         run = replace(run, concurrency=ov.concurrency)
     if ov.via or ov.fallback or ov.no_wait:
@@ -359,16 +376,16 @@ def _table_problems(file: Path, table: TableSettings, seen: set[str], line_map: 
 
 
 def _resolve_all(job: Job, report: Callable[[Problem], None],
-                 seen: set[str] | None = None, schemas: structured.Schemas | None = None
+                 seen: set[str] | None = None, walk: Walk | None = None
                  ) -> Iterator[Request]:
     """Every request of the job, in job order; ``seen`` gathers the data rows' columns."""
     position = 0
     occurrences: dict[str, int] = {}
-    schemas = schemas or structured.Schemas()
+    walk = walk or Walk()
     for src in job.sources:
         for (entry, where, path, line_of), row in entries(src, report, seen):
             req = _resolve(job, entry, where, path, line_of, position, occurrences, report,
-                           data_row=row, walk=schemas)
+                           data_row=row, walk=walk)
             if req is not None:
                 yield req
                 position += 1
@@ -388,7 +405,7 @@ def _validate(model: type[BaseModel], entry: dict[str, Any], name: str,
 def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
              line_of: Callable[[tuple[Any, ...]], int | None], position: int,
              occurrences: dict[str, int], report: Callable[[Problem], None], *,
-             data_row: str | None = None, walk: structured.Schemas) -> Request | None:
+             data_row: str | None = None, walk: Walk) -> Request | None:
     name = where.rsplit(":", 1)[0]
     given_id: str | None
     if "custom_id" in entry:
@@ -449,9 +466,24 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         schema_json = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))  # as written
         schema_key = canonical(schema)
         walk.modes[(model, mode)] = None
+    hashes = []
+    for ref in media.refs(request["messages"]):
+        part_at = _message_path(path, spec, len(request["messages"]), ref.where)
+        try:
+            checked = media.check(ref.value, ref.kind, Path(job.run.media_base),
+                                  media.roots_from(job.run.media_root,
+                                                   Path(job.run.media_base)),
+                                  job.run.max_media_bytes)
+        except media.MediaProblem as exc:
+            report(Problem(name, line_of(part_at), path_str(part_at), str(exc)))
+            return None
+        hashes.append(checked.sha256)
+        walk.media_files += 1
     body_json = canonical(request)
     try:
         keyed = f"{job.endpoint_id}\n{body_json}".encode()
+        if hashes:  # the files' bytes, not only their names
+            keyed += ("\nfiles:" + ",".join(hashes)).encode()
         if schema_json is not None:  # a schema the body does not carry still counts
             keyed += f"\n{schema_key}".encode()
         if spec.tags:
@@ -473,6 +505,14 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
     return Request(id=req_id, position=position, model=model, body=request,
                    fingerprint=fingerprint, tags=tuple(spec.tags or ()), source=where,
                    body_json=body_json, data_row=data_row, schema_json=schema_json)
+
+
+def _message_path(path: tuple[Any, ...], spec: PromptSpec, total: int,
+                  where: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Where a part of the resolved messages stands in the job file. Messages
+    batchgen adds (a system message) come first, so the written ones end the list."""
+    written = len(spec.messages) if spec.messages is not None else 0
+    return (*path, "messages", where[0] - (total - written), *where[1:])
 
 
 def _lone_surrogate(obj: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:

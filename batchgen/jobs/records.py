@@ -100,6 +100,9 @@ class RunSettings:
     max_continuations: int = 16
     max_total_tokens: int | None = None
     max_invalid: int = 2
+    media_root: str | None = None
+    max_media_bytes: int = 10 * 1024 * 1024
+    media_base: str = "."  # the job file's folder: where file:// paths start
 
 
 @dataclass(frozen=True)
@@ -120,3 +123,4 @@ class JobInfo:
     job_requests: int = 0  # requests in the whole job
     # (model, schema mode) of the requests whose answer must fit a schema
     schema_modes: tuple[tuple[str, str], ...] = ()
+    media_files: int = 0  # file:// references: their bytes are hashed on every load

@@ -281,6 +281,8 @@ class RunSpec(_Strict):
     # continue it with the endpoint's continuation form, segment after segment
     on_length: Literal["stop", "continue"] = "stop"
     max_invalid: int = Field(default=2, ge=0, le=100)  # answers asked again for a schema
+    media_root: str | None = Field(default=None, min_length=1)  # file:// may read here too
+    max_media_bytes: int = Field(default=10 * 1024 * 1024, ge=1)  # a file, base64-encoded
     max_continuations: int = Field(default=16, ge=0, le=10_000)  # length-continuations
     max_total_tokens: int | None = Field(default=None, gt=0)  # completion tokens, all segments
 

@@ -22,7 +22,6 @@ Whatever the mode, the answer is checked against the schema when it ends
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,16 +32,6 @@ SCHEMA_NAME = "answer"
 
 class SchemaProblem(ValueError):
     """A schema that cannot be used: what is wrong and where."""
-
-
-@dataclass
-class Schemas:
-    """What one walk over a job's requests learns of schemas: the files read
-    (each once), and the (model, mode) pairs chosen (``--dry-run`` says them)."""
-
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    modes: dict[tuple[str, str], None] = field(default_factory=dict)
-    checked: set[str] = field(default_factory=set)  # inline schemas found valid (canonical)
 
 
 def load_schema(value: dict[str, Any] | str, base: Path,

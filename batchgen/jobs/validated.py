@@ -112,7 +112,8 @@ def recall(run_dir: Path, key: str) -> JobInfo | None:
                        job_digest=str(info["job_digest"]),
                        job_requests=int(info["job_requests"]),
                        schema_modes=tuple((str(m), str(k)) for m, k in
-                                          info.get("schema_modes", ())))
+                                          info.get("schema_modes", ())),
+                       media_files=int(info.get("media_files", 0)))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # an unreadable record is no record: validate
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from batchgen.testing.fakeserver import hostile
 from batchgen.testing.fakeserver.batches import BatchAPI
+from batchgen.testing.fakeserver.media import media_problem
 from batchgen.testing.fakeserver.plan import Config, Ledger, Plan, plan_for, request_key
 
 
@@ -158,6 +159,16 @@ class FakeServer:
                               "invalid_request_error")
             return True
         body = json.loads(raw)
+        bad_media = media_problem(body)
+        if bad_media is not None:  # as Model Studio answers a malformed data URL
+            with self._lock:
+                self.ledger.entries.append({"key": request_key(body), "attempt": 0,
+                                            "status": 400, "prompt_tokens": 0,
+                                            "completion_tokens": 0, "complete": False,
+                                            "body": body, "media_error": bad_media})
+            await self._error(writer, 400, "InvalidParameter", bad_media,
+                              "invalid_request_error")
+            return True
         key = request_key(body)
         with self._lock:
             attempt = self.ledger.attempts.get(key, 0) + 1

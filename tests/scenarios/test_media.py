@@ -1,0 +1,165 @@
+"""Local media in messages: file:// read and sent as data URLs, typed by their
+bytes, kept inside the job's folder, sized, fingerprinted; a folder as data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchgen.jobs.media import expand, refs, sniff
+from batchgen.testing.fakeserver import FakeServer
+from tests.helpers import read_results, run_cli, write_job
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+JPEG = b"\xff\xd8\xff\xe0" + b"\x10" * 300
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 100
+MP4 = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 100
+
+
+def image_prompt(pid: str, url: str, text: str = "[[len=6]] what is this") -> dict[str, Any]:
+    return {"id": pid, "model": "qwen3-vl-plus", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}]}
+
+
+def media_job(tmp_path: Path, fake: FakeServer, prompts: list[dict[str, Any]],
+              **extra: Any) -> Path:
+    return write_job(tmp_path / "job.yaml", fake, prompts, **extra)
+
+
+def images_sent(fake: FakeServer) -> list[str]:
+    return [p["image_url"]["url"] for e in fake.ledger.entries for m in e["body"]["messages"]
+            if isinstance(m["content"], list) for p in m["content"] if "image_url" in p]
+
+
+def test_local_images_go_as_data_urls_and_a_changed_one_runs_again(
+        tmp_path: Path, fake: FakeServer) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "cat.png").write_bytes(PNG)
+    (tmp_path / "img" / "dog.photo").write_bytes(JPEG)  # the name says nothing
+    path = media_job(tmp_path, fake, [image_prompt("cat", "file://img/cat.png"),
+                                      image_prompt("dog", "file://img/dog.photo")])
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    sent = sorted(images_sent(fake))
+    assert sent == sorted([f"data:image/png;base64,{base64.b64encode(PNG).decode()}",
+                           f"data:image/jpeg;base64,{base64.b64encode(JPEG).decode()}"])
+    stored = (tmp_path / "out" / "t" / "failed.jsonl").read_text()
+    assert stored == ""
+    assert {r["id"] for r in read_results(tmp_path / "out" / "t")} == {"cat", "dog"}
+    # an unchanged re-run sends nothing; a changed image runs again
+    assert run_cli("run", str(path), "-q").returncode == 0
+    assert len(fake.ledger.entries) == 2
+    (tmp_path / "img" / "cat.png").write_bytes(PNG + b"\x01")
+    assert run_cli("run", str(path), "-q").returncode == 0
+    assert len(fake.ledger.entries) == 3
+
+
+def test_a_folder_as_data_with_a_template(tmp_path: Path, fake: FakeServer) -> None:
+    for name in ("b.jpg", "a.jpg", "sub/c.jpg"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / name).write_bytes(JPEG + name.encode())
+    path = write_job(tmp_path / "job.yaml", fake, [], name="photos",
+                     data={"glob": "photos/**/*.jpg"},
+                     template={"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": [
+                         {"type": "image_url", "image_url": {"url": "file://{{ path }}"}},
+                         {"type": "text", "text": "[[len=5]] describe {{ stem }}"}]}]})
+    spec = json.loads(path.read_text())
+    del spec["prompts"]
+    path.write_text(json.dumps(spec))
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    import csv
+
+    with (tmp_path / "out" / "photos" / "table.csv").open(encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["path"] for r in table] == ["photos/a.jpg", "photos/b.jpg", "photos/sub/c.jpg"]
+    assert all(r["status"] == "done" for r in table)
+    assert len(images_sent(fake)) == 3
+
+
+@pytest.mark.parametrize(("setup", "url", "says"), [
+    (lambda d: (d / "x.png").write_text("just text"), "file://x.png", "not an image file"),
+    (lambda d: None, "file://missing.png", "no such file"),
+    (lambda d: None, "file:///etc/passwd", "outside the job file's folder"),
+    (lambda d: os.symlink("/etc/hostname", d / "link.png"), "file://link.png",
+     "outside the job file's folder"),
+    (lambda d: (d / "big.png").write_bytes(PNG + b"\x00" * 3000), "file://big.png",
+     "over run.max_media_bytes"),
+    (lambda d: (d / "a.wav").write_bytes(WAV), "file://a.wav", "not an image file"),
+])
+def test_every_refusal_at_validation(tmp_path: Path, fake: FakeServer, setup: Any, url: str,
+                                     says: str) -> None:
+    setup(tmp_path)
+    path = media_job(tmp_path, fake, [image_prompt("a", url)], run={"max_media_bytes": 2000})
+    for command in ("validate", "run"):
+        proc = run_cli(command, str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert says in proc.stderr, proc.stderr
+        assert "prompts[0].messages[0].content[0].image_url.url" in proc.stderr
+    assert not (tmp_path / "out").exists() and fake.ledger.entries == []
+
+
+def test_a_media_root_lets_a_job_read_another_folder(tmp_path: Path, fake: FakeServer) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "p.png").write_bytes(PNG)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    path = write_job(jobs / "job.yaml", fake, [image_prompt("a", f"file://{shared}/p.png")])
+    assert run_cli("validate", str(path)).returncode == 2
+    assert run_cli("validate", str(path), "--media-root", str(shared)).returncode == 0
+    spec = json.loads(path.read_text())
+    spec["run"] = {"media_root": "../shared"}
+    path.write_text(json.dumps(spec))
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_file_that_changes_into_something_else_fails_its_request(
+        tmp_path: Path, fake: FakeServer) -> None:
+    (tmp_path / "a.png").write_bytes(PNG)
+    path = media_job(tmp_path, fake, [image_prompt("a", "file://a.png")])
+    from batchgen import load_job, run_job
+
+    job = load_job(path, for_run=True)
+    (tmp_path / "a.png").write_text("now text")  # after validation, before sending
+    summary = run_job(job)
+    assert summary.failed == 1 and fake.ledger.entries == []
+    status = run_cli("status", str(tmp_path / "out" / "t")).stdout
+    assert "a: media" in status and "changed since the job was checked" in status
+
+
+def test_audio_and_video_parts_and_what_the_fake_refuses() -> None:
+    messages = [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "file://a.wav"}},
+        {"type": "video", "video": ["file://f1.jpg", "https://x/f2.jpg"]},
+        {"type": "video_url", "video_url": {"url": "file://v.mp4"}}]}]
+    found = [(r.kind, r.value) for r in refs(messages)]
+    assert found == [("audio", "file://a.wav"), ("image", "file://f1.jpg"),
+                     ("video", "file://v.mp4")]
+    assert sniff(MP4) == "video/mp4" and sniff(WAV) == "audio/wav" and sniff(b"hello") is None
+
+
+def test_expand_puts_audio_in_the_form_the_endpoint_takes(tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(WAV)
+    body: dict[str, Any] = {"model": "qwen-omni-turbo", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "file://a.wav"}}]}]}
+    raw = expand(body, tmp_path, (), 10_000, raw_audio=True)
+    part = raw["messages"][0]["content"][0]["input_audio"]
+    assert part == {"data": base64.b64encode(WAV).decode(), "format": "wav"}
+    url = expand(body, tmp_path, (), 10_000, raw_audio=False)
+    assert url["messages"][0]["content"][0]["input_audio"]["data"].startswith("data:;base64,")
+    assert body["messages"][0]["content"][0]["input_audio"]["data"] == "file://a.wav"
+
+
+def test_the_fake_refuses_a_malformed_data_url(fake: FakeServer, tmp_path: Path) -> None:
+    path = media_job(tmp_path, fake, [image_prompt("a", "data:image/png;base64,@@@")])
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 1
+    status = run_cli("status", str(tmp_path / "out" / "t")).stdout
+    assert "not hold valid base64" in status
