@@ -32,6 +32,7 @@ SUITE = {
     "P14": "bench.p14_length",
     "P15": "bench.p15_data",
     "P16": "bench.p16_structured",
+    "P17": "bench.p17_media",
 }
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import logging
 from dataclasses import replace
@@ -64,11 +66,34 @@ class _Stopped(Exception):
     """The run stopped launching; this request stays pending."""
 
 
+TRIM_EVERY = 8  # requests sent with files between returns of freed memory to the system
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def trim_heap() -> None:
+    """Give the system back the memory freed since the last time (glibc's
+    ``malloc_trim``). A request's files come and go as base64 strings of
+    hundreds of KB, which glibc keeps in its heap once freed: without this a
+    job of 1,000 images of 200 KB peaked 1.30x a job of text prompts, with
+    it 1.10x (bench P17, concurrency 8)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class Engine:
     def __init__(self, deps: EngineDeps, settings: RunSettings, *, continuation: str = "none",
                  gate: StartGate | None = None, raw_audio: bool = True) -> None:
         self.d = deps
         self.raw_audio = raw_audio  # input_audio.data as bare base64 (else a data URL)
+        self._media_sent = 0
         concurrency = settings.concurrency
         idle_timeout, max_duration = settings.idle_timeout, settings.max_duration
         # how an interrupted answer goes on ("none": it starts over)
@@ -316,10 +341,13 @@ class Engine:
             answered = True
             self.gate.on_accepted()
 
+        media_sent = False
         try:
             wire_body = self._with_media(body)
+            media_sent = wire_body is not body
             await stream_attempt(self.d.client, wire_body, on_text, result,
                                  redact=self.d.redact, on_open=opened, watch=watch)
+            del wire_body
             if result.finish_reason == "content_filter":
                 raise ModerationError("the provider's content filter stopped the output",
                                       error_class="moderation", code="content_filter",
@@ -361,6 +389,10 @@ class Engine:
             raise err from None
         finally:
             self.watchdog.release(watch)
+            if media_sent:
+                self._media_sent += 1
+                if self._media_sent % TRIM_EVERY == 0:
+                    trim_heap()
         if self._cut_at_the_cap(p, body, live, result, resume):
             return True
         value_json = None
