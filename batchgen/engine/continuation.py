@@ -78,6 +78,8 @@ def refusal(body: dict[str, Any]) -> str | None:
         return "tools"
     if (body.get("n") or 1) > 1:
         return "n > 1"
+    if "audio" in (body.get("modalities") or []):
+        return "speech (audio cannot be continued)"
     messages = body.get("messages") or []
     if messages and messages[-1].get("role") == "assistant":
         return "its messages end with an assistant message"

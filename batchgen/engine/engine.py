@@ -45,6 +45,7 @@ from batchgen.errors import (
 )
 from batchgen.jobs import media
 from batchgen.jobs.records import RunSettings
+from batchgen.outputs.audio import SpeechFile
 from batchgen.outputs.files import pretty_json, text_path, write_atomic
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
@@ -333,6 +334,10 @@ class Engine:
         on_text = watched if resume is None or self.form != "prefill" \
             else EchoFilter(resume.text, watched)
         result = StreamResult()
+        speech = SpeechFile(self.d.run_dir, p.id) \
+            if "audio" in (p.body.get("modalities") or []) else None
+        if speech is not None:
+            result.on_audio = speech.add
         watch = self.watchdog.watch()
         answered = False
 
@@ -389,6 +394,8 @@ class Engine:
             raise err from None
         finally:
             self.watchdog.release(watch)
+            if speech is not None:
+                speech.close()
             if media_sent:
                 self._media_sent += 1
                 if self._media_sent % TRIM_EVERY == 0:
@@ -403,6 +410,8 @@ class Engine:
             if problem is not None:
                 return self._invalid(p, live, result, problem, self._billed(body, live, result))
             value_json = pretty_json(check.parse(whole))
+        if speech is not None:  # audio/<id>.wav in place before the answer is recorded done
+            await asyncio.to_thread(speech.finish)
         self._finish(p, body, live, result, reserve, resume, value_json=value_json)
         return False
 

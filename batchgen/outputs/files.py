@@ -22,6 +22,7 @@ from batchgen.cost.pricing import PriceBook, StoreCosts
 from batchgen.jobs import structured
 from batchgen.jobs.schema import ID_RE
 from batchgen.jobs.structured import answer_value
+from batchgen.outputs.audio import seconds_of, wav_path
 from batchgen.store.runstore import RunStore
 
 
@@ -249,10 +250,15 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
         StoreCosts(store, book)  # registers the bg_cost SQL functions
     (run_dir / "texts").mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0, "texts_restored": 0}
+    speech = (run_dir / "audio").is_dir()  # a job with speech answers
 
     def results() -> Iterable[bytes]:
         for row in store.done_in_order(with_cost=with_cost):
             line = result_line(row, with_cost)
+            wav = wav_path(run_dir, row["id"]) if speech else None
+            if wav is not None and wav.exists():
+                line["audio"] = f"audio/{wav.name}"
+                line["audio_seconds"] = seconds_of(wav)
             counts["done"] += 1
             path = text_path(run_dir, row["id"])
             value = pretty_json(line["json"]) if "json" in line else None

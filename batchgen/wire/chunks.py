@@ -28,6 +28,7 @@ journal.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,8 @@ class StreamResult:
     request_id: str | None = None
     ratelimit: dict[str, str] = field(default_factory=dict)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # a speech answer's audio pieces (delta.audio.data, base64), given as they arrive
+    on_audio: Callable[[str], None] | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -225,6 +228,14 @@ def _read_object(obj: dict[str, Any], event: bytes, result: StreamResult, redact
     calls = delta.get("tool_calls")
     if calls:
         _merge_tool_calls(result, calls)
+    audio = delta.get("audio")
+    if isinstance(audio, dict):  # a speech answer (Qwen-Omni, gpt-4o-audio)
+        data = audio.get("data")
+        if isinstance(data, str) and data and result.on_audio is not None:
+            result.on_audio(data)
+        transcript = audio.get("transcript")
+        if not content and isinstance(transcript, str):
+            content = transcript  # the text of OpenAI's audio answers comes only so
     if content or reasoning:
         return content, reasoning or ""
     return None

@@ -163,3 +163,80 @@ def test_the_fake_refuses_a_malformed_data_url(fake: FakeServer, tmp_path: Path)
     assert proc.returncode == 1
     status = run_cli("status", str(tmp_path / "out" / "t")).stdout
     assert "not hold valid base64" in status
+
+
+def read_wav(path: Path) -> tuple[int, int, bytes]:
+    """(sample rate, data size in the header, the samples) of a WAV file,
+    checking its RIFF and data sizes against the file."""
+    import struct
+
+    raw = path.read_bytes()
+    assert raw[:4] == b"RIFF" and raw[8:16] == b"WAVEfmt "
+    assert struct.unpack("<I", raw[4:8])[0] == len(raw) - 8
+    channels, rate = struct.unpack("<HI", raw[22:28])
+    assert channels == 1 and struct.unpack("<H", raw[34:36])[0] == 16
+    assert raw[36:40] == b"data"
+    size = struct.unpack("<I", raw[40:44])[0]
+    assert size == len(raw) - 44
+    return rate, size, raw[44:]
+
+
+def speech_prompts(n: int, extra: str = "") -> list[dict[str, Any]]:
+    return [{"id": f"s{i}", "model": "qwen3-omni-flash", "prompt": f"[[len=20]]{extra} say {i}",
+             "modalities": ["text", "audio"], "audio": {"voice": "Cherry", "format": "wav"}}
+            for i in range(n)]
+
+
+def test_speech_out_is_written_as_wav(tmp_path: Path, fake: FakeServer) -> None:
+    path = write_job(tmp_path / "job.yaml", fake, speech_prompts(2))
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "out" / "t"
+    for result in read_results(run_dir):
+        assert result["audio"] == f"audio/{result['id']}.wav"
+        rate, size, _ = read_wav(run_dir / result["audio"])
+        assert rate == 24_000 and size == 20 * 480 * 2  # 20 tokens of 20 ms
+        assert result["audio_seconds"] == 0.4
+        assert (run_dir / "texts" / f"{result['id']}.md").read_text() == result["content"]
+    assert not list((run_dir / "audio").glob("*.part"))
+
+
+@pytest.mark.slow
+def test_kill_9_during_speech_starts_it_afresh_and_the_wav_is_whole(tmp_path: Path) -> None:
+    import random
+    import subprocess
+    import sys
+
+    from batchgen.testing.process import FakeProcess
+    from tests.helpers import KEY_ENV, ROOT, kill_until_done
+
+    with FakeProcess("--api-key", os.environ[KEY_ENV]) as server:
+        def job(where: str) -> Path:
+            folder = tmp_path / where
+            folder.mkdir()
+            return write_job(folder / "job.yaml", None, speech_prompts(6, " [[delay=0.03]]"),
+                             endpoint={"base_url": server.base_url, "api_key_env": KEY_ENV,
+                                       "continuation": "partial"}, run={"concurrency": 2})
+
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+        def start(path: Path) -> Any:
+            return subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(path), "-q"],
+                                    env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+
+        clean = job("clean")
+        assert start(clean).wait(120) == 0
+        killed = job("killed")
+        kills = kill_until_done(lambda: start(killed), random.Random(3), 0.4, 1.0,
+                                run_db=tmp_path / "killed" / "out" / "t" / "run.db")
+        assert kills >= 1
+    for result in read_results(tmp_path / "killed" / "out" / "t"):
+        got = read_wav(tmp_path / "killed" / "out" / "t" / result["audio"])
+        want = read_wav(tmp_path / "clean" / "out" / "t" / result["audio"])
+        assert got == want  # whole, never a seam of two attempts
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "killed" / "out" / "t" / "run.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM attempts WHERE mode = 'continue'"
+                          ).fetchone()[0] == 0  # speech starts afresh

@@ -79,6 +79,7 @@ class Plan:
     replay: str | None = None  # a recorded stream to play instead (tests/replay.py)
     continued: str | None = None  # the continuation form the request used
     echo: str = ""  # repeated before the first token (llama-server's prefill)
+    speech: bool = False  # modalities has "audio": each token's speech follows it
     headers: dict[str, str] = field(default_factory=dict)  # [[header=Name:Value|...]]
 
 
@@ -186,7 +187,26 @@ def plan_for(body: dict[str, Any], attempt: int, config: Config) -> Plan:
         replay=directives.get("replay"),
         headers=dict(h.split(":", 1) for h in directives.get("header", "").split("|") if h),
         continued=continued[0] if continued else None, echo=echo,
+        speech="audio" in (body.get("modalities") or []),
     )
+
+
+SPEECH_RATE = 24_000  # Hz, 16-bit mono PCM, as Model Studio streams Qwen-Omni's speech
+SPEECH_SAMPLES = 480  # 20 ms of speech a text token
+SPEECH_TOKENS = 2  # audio tokens billed a text token
+
+
+def speech_pcm(token: str, index: int) -> bytes:
+    """The speech of one token: 20 ms of a tone whose pitch comes from the
+    token, so a stream's audio is deterministic and a seam would show."""
+    import math
+    import struct
+
+    pitch = 200 + (sum(token.encode()) % 40) * 10
+    start = index * SPEECH_SAMPLES
+    return b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * pitch *
+                                                          (start + n) / SPEECH_RATE)))
+                    for n in range(SPEECH_SAMPLES))
 
 
 def json_tokens(kind: str, text: list[str], seed: bytes) -> list[str]:

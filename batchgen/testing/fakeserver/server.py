@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import math
@@ -16,7 +17,15 @@ from typing import Any
 from batchgen.testing.fakeserver import hostile
 from batchgen.testing.fakeserver.batches import BatchAPI
 from batchgen.testing.fakeserver.media import media_problem
-from batchgen.testing.fakeserver.plan import Config, Ledger, Plan, plan_for, request_key
+from batchgen.testing.fakeserver.plan import (
+    SPEECH_TOKENS,
+    Config,
+    Ledger,
+    Plan,
+    plan_for,
+    request_key,
+    speech_pcm,
+)
 
 
 class FakeServer:
@@ -345,11 +354,18 @@ class FakeServer:
                 'data: {"choices":[{"delta":{"content":null,"reasoning_content":'
                 + json.dumps(piece, ensure_ascii=False)
                 + '},"finish_reason":null,"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
+        audio_id = f"audio_{uuid.uuid4().hex[:16]}"
         for i, piece in enumerate(plan.tokens):
             said = plan.echo + piece if i == 0 else piece  # llama-server echoes a prefill
             events.append(("token", (
                 'data: {"choices":[{"delta":{"content":' + json.dumps(said, ensure_ascii=False)
                 + '},"finish_reason":null,"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
+            if plan.speech:  # Qwen-Omni: the speech follows the text, in its own chunks
+                speech = base64.b64encode(speech_pcm(piece, i)).decode()
+                events.append(("audio", (
+                    '{"choices":[{"delta":{"audio":{"data":"' + speech + '","expires_at":'
+                    f'{created + 3600},"id":"{audio_id}"}}}},"finish_reason":null,"index":0,'
+                    '"logprobs":null}]').join(("data: ", tail + "\n\n")).encode()))
         events.append(("finish", (
             'data: {"choices":[{"finish_reason":"' + plan.finish_reason
             + '","delta":{"content":""},"index":0,"logprobs":null}]' + tail + "\n\n").encode()))
@@ -360,6 +376,12 @@ class FakeServer:
                                  "prompt_tokens_details": {"cached_tokens": 0}}
         if plan.reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": len(plan.reasoning)}
+        if plan.speech:  # Model Studio counts the speech apart, in its own tokens
+            spoken = len(plan.tokens) * SPEECH_TOKENS
+            usage["completion_tokens"] += spoken
+            usage["total_tokens"] += spoken
+            usage["completion_tokens_details"] = {"audio_tokens": spoken,
+                                                  "text_tokens": len(plan.tokens)}
         usage_tail = tail.replace('"usage":null', '"usage":' + json.dumps(usage,
                                                                             separators=(",", ":")))
         if fault not in ("nousage", "mute") and entry["include_usage"]:
