@@ -34,6 +34,8 @@ class Tier:
     output: float
     thinking_output: float | None = None
     cached_input: float | None = None
+    audio_input: float | None = None  # audio heard, per 1M tokens (else input's price)
+    audio_output: float | None = None  # speech said, per 1M tokens (else output's price)
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,26 @@ class ModelPrice:
         return self.tiers[-1]
 
     def cost(self, prompt: int, completion: int, reasoning: int | None = None,
-             cached: int | None = None, batch: bool = False) -> float:
+             cached: int | None = None, batch: bool = False, audio_in: int | None = None,
+             audio_out: int | None = None) -> float:
         """``batch``: sent through the provider's Batch API, at ``batch_discount``
-        of the price and without the cached-input discount."""
+        of the price and without the cached-input discount. ``audio_in`` /
+        ``audio_out``: the audio tokens among the prompt's and the completion's,
+        at the audio prices where the tier has them."""
         tier = self.tier(prompt)
-        hit = 0 if batch else min(max(cached or 0, 0), prompt)
+        heard = min(max(audio_in or 0, 0), prompt)
+        said = min(max(audio_out or 0, 0), completion)
+        text_in = prompt - heard
+        hit = 0 if batch else min(max(cached or 0, 0), text_in)
         cached_price = tier.cached_input if tier.cached_input is not None else tier.input
         out_price = tier.output
         if (reasoning or 0) > 0 and tier.thinking_output is not None:
             out_price = tier.thinking_output
-        cost = ((prompt - hit) * tier.input + hit * cached_price + completion * out_price) / 1e6
+        cost = ((text_in - hit) * tier.input + hit * cached_price
+                + (completion - said) * out_price
+                + heard * (tier.audio_input if tier.audio_input is not None else tier.input)
+                + said * (tier.audio_output if tier.audio_output is not None
+                          else tier.output)) / 1e6
         return cost * self.batch_discount if batch else cost
 
     def worst_case(self, prompt: int, max_output: int) -> float:
@@ -89,12 +101,13 @@ def _model_price(name: str, spec: dict[str, Any] | PriceSpec, currency: str, lis
                  source: str | None, as_of: str | None) -> ModelPrice:
     data = spec.model_dump() if isinstance(spec, PriceSpec) else dict(spec)
     tiers_raw = data.get("tiers") or [
-        {k: data.get(k) for k in ("input", "output", "thinking_output", "cached_input")}
+        {k: data.get(k) for k in ("input", "output", "thinking_output", "cached_input",
+                                  "audio_input", "audio_output")}
     ]
     tiers = tuple(
         Tier(t.get("max_prompt_tokens"), float(t["input"]), float(t["output"]),
-             None if t.get("thinking_output") is None else float(t["thinking_output"]),
-             None if t.get("cached_input") is None else float(t["cached_input"]))
+             *(None if t.get(k) is None else float(t[k])
+               for k in ("thinking_output", "cached_input", "audio_input", "audio_output")))
         for t in tiers_raw
     )
     return ModelPrice(
@@ -196,13 +209,14 @@ class StoreCosts:
         return self._cache[key]
 
     def cost(self, run_id: int, model: str, prompt: int | None, completion: int | None,
-             reasoning: int | None, cached: int | None, mode: str | None = None
-             ) -> float | None:
+             reasoning: int | None, cached: int | None, mode: str | None = None, *,
+             audio_in: int | None = None, audio_out: int | None = None) -> float | None:
         if prompt is None or completion is None:
             return 0.0  # no usage row: nothing was billed (an error before any output)
         price = self.price(run_id, model)
         return None if price is None else price.cost(prompt, completion, reasoning, cached,
-                                                     batch=mode == "batch")
+                                                     batch=mode == "batch", audio_in=audio_in,
+                                                     audio_out=audio_out)
 
     def currency(self, run_id: int, model: str) -> str | None:
         price = self.price(run_id, model)

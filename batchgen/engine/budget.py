@@ -94,8 +94,10 @@ class BudgetGuard:
 
     def charge(self, p: Pending, usage: Usage | None) -> None:
         if usage is not None:
-            self.spent += self._price(p.model).cost(usage.prompt_tokens, usage.completion_tokens,
-                                                    usage.reasoning_tokens, usage.cached_tokens)
+            self.spent += self._price(p.model).cost(
+                usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens,
+                usage.cached_tokens, audio_in=usage.audio_prompt_tokens,
+                audio_out=usage.audio_completion_tokens)
 
     def release(self, p: Pending) -> None:
         self.reserved.pop(p.id, None)

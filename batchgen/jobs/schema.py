@@ -302,6 +302,8 @@ class TierSpec(_Strict):
     output: float = Field(ge=0)
     thinking_output: float | None = Field(default=None, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    audio_input: float | None = Field(default=None, ge=0)
+    audio_output: float | None = Field(default=None, ge=0)
 
 
 class PriceSpec(_Strict):
@@ -312,6 +314,8 @@ class PriceSpec(_Strict):
     output: float | None = Field(default=None, ge=0)
     thinking_output: float | None = Field(default=None, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+    audio_input: float | None = Field(default=None, ge=0)  # per 1M audio tokens heard
+    audio_output: float | None = Field(default=None, ge=0)  # per 1M speech tokens said
     tiers: list[TierSpec] | None = None
     source: str | None = None
     as_of: str | None = None

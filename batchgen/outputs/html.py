@@ -126,7 +126,9 @@ def _collect_store(store: RunStore, run_dir: Path, d: Details, rng: random.Rando
         started, spent, count = runs.get(a["run_id"], (a["started"], {}, 0))
         price = costs.price(a["run_id"], a["model"])
         cost = costs.cost(a["run_id"], a["model"], a["prompt_tokens"], a["completion_tokens"],
-                          a["reasoning_tokens"], a["cached_tokens"], a["mode"])
+                          a["reasoning_tokens"], a["cached_tokens"], a["mode"],
+                          audio_in=a["audio_prompt_tokens"],
+                          audio_out=a["audio_completion_tokens"])
         if price is not None and cost is not None:
             spent[price.currency] = spent.get(price.currency, 0.0) + cost
         runs[a["run_id"]] = (started, spent, count + 1)

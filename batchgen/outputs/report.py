@@ -13,7 +13,8 @@ USD are never added together.
                "requests_failed", "attempts", "prompt_tokens",
                "completion_tokens", "reasoning_tokens", "cached_tokens",
                "estimated_tokens", "cost" (null when unknown),
-               "estimated_cost", "tokens_by_method": {method: tokens}}],
+               "estimated_cost", "tokens_by_method": {method: tokens},
+               "audio_prompt_tokens", "audio_completion_tokens"}],
      "totals": [{"currency", "cost", "estimated_cost"}],
      "unknown_cost": [model], "prices": [{"list", "model", "as_of", "source"}],
      "warnings": [text],
@@ -88,6 +89,9 @@ class Row:
     cost: float | None = 0.0
     estimated_cost: float = 0.0
     tokens_by_method: dict[str, int] = field(default_factory=dict)
+    # of prompt and completion tokens: audio heard and speech said (audio prices)
+    audio_prompt_tokens: int = 0
+    audio_completion_tokens: int = 0
 
 
 @dataclass
@@ -200,9 +204,10 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
             seen_prices.setdefault((price.list_name, price.model), {
                 "list": price.list_name, "model": price.model, "as_of": price.as_of,
                 "source": price.source})
+        audio = (a["audio_prompt_tokens"], a["audio_completion_tokens"])
         cost = costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
                           a["completion_tokens"], a["reasoning_tokens"],
-                          a["cached_tokens"], a["mode"])
+                          a["cached_tokens"], a["mode"], audio_in=audio[0], audio_out=audio[1])
         if a["mode"] == "batch" and price is not None and cost is not None:
             _count_batch(batch, a, price.currency, cost,
                          costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
@@ -220,6 +225,8 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
             r.completion_tokens += a["completion_tokens"]
             r.reasoning_tokens += a["reasoning_tokens"] or 0
             r.cached_tokens += a["cached_tokens"] or 0
+            r.audio_prompt_tokens += audio[0] or 0
+            r.audio_completion_tokens += audio[1] or 0
             old = "static" if a["estimated"] else "exact"  # a store from before schema 2
             for tokens, method in ((a["prompt_tokens"], a["prompt_method"] or old),
                                    (a["completion_tokens"], a["completion_method"] or old)):
@@ -300,6 +307,11 @@ def _footer(report: Report) -> list[str]:
         saved = "; ".join(f"{v:,.4f} {c}" for c, v in sorted(report.batch["saved"].items()))
         lines.append(f"by batch: {report.batch['requests']:,} requests through the provider's "
                      f"Batch API, at its lower price: saved {saved or 'unknown'}")
+    for r in report.rows:
+        if r.audio_prompt_tokens or r.audio_completion_tokens:
+            lines.append(f"audio: {r.key}: {r.audio_prompt_tokens:,} prompt tokens heard, "
+                         f"{r.audio_completion_tokens:,} completion tokens said (at the model's "
+                         "audio prices where it has them; in the tokens above)")
     for a in report.apart:
         lines.append(f"{a.kind}: {a.key}: {a.attempts:,} attempts, {a.prompt_tokens:,} prompt + "
                      f"{a.completion_tokens:,} completion tokens, "

@@ -19,8 +19,8 @@ class Pricer(Protocol):
     """What the store needs of prices: an attempt's cost and its currency."""
 
     def cost(self, run_id: int, model: str, prompt: int | None, completion: int | None,
-             reasoning: int | None, cached: int | None, mode: str | None = None
-             ) -> float | None: ...
+             reasoning: int | None, cached: int | None, mode: str | None = None, *,
+             audio_in: int | None = None, audio_out: int | None = None) -> float | None: ...
 
     def currency(self, run_id: int, model: str) -> str | None: ...
 
@@ -28,11 +28,14 @@ class Pricer(Protocol):
 class CostedReads(Reader):
     def price_with(self, pricer: Pricer) -> None:
         """Register ``pricer`` as the SQL functions ``bg_cost`` and ``bg_currency``."""
-        def cost(run_id: int, model: str, prompt: int | None, completion: int | None,
-                 reasoning: int | None, cached: int | None, mode: str | None) -> float | None:
-            return pricer.cost(run_id, model, prompt, completion, reasoning, cached, mode)
+        def cost(  # noqa: PLR0917 - SQLite passes a row's columns, in order
+                run_id: int, model: str, prompt: int | None, completion: int | None,
+                reasoning: int | None, cached: int | None, mode: str | None,
+                audio_in: int | None, audio_out: int | None) -> float | None:
+            return pricer.cost(run_id, model, prompt, completion, reasoning, cached, mode,
+                               audio_in=audio_in, audio_out=audio_out)
 
-        self.db.create_function("bg_cost", 7, cost, deterministic=True)
+        self.db.create_function("bg_cost", 9, cost, deterministic=True)
         self.db.create_function("bg_currency", 2, pricer.currency, deterministic=True)
 
     def runs(self) -> list[sqlite3.Row]:
@@ -45,7 +48,8 @@ class CostedReads(Reader):
         yield from self._rows(
             "SELECT a.run_id, a.model, a.mode, a.status, a.error_class, a.started, a.ended, "
             "a.first_token, r.tags, u.prompt_tokens, u.completion_tokens, u.reasoning_tokens, "
-            "u.cached_tokens, u.estimated, u.prompt_method, u.completion_method "
+            "u.cached_tokens, u.estimated, u.prompt_method, u.completion_method, "
+            "u.audio_prompt_tokens, u.audio_completion_tokens "
             "FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
             "LEFT JOIN requests r ON r.id = a.request_id")
 
@@ -60,7 +64,8 @@ class CostedReads(Reader):
         total = 0.0
         for cost, cur in self.db.execute(
             "SELECT bg_cost(a.run_id, a.model, u.prompt_tokens, u.completion_tokens, "
-            "u.reasoning_tokens, u.cached_tokens, a.mode), bg_currency(a.run_id, a.model) "
+            "u.reasoning_tokens, u.cached_tokens, a.mode, u.audio_prompt_tokens, "
+            "u.audio_completion_tokens), bg_currency(a.run_id, a.model) "
             "FROM attempts a JOIN usage u ON u.attempt_id = a.id"):
             if cost is not None and cur == currency:
                 total += cost

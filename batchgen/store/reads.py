@@ -58,7 +58,8 @@ class StoreReads(Reader):
         """
         cost = (
             ", (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
-            "   ux.reasoning_tokens, ux.cached_tokens, x.mode)) FROM attempts x "
+            "   ux.reasoning_tokens, ux.cached_tokens, x.mode, ux.audio_prompt_tokens, "
+            "   ux.audio_completion_tokens)) FROM attempts x "
             "   LEFT JOIN usage ux ON ux.attempt_id = x.id WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint) AS cost, "
             " (SELECT MAX(ux.estimated) FROM attempts x JOIN usage ux ON ux.attempt_id = x.id "
@@ -110,7 +111,8 @@ class StoreReads(Reader):
         the answer's segments, and (``with_cost``) what all its attempts cost."""
         cost = (
             " (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
-            "   ux.reasoning_tokens, ux.cached_tokens, x.mode)) FROM attempts x "
+            "   ux.reasoning_tokens, ux.cached_tokens, x.mode, ux.audio_prompt_tokens, "
+            "   ux.audio_completion_tokens)) FROM attempts x "
             "   JOIN usage ux ON ux.attempt_id = x.id WHERE x.request_id = r.id "
             "   AND x.fingerprint = r.fingerprint) AS cost, "
             " (SELECT bg_currency(x.run_id, x.model) FROM attempts x WHERE x.request_id = r.id "

@@ -31,6 +31,8 @@ class Usage:
     raw: str | None = None
     prompt_method: str = "exact"
     completion_method: str = "exact"
+    audio_prompt_tokens: int | None = None  # of prompt_tokens: audio heard
+    audio_completion_tokens: int | None = None  # of completion_tokens: speech said
 
     @property
     def estimated(self) -> bool:

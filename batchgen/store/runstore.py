@@ -53,6 +53,8 @@ _ADDED_COLUMNS = (
     ("attempts", "first_token", "REAL"),  # schema 2: when its first text arrived
     ("requests", "data_row", "TEXT"),  # schema 3: the data row's kept columns (JSON)
     ("requests", "schema", "TEXT"),  # schema 3: the JSON Schema its answer must fit
+    ("usage", "audio_prompt_tokens", "INTEGER"),  # schema 3: audio tokens in the prompt
+    ("usage", "audio_completion_tokens", "INTEGER"),  # schema 3: speech tokens in the answer
 )
 
 _SCHEMA = """
@@ -127,7 +129,9 @@ CREATE TABLE IF NOT EXISTS usage (
     estimated INTEGER NOT NULL,
     raw TEXT,
     prompt_method TEXT,
-    completion_method TEXT
+    completion_method TEXT,
+    audio_prompt_tokens INTEGER,
+    audio_completion_tokens INTEGER
 );
 CREATE TABLE IF NOT EXISTS calibration (
     model TEXT NOT NULL,
@@ -458,10 +462,12 @@ class RunStore(StoreReads, CostedReads, EstimateReads):
         self.db.executemany(
             "INSERT OR REPLACE INTO usage (attempt_id, prompt_tokens, completion_tokens, "
             "total_tokens, reasoning_tokens, cached_tokens, estimated, raw, prompt_method, "
-            "completion_method) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "completion_method, audio_prompt_tokens, audio_completion_tokens) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(attempt_id, u.prompt_tokens, u.completion_tokens, u.total_tokens,
               u.reasoning_tokens, u.cached_tokens, int(u.estimated), u.raw, u.prompt_method,
-              u.completion_method) for attempt_id, u in rows],
+              u.completion_method, u.audio_prompt_tokens, u.audio_completion_tokens)
+             for attempt_id, u in rows],
         )
 
 

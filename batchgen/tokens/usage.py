@@ -64,6 +64,8 @@ def from_report(usage: dict[str, Any] | None, body: dict[str, Any], content: str
     cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
     if cached is None:
         cached = _int(usage.get("prompt_cache_hit_tokens"))
+    audio_in = _detail(usage, "prompt_tokens_details", "audio_tokens")
+    audio_out = _detail(usage, "completion_tokens_details", "audio_tokens")
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -73,4 +75,6 @@ def from_report(usage: dict[str, Any] | None, body: dict[str, Any], content: str
         raw=json.dumps(usage, separators=(",", ":"), ensure_ascii=False),
         prompt_method=prompt_method,
         completion_method=completion_method,
+        audio_prompt_tokens=audio_in or None,
+        audio_completion_tokens=audio_out or None,
     )

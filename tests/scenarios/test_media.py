@@ -188,10 +188,21 @@ def speech_prompts(n: int, extra: str = "") -> list[dict[str, Any]]:
 
 
 def test_speech_out_is_written_as_wav(tmp_path: Path, fake: FakeServer) -> None:
-    path = write_job(tmp_path / "job.yaml", fake, speech_prompts(2))
+    prices = {"qwen3-omni-flash": {"currency": "CNY", "input": 1.0, "output": 4.0,
+                                   "audio_output": 100.0}}
+    path = write_job(tmp_path / "job.yaml", fake, speech_prompts(2), pricing=prices)
     proc = run_cli("run", str(path), "-q")
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "out" / "t"
+    # speech tokens (2 a text token) at the audio price, apart in the report
+    report = json.loads((run_dir / "report.json").read_text())
+    [row] = report["rows"]
+    assert row["audio_completion_tokens"] == 2 * 2 * 20 and row["audio_prompt_tokens"] == 0
+    text_out = row["completion_tokens"] - row["audio_completion_tokens"]
+    want = (row["prompt_tokens"] * 1.0 + text_out * 4.0 + 80 * 100.0) / 1e6
+    assert row["cost"] == pytest.approx(want)
+    assert "- audio: qwen3-omni-flash: 0 prompt tokens heard, 80 completion tokens said" in \
+        (run_dir / "report.md").read_text()
     for result in read_results(run_dir):
         assert result["audio"] == f"audio/{result['id']}.wav"
         rate, size, _ = read_wav(run_dir / result["audio"])
