@@ -466,6 +466,14 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         schema_json = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))  # as written
         schema_key = canonical(schema)
         walk.modes[(model, mode)] = None
+    if job.endpoint.local and "--mmproj" not in job.endpoint.server_args \
+            and media.has_media(request["messages"]):
+        report(Problem(name, line_of(path), path_str((*path, "messages")),
+                       "the local endpoint's model reads text only (llama-server answers an "
+                       "image, video or audio part with an error); give endpoint.model_path a "
+                       "model that sees and endpoint.server_args its --mmproj projector, or "
+                       "send this job to an API"))
+        return None
     hashes = []
     for ref in media.refs(request["messages"]):
         part_at = _message_path(path, spec, len(request["messages"]), ref.where)

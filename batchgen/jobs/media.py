@@ -230,3 +230,13 @@ def raw_audio_for(base_url: str) -> bool:
     llama-server) rather than a data URL (Model Studio's Qwen-Omni)."""
     host = (urlsplit(base_url).hostname or "").lower()
     return not host.endswith(("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com"))
+
+
+MEDIA_PARTS = frozenset({"image_url", "video_url", "video", "input_audio", "image", "audio"})
+
+
+def has_media(messages: list[dict[str, Any]]) -> bool:
+    """Whether any message has an image, video or audio part (a file or a URL)."""
+    return any(isinstance(part, dict) and MEDIA_PARTS & part.keys()
+               for message in messages if isinstance(message.get("content"), list)
+               for part in message["content"])

@@ -4,6 +4,7 @@ checks the pages' links and navigation)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -105,9 +106,16 @@ def test_every_job_file_example_in_the_docs_validates(page: str, data: dict[str,
         model.write_bytes(b"GGUF")
         endpoint["model_path"] = str(model)
     given = job.get("data")
-    if given is not None:  # the docs' data is the example's: jobs/translate.csv
+    jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 64  # a stand-in for the docs' photos
+    if isinstance(given, dict) and "glob" in given:  # a folder of photos
+        (tmp_path / "photos").mkdir()
+        (tmp_path / "photos" / "one.jpg").write_bytes(jpeg)
+    elif given is not None:  # the docs' data is the example's: jobs/translate.csv
         name = given if isinstance(given, str) else given["path"]
         (tmp_path / name).write_bytes((ROOT / "jobs" / "translate.csv").read_bytes())
+    for name in re.findall(r'file://([\w./-]+)', json.dumps(job)):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(jpeg)
     schema = (job.get("defaults") or {}).get("schema")
     if isinstance(schema, str):  # the docs' schema files are the examples' in jobs/
         (tmp_path / schema).write_bytes((ROOT / "jobs" / schema).read_bytes())

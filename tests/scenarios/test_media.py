@@ -251,3 +251,11 @@ def test_kill_9_during_speech_starts_it_afresh_and_the_wav_is_whole(tmp_path: Pa
     with sqlite3.connect(tmp_path / "killed" / "out" / "t" / "run.db") as db:
         assert db.execute("SELECT COUNT(*) FROM attempts WHERE mode = 'continue'"
                           ).fetchone()[0] == 0  # speech starts afresh
+
+
+def test_the_local_text_model_is_not_sent_images(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(PNG)
+    path = write_job(tmp_path / "job.yaml", None, [image_prompt("a", "file://a.png")],
+                     endpoint="local")
+    proc = run_cli("validate", str(path))
+    assert proc.returncode == 2 and "reads text only" in proc.stderr, proc.stderr
