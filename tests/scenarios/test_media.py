@@ -259,3 +259,16 @@ def test_the_local_text_model_is_not_sent_images(tmp_path: Path) -> None:
                      endpoint="local")
     proc = run_cli("validate", str(path))
     assert proc.returncode == 2 and "reads text only" in proc.stderr, proc.stderr
+
+
+def test_audio_in_goes_as_base64_with_its_format(tmp_path: Path, fake: FakeServer) -> None:
+    (tmp_path / "q.wav").write_bytes(WAV)
+    path = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "heard", "model": "qwen3-omni-flash", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "file://q.wav"}},
+            {"type": "text", "text": "[[len=5]] what is said?"}]}]}])
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = fake.ledger.entries
+    part = entry["body"]["messages"][0]["content"][0]["input_audio"]
+    assert part == {"data": base64.b64encode(WAV).decode(), "format": "wav"}
