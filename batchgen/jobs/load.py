@@ -151,6 +151,7 @@ class Walk:
     checked: set[str] = field(default_factory=set)
     modes: dict[tuple[str, str], None] = field(default_factory=dict)
     media_files: int = 0
+    defaults: dict[str, Any] | None = None  # the defaults' request parameters
 
 
 def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *,
@@ -432,14 +433,17 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         report(Problem(name, line_of(path), path_str((*path, "system")),
                        "`system:` given and `messages` already has a system message; keep one"))
         return None
-    params: dict[str, Any] = {}
-    for source in (defaults, spec):
-        for key in source.model_fields_set & PARAM_NAMES:
-            value = getattr(source, key)
-            if value is None:
-                params.pop(key, None)  # `key: null` on a prompt unsets a default
-            else:
-                params[key] = value
+    if walk.defaults is None:  # the defaults' parameters, once a walk
+        walk.defaults = {key: getattr(defaults, key)
+                         for key in defaults.model_fields_set & PARAM_NAMES
+                         if getattr(defaults, key) is not None}
+    params: dict[str, Any] = dict(walk.defaults)
+    for key in spec.model_fields_set & PARAM_NAMES:
+        value = getattr(spec, key)
+        if value is None:
+            params.pop(key, None)  # `key: null` on a prompt unsets a default
+        else:
+            params[key] = value
     extra = {**(defaults.extra_body or {}), **(spec.extra_body or {})}
     request: dict[str, Any] = {"model": model, "messages": messages, **params}
     if extra:

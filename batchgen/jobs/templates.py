@@ -62,7 +62,8 @@ def _plain_pieces(source: str) -> tuple[str, ...] | None:
     statements, comments)."""
     parts = _NAME.split(source)
     texts = parts[0::2]
-    if any("{{" in t or "{%" in t or "{#" in t for t in texts):
+    if any("{{" in t or "{%" in t or "{#" in t for t in texts) \
+            or any(name in _GLOBALS for name in parts[1::2]):  # range, dict, ...: Jinja2's
         return None
     return tuple(parts)
 
@@ -77,6 +78,7 @@ class Template:
                  line_of: Callable[[tuple[Any, ...]], int | None]) -> None:
         self.problems: list[Problem] = []
         self.names: set[str] = set()
+        self.jinja = False  # some string needs Jinja2's render (not only text and names)
         self._file, self._line_of = file, line_of
         self._tree = self._compile(spec, ("template",), convert=False)
 
@@ -97,15 +99,16 @@ class Template:
                 self._file, self._line_of(path), path_str(path),
                 f"template syntax error: {exc.message} (line {exc.lineno} of the template)"))
             return value
-        return _Part(compiled, convert and bool(_ONE_EXPRESSION.fullmatch(value)),
-                     _plain_pieces(value))
+        pieces = _plain_pieces(value)
+        self.jinja = self.jinja or pieces is None
+        return _Part(compiled, convert and bool(_ONE_EXPRESSION.fullmatch(value)), pieces)
 
     def render(self, row: dict[str, Any]) -> dict[str, Any]:
         """The prompt for ``row``; :class:`RenderError` names the key that failed."""
         # one set of names for every string of the row (the environment's globals,
         # then the row's columns), shared by their contexts rather than copied for
         # each: a third of the time of Template.render, the same output
-        names = {**_GLOBALS, **row}
+        names = {**_GLOBALS, **row} if self.jinja else row
         out = _render(self._tree, names, ("template",))
         assert isinstance(out, dict)  # noqa: S101 - a mapping compiles to a mapping
         return out
