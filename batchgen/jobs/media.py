@@ -144,9 +144,10 @@ def encoded_size(size: int) -> int:
 
 
 def check(value: str, kind: str, base: Path, roots: tuple[Path, ...],
-          max_bytes: int) -> Checked:
+          max_bytes: int, digest: bool = True) -> Checked:
     """A referenced file, checked: inside the roots, of its part's kind, small
-    enough once base64-encoded; read once to hash it."""
+    enough once base64-encoded; read once to hash it (``digest``; else only
+    its first bytes are read, and ``sha256`` is empty)."""
     path = resolve(value, base, roots)
     try:
         size = path.stat().st_size
@@ -156,12 +157,12 @@ def check(value: str, kind: str, base: Path, roots: tuple[Path, ...],
             raise MediaProblem(f"{path} is {size:,} bytes, {encoded_size(size):,} once "
                                f"base64-encoded: over run.max_media_bytes ({max_bytes:,}); "
                                "shrink it or raise the limit")
-        digest = hashlib.sha256()
+        hasher = hashlib.sha256()
         with path.open("rb") as fh:
             head = fh.read(64)
-            digest.update(head)
-            while piece := fh.read(READ):
-                digest.update(piece)
+            hasher.update(head)
+            while digest and (piece := fh.read(READ)):
+                hasher.update(piece)
     except FileNotFoundError:
         raise MediaProblem(f"{path}: no such file") from None
     except OSError as exc:
@@ -171,7 +172,7 @@ def check(value: str, kind: str, base: Path, roots: tuple[Path, ...],
         shown = mime or "not a known image, video or audio format"
         raise MediaProblem(f"{path} is {shown} by its bytes, not an {kind} file; a part "
                            f"that takes {kind} needs one of: {', '.join(KINDS[kind])}")
-    return Checked(path, mime, size, digest.hexdigest())
+    return Checked(path, mime, size, hasher.hexdigest() if digest else "")
 
 
 def expand(body: dict[str, Any], base: Path, roots: tuple[Path, ...], max_bytes: int,
@@ -186,7 +187,7 @@ def expand(body: dict[str, Any], base: Path, roots: tuple[Path, ...], max_bytes:
         return body
     out = {**body, "messages": _copy(messages)}
     for ref in found:
-        checked = check(ref.value, ref.kind, base, roots, max_bytes)
+        checked = check(ref.value, ref.kind, base, roots, max_bytes, digest=False)
         data = base64.b64encode(checked.path.read_bytes()).decode("ascii")
         if ref.kind == "audio":
             holder = _at(out["messages"], ref.where[:-1])
