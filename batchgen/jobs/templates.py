@@ -51,6 +51,7 @@ class _Part:
     # text and names, for a template that is only text and {{ name }}s: joined
     # without Jinja2's machinery (~4 µs a string), to the same output
     pieces: tuple[str, ...] | None = None
+    path: tuple[Any, ...] = ()  # where it stands in the template, for errors
 
 
 _NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -101,7 +102,8 @@ class Template:
             return value
         pieces = _plain_pieces(value)
         self.jinja = self.jinja or pieces is None
-        return _Part(compiled, convert and bool(_ONE_EXPRESSION.fullmatch(value)), pieces)
+        return _Part(compiled, convert and bool(_ONE_EXPRESSION.fullmatch(value)), pieces,
+                     path)
 
     def render(self, row: dict[str, Any]) -> dict[str, Any]:
         """The prompt for ``row``; :class:`RenderError` names the key that failed."""
@@ -109,18 +111,20 @@ class Template:
         # then the row's columns), shared by their contexts rather than copied for
         # each: a third of the time of Template.render, the same output
         names = {**_GLOBALS, **row} if self.jinja else row
-        out = _render(self._tree, names, ("template",))
+        out = _render(self._tree, names)
         assert isinstance(out, dict)  # noqa: S101 - a mapping compiles to a mapping
         return out
 
 
-def _render(node: Compiled, row: dict[str, Any], path: tuple[Any, ...]) -> Any:
-    if isinstance(node, dict):
-        return {key: _render(item, row, (*path, key)) for key, item in node.items()}
-    if isinstance(node, list):
-        return [_render(item, row, (*path, i)) for i, item in enumerate(node)]
-    if not isinstance(node, _Part):
+def _render(node: Compiled, row: dict[str, Any]) -> Any:
+    kind = type(node)
+    if kind is dict:
+        return {key: _render(item, row) for key, item in node.items()}
+    if kind is list:
+        return [_render(item, row) for item in node]
+    if kind is not _Part:
         return node
+    path = node.path
     try:
         if node.pieces is not None:
             text = _join(node.pieces, row)
@@ -144,15 +148,14 @@ def _render(node: Compiled, row: dict[str, Any], path: tuple[Any, ...]) -> Any:
 
 
 def _join(pieces: tuple[str, ...], names: dict[str, Any]) -> str:
-    out = []
-    for i, piece in enumerate(pieces):
-        if i % 2 == 0:
-            out.append(piece)
-        elif piece in names:
-            value = names[piece]
-            out.append(value if type(value) is str else str(value))
-        else:
-            raise jinja2.UndefinedError(f"{piece!r} is undefined")
+    out = [pieces[0]]
+    for i in range(1, len(pieces), 2):
+        name = pieces[i]
+        if name not in names:
+            raise jinja2.UndefinedError(f"{name!r} is undefined")
+        value = names[name]
+        out.append(value if type(value) is str else str(value))
+        out.append(pieces[i + 1])
     return "".join(out)
 
 
