@@ -5,12 +5,13 @@ Windows file systems ``texts/Foo.md`` and ``texts/foo.md`` are one file, so
 one answer would silently overwrite the other.
 
 Holding every id in a set costs ~100 bytes an id (100 MB at a million). This
-keeps an 8-byte digest of each case-folded id instead, split as it comes by
-its low bits into :data:`BUCKETS` buckets; a bucket that holds :data:`SPILL`
-digests writes them to an unlinked temporary file (as the plan's spool
-does), so memory stays at a few MB at any size. At the end each bucket is
-sorted and its repeated digests found; the caller reads the job again only
-to name the ids that have one.
+keeps an 8-byte digest of each case-folded id instead, in memory up to
+:data:`CHUNK` of them and beyond that in an unlinked temporary file (as the
+plan's spool does). At the end the digests are split by their low bits into
+buckets of about :data:`CHUNK` each, each bucket is sorted and its repeats
+found; the positions holding a repeated digest are what the caller reads
+again to name the clashing lines. Memory stays at a few MB at any size (it
+was 16 bytes an id, 16 MB at a million, in the bitmap this replaced).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import IO
 from batchgen.errors import Problem
 from batchgen.jobs.records import Request
 
-BUCKETS = 64
-SPILL = 1 << 13  # digests a bucket holds before they are written out (64 KB)
+CHUNK = 1 << 16  # digests held in memory at once (512 KB), and about a bucket's size
+_SPILL = 1 << 13  # digests a bucket gathers before they are written out
 
 
 def fold_key(request_id: str) -> int:
@@ -36,54 +37,87 @@ def fold_key(request_id: str) -> int:
 
 
 class ClashFinder:
-    """``add(id)`` for each id, then ``repeated()``: the digests that occur twice."""
+    """``add(id)`` in job order, then ``positions()``: where clashes may be."""
 
     def __init__(self) -> None:
-        self.held = [array("q") for _ in range(BUCKETS)]
-        self.spilled: list[list[tuple[int, int]]] = [[] for _ in range(BUCKETS)]
+        self.keys = array("q")  # the digests not yet written out
+        self.count = 0
         self._file: IO[bytes] | None = None
 
     def add(self, request_id: str) -> None:
-        key = fold_key(request_id)
-        bucket = self.held[key & (BUCKETS - 1)]
-        bucket.append(key)
-        if len(bucket) >= SPILL:
-            self._spill(key & (BUCKETS - 1))
+        self.keys.append(fold_key(request_id))
+        self.count += 1
+        if len(self.keys) >= CHUNK:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="batchgen-ids-")  # noqa: SIM115
+            self.keys.tofile(self._file)
+            del self.keys[:]
 
-    def _spill(self, b: int) -> None:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="batchgen-ids-")  # noqa: SIM115
-        self._file.seek(0, 2)
-        self.spilled[b].append((self._file.tell(), len(self.held[b])))
-        self.held[b].tofile(self._file)
-        del self.held[b][:]
-
-    def repeated(self) -> set[int]:
-        """The digests of case-folded ids that occur more than once."""
+    def positions(self) -> set[int]:
+        """Positions whose case-folded id digest occurs more than once."""
         try:
-            found: set[int] = set()
-            for b in range(BUCKETS):
-                keys = self.held[b]
-                for offset, n in self.spilled[b]:
-                    assert self._file is not None  # noqa: S101 - spilled implies a file
-                    self._file.seek(offset)
-                    keys.fromfile(self._file, n)
-                ordered = sorted(keys)
-                found.update(a for a, c in itertools.pairwise(ordered) if a == c)
-                self.held[b] = array("q")
-            return found
+            if self._file is None:
+                return _repeated_at(self.keys, _repeats(self.keys))
+            self.keys.tofile(self._file)
+            del self.keys[:]
+            repeats = self._repeats_by_bucket(self._file)
+            return _repeated_at(self._read(self._file), repeats) if repeats else set()
         finally:
             if self._file is not None:
                 self._file.close()
                 self._file = None
 
+    def _read(self, file: IO[bytes]) -> Iterator[int]:
+        file.seek(0)
+        while True:
+            chunk = array("q")
+            chunk.frombytes(file.read(CHUNK * 8))
+            if not chunk:
+                return
+            yield from chunk
 
-def clash_problems(requests: Iterable[Request], repeated: set[int]) -> Iterator[Problem]:
-    """Read the requests again and name each clash with both its lines (only
-    ids whose digest is among ``repeated`` are looked at)."""
+    def _repeats_by_bucket(self, file: IO[bytes]) -> set[int]:
+        buckets = 1 << max(0, (self.count // CHUNK).bit_length())
+        mask = buckets - 1
+        with tempfile.TemporaryFile(prefix="batchgen-ids-") as split:
+            where: list[list[tuple[int, int]]] = [[] for _ in range(buckets)]
+            held = [array("q") for _ in range(buckets)]
+
+            def spill(b: int) -> None:
+                where[b].append((split.tell(), len(held[b])))
+                held[b].tofile(split)
+                del held[b][:]
+
+            for key in self._read(file):
+                bucket = held[key & mask]
+                bucket.append(key)
+                if len(bucket) >= _SPILL:
+                    spill(key & mask)
+            repeats: set[int] = set()
+            for b in range(buckets):
+                keys = array("q", held[b])
+                del held[b][:]
+                for offset, n in where[b]:
+                    split.seek(offset)
+                    keys.fromfile(split, n)
+                repeats |= _repeats(keys)
+            return repeats
+
+
+def _repeats(keys: array[int]) -> set[int]:
+    ordered = sorted(keys)
+    return {a for a, b in itertools.pairwise(ordered) if a == b}
+
+
+def _repeated_at(keys: Iterable[int], repeats: set[int]) -> set[int]:
+    return {i for i, key in enumerate(keys) if key in repeats} if repeats else set()
+
+
+def clash_problems(requests: Iterable[Request], positions: set[int]) -> Iterator[Problem]:
+    """Read the suspect requests again and name each clash with both its lines."""
     first: dict[str, Request] = {}
     for req in requests:
-        if fold_key(req.id) not in repeated:
+        if req.position not in positions:
             continue
         folded = req.id.casefold()
         earlier = first.setdefault(folded, req)

@@ -235,7 +235,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
             models.setdefault(req.model)
             if kept is not None and not problems:
                 kept.add(req.row())
-        suspects = clashes.repeated()
+        suspects = clashes.positions()
         if suspects and len(problems) < MAX_PROBLEMS:
             for problem in clash_problems(_resolve_all(job, lambda _p: None), suspects):
                 collect(problem)
