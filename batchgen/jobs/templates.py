@@ -4,7 +4,7 @@ Rendered in a sandboxed environment with strict undefined names: a name the
 row lacks is an error naming it, never an empty string. A row's values are
 data, never templates: Jinja2 inserts what an expression yields as it is, so a
 value holding ``{{ x }}``, ``{% %}`` or an unbalanced brace arrives literally.
-Strings without ``{{`` or ``{%`` are kept as written (not compiled).
+Strings without ``{{``, ``{%`` or ``{#`` are kept as written (not compiled).
 
 A parameter (any key but the prompt's text, messages, tags, id and model)
 written as one expression, ``max_tokens: "{{ max_len }}"``, becomes the number
@@ -90,7 +90,7 @@ class Template:
                     for key, item in value.items()}
         if isinstance(value, list):
             return [self._compile(item, (*path, i), convert) for i, item in enumerate(value)]
-        if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
+        if not isinstance(value, str) or not ("{{" in value or "{%" in value or "{#" in value):
             return value
         try:
             compiled = _ENV.from_string(value)
