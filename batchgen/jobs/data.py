@@ -115,9 +115,21 @@ def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any],
 
 def _jsonl(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
     assert data.path is not None  # noqa: S101 - file readers are chosen for a path
-    name = data.name
-    with data.path.open("rb") as fh:
+    yield from json_lines(data.path, data.name, report,
+                          'each line is one JSON object (a row: {"column": value, ...})')
+
+
+def json_lines(path: Path, name: str, report: Report, not_an_object: str,
+               max_line: int | None = None) -> Iterator[tuple[dict[str, Any], int]]:
+    """Each JSON object of a JSONL file and its line; a line that is not one
+    (not UTF-8, not JSON, not an object, over ``max_line`` bytes) is reported
+    with its line and skipped. A byte-order mark before the first is allowed."""
+    with path.open("rb") as fh:
         for line, raw in enumerate(fh, start=1):
+            if max_line is not None and len(raw) > max_line:
+                report(Problem(name, line, None,
+                               f"line is over {max_line:,} bytes; shrink embedded media"))
+                continue
             if not raw.strip():
                 continue
             try:
@@ -130,8 +142,7 @@ def _jsonl(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int
                                f"JSON syntax error at column {exc.colno}: {exc.msg}"))
                 continue
             if not isinstance(obj, dict):
-                report(Problem(name, line, None, "each line is one JSON object (a row: "
-                               '{"column": value, ...})'))
+                report(Problem(name, line, None, not_an_object))
                 continue
             yield obj, line
 

@@ -7,7 +7,6 @@ where it stands in its file; :mod:`batchgen.jobs.load` turns them into requests.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -18,12 +17,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from batchgen.errors import JobFileError, Problem
-from batchgen.jobs.data import DataFile, rows
+from batchgen.jobs.data import DataFile, json_lines, rows
 from batchgen.jobs.problems import from_validation, path_str, secret_problems
 from batchgen.jobs.schema import ID_RE, JobSpec, PromptSpec
 from batchgen.jobs.templates import RenderError, Template
 from batchgen.jobs.yamlmarks import LineMap, YamlProblem, load_yaml, stream_items
-from batchgen.jsonfast import canonical, loads
+from batchgen.jsonfast import canonical
 
 MAX_YAML_BYTES = 8 * 1024 * 1024
 MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3)))
@@ -242,32 +241,12 @@ def _prompt_entries(src: Source, report: Callable[[Problem], None]) -> Iterator[
     if src.text is not None:
         yield from _yaml_entries(src, src.text, report)
         return
-    with src.file.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if len(raw) > MAX_LINE_BYTES:
-                report(Problem(name, lineno, None,
-                               f"line is over {MAX_LINE_BYTES:,} bytes; shrink embedded media"))
-                continue
-            if not raw.strip():
-                continue
-            try:
-                obj = loads(raw)
-            except UnicodeDecodeError:
-                report(Problem(name, lineno, None, "not UTF-8 text; save the file as UTF-8"))
-                continue
-            except json.JSONDecodeError as exc:
-                report(Problem(name, lineno, None,
-                               f"JSON syntax error at column {exc.colno}: {exc.msg}"))
-                continue
-            if not isinstance(obj, dict):
-                report(Problem(name, lineno, None,
-                               'each line is one JSON object ({"prompt": ...} or Batch API form)'))
-                continue
+    for obj, lineno in json_lines(src.file, name, report, 'each line is one JSON object '
+                                  '({"prompt": ...} or Batch API form)', MAX_LINE_BYTES):
+        def at(_path: tuple[Any, ...], _line: int = lineno) -> int:
+            return _line
 
-            def at(_path: tuple[Any, ...], _line: int = lineno) -> int:
-                return _line
-
-            yield obj, f"{name}:{lineno}", (), at
+        yield obj, f"{name}:{lineno}", (), at
 
 
 def _yaml_entries(src: Source, text: str, report: Callable[[Problem], None]
