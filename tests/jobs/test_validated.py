@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from batchgen.cli import main
 from batchgen.jobs import load as jobfile
-from batchgen.jobs import validated
+from batchgen.jobs import resolve, validated
 from batchgen.jobs.load import Overrides, load_job
 from batchgen.testing.fakeserver import FakeServer
 from tests.helpers import KEY_ENV
@@ -23,13 +23,13 @@ from tests.helpers import KEY_ENV
 def walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many times a job's prompts were walked (resolved), run by run."""
     count = [0]
-    real: Callable[..., Iterator[Any]] = jobfile._resolve_all
+    real: Callable[..., Iterator[Any]] = resolve.resolve_all
 
     def counting(*args: Any) -> Iterator[Any]:
         count[0] += 1
         return real(*args)
 
-    monkeypatch.setattr(jobfile, "_resolve_all", counting)
+    monkeypatch.setattr(jobfile, "resolve_all", counting)
     return count
 
 
