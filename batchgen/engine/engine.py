@@ -49,8 +49,9 @@ from batchgen.outputs.files import pretty_json, text_path, write_atomic
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
 from batchgen.secrets import printable
+from batchgen.store.attempts import AttemptEnd, Ended
 from batchgen.store.records import Resume, Usage
-from batchgen.store.runstore import AttemptEnd, Ended, Pending
+from batchgen.store.runstore import Pending
 from batchgen.tokens import tokenizers
 from batchgen.tokens.static import output_bound
 from batchgen.tokens.usage import estimate, from_report
@@ -71,6 +72,8 @@ class Engine:
                  gate: StartGate | None = None, raw_audio: bool = True) -> None:
         self.d = deps
         self.raw_audio = raw_audio  # input_audio.data as bare base64 (else a data URL)
+        self.media_base = Path(settings.media_base)  # where file:// paths are relative to
+        self.media_roots = media.roots_from(settings.media_root, self.media_base)
         self._media_sent = 0
         concurrency = settings.concurrency
         idle_timeout, max_duration = settings.idle_timeout, settings.max_duration
@@ -396,11 +399,9 @@ class Engine:
         """``body`` as sent: its ``file://`` parts read now and put in as data
         (:func:`batchgen.jobs.media.expand`); a file that no longer passes its
         checks fails the request."""
-        s = self.settings
-        base = Path(s.media_base)
         try:
-            return media.expand(body, base, media.roots_from(s.media_root, base),
-                                s.max_media_bytes, raw_audio=self.raw_audio)
+            return media.expand(body, self.media_base, self.media_roots,
+                                self.settings.max_media_bytes, raw_audio=self.raw_audio)
         except media.MediaProblem as exc:
             raise RequestFatalError(f"a file changed since the job was checked: {exc}",
                                     error_class="media") from None

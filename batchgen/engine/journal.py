@@ -4,7 +4,9 @@ Text of every streaming attempt waits in memory (:class:`Live`) and is
 committed as segments every ``flush_interval`` seconds; finished attempts are
 committed in batches within ``FINISH_BATCH`` seconds of each other (attempt
 end, usage, compacted text and the request marked done, in one transaction),
-and their ``texts/`` files follow on a writer thread, after the commit.
+and their ``texts/`` files follow on a writer thread, after the commit
+(:mod:`batchgen.engine.textfiles`). An attempt's row waits for the next
+commit too, so one that finishes before it is written once, whole.
 
 Every write goes through :meth:`Journal.guard`. When the disk refuses one —
 full (SQLITE_FULL, ENOSPC), read-only, failing — the journal records a
@@ -19,25 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from batchgen.engine.textfiles import TextFiles
 from batchgen.errors import StorageError
-from batchgen.outputs.files import text_files, write_many_atomic
+from batchgen.store.attempts import AttemptEnd, Ended, Started
 from batchgen.store.records import Resume, Usage
-from batchgen.store.runstore import AttemptEnd, Ended, Pending, RunStore
+from batchgen.store.runstore import Pending, RunStore
 
 log = logging.getLogger(__name__)
 
 FINISH_BATCH = 0.01  # seconds: finished requests committed together
-MAX_PENDING_TEXT = 8 * 1024 * 1024  # bytes of finished results waiting for their files
-ENDED_OVERHEAD = 2048  # bytes a finished result holds besides its text
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -99,14 +98,12 @@ class Journal:
         self.flush_interval = flush_interval
         self.on_failure = on_failure
         self.live: dict[int, Live] = {}
+        self.started: dict[int, Started] = {}  # attempts whose row waits for the next flush
         self.finished: list[Ended] = []
         self.failure: StorageError | None = None
         self._finished = asyncio.Event()
         self._closing = False
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-texts")
-        self._writes: set[asyncio.Future[None]] = set()
-        self._pending_bytes = 0
-        self._room = asyncio.Event()
+        self.files = TextFiles(run_dir, self._fail)
 
     # ------------------------------------------------------------ writes
 
@@ -130,10 +127,11 @@ class Journal:
 
     def open(self, p: Pending, *, run_id: int, n: int, resume: Resume | None = None) -> Live:
         with self.guard():
-            attempt_id = self.store.start_attempt(p, run_id=run_id, n=n, now=self.clock(),
-                                                  resume=resume)
-        live = Live(attempt_id, self.clock)
-        self.live[attempt_id] = live
+            started = self.store.new_attempt(p.id, p.fingerprint, p.model, run_id=run_id, n=n,
+                                             now=self.clock(), resume=resume)
+        self.started[started.id] = started
+        live = Live(started.id, self.clock)
+        self.live[started.id] = live
         return live
 
     def end(self, live: Live, end: AttemptEnd, usage: Usage | None) -> None:
@@ -145,7 +143,9 @@ class Journal:
             segment = live.take_segment()
             if segment is not None:
                 self.store.add_segments([segment])
-            self.store.end_attempt(live.attempt_id, end, usage=usage, now=self.clock())
+            started = self.started.pop(live.attempt_id, None)
+            self.store.write_attempts([started] if started is not None else [],
+                                      [Ended(live.attempt_id, end, usage, self.clock())])
 
     def finish(self, done: Ended) -> None:
         """A finished attempt: committed by the flusher with others, within
@@ -201,14 +201,14 @@ class Journal:
             if self.failure is None:
                 with contextlib.suppress(StorageError):
                     self.flush()
-            while self._writes:
-                await asyncio.wait(list(self._writes))
         finally:
-            self._writer.shutdown(wait=True)
+            await self.files.close()
 
     def flush(self, segments: bool = True) -> None:
-        """Commit (with the text streamed so far when ``segments``), then write
-        the files of requests that finished; their text went in with them."""
+        """Commit the rows of attempts started since the last flush and of
+        those that finished (with the text streamed so far when ``segments``),
+        then hand the finished ones' files to the writer; their text went in
+        with them."""
         with self.guard():
             if segments:
                 rows = [s for s in (live.take_segment() for live in list(self.live.values()))
@@ -216,43 +216,13 @@ class Journal:
                 if rows:
                     self.store.add_segments(rows)
             finished, self.finished = self.finished, []
-            if finished:
-                self.store.end_attempts(finished)
+            started, self.started = list(self.started.values()), {}
+            if started or finished:
+                self.store.write_attempts(started, finished)
             self.store.commit()
         if finished:
-            # Files follow the commit on a writer thread, so commits never wait
-            # for them. Creating a file costs ~1 ms here: when short requests
-            # finish faster than that, the launcher waits (see room()).
-            size = sum(len(d.content) + len(d.reasoning) + ENDED_OVERHEAD for d in finished)
-            self._pending_bytes += size
-            future = asyncio.get_running_loop().run_in_executor(
-                self._writer, _write_all, self.run_dir, finished)
-            future.add_done_callback(functools.partial(self._written, size=size))
-            self._writes.add(future)
-
-    def _written(self, future: asyncio.Future[None], *, size: int) -> None:
-        self._writes.discard(future)
-        self._pending_bytes -= size
-        self._room.set()
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            # The store has the text (the export at the end writes the files
-            # again), but a disk that refuses files refuses the store next.
-            self._fail(exc)
+            self.files.submit(finished)
 
     async def room(self) -> None:
         """Hold launches while too much finished text waits for its files."""
-        while self._pending_bytes > MAX_PENDING_TEXT:
-            self._room.clear()
-            await self._room.wait()
-
-
-def _write_all(run_dir: Path, finished: list[Ended]) -> None:
-    files = []
-    for done in finished:
-        assert done.request_id is not None  # noqa: S101 - an invariant, for the type checker
-        files += text_files(run_dir, done.request_id, done.content, done.reasoning,
-                            done.value_json)
-    write_many_atomic(files)
+        await self.files.room()

@@ -34,8 +34,9 @@ from batchgen.batch_api import client as batchapi
 from batchgen.engine.progress import Progress
 from batchgen.errors import BatchApiError, RequestFatalError, RunFatalError, TransientError
 from batchgen.jobs.records import RunSettings
+from batchgen.store.attempts import AttemptEnd
 from batchgen.store.batches import BatchRow
-from batchgen.store.runstore import AttemptEnd, RunStore
+from batchgen.store.runstore import RunStore
 from batchgen.tokens.usage import from_report
 from batchgen.wire import retry
 
@@ -266,7 +267,7 @@ class BatchRunner:
             calls = message.get("tool_calls")
             usage = from_report(body.get("usage"), sent, content if isinstance(content, str)
                                 else "", reasoning if isinstance(reasoning, str) else "")
-            self.store.end_attempts([_ended(
+            self.store.write_attempts([], [_ended(
                 attempt, rid, now, usage, content, reasoning,
                 finish=body["choices"][0].get("finish_reason"), calls=calls,
                 provider_id=response.get("request_id"))])
@@ -298,7 +299,7 @@ class BatchRunner:
 
 def _ended(attempt: int, rid: str, now: float, usage: Any, content: Any, reasoning: Any, *,
            finish: Any, calls: Any, provider_id: Any) -> Any:
-    from batchgen.store.runstore import Ended
+    from batchgen.store.attempts import Ended
 
     return Ended(attempt, AttemptEnd(
         status="done", finish_reason=finish if isinstance(finish, str) else None,

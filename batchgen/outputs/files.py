@@ -248,9 +248,12 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
     with_cost = book is not None
     if book is not None:
         StoreCosts(store, book)  # registers the bg_cost SQL functions
-    (run_dir / "texts").mkdir(parents=True, exist_ok=True)
+    texts = run_dir / "texts"
+    texts.mkdir(parents=True, exist_ok=True)
     counts = {"done": 0, "failed": 0, "texts_restored": 0}
     speech = (run_dir / "audio").is_dir()  # a job with speech answers
+    # one listing, not a stat per answer (~10 µs each, a tenth of a second at 10,000)
+    present = {entry.name for entry in os.scandir(texts)}
 
     def results() -> Iterable[bytes]:
         for row in store.done_in_order(with_cost=with_cost):
@@ -262,8 +265,8 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
             counts["done"] += 1
             path = text_path(run_dir, row["id"])
             value = pretty_json(line["json"]) if "json" in line else None
-            if not path.exists() or (value is not None
-                                     and not json_path(run_dir, row["id"]).exists()):
+            if path.name not in present or (value is not None
+                                            and f"{row['id']}.json" not in present):
                 write_texts(run_dir, row["id"], line["content"],
                             line.get("reasoning_content", ""), value)
                 counts["texts_restored"] += 1

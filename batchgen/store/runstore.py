@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import StoreError, UsageError
+from batchgen.store.attempts import AttemptEnd, AttemptWrites
 from batchgen.store.batches import BatchStore
 from batchgen.store.costed import CostedReads
 from batchgen.store.estimates import CalibrationRow, EstimateReads
 from batchgen.store.reads import StoreReads
-from batchgen.store.records import PlanRow, Resume, Usage
+from batchgen.store.records import PlanRow
 
 SCHEMA_VERSION = 3
 
@@ -157,37 +158,7 @@ class Pending:
     schema: str | None = None  # the JSON Schema its answer must fit (JSON text)
 
 
-@dataclass(frozen=True)
-class Ended:
-    """One ended attempt, for :meth:`RunStore.end_attempts`. A finished one
-    carries its ``request_id`` and full text."""
-
-    attempt_id: int
-    end: AttemptEnd
-    usage: Usage | None
-    now: float
-    request_id: str | None = None
-    content: str = ""
-    reasoning: str = ""
-    value_json: str | None = None  # an answer to a schema: its JSON value, pretty-printed
-
-
-@dataclass(frozen=True)
-class AttemptEnd:
-    """How an attempt ended; everything goes into its ``attempts`` row."""
-
-    status: str  # done | error | aborted
-    finish_reason: str | None = None
-    error_class: str | None = None
-    error_code: str | None = None
-    http_status: int | None = None
-    error_message: str | None = None
-    provider_request_id: str | None = None
-    tool_calls: str | None = None  # JSON list, when the answer called tools
-    first_token: float | None = None  # when the first text arrived
-
-
-class RunStore(StoreReads, CostedReads, EstimateReads):
+class RunStore(AttemptWrites, StoreReads, CostedReads, EstimateReads):
     """All reads and writes of ``run.db``. One writer at a time (the lock says who).
 
     Its reads come from :class:`StoreReads` (the run's own), :class:`CostedReads`
@@ -386,57 +357,6 @@ class RunStore(StoreReads, CostedReads, EstimateReads):
 
     # ---------------------------------------------------------- attempts
 
-    def start_attempt(self, req: Pending, *, run_id: int, n: int, now: float,
-                      resume: Resume | None = None) -> int:
-        """A new attempt: ``fresh``, or ``continue`` going on from ``resume``."""
-        cur = self.db.execute(
-            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started, "
-            "continues, continuations, prefix_chars) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (req.id, req.fingerprint, req.model, run_id, n,
-             "fresh" if resume is None else "continue", now,
-             None if resume is None else resume.parent,
-             None if resume is None else resume.depth + 1,
-             None if resume is None else len(resume.text)),
-        )
-        assert cur.lastrowid is not None  # noqa: S101 - an invariant, for the type checker
-        return cur.lastrowid
-
-    def add_segments(self, rows: list[tuple[int, int, str, str]]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO segments (attempt_id, seq, content, reasoning) "
-            "VALUES (?, ?, ?, ?)",
-            rows,
-        )
-
-    def end_attempt(self, attempt_id: int, end: AttemptEnd, *, usage: Usage | None,
-                    now: float) -> None:
-        """Record how an unfinished attempt ended (error, aborted)."""
-        self.end_attempts([Ended(attempt_id, end, usage, now)])
-
-    def end_attempts(self, batch: list[Ended]) -> None:
-        """Record many ended attempts at once. A finished one (``request_id``
-        set) gets its segments compacted into one row and its request marked
-        done — in the same transaction, so a result is either all there or not."""
-        db = self.db
-        db.executemany(
-            "UPDATE attempts SET ended=?, status=?, finish_reason=?, error_class=?, "
-            "error_code=?, http_status=?, error_message=?, provider_request_id=?, tool_calls=?, "
-            "first_token=? WHERE id=?",
-            [(e.now, e.end.status, e.end.finish_reason, e.end.error_class, e.end.error_code,
-              e.end.http_status, e.end.error_message, e.end.provider_request_id,
-              e.end.tool_calls, e.end.first_token, e.attempt_id)
-             for e in batch],
-        )
-        self.put_usage([(e.attempt_id, e.usage) for e in batch if e.usage is not None])
-        done = [e for e in batch if e.request_id is not None]
-        if done:
-            db.executemany("DELETE FROM segments WHERE attempt_id=?",
-                           [(e.attempt_id,) for e in done])
-            db.executemany("INSERT INTO segments VALUES (?, 0, ?, ?)",
-                           [(e.attempt_id, e.content, e.reasoning) for e in done])
-            db.executemany("UPDATE requests SET state='done', done_attempt=?, reason=NULL "
-                           "WHERE id=?", [(e.attempt_id, e.request_id) for e in done])
-
     def save_calibration(self, rows: Iterable[CalibrationRow]) -> None:
         """The calibration learned now, in place of the one before (not committed)."""
         self.db.execute("DELETE FROM calibration")
@@ -445,31 +365,14 @@ class RunStore(StoreReads, CostedReads, EstimateReads):
     def add_batch_attempt(self, request_id: str, fingerprint: str, model: str, *,
                           run_id: int, now: float) -> int:
         """An attempt answered through the provider's Batch API (mode ``batch``),
-        numbered after the request's attempts so far."""
+        numbered after the request's attempts so far; its row written now."""
         n = self.db.execute("SELECT COUNT(*) FROM attempts WHERE request_id=? AND "
                             "fingerprint=?", (request_id, fingerprint)).fetchone()[0]
-        cur = self.db.execute(
-            "INSERT INTO attempts (request_id, fingerprint, model, run_id, n, mode, started) "
-            "VALUES (?, ?, ?, ?, ?, 'batch', ?)",
-            (request_id, fingerprint, model, run_id, n + 1, now))
-        assert cur.lastrowid is not None  # noqa: S101 - an invariant, for the type checker
-        return cur.lastrowid
+        return self.start_attempt(request_id, fingerprint, model, run_id=run_id, n=n + 1,
+                                  now=now, mode="batch")
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def put_usage(self, rows: list[tuple[int, Usage]]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO usage (attempt_id, prompt_tokens, completion_tokens, "
-            "total_tokens, reasoning_tokens, cached_tokens, estimated, raw, prompt_method, "
-            "completion_method, audio_prompt_tokens, audio_completion_tokens) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(attempt_id, u.prompt_tokens, u.completion_tokens, u.total_tokens,
-              u.reasoning_tokens, u.cached_tokens, int(u.estimated), u.raw, u.prompt_method,
-              u.completion_method, u.audio_prompt_tokens, u.audio_completion_tokens)
-             for attempt_id, u in rows],
-        )
-
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
