@@ -41,7 +41,11 @@ PROVIDER_KEYS = frozenset(
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    # defer_build: a model's validator is built when it first validates, so a
+    # run pays only for the parts of the schema its job uses (~30 ms of a
+    # one-request run's start-up, bench P6)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True,
+                              defer_build=True)
 
 
 class Params(_Strict):
@@ -95,7 +99,7 @@ PARAM_NAMES = frozenset(Params.model_fields) - {"extra_body"}
 class Message(BaseModel):
     """One OpenAI chat message. Provider fields beside role/content are kept."""
 
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, defer_build=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None

@@ -232,3 +232,39 @@ def test_the_timeline_from_flat_arrays_is_the_timeline_from_lists() -> None:
         expected = _timeline_as_lists(d.latest if d.latest is not None else 0.0,
                                       list(zip(ended, tokens, strict=True)), done)
         assert _timeline(d) == expected, case
+
+
+def test_the_compiled_template_is_cached_and_a_cache_the_disk_refuses_fails_nothing(
+        tmp_path: Path) -> None:
+    """report.html's template compiled once for later runs (Jinja2's bytecode
+    cache), the same page from the cache, and a cache that cannot be written
+    (a full or read-only temp folder) is only a lost saving."""
+    import jinja2
+
+    from batchgen.outputs import html
+
+    source = (ROOT / "batchgen" / "outputs" / "templates" / "report.html").read_text("utf-8")
+    cache = html._bytecode_cache()
+    assert cache is not None
+    cache.directory = str(tmp_path / "cache")
+    os.mkdir(cache.directory, 0o700)
+
+    def environment() -> jinja2.Environment:
+        return jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                  undefined=jinja2.StrictUndefined,
+                                  loader=jinja2.DictLoader({"report.html": source}),
+                                  bytecode_cache=cache)
+
+    def compiled() -> jinja2.Template:
+        return environment().get_template("report.html")
+
+    first = compiled()
+    assert len(os.listdir(cache.directory)) == 1  # written for the next run
+    bucket = cache.get_bucket(environment(), "report.html", None, source)
+    assert bucket.code is not None
+    again = compiled()  # a new environment: from the cache, the same code
+    assert again.root_render_func.__code__ == first.root_render_func.__code__
+    changed = source.replace("</html>", "<!-- changed --></html>")
+    assert cache.get_bucket(environment(), "report.html", None, changed).code is None
+    cache.directory = str(tmp_path / "missing" / "folder")  # every write refused
+    assert compiled().root_render_func.__code__ == first.root_render_func.__code__  # no failure
