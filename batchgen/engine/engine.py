@@ -31,6 +31,7 @@ from batchgen.engine.continuation import (
     segment_tokens,
 )
 from batchgen.engine.deps import EngineDeps, Outcome
+from batchgen.engine.endings import AttemptEndings
 from batchgen.engine.guards import RepetitionStop, guarded
 from batchgen.engine.journal import Journal, Live
 from batchgen.engine.memory import TRIM_EVERY, trim_heap
@@ -45,7 +46,7 @@ from batchgen.errors import (
 from batchgen.jobs import media
 from batchgen.jobs.records import RunSettings
 from batchgen.outputs.audio import SpeechFile
-from batchgen.outputs.files import pretty_json, text_path, write_atomic
+from batchgen.outputs.files import pretty_json
 from batchgen.pacing.gate import AdaptiveLimit, Breaker, Gate, StartGate, ratelimit_pause
 from batchgen.pacing.outage import Outage, OutageState, OutageTimeout
 from batchgen.secrets import printable
@@ -67,7 +68,7 @@ class _Stopped(Exception):
     """The run stopped launching; this request stays pending."""
 
 
-class Engine:
+class Engine(AttemptEndings):
     def __init__(self, deps: EngineDeps, settings: RunSettings, *, continuation: str = "none",
                  gate: StartGate | None = None, raw_audio: bool = True) -> None:
         self.d = deps
@@ -406,94 +407,6 @@ class Engine:
             raise RequestFatalError(f"a file changed since the job was checked: {exc}",
                                     error_class="media") from None
 
-    def _invalid(self, p: Pending, live: Live, result: StreamResult, problem: str,
-                 usage: Usage | None) -> bool:
-        """An answer that is not JSON fitting the request's schema: recorded as
-        an attempt of class ``schema`` with its usage (it was paid for), then
-        asked again as a fresh attempt — up to ``run.max_invalid`` times, apart
-        from ``run.max_attempts`` — after which the request fails with reason
-        ``schema`` and what was wrong."""
-        self._end(live, p, AttemptEnd(status="error", error_class="schema",
-                                      finish_reason=result.finish_reason,
-                                      error_message=f"the answer {problem}",
-                                      provider_request_id=result.request_id), usage)
-        self.outage.answered()
-        self.d.progress.update(tokens=usage.completion_tokens if usage else 0,
-                               in_flight=self.limit.active)
-        invalid = self.d.store.attempts_of_class(p.id, p.fingerprint, "schema")
-        log.info("%s: invalid answer %d: %s", p.id, invalid, problem)
-        if invalid > self.settings.max_invalid:
-            raise RequestFatalError(f"the answer {problem} ({invalid} answers, none valid; "
-                                    f"run.max_invalid {self.settings.max_invalid})",
-                                    error_class="schema",
-                                    provider_request_id=result.request_id)
-        return True
-
-    def _cut_at_the_cap(self, p: Pending, body: dict[str, Any], live: Live,
-                        result: StreamResult, resume: Resume | None) -> bool:
-        """An answer ended at the output cap that ``run.on_length: continue`` may
-        take further: recorded as a segment (its usage, its text; the request
-        stays open) and True. False where it ends here: another finish reason,
-        on_length stop, a request that cannot be continued (thinking, tools,
-        n > 1), or a limit reached (max_continuations, max_total_tokens)."""
-        s = self.settings
-        if result.finish_reason != "length" or s.on_length != "continue" \
-                or self.form == "none" or refusal(p.body) is not None or result.tool_calls:
-            return False
-        content, reasoning = "".join(live.content), "".join(live.reasoning)
-        try:
-            usage = from_report(result.usage, body, content, reasoning, self.d.estimator)
-        except Exception:  # accounting: estimated rather than lost
-            usage = estimate(body, content, reasoning, self.d.estimator)
-        done = (resume.tokens if resume is not None else 0) + usage.completion_tokens
-        if self.d.store.length_segments(p.id, p.fingerprint) >= s.max_continuations \
-                or (s.max_total_tokens is not None and done >= s.max_total_tokens):
-            return False
-        self._end(live, p, AttemptEnd(status="aborted", error_class="length",
-                                      finish_reason="length",
-                                      error_message="cut at the output cap: continued",
-                                      provider_request_id=result.request_id), usage)
-        self.outage.answered()
-        self.d.progress.update(tokens=usage.completion_tokens, in_flight=self.limit.active)
-        return True
-
-    def _repetition(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
-                    resume: Resume | None, keep: int, number: int) -> Live:
-        """The guard stopped a degenerate loop: what ``run.guard.on_repetition``
-        says. The looping attempt is recorded as aborted with class
-        ``repetition``, with all it streamed and what that cost (estimated, and
-        refined from that text after the run). Then the request fails
-        (``fail``: its text to the loop's first copy in ``texts/<id>.partial.md``),
-        is asked again (``retry``, counted against ``run.max_attempts``), or
-        (``keep``) is done with that text: returned is a record of the kept
-        answer, finished with ``finish_reason: repetition`` and no usage of
-        its own (its cost is the looping attempt's)."""
-        streamed = "".join(live.content)
-        billed = self._billed(body, live, result)
-        kept = (resume.text if resume is not None else "") + streamed[:keep]
-        message = (f"a degenerate loop: the same text over and over after "
-                   f"{len(kept):,} characters; stopped after {len(streamed):,}")
-        log.warning("%s attempt %d: %s (run.guard.on_repetition: %s)", p.id, number, message,
-                    self.guard.on_repetition)
-        self._end(live, p, AttemptEnd(status="error" if self.guard.on_repetition != "keep"
-                                      else "aborted", error_class="repetition",
-                                      error_message=message,
-                                      provider_request_id=result.request_id), billed)
-        if self.guard.on_repetition == "keep":
-            answer = self.journal.open(p, run_id=self.d.run_id, n=number)
-            answer.on_text(kept, "".join(live.reasoning))
-            result.finish_reason = "repetition"
-            return answer
-        if self.guard.on_repetition == "retry":
-            raise TransientError(message, error_class="repetition",
-                                 provider_request_id=result.request_id) from None
-        with contextlib.suppress(OSError):
-            write_atomic(text_path(self.d.run_dir, p.id).with_suffix(".partial.md"),
-                         kept.encode("utf-8"))
-        raise RequestFatalError(f"{message} (kept: texts/{p.id}.partial.md)",
-                                error_class="repetition",
-                                provider_request_id=result.request_id) from None
-
     def _finish(self, p: Pending, body: dict[str, Any], live: Live, result: StreamResult,
                 reserve: int, resume: Resume | None, kept: bool = False,
                 value_json: str | None = None) -> None:
@@ -530,25 +443,6 @@ class Engine:
         self._note_headers(result)
         self.d.progress.update(done=1, tokens=usage.completion_tokens if usage else 0,
                                in_flight=self.limit.active - 1)
-
-    def _billed(self, body: dict[str, Any], live: Live, result: StreamResult) -> Usage | None:
-        """What an unfinished attempt cost: nothing if no byte of output came back.
-        ``body`` is what was sent: a continuation's prompt held the answer so far."""
-        content, reasoning = "".join(live.content), "".join(live.reasoning)
-        if result.usage:
-            try:
-                return from_report(result.usage, body, content, reasoning, self.d.estimator)
-            except Exception:  # unreadable usage: estimated below
-                log.info("unreadable usage %r", result.usage)
-        if result.chunks == 0:
-            return None
-        return estimate(body, content, reasoning, self.d.estimator)
-
-    def _end(self, live: Live, p: Pending, end: AttemptEnd, usage: Usage | None) -> None:
-        """An attempt that did not finish: its text so far and its end, now."""
-        self.journal.end(live, end, usage)
-        if self.d.budget is not None:
-            self.d.budget.charge(p, usage)
 
     def _note_headers(self, result: StreamResult) -> None:
         if not result.ratelimit:

@@ -31,6 +31,7 @@ from batchgen.engine.engine import Engine
 from batchgen.engine.interrupt import Interrupt
 from batchgen.engine.journal import storage_error
 from batchgen.engine.progress import NullProgress, Progress
+from batchgen.engine.rundir import check_store_not_lost, file_in_the_way
 from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
 from batchgen.jobs import media, validated
 from batchgen.jobs.load import Job
@@ -196,7 +197,7 @@ class Runner:
             from batchgen.wire.transport import proxy_for
 
             proxy_for(self.job.endpoint.base_url)
-        _check_store_not_lost(self.job.run_dir, self.opts.force)
+        check_store_not_lost(self.job.run_dir, self.opts.force)
 
     async def _shared_gate(self) -> SharedGate | None:
         job = self.job
@@ -225,7 +226,7 @@ class Runner:
             lock = RunLock(run_dir)
             lock.acquire()
         except OSError as exc:
-            in_the_way = _file_in_the_way(run_dir)
+            in_the_way = file_in_the_way(run_dir)
             if in_the_way is not None:
                 raise UsageError(
                     f"the run directory {run_dir} cannot be made: {in_the_way} is a file, "
@@ -440,38 +441,6 @@ class Runner:
             store.commit()
         else:
             store.end_run(self.run_id, _status(summary), self.opts.clock())
-
-
-def _file_in_the_way(run_dir: Path) -> Path | None:
-    """The path that is not a directory where the run directory, or one of its
-    parents, has to be (a user's slip, not a disk's refusal); ``None`` if none is."""
-    for path in (run_dir, *run_dir.parents):
-        try:
-            if path.exists() and not path.is_dir():
-                return path
-        except OSError:
-            return None
-    return None
-
-
-def _check_store_not_lost(run_dir: Path, force: bool) -> None:
-    """An empty or missing run.db beside finished texts means the journal was
-    lost: a run would buy every answer again. Say so; go on only with --force."""
-    db = run_dir / "run.db"
-    texts = run_dir / "texts"
-    try:
-        lost = not db.exists() or db.stat().st_size == 0
-        finished = next((p for p in texts.iterdir() if p.suffix == ".md"), None) \
-            if lost and texts.is_dir() else None
-    except OSError:
-        return  # unreadable: the open below says what is wrong
-    if finished is not None and not force:
-        state = "is empty" if db.exists() else "is missing"
-        raise UsageError(
-            f"{db} {state}, but {texts} holds finished answers: a run would buy every one "
-            "of them again. Restore run.db from a backup, or run again with --force to "
-            "start over (the texts are kept until overwritten)"
-        )
 
 
 def _with_counts(error: StorageError, store: RunStore) -> StorageError:

@@ -59,9 +59,12 @@ class FakeServer:
         def serve() -> None:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
+            try:
+                loop.run_until_complete(self.start())
+                ready.set()
+                loop.run_forever()
+            finally:  # a loop left open is closed by the collector, late and noisily
+                loop.close()
 
         self._thread = threading.Thread(target=serve, daemon=True)
         self._thread.start()
