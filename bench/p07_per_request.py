@@ -17,7 +17,8 @@ file costs depends on the file system. On these VMs the root is ext4 without
 a journal, which skips every inode freed in the last minute (five if its
 block is still dirty) when it allocates one — after the suite's earlier
 benchmarks deleted their folders, ``perf`` shows that scan
-(``recently_deleted``, ``find_inode_bit``) at ~45% of the run's CPU. The tmpfs
+(``recently_deleted``, ``find_inode_bit`` and their lookups) at ~44% of the
+run's CPU. The tmpfs
 row is batchgen's own work; the disk row is what a user's disk adds.
 """
 
