@@ -95,3 +95,13 @@ def client(mode: str, jobfile: Path, base_url: str, concurrency: int) -> Measure
     done = measure("bench.clients", mode, str(jobfile), base_url, str(concurrency))
     assert done.code == 0, f"the {mode} client exited {done.code}"
     return done
+
+
+def tmpfs() -> bool:
+    """Whether /dev/shm is a tmpfs this process may write."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            found = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts)
+    except OSError:
+        return False
+    return found and os.access("/dev/shm", os.W_OK)

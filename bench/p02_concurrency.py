@@ -23,7 +23,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.common import batchgen, client, fake_server, row, write_jsonl
+from bench.common import batchgen, client, fake_server, row, tmpfs, write_jsonl
 
 TICK = 0.04
 CHUNKS = 75
@@ -59,4 +59,14 @@ def run(quick: bool) -> list[str]:
                 f"SDK path {sdkpath.cpu:.1f} s, bare {bare.cpu:.1f} s",
                 f"≤ {limit:.2f}× the bare client" if checked else "report",
                 ratio <= limit if checked and not quick else None))
+            if concurrency == 512 and tmpfs():
+                # the same with the answers' files on a tmpfs: what the disk adds
+                # (see bench/p07_per_request.py)
+                with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+                    mem = batchgen(jobfile, server.base_url, shm, concurrency)
+                assert mem.code == 0, f"batchgen exited {mem.code}"
+                rows.append(row(
+                    f"P2 the same, {concurrency} streams, run directory on tmpfs",
+                    f"batchgen {mem.wall:.2f} s = **{mem.wall / bare.wall:.3f}×** the bare "
+                    f"client; client CPU {mem.cpu:.1f} s", "report", None))
     return rows

@@ -24,11 +24,10 @@ row is batchgen's own work; the disk row is what a user's disk adds.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
-from bench.common import Measured, batchgen, client, fake_server, row, write_jsonl
+from bench.common import Measured, batchgen, client, fake_server, row, tmpfs, write_jsonl
 
 CONCURRENCY = 64
 
@@ -46,7 +45,7 @@ def run(quick: bool) -> list[str]:
         bare = {n: client("bare", jobs[n], server.base_url, CONCURRENCY) for n in jobs}
         mine = {n: ours(n) for n in jobs}
         in_memory = None
-        if _tmpfs():
+        if tmpfs():
             with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
                 in_memory = {}
                 for n, job in jobs.items():
@@ -89,12 +88,3 @@ def run(quick: bool) -> list[str]:
                 "report", None)]
     return rows
 
-
-def _tmpfs() -> bool:
-    """Whether /dev/shm is a tmpfs this process may write."""
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            found = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts)
-    except OSError:
-        return False
-    return found and os.access("/dev/shm", os.W_OK)
