@@ -147,3 +147,26 @@ def test_no_text_file_is_written_before_its_answer_is_committed(
     summary = run_job(load_job(job), RunOptions(sleep=no_sleep, flush_interval=0.05))
     assert summary.done == 40
     assert sorted(seen) == sorted(f"p{i}" for i in range(40))
+
+
+@pytest.mark.parametrize("listed_at_most", [65_536, 1])  # one listing; a stat each
+def test_the_export_restores_a_missing_text_file_and_only_that(
+        tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch,
+        listed_at_most: int) -> None:
+    monkeypatch.setattr(files, "LISTED_AT_MOST", listed_at_most)
+    job = write_job(tmp_path / "job.yaml", fake,
+                    [{"id": f"p{i}", "prompt": f"[[len=4]] q {i}"} for i in range(3)])
+    assert run_job(load_job(job), RunOptions(sleep=no_sleep)).done == 3
+    texts = tmp_path / "out" / "t" / "texts"
+    kept = (texts / "p0.md").read_text(encoding="utf-8")
+    before = {p.name: p.stat().st_mtime_ns for p in texts.iterdir()}
+    (texts / "p0.md").unlink()
+    store = RunStore(tmp_path / "out" / "t" / "run.db")
+    try:
+        counts = files.export_all(store, tmp_path / "out" / "t")
+    finally:
+        store.close()
+    assert counts["texts_restored"] == 1
+    assert (texts / "p0.md").read_text(encoding="utf-8") == kept
+    assert {p.name: p.stat().st_mtime_ns for p in texts.iterdir() if p.name != "p0.md"} == {
+        name: t for name, t in before.items() if name != "p0.md"}
