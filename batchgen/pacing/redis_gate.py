@@ -20,7 +20,7 @@ the same semantics as one process's :class:`~batchgen.pacing.gate.Gate`:
   the account accepted in the last two seconds, growing 2% a second until the
   next 429): plain keys.
 
-The schedule is updated with redis-py's optimistic transactions (``WATCH`` /
+The schedule is changed with redis-py's optimistic transactions (``WATCH`` /
 ``MULTI`` / ``EXEC``, retried when another process got there first): no
 server-side script of ours. The account's identity in Redis is a hash of the
 base URL and the API key, never the key. If Redis is unreachable at start the
@@ -182,8 +182,8 @@ class SharedGate:
         async def quietly() -> None:
             try:
                 await coro
-            except Exception as exc:  # a background update lost: the next one catches up
-                log.debug("shared limits update failed: %s", exc)
+            except Exception as exc:  # a background write lost: the next one catches up
+                log.debug("writing the shared limits failed: %s", exc)
 
         task = asyncio.get_running_loop().create_task(quietly())
         self._tasks.add(task)

@@ -30,17 +30,10 @@ import json
 import uuid
 from typing import Any
 
+from batchgen.testing.fakeserver.http11 import chunked, head
+
 FAULTS = frozenset({"redirect", "ansi", "badcontent", "badusage", "bigline", "gzipbomb",
                     "keepalive", "whole"})
-
-
-def chunked(data: bytes) -> bytes:
-    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
-
-
-def head(status: int, headers: dict[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def content_chunk(content: Any, finish: str | None = None) -> bytes:

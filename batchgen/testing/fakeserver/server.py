@@ -1,4 +1,5 @@
-"""The fake API's HTTP side: routing, the billing ledger, limits, faults, streams."""
+"""The fake API: routing, the billing ledger, limits, faults, streams (the
+HTTP/1.1 framing is ``http11.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uuid
 from email.utils import formatdate
 from typing import Any
 
-from batchgen.testing.fakeserver import hostile
+from batchgen.testing.fakeserver import hostile, http11
 from batchgen.testing.fakeserver.batches import BatchAPI
 from batchgen.testing.fakeserver.media import media_problem
 from batchgen.testing.fakeserver.plan import (
@@ -107,23 +108,11 @@ class FakeServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                line = await reader.readline()
-                if not line:
+                request = await http11.read_request(reader)
+                if request is None:
                     return
                 received = time.monotonic()
-                method, path, _ = line.decode("latin-1").split(" ", 2)
-                headers: dict[str, str] = {}
-                while True:
-                    h = await reader.readline()
-                    if h in (b"\r\n", b"\n", b""):
-                        break
-                    k, _, v = h.decode("latin-1").partition(":")
-                    headers[k.strip().lower()] = v.strip()
-                if headers.get("transfer-encoding", "").lower() == "chunked":
-                    raw = await _read_chunked(reader)
-                else:
-                    length = int(headers.get("content-length", "0"))
-                    raw = await reader.readexactly(length) if length else b""
+                method, path, headers, raw = request
                 keep = await self._route(method, path, headers, raw, writer, received,
                                          gone=reader.at_eof)
                 if not keep:
@@ -140,19 +129,20 @@ class FakeServer:
         if path.startswith("/_control/"):
             return await self._control(method, path, raw, writer)
         if method == "GET" and path == "/health":  # as llama-server answers once loaded
-            await self._json(writer, 200, {"status": "ok"})
+            await http11.send_json(writer, 200, {"status": "ok"})
             return True
         if self.batches.handles(path):
             status, answer, data = await self.batches.route(method, path, headers, raw,
                                                             gone=gone)
             if data is not None:
-                await self._raw(writer, status, data, "application/octet-stream")
+                await http11.send(writer, status, data, "application/octet-stream")
             else:
-                await self._json(writer, status, answer)
+                await http11.send_json(writer, status, answer)
             return True
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
-            await self._json(writer, 404, {"error": {"message": "not found", "type": "not_found",
-                                                     "code": "not_found", "param": None}})
+            await http11.send_json(writer, 404, {"error": {
+                "message": "not found", "type": "not_found", "code": "not_found",
+                "param": None}})
             return True
         auth = headers.get("authorization", "")
         with self._lock:
@@ -162,12 +152,12 @@ class FakeServer:
             with self._lock:
                 self.config.down_for = max(0, self.config.down_for - 1)
             status = self.config.down or 503
-            await self._error(writer, status, "ServiceUnavailable",
+            await http11.send_error(writer, status, "ServiceUnavailable",
                               "the service is temporarily unavailable (fake outage)",
                               "server_error")
             return True
         if self.config.api_key is not None and auth != f"Bearer {self.config.api_key}":
-            await self._error(writer, 401, "invalid_api_key", "Incorrect API key provided. ",
+            await http11.send_error(writer, 401, "invalid_api_key", "Incorrect API key provided. ",
                               "invalid_request_error")
             return True
         body = json.loads(raw)
@@ -178,7 +168,7 @@ class FakeServer:
                                             "status": 400, "prompt_tokens": 0,
                                             "completion_tokens": 0, "complete": False,
                                             "body": body, "media_error": bad_media})
-            await self._error(writer, 400, "InvalidParameter", bad_media,
+            await http11.send_error(writer, 400, "InvalidParameter", bad_media,
                               "invalid_request_error")
             return True
         key = request_key(body)
@@ -200,7 +190,7 @@ class FakeServer:
             entry["status"] = 429
             with self._lock:
                 self.ledger.throttled += 1
-            await self._error(writer, 429, "limit_requests",
+            await http11.send_error(writer, 429, "limit_requests",
                               "Requests rate limit exceeded, please try again later.",
                               "limit_requests", extra_headers={"Retry-After": "1"})
             return True
@@ -247,7 +237,7 @@ class FakeServer:
                 extra["Retry-After"] = formatdate(time.time() + float(opts["date"]), usegmt=True)
             if "ms" in opts:
                 extra["retry-after-ms"] = opts["ms"]
-            await self._error(writer, 429, "limit_requests",
+            await http11.send_error(writer, 429, "limit_requests",
                               "Requests rate limit exceeded, please try again later.",
                               "limit_requests", extra_headers={**extra, **plan.headers})
             return True
@@ -255,7 +245,7 @@ class FakeServer:
             entry["status"] = int(name)
             code = {"400": "invalid_parameter_error", "404": "model_not_found",
                     "413": "request_too_large"}.get(name, "internal_error")
-            await self._error(writer, int(name), code, f"fake {name}", code,
+            await http11.send_error(writer, int(name), code, f"fake {name}", code,
                               extra_headers=plan.headers)
             return True
         if fault == "inspect":
@@ -264,12 +254,12 @@ class FakeServer:
                                  "message": "Input data may contain inappropriate content.",
                                  "type": "data_inspection_failed"},
                        "id": f"chatcmpl-{uuid.uuid4()}", "request_id": str(uuid.uuid4())}
-            await self._raw(writer, 400, b"data: " + json.dumps(payload).encode() + b"\n\n",
+            await http11.send(writer, 400, b"data: " + json.dumps(payload).encode() + b"\n\n",
                             "text/event-stream;charset=UTF-8")
             return True
         if fault == "refuse_continuation":
             entry["status"] = 400
-            await self._error(writer, 400, "invalid_parameter_error",
+            await http11.send_error(writer, 400, "invalid_parameter_error",
                               "partial mode is not supported for this model or mode",
                               "invalid_request_error")
             return True
@@ -284,7 +274,7 @@ class FakeServer:
                 "quota": ("insufficient_quota",
                           "You exceeded your current quota: the free quota is used up."),
             }[fault]
-            await self._error(writer, entry["status"], code, msg, code)
+            await http11.send_error(writer, entry["status"], code, msg, code)
             return True
         if plan.replay:
             return await self._replay(plan.replay, entry, writer)
@@ -305,7 +295,7 @@ class FakeServer:
         entry["completion_tokens"] = completion
         entry["complete"] = True
         entry["ended"] = time.monotonic()
-        await self._json(writer, 200, {
+        await http11.send_json(writer, 200, {
             "id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion",
             "created": int(time.time()), "model": plan.model, "system_fingerprint": None,
             "choices": [{"index": 0, "message": message, "finish_reason": plan.finish_reason,
@@ -324,7 +314,7 @@ class FakeServer:
             f"HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ntransfer-encoding: chunked\r\n"
             f"x-request-id: {uuid.uuid4()}\r\n\r\n".encode())
         for piece in replay.fragments(case):
-            writer.write(_chunk(piece))
+            writer.write(http11.chunked(piece))
             await writer.drain()
         entry["complete"] = True
         writer.write(b"0\r\n\r\n")
@@ -410,7 +400,8 @@ class FakeServer:
                         await self._error_event(writer, fault)
                         return False
                     if fault == "badjson" and sent_chunks == n_arg:
-                        writer.write(_chunk(b'data: {"choices":[{"delta":{"content":"x"\n\n'))
+                        writer.write(http11.chunked(
+                            b'data: {"choices":[{"delta":{"content":"x"\n\n'))
                     if queue is not None:
                         await queue.get()
                     elif plan.delay:
@@ -419,7 +410,7 @@ class FakeServer:
                     entry["completion_tokens"] += 1
                 if kind == "usage":
                     entry["complete"] = True
-                writer.write(_chunk(data))
+                writer.write(http11.chunked(data))
                 if kind == "token" and (queue is None or sent_chunks % 8 == 0):
                     await writer.drain()
             entry["complete"] = True
@@ -448,32 +439,10 @@ class FakeServer:
                    "message": "An internal error has occured, please try again later.",
                    "type": "internal_error"}
         payload = {"error": err, "request_id": str(uuid.uuid4())}
-        writer.write(_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n"))
+        writer.write(http11.chunked(b"data: " + json.dumps(payload).encode() + b"\n\n"))
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         writer.close()
-
-    # ------------------------------------------------------------- replies
-
-    async def _error(self, writer: asyncio.StreamWriter, status: int, code: str, message: str,
-                     kind: str, extra_headers: dict[str, str] | None = None) -> None:
-        payload = {"error": {"message": message, "type": kind, "param": None, "code": code},
-                   "request_id": str(uuid.uuid4())}
-        await self._json(writer, status, payload, extra_headers)
-
-    async def _json(self, writer: asyncio.StreamWriter, status: int, payload: Any,
-                    extra_headers: dict[str, str] | None = None) -> None:
-        await self._raw(writer, status, json.dumps(payload).encode(), "application/json",
-                        extra_headers)
-
-    async def _raw(self, writer: asyncio.StreamWriter, status: int, data: bytes, ctype: str,
-                   extra_headers: dict[str, str] | None = None) -> None:
-        head = f"HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {len(data)}\r\n"
-        head += f"x-request-id: {uuid.uuid4()}\r\n"
-        for k, v in (extra_headers or {}).items():
-            head += f"{k}: {v}\r\n"
-        writer.write(head.encode() + b"\r\n" + data)
-        await writer.drain()
 
     async def _control(self, method: str, path: str, raw: bytes,
                        writer: asyncio.StreamWriter) -> bool:
@@ -483,45 +452,29 @@ class FakeServer:
                            for e in self.ledger.entries]
                 data = {"entries": entries, "requests": self.ledger.requests,
                         "throttled": self.ledger.throttled}
-            await self._json(writer, 200, data)
+            await http11.send_json(writer, 200, data)
         elif path == "/_control/stats":
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            await self._json(writer, 200, {"cpu": usage.ru_utime + usage.ru_stime,
+            await http11.send_json(writer, 200, {"cpu": usage.ru_utime + usage.ru_stime,
                                            "requests": self.ledger.requests,
                                            "throttled": self.ledger.throttled})
         elif path == "/_control/config" and method == "POST":
             for k, v in json.loads(raw).items():
                 setattr(self.config, k, v)
-            await self._json(writer, 200, {"ok": True})
+            await http11.send_json(writer, 200, {"ok": True})
         elif path == "/_control/reset" and method == "POST":
             with self._lock:
                 self.ledger = Ledger()
                 self._window.clear()
                 self.batches.ledger = self.ledger
-            await self._json(writer, 200, {"ok": True})
+            await http11.send_json(writer, 200, {"ok": True})
         elif path == "/_control/batch" and method == "POST":
             self.batches.state.settings.update(json.loads(raw))
-            await self._json(writer, 200, {"ok": True})
+            await http11.send_json(writer, 200, {"ok": True})
         elif path == "/_control/batches":
             state = self.batches.state
-            await self._json(writer, 200, {"events": state.events,
+            await http11.send_json(writer, 200, {"events": state.events,
                                            "batches": [state.batches[i] for i in state.order]})
         else:
-            await self._json(writer, 404, {"error": "no such control"})
+            await http11.send_json(writer, 404, {"error": "no such control"})
         return True
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    """A request body in chunked transfer encoding (as aiohttp sends uploads)."""
-    body = bytearray()
-    while True:
-        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            await reader.readline()
-            return bytes(body)
-        body += await reader.readexactly(size)
-        await reader.readline()
-
-
-def _chunk(data: bytes) -> bytes:
-    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
