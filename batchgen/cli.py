@@ -459,7 +459,7 @@ def entry() -> None:
 
     When a command returns, everything it wrote is written, synced and closed
     (the run store, texts, results, reports; a local server stopped), yet
-    Python's own teardown — freeing the modules of aiohttp, pydantic, PyYAML
+    Python's own teardown — freeing the modules of aiohttp, pydantic-core, PyYAML
     and the rest, joining idle worker threads — took another 0.2–0.3 s of every
     run here. So the exit code the command chose is handed to ``os._exit`` once
     the standard streams and logging are flushed. An exception that escapes a

@@ -45,7 +45,7 @@ def check_key_env(file: Path, endpoint: Any, line: int | None, flag: str | None,
     """A job file from someone else must not pick any variable (GITHUB_TOKEN)
     to send as the bearer key to the endpoint it names (``--api-key-env`` may)."""
     name = endpoint.api_key_env
-    if flag or name is None or "api_key_env" not in endpoint.model_fields_set:
+    if flag or name is None or "api_key_env" not in endpoint.fields_set:
         return
     if not allowed_key_env(name, extra):
         raise JobFileError([Problem(

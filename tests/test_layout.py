@@ -117,7 +117,7 @@ OWNERS = {
     "pyarrow": {"jobs", "outputs"}, "pandas": {"api"},
     # a schema is checked when the job loads (jobs) and answers when they end (engine)
     "jsonschema_rs": {"jobs", "engine"},
-    "orjson": {"jsonfast"}, "yaml": {"jobs"}, "pydantic": {"jobs"}, "tenacity": {"wire"},
+    "orjson": {"jsonfast"}, "yaml": {"jobs"}, "pydantic_core": {"jobs"}, "tenacity": {"wire"},
     "tqdm": {"engine"}, "click": {"cli"}, "uvloop": {"engine"},
 }
 

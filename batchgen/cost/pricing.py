@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from batchgen.jobs.schema import PriceSpec
+from batchgen.jobs.spec import dump
 from batchgen.jobs.yamlmarks import safe_load
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class PriceList:
 
 def _model_price(name: str, spec: dict[str, Any] | PriceSpec, currency: str, list_name: str,
                  source: str | None, as_of: str | None) -> ModelPrice:
-    data = spec.model_dump() if isinstance(spec, PriceSpec) else dict(spec)
+    data = dump(spec) if isinstance(spec, PriceSpec) else dict(spec)
     tiers_raw = data.get("tiers") or [
         {k: data.get(k) for k in ("input", "output", "thinking_output", "cached_input",
                                   "audio_input", "audio_output")}
@@ -224,11 +225,11 @@ class StoreCosts:
 
 
 def overrides_to_json(overrides: dict[str, PriceSpec]) -> str:
-    return json.dumps({k: v.model_dump(exclude_none=True) for k, v in overrides.items()},
+    return json.dumps({k: dump(v, exclude_none=True) for k, v in overrides.items()},
                       sort_keys=True)
 
 
 def overrides_from_json(text: str | None) -> dict[str, PriceSpec]:
     if not text:
         return {}
-    return {k: PriceSpec.model_validate(v) for k, v in json.loads(text).items()}
+    return {k: PriceSpec.validate(v) for k, v in json.loads(text).items()}

@@ -49,6 +49,7 @@ from batchgen.jobs.sources import (
     read_checked,
     yaml_sources,
 )
+from batchgen.jobs.spec import dump, updated
 from batchgen.jobs.spool import Spool
 from batchgen.jobs.yamlmarks import LineMap
 from batchgen.secrets import check_key_env
@@ -265,8 +266,7 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
         server_args=tuple(ep.server_args),
         continuation=ep.continuation or detect_continuation(base_url, local),
     )
-    run = RunSettings(**{**spec.run.model_dump(exclude={"guard"}),
-                         "guard": GuardSettings(**spec.run.guard.model_dump())})
+    run = RunSettings(**{**dump(spec.run), "guard": GuardSettings(**dump(spec.run.guard))})
     if run.on_length == "continue" and endpoint.continuation == "none":
         raise UsageError(
             f"run.on_length: continue needs an endpoint that continues an answer, and "
@@ -292,12 +292,12 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
         budget = Budget(ov.max_cost, currency.upper())
     defaults = spec.defaults
     if ov.model:
-        defaults = defaults.model_copy(update={"model": ov.model})
+        defaults = updated(defaults, model=ov.model)
     elif local and defaults.model is None:
         # the local endpoint serves one model: a job need not name it
         from batchgen.llama.server import model_name
 
-        defaults = defaults.model_copy(update={"model": model_name(ep.model_path)})
+        defaults = updated(defaults, model=model_name(ep.model_path))
     out_root = Path(ov.out or spec.output_dir or "outputs")
     job_dir = out_root / name
     run_dir = job_dir if ov.shard is None else shard_dir(job_dir, *ov.shard)

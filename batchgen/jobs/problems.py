@@ -7,10 +7,11 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic_core import ValidationError
 
 from batchgen.errors import Problem
 from batchgen.jobs.schema import ID_PATTERN, PROVIDER_KEYS
+from batchgen.jobs.spec import Spec
 
 _SECRET_KEY_NAMES = re.compile(r"(api[_-]?key|apikey|secret|password|token|authorization)$", re.I)
 _SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+\S{16,})$")
@@ -59,12 +60,12 @@ def secret_problems(
     return found
 
 
-def _unknown_key_hint(key: str, model: type[BaseModel] | None) -> str:
+def _unknown_key_hint(key: str, model: type[Spec] | None) -> str:
     if key in PROVIDER_KEYS:
         return f"{key!r} is a provider parameter: put it under `extra_body:`"
     if key in ("api_key", "key", "apikey"):
         return USE_ENV
-    known = sorted(model.model_fields) if model is not None else []
+    known = sorted(model.keys()) if model is not None else []
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
     hint = f"unknown key {key!r}"
     if close:
@@ -77,7 +78,7 @@ def _unknown_key_hint(key: str, model: type[BaseModel] | None) -> str:
     return hint
 
 
-def _message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
+def _message(err: dict[str, Any], model: type[Spec] | None) -> str:
     kind = err["type"]
     loc = err["loc"]
     last = loc[-1] if loc else None
@@ -124,17 +125,20 @@ def _shown(value: object) -> str:
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-def model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the keys at ``loc`` below ``root``."""
+def model_at(root: type[Spec], loc: tuple[Any, ...]) -> type[Spec] | None:
+    """The section that owns the keys at ``loc`` below ``root``."""
     current: Any = root
     for step in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(step) if isinstance(step, str) else None
-            if info is None:
+        if _is_spec(current):
+            current = current.keys().get(step) if isinstance(step, str) else None
+            if current is None:
                 return None
-            current = info.annotation
         current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return current if _is_spec(current) else None
+
+
+def _is_spec(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Spec)
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -148,15 +152,15 @@ def _unwrap(annotation: Any) -> Any:
             annotation = args[0]
         elif origin is dict and len(args) == 2:
             annotation = args[1]
-        elif args and any(isinstance(a, type) and issubclass(a, BaseModel) for a in args):
-            annotation = next(a for a in args if isinstance(a, type) and issubclass(a, BaseModel))
+        elif args and any(_is_spec(a) for a in args):
+            annotation = next(a for a in args if _is_spec(a))
         else:
             break
     return annotation
 
 
 def _is_type_tag(step: Any) -> bool:
-    # pydantic names union branches in the location: ('stop', 'list[str]')
+    # pydantic-core names union branches in the location: ('stop', 'list[str]')
     return isinstance(step, str) and (
         "[" in step or step in {"str", "int", "float", "bool", "dict", "list", "none"}
     )
@@ -168,7 +172,7 @@ def from_validation(
     file: str,
     prefix: tuple[Any, ...],
     line_of: Callable[[tuple[Any, ...]], int | None],
-    model: type[BaseModel],
+    model: type[Spec],
 ) -> list[Problem]:
     """One :class:`Problem` per wrong key, located by ``line_of``."""
     grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic_core import ValidationError
 
 from batchgen.errors import Problem
 from batchgen.jobs import media, structured
@@ -21,6 +21,7 @@ from batchgen.jobs.problems import from_validation, path_str
 from batchgen.jobs.records import Request
 from batchgen.jobs.schema import PARAM_NAMES, BatchLine, Defaults, PromptSpec
 from batchgen.jobs.sources import entries
+from batchgen.jobs.spec import Spec, dump
 from batchgen.jsonfast import canonical
 
 if TYPE_CHECKING:
@@ -56,11 +57,11 @@ def resolve_all(job: Job, report: Callable[[Problem], None],
                 position += 1
 
 
-def _validate(model: type[BaseModel], entry: dict[str, Any], name: str,
+def _validate(model: type[Spec], entry: dict[str, Any], name: str,
               path: tuple[Any, ...], line_of: Callable[[tuple[Any, ...]], int | None],
               report: Callable[[Problem], None]) -> Any:
     try:
-        return model.model_validate(entry)
+        return model.validate(entry)
     except ValidationError as exc:
         for problem in from_validation(exc, file=name, prefix=path, line_of=line_of, model=model):
             report(problem)
@@ -99,10 +100,10 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
         return None
     if walk.defaults is None:  # the defaults' parameters, once a walk
         walk.defaults = {key: getattr(defaults, key)
-                         for key in defaults.model_fields_set & PARAM_NAMES
+                         for key in defaults.fields_set & PARAM_NAMES
                          if getattr(defaults, key) is not None}
     params: dict[str, Any] = dict(walk.defaults)
-    for key in spec.model_fields_set & PARAM_NAMES:
+    for key in spec.fields_set & PARAM_NAMES:
         value = getattr(spec, key)
         if value is None:
             params.pop(key, None)  # `key: null` on a prompt unsets a default
@@ -113,7 +114,7 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
     if extra:
         request["extra_body"] = extra
     schema_json = schema_key = None
-    own = "answer_schema" in spec.model_fields_set
+    own = "answer_schema" in spec.fields_set
     given = spec.answer_schema if own else defaults.answer_schema
     if given is not None:
         at = (*path, "schema") if own else ("defaults", "schema")
@@ -220,7 +221,7 @@ def _has_lone(text: str) -> bool:
 
 def _batch_body(body: dict[str, Any]) -> dict[str, Any]:
     """A Batch API body was written for raw HTTP: provider keys sit at the top."""
-    known = PromptSpec.model_fields.keys()
+    known = PromptSpec.names()
     out: dict[str, Any] = {}
     given = body.get("extra_body")
     if given is not None and not isinstance(given, dict):
@@ -241,7 +242,7 @@ def _batch_body(body: dict[str, Any]) -> dict[str, Any]:
 
 def _messages(spec: PromptSpec, defaults: Defaults) -> list[dict[str, Any]] | None:
     if spec.messages is not None:
-        messages = [m.model_dump(exclude_none=True) for m in spec.messages]
+        messages: list[dict[str, Any]] = dump(spec.messages, exclude_none=True)
         has_system = any(m["role"] in ("system", "developer") for m in messages)
         if spec.system is not None:
             if has_system:

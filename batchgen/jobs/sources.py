@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic_core import ValidationError
 
 from batchgen.errors import JobFileError, Problem
 from batchgen.jobs.data import DataFile, json_lines, rows
@@ -28,7 +28,7 @@ MAX_YAML_BYTES = 8 * 1024 * 1024
 MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3)))
 MAX_LINE_BYTES = 32 * 1024 * 1024
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-PROMPT_KEYS = frozenset(f.alias or name for name, f in PromptSpec.model_fields.items())
+PROMPT_KEYS = frozenset(PromptSpec.keys())
 ROWS_NAME = "rows.jsonl"  # what `data:` reads as when the rows come from Python
 
 
@@ -135,7 +135,7 @@ def parse_yaml(file: Path, text: str, rows_given: bool = False) -> tuple[JobSpec
                                     "write `prompts:` out in the job file (not through `<<:`)")])
     problems = secret_problems(data, name, line_map.line_of)
     try:
-        spec = JobSpec.model_validate(data)
+        spec = JobSpec.validate(data)
     except ValidationError as exc:
         secret_keys = {p.key for p in problems}
         problems += [

@@ -12,7 +12,7 @@ everything validation depends on:
 - what the job and the command line's flags resolve to: the endpoint's id,
   the defaults (``--model`` among them), the shard, the files' paths;
 - the code that validates: every module of this package, and the versions
-  of Python, pydantic, PyYAML and orjson.
+  of Python, pydantic-core, PyYAML and orjson.
 
 The next run of the same job with the same key takes that record instead of
 walking the prompts. Anything else in the key differing is a miss, and the
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchgen.jobs.records import JobInfo
 from batchgen.jobs.sources import Source, file_stat
+from batchgen.jobs.spec import dump
 from batchgen.store.runstore import peek_meta
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ _READ = 1 << 20
 def _code_key() -> bytes:
     """What validates: this package's modules and the libraries it validates with."""
     digest = hashlib.sha256(sys.version.encode())
-    for name in ("pydantic", "pydantic_core", "yaml", "orjson"):  # all loaded by now
+    for name in ("pydantic_core", "yaml", "orjson"):  # all loaded by now
         version = getattr(importlib.import_module(name), "__version__", "-")
         digest.update(f"\0{name}={version}".encode())
     package = Path(__file__).resolve().parents[1]  # all of batchgen
@@ -64,7 +65,8 @@ def key_of(job: Job) -> str | None:
     shard; the rest (concurrency, budget, ...) change no request.
     """
     digest = hashlib.sha256(_code_key())
-    settings = [job.endpoint_id, job.defaults.model_dump_json(), job.shard, str(job.path),
+    defaults = json.dumps(dump(job.defaults), sort_keys=True)
+    settings = [job.endpoint_id, defaults, job.shard, str(job.path),
                 [str(src.file) for src in job.sources]]
     digest.update(json.dumps(settings).encode())
     for src in job.sources:

@@ -82,7 +82,7 @@ def job_fragments() -> list[tuple[str, dict[str, Any]]]:
     """Every YAML block of the README and the pages that is (part of) a job file."""
     from batchgen.jobs.schema import JobSpec
 
-    keys = set(JobSpec.model_fields)
+    keys = set(JobSpec.keys())
     out = []
     for name, text in TEXTS.items():
         for block in fenced(text, "yaml"):
