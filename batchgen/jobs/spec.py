@@ -141,9 +141,18 @@ def _hints(cls: type[Spec]) -> dict[str, Any]:
 
 
 def _spec_schema(cls: type[Spec]) -> core_schema.CoreSchema:
-    """The schema of a section: its keys, then the dataclass built and checked."""
+    """The schema of a section: its keys, then the dataclass built and checked.
+
+    The keys' schema fills in no defaults, so what it returns is what the job
+    file gave (by field name): that is ``fields_set``, and the defaults are
+    laid under it. The instance is made without ``__init__``, its attributes
+    set at once (a frozen dataclass's ``__init__`` sets them one by one, 3x the
+    cost of validating a prompt).
+    """
     hints = _hints(cls)
     fields: dict[str, core_schema.TypedDictField] = {}
+    defaults: dict[str, Any] = {}
+    factories: list[tuple[str, Callable[[], Any]]] = []
     for f in _fields(cls):
         rule = _rule(f)
         schema = _type_schema(hints[f.name], rule)
@@ -151,33 +160,37 @@ def _spec_schema(cls: type[Spec]) -> core_schema.CoreSchema:
             schema = core_schema.no_info_before_validator_function(rule.before, schema)
         if rule.after is not None:
             schema = core_schema.no_info_after_validator_function(rule.after, schema)
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if f.default is not dataclasses.MISSING:
-            schema = core_schema.with_default_schema(schema, default=f.default)
+            defaults[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
-            schema = core_schema.with_default_schema(schema, default_factory=f.default_factory)
+            factories.append((f.name, f.default_factory))
+        required = f.name not in defaults and f.default_factory is dataclasses.MISSING
         fields[f.name] = core_schema.typed_dict_field(schema, required=required,
                                                       validation_alias=rule.alias)
     keys = core_schema.typed_dict_schema(fields, extra_behavior=cls.extra,  # type: ignore[arg-type]
                                          strict=True, total=False)
-    aliases = {rule.alias: f.name for f in _fields(cls) if (rule := _rule(f)).alias}
     names = cls.names()
     extras_field = next((f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
                          if f.metadata.get(_EXTRAS)), None)
 
-    def build(value: Any, handler: core_schema.ValidatorFunctionWrapHandler) -> Spec:
-        checked: dict[str, Any] = handler(value)
-        if extras_field is not None:
-            own = {k: v for k, v in checked.items() if k in names}
-            own[extras_field] = {k: v for k, v in checked.items() if k not in names}
-            checked = own
-        spec = cls(**checked)
-        given = frozenset(aliases.get(key, key) for key in value)  # a dict, by now
-        object.__setattr__(spec, "fields_set", given & names)
+    def build(given: dict[str, Any]) -> Spec:
+        spec = cls.__new__(cls)
+        attrs = spec.__dict__
+        attrs.update(defaults)
+        for name, factory in factories:
+            attrs[name] = factory()
+        if extras_field is None:
+            attrs.update(given)
+            attrs["fields_set"] = frozenset(given)
+        else:
+            own = {k: v for k, v in given.items() if k in names}
+            attrs.update(own)
+            attrs[extras_field] = {k: v for k, v in given.items() if k not in names}
+            attrs["fields_set"] = frozenset(own)
         spec.check()
         return spec
 
-    return core_schema.no_info_wrap_validator_function(build, keys)
+    return core_schema.no_info_after_validator_function(build, keys)
 
 
 def _type_schema(annotation: Any, rule: Rule) -> core_schema.CoreSchema:
