@@ -104,7 +104,7 @@ def _parts_have_type(value: str | list[dict[str, Any]] | None
 class Message(Spec):
     """One OpenAI chat message. Provider fields beside role/content are kept."""
 
-    extra: ClassVar[str] = "allow"
+    unknown_keys: ClassVar[Literal["forbid", "allow"]] = "allow"
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = field(None, after=_parts_have_type)

@@ -57,7 +57,7 @@ def field(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | No
 
 
 def extras() -> Any:
-    """The field that keeps the keys a section allows beyond its own (``extra = "allow"``)."""
+    """The field that keeps the keys beyond a section's own (``unknown_keys = "allow"``)."""
     return dataclasses.field(default_factory=dict, metadata={_EXTRAS: True})
 
 
@@ -66,7 +66,7 @@ class Spec:
 
     # "forbid": an unknown key is an error (a typo never becomes a default);
     # "allow": kept in the class's extras() field
-    extra: ClassVar[str] = "forbid"
+    unknown_keys: ClassVar[Literal["forbid", "allow"]] = "forbid"
     # the fields the job file gave (a default does not count), as names
     fields_set: frozenset[str] = frozenset()
 
@@ -167,8 +167,8 @@ def _spec_schema(cls: type[Spec]) -> core_schema.CoreSchema:
         required = f.name not in defaults and f.default_factory is dataclasses.MISSING
         fields[f.name] = core_schema.typed_dict_field(schema, required=required,
                                                       validation_alias=rule.alias)
-    keys = core_schema.typed_dict_schema(fields, extra_behavior=cls.extra,  # type: ignore[arg-type]
-                                         strict=True, total=False)
+    keys = core_schema.typed_dict_schema(fields, extra_behavior=cls.unknown_keys, strict=True,
+                                         total=False)
     names = cls.names()
     extras_field = next((f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
                          if f.metadata.get(_EXTRAS)), None)
