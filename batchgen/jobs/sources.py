@@ -130,7 +130,8 @@ def parse_yaml(file: Path, text: str, rows_given: bool = False) -> tuple[JobSpec
             [Problem(name, line_map.line_of(()) or 1, None,
                      "a job file is a mapping (name:, defaults:, prompts:, ...)")]
         )
-    if data.get("prompts"):  # streamed items leave an empty list; these came from a merge
+    merged = data.get("prompts")  # streamed items leave an empty list; these came from a merge
+    if isinstance(merged, list) and merged:
         raise JobFileError([Problem(name, line_map.line_of(("<<",)), "prompts",
                                     "write `prompts:` out in the job file (not through `<<:`)")])
     problems = secret_problems(data, name, line_map.line_of)
