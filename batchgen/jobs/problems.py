@@ -100,7 +100,7 @@ def _message(err: dict[str, Any], model: type[Spec] | None) -> str:
     if last == "n" and kind in ("less_than_equal", "greater_than_equal"):
         return ("n must be 1: a request streams one answer; for several answers to one "
                 "prompt, list it several times (each is its own request, with its own id)")
-    if kind in ("dict_type", "model_type"):
+    if kind == "dict_type":
         return f"expected a mapping (key: value lines), got {_shown(err.get('input'))}"
     if kind == "list_type":
         return f"expected a list (- item lines), got {_shown(err.get('input'))}"
