@@ -60,7 +60,7 @@ def account_id(base_url: str, api_key: str) -> str:
     return hashlib.sha256(f"{base_url.rstrip('/')}\n{api_key}".encode()).hexdigest()[:24]
 
 
-def where(url: str) -> str:
+def address(url: str) -> str:
     """The Redis address, for messages (never a password)."""
     parts = urlsplit(url)
     return f"redis://{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or ''}"
@@ -69,7 +69,7 @@ def where(url: str) -> str:
 def check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise UsageError(f"run.limits_url {where(url)!r} is not a redis://HOST:PORT/DB URL")
+        raise UsageError(f"run.limits_url {address(url)!r} is not a redis://HOST:PORT/DB URL")
     return url
 
 
@@ -117,7 +117,7 @@ class SharedGate:
             await self._redis.ping()
         except Exception as exc:  # every client error: unreachable, refused, auth
             raise UsageError(
-                f"cannot reach Redis at {where(self.url)} (run.limits_url / "
+                f"cannot reach Redis at {address(self.url)} (run.limits_url / "
                 f"BATCHGEN_LIMITS_URL) to share rate limits: {type(exc).__name__}: {exc}; "
                 "start it, or run without shared limits; nothing was sent") from None
 
@@ -141,7 +141,7 @@ class SharedGate:
                 delay = await self._take(tokens)
                 if self._down_since is not None:
                     log.warning("Redis at %s answers again after %.0f s; starts go on",
-                                where(self.url), time.monotonic() - self._down_since)
+                                address(self.url), time.monotonic() - self._down_since)
                     self._down_since = None
                 if delay > 0:
                     await self._sleep(delay)
@@ -151,7 +151,7 @@ class SharedGate:
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                     log.warning("waiting for Redis at %s (the shared rate limits are there) "
-                                "before starting more requests: %s", where(self.url), exc)
+                                "before starting more requests: %s", address(self.url), exc)
                 await self._sleep(min(BACKOFF_CAP, 0.25 * 2 ** min(failures, 6))
                                   * random.uniform(0.8, 1.2))  # jitter between processes
 
