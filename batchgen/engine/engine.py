@@ -196,13 +196,14 @@ class Engine(AttemptEndings):
         self.d.progress.update(failed=1, in_flight=self.limit.active)
 
     async def _attempts(self, p: Pending) -> None:
-        """The request's attempts under the retry policy (``retry.policy``).
+        """The request's attempts under the retry policy (``wire.policy``).
 
         The first attempt goes without the policy's bookkeeping: most requests
         need only one, and tenacity's loop costs tens of µs of CPU per request
         (P7). If it fails transiently, its error is replayed into the policy as
         the policy's own first attempt, so the waits, the stop and the 429
-        allowance are exactly those of a loop that had run it.
+        allowance are exactly those of a loop that had run it. The policy's
+        module (and tenacity) is imported then, not at start-up.
         """
         tries = [p.attempts, self.d.estimator.prompt(p.body)[0] + output_bound(p.body)]
         try:
@@ -210,8 +211,10 @@ class Engine(AttemptEndings):
             return
         except TransientError as exc:
             failed: TransientError | None = exc
-        async for attempt in retry.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
-                                          rng=self.d.rng):
+        from batchgen.wire import policy
+
+        async for attempt in policy.policy(self.max_attempts, sleep=self._sleep_unless_stopped,
+                                           rng=self.d.rng):
             with attempt:
                 if failed is not None:
                     replay, failed = failed, None

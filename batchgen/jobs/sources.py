@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import ValidationError
 
@@ -20,9 +20,11 @@ from batchgen.errors import JobFileError, Problem
 from batchgen.jobs.data import DataFile, json_lines, rows
 from batchgen.jobs.problems import from_validation, path_str, secret_problems
 from batchgen.jobs.schema import ID_RE, JobSpec, PromptSpec
-from batchgen.jobs.templates import RenderError, Template
 from batchgen.jobs.yamlmarks import LineMap, YamlProblem, load_yaml, stream_items
 from batchgen.jsonfast import canonical
+
+if TYPE_CHECKING:  # Jinja2 is imported only by a job that has a `template:`
+    from batchgen.jobs.templates import Template
 
 MAX_YAML_BYTES = 8 * 1024 * 1024
 MAX_JSONL_BYTES = int(os.environ.get("BATCHGEN_MAX_JSONL_BYTES", str(4 * 1024**3)))
@@ -191,6 +193,8 @@ def data_source(file: Path, spec: JobSpec, line_map: LineMap,
     problems = [Problem(name, line_map.line_of(("template", key)), f"template.{key}",
                         f"not a key of a prompt; use one of: {', '.join(sorted(PROMPT_KEYS))}")
                 for key in spec.template if key not in PROMPT_KEYS]
+    from batchgen.jobs.templates import Template
+
     template = Template(spec.template, name, line_map.line_of)
     problems += template.problems
     if problems:
@@ -277,6 +281,8 @@ def _row_entries(source: Rows, report: Callable[[Problem], None],
     ``data.id`` column's value, else ``r-`` and a digest of the row's content
     (stable when rows are reordered or appended; a second identical row gets
     ``-2``)."""
+    from batchgen.jobs.templates import RenderError  # loaded with the source's Template
+
     data = source.data
     name = data.name
     occurrences: dict[str, int] = {}

@@ -87,3 +87,33 @@ def test_a_command_runs_with_the_garbage_collector_tuned_for_many_requests() -> 
 
     assert tuple(json.loads(done.stdout)) == GC_THRESHOLDS
     assert GC_THRESHOLDS[0] > 700  # fewer collections than Python's default
+
+
+def imported_by(*args: str, cwd: Path) -> list[str]:
+    """The modules ``python -X importtime -m batchgen ARGS`` imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "batchgen", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+            if line.startswith("import time:")]
+
+
+def test_start_up_imports_neither_jinja2_without_a_template_nor_tenacity_before_a_retry(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """Jinja2 reads a job only when it has a ``template:`` (the report imports
+    it later, on a thread of its own); tenacity comes with a request's first
+    transient error (engine.Engine._attempts). ~30 ms of start-up each run."""
+    def tops(modules: list[str]) -> set[str]:
+        return {m.split(".")[0] for m in modules}
+
+    plain = write_job(tmp_path / "plain.yaml", fake, [{"id": "a", "prompt": "hi"}])
+    (tmp_path / "rows.csv").write_text("text\nhello\n", encoding="utf-8")
+    rows = write_job(tmp_path / "rows.yaml", fake, [], data="rows.csv",
+                     template={"prompt": "say {{ text }}"})
+    checked = tops(imported_by("validate", str(plain), cwd=tmp_path))
+    assert "pydantic_core" in checked  # the job was read and checked
+    assert "jinja2" not in checked and "tenacity" not in checked
+    assert "jinja2" in tops(imported_by("validate", str(rows), cwd=tmp_path))
+    ran = imported_by("run", str(plain), "-q", cwd=tmp_path)
+    assert "aiohttp" in tops(ran) and "tenacity" not in tops(ran)  # nothing was retried

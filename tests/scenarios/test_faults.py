@@ -277,7 +277,7 @@ def test_a_finished_retry_policy_is_freed_at_once_not_by_the_cycle_collector() -
     import gc
 
     from batchgen.errors import TransientError
-    from batchgen.wire.retry import policy
+    from batchgen.wire.policy import policy
 
     async def no_sleep(_seconds: float) -> None:
         return None
