@@ -24,7 +24,6 @@ import re
 import threading
 import unicodedata
 import urllib.request
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +48,8 @@ class Counter(Protocol):
 
 def vocab_path() -> Path | None:
     """qwen.tiktoken inside the installed dashscope wheel, if any."""
+    from importlib import metadata  # ~3 ms at start-up otherwise; only a count needs it
+
     try:
         dist = metadata.distribution(VOCAB_PACKAGE)
     except metadata.PackageNotFoundError:
