@@ -53,7 +53,7 @@ def policy(
     A 429 says "not now", not "this request is broken": throttled attempts
     count against a separate, larger allowance (``THROTTLE_FACTOR`` ×), so a
     request does not fail for good because its neighbours used up the quota.
-    The global pause and learned start rate (limits.py) keep 429s rare.
+    The global pause and learned start rate (pacing/gate.py) keep 429s rare.
     """
     generator = rng or random.Random()
     spent = {"throttled": 0, "other": 0}
