@@ -130,6 +130,7 @@ class Journal:
             started = self.store.new_attempt(p.id, p.fingerprint, p.model, run_id=run_id, n=n,
                                              now=self.clock(), resume=resume)
         self.started[started.id] = started
+        self.files.reserve(p.id)
         live = Live(started.id, self.clock)
         self.live[started.id] = live
         return live
@@ -163,6 +164,7 @@ class Journal:
     def mark_failed(self, request_id: str, reason: str | None = None) -> None:
         with self.guard():
             self.store.mark(request_id, "failed", reason=reason)
+        self.files.release(request_id)
 
     # ------------------------------------------------------------ flushing
 

@@ -8,18 +8,27 @@ sync is what a batch costs, about 1–3 ms of CPU on the machines we measured,
 whatever its size. So syncs are spaced ``SYNC_EVERY`` apart and what finishes
 in between is written together, rather than a sync for every commit of
 finished answers (up to one every 10 ms).
+
+An answer's file is created while it streams (:meth:`TextFiles.reserve`,
+empty, under the temporary name the batch writes through): creating a file
+is most of what writing a small one costs on some file systems, and when
+hundreds of answers finish together, the last of them would otherwise wait
+for all those creations after their text is in. A request that ends
+without an answer has its temporary file removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from batchgen.outputs.files import text_files, write_many_atomic
+from batchgen.outputs.files import reserve_temp, temp_of, text_files, text_path, write_many_atomic
 from batchgen.store.attempts import Ended
 
 SYNC_EVERY = 0.1  # seconds between two syncs of texts/
@@ -37,14 +46,37 @@ class TextFiles:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-texts")
         self._lock = threading.Lock()
         self._queued: list[tuple[Ended, int]] = []  # shared with the writer thread
+        self._to_reserve: list[str] = []  # shared: requests whose files to create
+        self._to_release: list[str] = []  # shared: requests whose files to remove
+        self._reserved: set[str] = set()  # the loop's: asked for, not yet answered
+        self._made: set[str] = set()  # the writer thread's: created, not yet filled
         self._hurry = threading.Event()  # closing: no more waiting between syncs
         self._last_sync = 0.0  # the writer thread's own
         self._drain: asyncio.Future[None] | None = None
         self._pending_bytes = 0
         self._room = asyncio.Event()
 
+    def reserve(self, request_id: str) -> None:
+        """Create the file of ``request_id``'s answer now, while it streams."""
+        if request_id in self._reserved:  # a retry: made for its first attempt
+            return
+        self._reserved.add(request_id)
+        with self._lock:
+            self._to_reserve.append(request_id)
+        if self._drain is None:
+            self._start()
+
+    def release(self, request_id: str) -> None:
+        """``request_id`` ended without an answer: its file is not needed."""
+        if request_id in self._reserved:
+            self._reserved.discard(request_id)
+            with self._lock:
+                self._to_release.append(request_id)
+
     def submit(self, finished: list[Ended]) -> None:
         """Files for ``finished`` answers (already committed), soon."""
+        for done in finished:
+            self._reserved.discard(done.request_id or "")
         sized = [(d, len(d.content) + len(d.reasoning) + ENDED_OVERHEAD) for d in finished]
         self._pending_bytes += sum(size for _, size in sized)
         with self._lock:
@@ -58,23 +90,55 @@ class TextFiles:
         self._drain.add_done_callback(self._drained)
 
     def _work(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the writer thread: batches until none is left."""
+        """On the writer thread: the files asked for, and batches until none is left."""
         while True:
+            with self._lock:
+                reserve, self._to_reserve = self._to_reserve, []
+                more = bool(self._queued)
+            self._prepare(reserve, set())
+            if not more:
+                return
             wait = self._last_sync + SYNC_EVERY - time.monotonic()
             if wait > 0:
                 self._hurry.wait(wait)
             with self._lock:
                 batch, self._queued = self._queued, []
-            if not batch:
+                reserve, self._to_reserve = self._to_reserve, []
+            if not batch:  # pragma: no cover - only this thread takes the batch
                 return
+            answered = {done.request_id or "" for done, _ in batch}
+            self._prepare(reserve, answered)
             files: list[tuple[Path, bytes]] = []
             for done, _ in batch:
                 assert done.request_id is not None  # noqa: S101 - an invariant, for the type checker
                 files += text_files(self.run_dir, done.request_id, done.content, done.reasoning,
                                     done.value_json)
             write_many_atomic(files)
+            self._made -= answered
             self._last_sync = time.monotonic()
             loop.call_soon_threadsafe(self._written, sum(size for _, size in batch))
+
+    def _prepare(self, reserve: list[str], answered: set[str]) -> None:
+        """On the writer thread: create the files of requests that stream (not
+        of those ``answered`` in the batch at hand), remove those released."""
+        with self._lock:
+            release, self._to_release = self._to_release, []
+        for request_id in release:
+            self._remove(request_id)
+        for request_id in reserve:
+            if request_id in answered or request_id in self._made:
+                continue
+            try:
+                reserve_temp(text_path(self.run_dir, request_id))
+            except OSError:  # a head start only: the batch creates it, or reports the disk
+                continue
+            self._made.add(request_id)
+
+    def _remove(self, request_id: str) -> None:
+        if request_id in self._made:
+            self._made.discard(request_id)
+            with contextlib.suppress(OSError):
+                os.unlink(temp_of(text_path(self.run_dir, request_id)))
 
     def _written(self, size: int) -> None:
         self._pending_bytes -= size
@@ -92,7 +156,7 @@ class TextFiles:
             self.on_error(exc)
             return
         with self._lock:
-            more = bool(self._queued)
+            more = bool(self._queued or self._to_reserve)
         if more:  # queued after the thread found none left
             self._start()
 
@@ -103,10 +167,18 @@ class TextFiles:
             await self._room.wait()
 
     async def close(self) -> None:
-        """Every queued file written; the writer thread ends."""
+        """Every queued file written, the files of requests left unanswered
+        removed; the writer thread ends."""
         self._hurry.set()
         try:
             while self._drain is not None:
                 await asyncio.wait([self._drain])
         finally:
             self._executor.shutdown(wait=True)
+            # the thread is gone: what it made is this thread's to remove
+            with self._lock:
+                self._to_reserve.clear()
+                self._to_release.clear()
+            for request_id in list(self._made):
+                self._remove(request_id)
+            self._reserved.clear()

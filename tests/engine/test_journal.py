@@ -101,6 +101,68 @@ def test_text_files_are_written_in_batches_a_sync_apart(
     assert (tmp_path / "texts" / "r30.md").read_text(encoding="utf-8") == "text 30"
 
 
+def test_an_answers_file_is_created_while_it_streams_and_filled_when_it_ends(
+        tmp_path: Path) -> None:
+    """The file an answer lands in exists (empty, under its temporary name)
+    before the answer does, and is the very file renamed into place; files
+    of requests that end unanswered, or never end, are removed."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+
+    def temp(rid: str) -> Path:
+        return Path(files.temp_of(texts / f"{rid}.md"))
+
+    async def main() -> int:
+        writer = TextFiles(tmp_path, lambda exc: pytest.fail(f"unexpected: {exc}"))
+        for rid in ("r1", "r2", "r3"):
+            writer.reserve(rid)
+        writer.reserve("r1")  # a second attempt: the same file
+        for _ in range(200):
+            if all(temp(rid).exists() for rid in ("r1", "r2", "r3")):
+                break
+            await asyncio.sleep(0.01)
+        assert temp("r1").stat().st_size == 0
+        made = temp("r1").stat().st_ino
+        writer.release("r2")  # r2 failed for good
+        writer.submit([_ended(1)])  # r1 answered
+        for _ in range(200):
+            if (texts / "r1.md").exists():
+                break
+            await asyncio.sleep(0.01)
+        assert not temp("r2").exists()  # removed with the batch that answered r1
+        assert temp("r3").exists()  # r3 streams on, until the close
+        await writer.close()
+        return made
+
+    made = asyncio.run(main())
+    assert sorted(p.name for p in texts.iterdir()) == ["r1.md"]
+    assert (texts / "r1.md").read_text(encoding="utf-8") == "text 1"
+    assert (texts / "r1.md").stat().st_ino == made
+
+
+def test_a_failed_request_leaves_no_temporary_file(
+        tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a whole run: the failed request's file, made while it was
+    tried, is released when it fails and gone at the end; the answered one
+    is in place."""
+    released: list[str] = []
+    real = TextFiles.release
+
+    def release(self: TextFiles, request_id: str) -> None:
+        released.append(request_id)
+        real(self, request_id)
+
+    monkeypatch.setattr(TextFiles, "release", release)
+    job = write_job(tmp_path / "t.yaml", fake, [
+        {"id": "ok", "prompt": "[[len=20]][[delay=0.01]] fine"},
+        {"id": "bad", "prompt": "[[faults=cut@3,400]] cut, then refused"}])
+    summary = run_job(load_job(job), RunOptions(sleep=no_sleep))
+    assert (summary.done, summary.failed) == (1, 1)
+    assert released == ["bad"]
+    names = sorted(p.name for p in (tmp_path / "out" / "t" / "texts").iterdir())
+    assert names == ["ok.md"]
+
+
 def test_a_refused_batch_reaches_the_journal_and_launches_are_not_held(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(_items: list[tuple[Path, bytes]]) -> None:
