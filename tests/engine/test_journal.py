@@ -117,6 +117,9 @@ def test_an_answers_file_is_created_while_it_streams_and_filled_when_it_ends(
         for rid in ("r1", "r2", "r3"):
             writer.reserve(rid)
         writer.reserve("r1")  # a second attempt: the same file
+        await asyncio.sleep(0.05)
+        assert not temp("r1").exists()  # made when the writer runs: for an answer
+        writer.submit([_ended(0)])
         for _ in range(200):
             if all(temp(rid).exists() for rid in ("r1", "r2", "r3")):
                 break
@@ -135,7 +138,7 @@ def test_an_answers_file_is_created_while_it_streams_and_filled_when_it_ends(
         return made
 
     made = asyncio.run(main())
-    assert sorted(p.name for p in texts.iterdir()) == ["r1.md"]
+    assert sorted(p.name for p in texts.iterdir()) == ["r0.md", "r1.md"]
     assert (texts / "r1.md").read_text(encoding="utf-8") == "text 1"
     assert (texts / "r1.md").stat().st_ino == made
 
