@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import sqlite3
@@ -52,6 +53,7 @@ class Live:
     pending_content: list[str] = field(default_factory=list)
     pending_reasoning: list[str] = field(default_factory=list)
     seq: int = 0
+    on_reasoning: Callable[[], None] | None = None  # called at the first reasoning text
 
     def on_text(self, content: str, reasoning: str) -> None:
         if self.first_token is None and self.clock is not None:
@@ -60,6 +62,8 @@ class Live:
             self.content.append(content)
             self.pending_content.append(content)
         if reasoning:
+            if not self.reasoning and self.on_reasoning is not None:
+                self.on_reasoning()
             self.reasoning.append(reasoning)
             self.pending_reasoning.append(reasoning)
 
@@ -131,7 +135,8 @@ class Journal:
                                              now=self.clock(), resume=resume)
         self.started[started.id] = started
         self.files.reserve(p.id)
-        live = Live(started.id, self.clock)
+        live = Live(started.id, self.clock,
+                    on_reasoning=functools.partial(self.files.reserve, p.id, True))
         self.live[started.id] = live
         return live
 

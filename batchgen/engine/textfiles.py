@@ -10,7 +10,8 @@ in between is written together, rather than a sync for every commit of
 finished answers (up to one every 10 ms).
 
 An answer's file is created while it streams (:meth:`TextFiles.reserve`,
-empty, under the temporary name the batch writes through): creating a file
+empty, under the temporary name the batch writes through; its reasoning's
+file from the first reasoning text on): creating a file
 is most of what writing a small one costs on some file systems, and when
 hundreds of answers finish together, the last of them would otherwise wait
 for all those creations after their text is in. A request that ends
@@ -35,6 +36,8 @@ SYNC_EVERY = 0.1  # seconds between two syncs of texts/
 MAX_PENDING_TEXT = 8 * 1024 * 1024  # bytes of finished results waiting for their files
 ENDED_OVERHEAD = 2048  # bytes a finished result holds besides its text
 
+File = tuple[str, bool]  # an answer's file: its request's id, whether it is the reasoning
+
 
 class TextFiles:
     """Writes ``texts/`` for finished answers, a batch per sync; ``on_error``
@@ -46,38 +49,43 @@ class TextFiles:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-texts")
         self._lock = threading.Lock()
         self._queued: list[tuple[Ended, int]] = []  # shared with the writer thread
-        self._to_reserve: list[str] = []  # shared: requests whose files to create
-        self._to_release: list[str] = []  # shared: requests whose files to remove
-        self._reserved: set[str] = set()  # the loop's: asked for, not yet answered
-        self._made: set[str] = set()  # the writer thread's: created, not yet filled
+        # an answer's files by (request id, whether it is the reasoning's)
+        self._to_reserve: list[File] = []  # shared: files to create
+        self._to_release: list[File] = []  # shared: files to remove
+        self._reserved: set[File] = set()  # the loop's: asked for, not yet answered
+        self._made: set[File] = set()  # the writer thread's: created, not yet filled
         self._hurry = threading.Event()  # closing: no more waiting between syncs
         self._last_sync = 0.0  # the writer thread's own
         self._drain: asyncio.Future[None] | None = None
         self._pending_bytes = 0
         self._room = asyncio.Event()
 
-    def reserve(self, request_id: str) -> None:
-        """Have the file of ``request_id``'s answer created while it streams."""
-        if request_id in self._reserved:  # a retry: made for its first attempt
+    def reserve(self, request_id: str, reasoning: bool = False) -> None:
+        """Have the file of ``request_id``'s answer (or of its reasoning)
+        created while it streams."""
+        file = (request_id, reasoning)
+        if file in self._reserved:  # a retry: made for its first attempt
             return
-        self._reserved.add(request_id)
+        self._reserved.add(file)
         with self._lock:
-            self._to_reserve.append(request_id)
+            self._to_reserve.append(file)
         # No thread is started for this alone (a hand-over costs ~20 µs of CPU a
         # request): the writer makes the files it finds asked for whenever it
         # runs, which it does while answers finish.
 
     def release(self, request_id: str) -> None:
-        """``request_id`` ended without an answer: its file is not needed."""
-        if request_id in self._reserved:
-            self._reserved.discard(request_id)
-            with self._lock:
-                self._to_release.append(request_id)
+        """``request_id`` ended without an answer: its files are not needed."""
+        for file in ((request_id, False), (request_id, True)):
+            if file in self._reserved:
+                self._reserved.discard(file)
+                with self._lock:
+                    self._to_release.append(file)
 
     def submit(self, finished: list[Ended]) -> None:
         """Files for ``finished`` answers (already committed), soon."""
         for done in finished:
-            self._reserved.discard(done.request_id or "")
+            self._reserved.discard((done.request_id or "", False))
+            self._reserved.discard((done.request_id or "", True))
         sized = [(d, len(d.content) + len(d.reasoning) + ENDED_OVERHEAD) for d in finished]
         self._pending_bytes += sum(size for _, size in sized)
         with self._lock:
@@ -107,7 +115,8 @@ class TextFiles:
                 reserve, self._to_reserve = self._to_reserve, []
             if not batch:  # pragma: no cover - only this thread takes the batch
                 return
-            answered = {done.request_id or "" for done, _ in batch}
+            answered = {(done.request_id or "", reasoning) for done, _ in batch
+                        for reasoning in ((False, True) if done.reasoning else (False,))}
             self._prepare(reserve, answered)
             files: list[tuple[Path, bytes]] = []
             for done, _ in batch:
@@ -119,27 +128,27 @@ class TextFiles:
             self._last_sync = time.monotonic()
             loop.call_soon_threadsafe(self._written, sum(size for _, size in batch))
 
-    def _prepare(self, reserve: list[str], answered: set[str]) -> None:
-        """On the writer thread: create the files of requests that stream (not
-        of those ``answered`` in the batch at hand), remove those released."""
+    def _prepare(self, reserve: list[File], answered: set[File]) -> None:
+        """On the writer thread: create the files of answers that stream (not
+        those ``answered`` in the batch at hand), remove those released."""
         with self._lock:
             release, self._to_release = self._to_release, []
-        for request_id in release:
-            self._remove(request_id)
-        for request_id in reserve:
-            if request_id in answered or request_id in self._made:
+        for file in release:
+            self._remove(file)
+        for file in reserve:
+            if file in answered or file in self._made:
                 continue
             try:
-                reserve_temp(text_path(self.run_dir, request_id))
+                reserve_temp(text_path(self.run_dir, *file))
             except OSError:  # a head start only: the batch creates it, or reports the disk
                 continue
-            self._made.add(request_id)
+            self._made.add(file)
 
-    def _remove(self, request_id: str) -> None:
-        if request_id in self._made:
-            self._made.discard(request_id)
+    def _remove(self, file: File) -> None:
+        if file in self._made:
+            self._made.discard(file)
             with contextlib.suppress(OSError):
-                os.unlink(temp_of(text_path(self.run_dir, request_id)))
+                os.unlink(temp_of(text_path(self.run_dir, *file)))
 
     def _written(self, size: int) -> None:
         self._pending_bytes -= size
@@ -180,6 +189,6 @@ class TextFiles:
             with self._lock:
                 self._to_reserve.clear()
                 self._to_release.clear()
-            for request_id in list(self._made):
-                self._remove(request_id)
+            for file in list(self._made):
+                self._remove(file)
             self._reserved.clear()

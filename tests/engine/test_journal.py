@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -109,38 +110,42 @@ def test_an_answers_file_is_created_while_it_streams_and_filled_when_it_ends(
     texts = tmp_path / "texts"
     texts.mkdir()
 
-    def temp(rid: str) -> Path:
-        return Path(files.temp_of(texts / f"{rid}.md"))
+    def temp(rid: str, kind: str = "md") -> Path:
+        return Path(files.temp_of(texts / f"{rid}.{kind}"))
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         writer = TextFiles(tmp_path, lambda exc: pytest.fail(f"unexpected: {exc}"))
         for rid in ("r1", "r2", "r3"):
             writer.reserve(rid)
         writer.reserve("r1")  # a second attempt: the same file
+        writer.reserve("r1", reasoning=True)  # it thinks
+        writer.reserve("r3", reasoning=True)
         await asyncio.sleep(0.05)
         assert not temp("r1").exists()  # made when the writer runs: for an answer
         writer.submit([_ended(0)])
         for _ in range(200):
-            if all(temp(rid).exists() for rid in ("r1", "r2", "r3")):
+            if all(temp(rid).exists() for rid in ("r1", "r2", "r3")) \
+                    and temp("r1", "reasoning.md").exists():
                 break
             await asyncio.sleep(0.01)
         assert temp("r1").stat().st_size == 0
-        made = temp("r1").stat().st_ino
+        made = temp("r1").stat().st_ino, temp("r1", "reasoning.md").stat().st_ino
         writer.release("r2")  # r2 failed for good
-        writer.submit([_ended(1)])  # r1 answered
+        writer.submit([replace(_ended(1), reasoning="thought 1")])  # r1 answered
         for _ in range(200):
             if (texts / "r1.md").exists():
                 break
             await asyncio.sleep(0.01)
         assert not temp("r2").exists()  # removed with the batch that answered r1
-        assert temp("r3").exists()  # r3 streams on, until the close
+        assert temp("r3").exists() and temp("r3", "reasoning.md").exists()  # r3 streams on
         await writer.close()
         return made
 
     made = asyncio.run(main())
-    assert sorted(p.name for p in texts.iterdir()) == ["r0.md", "r1.md"]
+    assert sorted(p.name for p in texts.iterdir()) == ["r0.md", "r1.md", "r1.reasoning.md"]
     assert (texts / "r1.md").read_text(encoding="utf-8") == "text 1"
-    assert (texts / "r1.md").stat().st_ino == made
+    assert (texts / "r1.reasoning.md").read_text(encoding="utf-8") == "thought 1"
+    assert ((texts / "r1.md").stat().st_ino, (texts / "r1.reasoning.md").stat().st_ino) == made
 
 
 def test_a_failed_request_leaves_no_temporary_file(
@@ -149,21 +154,28 @@ def test_a_failed_request_leaves_no_temporary_file(
     tried, is released when it fails and gone at the end; the answered one
     is in place."""
     released: list[str] = []
-    real = TextFiles.release
+    reserved: list[tuple[str, bool]] = []
+    real, real_reserve = TextFiles.release, TextFiles.reserve
 
     def release(self: TextFiles, request_id: str) -> None:
         released.append(request_id)
         real(self, request_id)
 
+    def reserve(self: TextFiles, request_id: str, reasoning: bool = False) -> None:
+        reserved.append((request_id, reasoning))
+        real_reserve(self, request_id, reasoning)
+
     monkeypatch.setattr(TextFiles, "release", release)
+    monkeypatch.setattr(TextFiles, "reserve", reserve)
     job = write_job(tmp_path / "t.yaml", fake, [
-        {"id": "ok", "prompt": "[[len=20]][[delay=0.01]] fine"},
+        {"id": "ok", "prompt": "[[think=10]][[len=20]][[delay=0.01]] fine"},
         {"id": "bad", "prompt": "[[faults=cut@3,400]] cut, then refused"}])
     summary = run_job(load_job(job), RunOptions(sleep=no_sleep))
     assert (summary.done, summary.failed) == (1, 1)
     assert released == ["bad"]
+    assert ("ok", True) in reserved  # asked for at its first reasoning text
     names = sorted(p.name for p in (tmp_path / "out" / "t" / "texts").iterdir())
-    assert names == ["ok.md"]
+    assert names == ["ok.md", "ok.reasoning.md"]
 
 
 def test_a_refused_batch_reaches_the_journal_and_launches_are_not_held(
