@@ -49,8 +49,10 @@ class TextFiles:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-texts")
         self._lock = threading.Lock()
         self._queued: list[tuple[Ended, int]] = []  # shared with the writer thread
-        # an answer's files by (request id, whether it is the reasoning's)
-        self._to_reserve: list[File] = []  # shared: files to create
+        # Shared: files to create, an ordered set. A file answered or released
+        # before the writer took it leaves it, so it never holds more than
+        # what streams (a run whose every request fails makes no file at all).
+        self._to_reserve: dict[File, None] = {}
         self._to_release: list[File] = []  # shared: files to remove
         self._reserved: set[File] = set()  # the loop's: asked for, not yet answered
         self._made: set[File] = set()  # the writer thread's: created, not yet filled
@@ -68,7 +70,7 @@ class TextFiles:
             return
         self._reserved.add(file)
         with self._lock:
-            self._to_reserve.append(file)
+            self._to_reserve[file] = None
         # No thread is started for this alone (a hand-over costs ~20 µs of CPU a
         # request): the writer makes the files it finds asked for whenever it
         # runs, which it does while answers finish.
@@ -79,17 +81,21 @@ class TextFiles:
             if file in self._reserved:
                 self._reserved.discard(file)
                 with self._lock:
-                    self._to_release.append(file)
+                    if file in self._to_reserve:  # not made yet: now it never is
+                        del self._to_reserve[file]
+                    else:
+                        self._to_release.append(file)
 
     def submit(self, finished: list[Ended]) -> None:
         """Files for ``finished`` answers (already committed), soon."""
-        for done in finished:
-            self._reserved.discard((done.request_id or "", False))
-            self._reserved.discard((done.request_id or "", True))
+        files = [(d.request_id or "", reasoning) for d in finished for reasoning in (False, True)]
+        self._reserved.difference_update(files)
         sized = [(d, len(d.content) + len(d.reasoning) + ENDED_OVERHEAD) for d in finished]
         self._pending_bytes += sum(size for _, size in sized)
         with self._lock:
             self._queued += sized
+            for file in files:  # the batch creates these itself
+                self._to_reserve.pop(file, None)
         if self._drain is None:
             self._start()
 
@@ -102,7 +108,7 @@ class TextFiles:
         """On the writer thread: the files asked for, and batches until none is left."""
         while True:
             with self._lock:
-                reserve, self._to_reserve = self._to_reserve, []
+                reserve, self._to_reserve = list(self._to_reserve), {}
                 more = bool(self._queued)
             self._prepare(reserve, set())
             if not more:
@@ -112,7 +118,7 @@ class TextFiles:
                 self._hurry.wait(wait)
             with self._lock:
                 batch, self._queued = self._queued, []
-                reserve, self._to_reserve = self._to_reserve, []
+                reserve, self._to_reserve = list(self._to_reserve), {}
             if not batch:  # pragma: no cover - only this thread takes the batch
                 return
             answered = {(done.request_id or "", reasoning) for done, _ in batch

@@ -120,6 +120,8 @@ def test_an_answers_file_is_created_while_it_streams_and_filled_when_it_ends(
         writer.reserve("r1")  # a second attempt: the same file
         writer.reserve("r1", reasoning=True)  # it thinks
         writer.reserve("r3", reasoning=True)
+        writer.reserve("r4")
+        writer.release("r4")  # failed before the writer ran: its file is never made
         await asyncio.sleep(0.05)
         assert not temp("r1").exists()  # made when the writer runs: for an answer
         writer.submit([_ended(0)])
@@ -137,6 +139,7 @@ def test_an_answers_file_is_created_while_it_streams_and_filled_when_it_ends(
                 break
             await asyncio.sleep(0.01)
         assert not temp("r2").exists()  # removed with the batch that answered r1
+        assert not temp("r4").exists()
         assert temp("r3").exists() and temp("r3", "reasoning.md").exists()  # r3 streams on
         await writer.close()
         return made
