@@ -136,11 +136,8 @@ class TextFiles:
 
     def _prepare(self, reserve: list[File], answered: set[File]) -> None:
         """On the writer thread: create the files of answers that stream (not
-        those ``answered`` in the batch at hand), remove those released."""
-        with self._lock:
-            release, self._to_release = self._to_release, []
-        for file in release:
-            self._remove(file)
+        those ``answered`` in the batch at hand), then remove those released
+        (in this order: one released while it was being made goes too)."""
         for file in reserve:
             if file in answered or file in self._made:
                 continue
@@ -149,6 +146,10 @@ class TextFiles:
             except OSError:  # a head start only: the batch creates it, or reports the disk
                 continue
             self._made.add(file)
+        with self._lock:
+            release, self._to_release = self._to_release, []
+        for file in release:
+            self._remove(file)
 
     def _remove(self, file: File) -> None:
         if file in self._made:
