@@ -29,7 +29,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from batchgen.outputs.files import reserve_temp, temp_of, text_files, text_path, write_many_atomic
+from batchgen.outputs.files import (
+    REASONING,
+    reserve_temp,
+    temp_of,
+    text_files,
+    text_name,
+    write_many_atomic,
+)
 from batchgen.store.attempts import Ended
 
 SYNC_EVERY = 0.1  # seconds between two syncs of texts/
@@ -45,6 +52,7 @@ class TextFiles:
 
     def __init__(self, run_dir: Path, on_error: Callable[[BaseException], None]) -> None:
         self.run_dir = run_dir
+        self._texts = os.path.join(run_dir, "texts")  # a string: paths built per answer
         self.on_error = on_error
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-texts")
         self._lock = threading.Lock()
@@ -124,7 +132,7 @@ class TextFiles:
             answered = {(done.request_id or "", reasoning) for done, _ in batch
                         for reasoning in ((False, True) if done.reasoning else (False,))}
             self._prepare(reserve, answered)
-            files: list[tuple[Path, bytes]] = []
+            files: list[tuple[str, bytes]] = []
             for done, _ in batch:
                 assert done.request_id is not None  # noqa: S101 - an invariant, for the type checker
                 files += text_files(self.run_dir, done.request_id, done.content, done.reasoning,
@@ -142,7 +150,7 @@ class TextFiles:
             if file in answered or file in self._made:
                 continue
             try:
-                reserve_temp(text_path(self.run_dir, *file))
+                reserve_temp(self._path(file))
             except OSError:  # a head start only: the batch creates it, or reports the disk
                 continue
             self._made.add(file)
@@ -155,7 +163,11 @@ class TextFiles:
         if file in self._made:
             self._made.discard(file)
             with contextlib.suppress(OSError):
-                os.unlink(temp_of(text_path(self.run_dir, *file)))
+                os.unlink(temp_of(self._path(file)))
+
+    def _path(self, file: File) -> str:
+        request_id, reasoning = file
+        return os.path.join(self._texts, text_name(request_id, REASONING if reasoning else ".md"))
 
     def _written(self, size: int) -> None:
         self._pending_bytes -= size

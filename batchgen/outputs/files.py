@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ def _umask() -> int:
 
 
 _MODE = 0o666 & ~_umask()
+StrPath = str | os.PathLike[str]
 
 
 def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> None:
@@ -73,16 +74,19 @@ def _syncfs_function() -> Any:
         return None
 
 
-def temp_of(path: Path) -> str:
+def temp_of(path: StrPath) -> str:
     """The temporary file :func:`write_many_atomic` writes ``path`` through.
 
     The run dir is locked to this process and this is its one writer, so a
-    name of its own is unique without mkstemp's random tries.
+    name of its own is unique without mkstemp's random tries. Plain string
+    operations: a ``Path`` built for each answer's files cost ~20 µs of the
+    writer thread's ~60 µs an answer (bench P7).
     """
-    return str(path.parent / f".{path.name}.{os.getpid()}.tmp")
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
 
 
-def reserve_temp(path: Path) -> None:
+def reserve_temp(path: StrPath) -> None:
     """Create ``path``'s temporary file now, empty, for :func:`write_many_atomic`
     to fill later: it opens the file again without creating it.
 
@@ -96,7 +100,7 @@ def reserve_temp(path: Path) -> None:
     os.close(fd)
 
 
-def write_many_atomic(items: list[tuple[Path, bytes]]) -> None:
+def write_many_atomic(items: Sequence[tuple[StrPath, bytes]]) -> None:
     """Like :func:`write_atomic` for many files of one folder, with one sync.
 
     Every file is written to a temporary file, all are made durable (one
@@ -105,8 +109,8 @@ def write_many_atomic(items: list[tuple[Path, bytes]]) -> None:
     if not items:
         return
     items = list(dict(items).items())  # a path given twice: its last content
-    folder = items[0][0].parent
-    temps: list[tuple[str, Path]] = []
+    folder = os.path.dirname(os.fspath(items[0][0]))
+    temps: list[tuple[str, StrPath]] = []
     try:
         for path, data in items:
             tmp = temp_of(path)  # an empty one reserve_temp made is used as it is
@@ -146,28 +150,41 @@ def clean_temp(run_dir: Path) -> None:
                     tmp.unlink()
 
 
-def text_path(run_dir: Path, request_id: str, reasoning: bool = False) -> Path:
-    """texts/<id>.md — ids are checked again here: they name files."""
+REASONING = ".reasoning.md"  # texts/<id>.reasoning.md
+
+
+def text_name(request_id: str, kind: str = ".md") -> str:
+    """The name in texts/ of an answer (``.md``), its reasoning
+    (``.reasoning.md``) or its JSON value (``.json``) — ids are checked again
+    here: they name files."""
     if not ID_RE.match(request_id):  # pragma: no cover - the job loader refuses these
         raise ValueError(f"unsafe request id {request_id!r}")
-    return run_dir / "texts" / (f"{request_id}.reasoning.md" if reasoning else f"{request_id}.md")
+    return request_id + kind
 
 
-def text_files(run_dir: Path, request_id: str, content: str, reasoning: str,
-               value_json: str | None = None) -> list[tuple[Path, bytes]]:
+def text_path(run_dir: Path, request_id: str, reasoning: bool = False) -> Path:
+    """texts/<id>.md, or texts/<id>.reasoning.md."""
+    return run_dir / "texts" / text_name(request_id, REASONING if reasoning else ".md")
+
+
+def text_files(run_dir: StrPath, request_id: str, content: str, reasoning: str,
+               value_json: str | None = None) -> list[tuple[str, bytes]]:
     """texts/<id>.md, and texts/<id>.reasoning.md and texts/<id>.json where
     there is reasoning, or a JSON value (an answer to a schema)."""
-    files = [(text_path(run_dir, request_id), content.encode("utf-8"))]
+    texts = os.path.join(run_dir, "texts")
+    files = [(os.path.join(texts, text_name(request_id)), content.encode("utf-8"))]
     if reasoning:
-        files.append((text_path(run_dir, request_id, reasoning=True), reasoning.encode("utf-8")))
+        files.append((os.path.join(texts, text_name(request_id, REASONING)),
+                      reasoning.encode("utf-8")))
     if value_json is not None:
-        files.append((json_path(run_dir, request_id), value_json.encode("utf-8")))
+        files.append((os.path.join(texts, text_name(request_id, ".json")),
+                      value_json.encode("utf-8")))
     return files
 
 
 def json_path(run_dir: Path, request_id: str) -> Path:
     """texts/<id>.json: the parsed value of an answer to a schema."""
-    return text_path(run_dir, request_id).with_suffix(".json")
+    return run_dir / "texts" / text_name(request_id, ".json")
 
 
 def pretty_json(value: Any) -> str:

@@ -124,7 +124,7 @@ def _write(job_dir: Path, shards: dict[tuple[int, int], Path],
         StoreCosts(store, PriceBook(overrides_from_json(store.meta("pricing"))))
 
     def results() -> Iterator[bytes]:
-        pending: list[tuple[Path, bytes]] = []
+        pending: list[tuple[str, bytes]] = []
         streams = [_done(store) for store in stores.values()]
         for _, _, line, content, reasoning, rid in heapq.merge(*streams):
             summary.done += 1
