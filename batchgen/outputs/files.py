@@ -109,7 +109,7 @@ def write_many_atomic(items: Sequence[tuple[StrPath, bytes]]) -> None:
     if not items:
         return
     items = list(dict(items).items())  # a path given twice: its last content
-    folder = os.path.dirname(os.fspath(items[0][0]))
+    folder = os.path.dirname(os.fspath(items[0][0])) or "."
     temps: list[tuple[str, StrPath]] = []
     try:
         for path, data in items:
@@ -157,7 +157,7 @@ def text_name(request_id: str, kind: str = ".md") -> str:
     """The name in texts/ of an answer (``.md``), its reasoning
     (``.reasoning.md``) or its JSON value (``.json``) — ids are checked again
     here: they name files."""
-    if not ID_RE.match(request_id):  # pragma: no cover - the job loader refuses these
+    if not ID_RE.match(request_id):  # the job loader refuses these first
         raise ValueError(f"unsafe request id {request_id!r}")
     return request_id + kind
 
