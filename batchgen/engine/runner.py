@@ -36,7 +36,13 @@ from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
 from batchgen.jobs import media, validated
 from batchgen.jobs.load import Job
 from batchgen.outputs import table
-from batchgen.outputs.files import clean_temp, export_all, prepare_reports, write_reports
+from batchgen.outputs.files import (
+    clean_temp,
+    export_all,
+    prepare_reports,
+    texts_stamp,
+    write_reports,
+)
 from batchgen.secrets import Redactor, api_key_from_env, quiet_transport_logs
 from batchgen.store.lock import RunLock
 from batchgen.store.runstore import RunStore
@@ -422,7 +428,7 @@ class Runner:
     def export(self, store: RunStore, summary: RunSummary) -> None:
         """results.jsonl, failed.jsonl, texts/ and the reports, derived from the
         store; rewritten only when it changed since they were last written in
-        full (or when one is missing)."""
+        full, or when one is missing (a texts/ file deleted since included)."""
         job = self.job
         state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{self.recovered}:" \
                 f"{overrides_to_json(job.pricing)}"
@@ -431,13 +437,14 @@ class Runner:
         if job.table is not None:
             outputs.append(Path(job.table.path))
             state += f":{job.table.to_json()}"
-        if store.meta("exported") != state or not all(path.exists() for path in outputs):
+        if (store.meta("exported") != f"{state}:{texts_stamp(job.run_dir)}"
+                or not all(path.exists() for path in outputs)):
             export_all(store, job.run_dir, self.book)
             if job.table is not None:
                 table.write_from(store, job.run_dir, book=self.book)
             store.end_run(self.run_id, _status(summary), self.opts.clock())
             write_reports(job.run_dir)
-            store.set_meta("exported", state)
+            store.set_meta("exported", f"{state}:{texts_stamp(job.run_dir)}")
             store.commit()
         else:
             store.end_run(self.run_id, _status(summary), self.opts.clock())

@@ -191,11 +191,6 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
 
 
-def write_texts(run_dir: Path, request_id: str, content: str, reasoning: str,
-                value_json: str | None = None) -> None:
-    write_many_atomic(text_files(run_dir, request_id, content, reasoning, value_json))
-
-
 def jsonl(obj: dict[str, Any]) -> bytes:
     """One JSON line, UTF-8. U+2028 / U+2029 are escaped: they are valid inside
     JSON strings, but readers that split lines the Unicode way (Python's
@@ -303,11 +298,16 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
                 line["audio"] = f"audio/{wav.name}"
                 line["audio_seconds"] = seconds_of(wav)
             counts["done"] += 1
-            path = text_path(run_dir, row["id"])
-            value = pretty_json(line["json"]) if "json" in line else None
-            if missing(path.name) or (value is not None and missing(f"{row['id']}.json")):
-                write_texts(run_dir, row["id"], line["content"],
-                            line.get("reasoning_content", ""), value)
+            reasoning = line.get("reasoning_content", "")
+            kinds = (".md", *((REASONING,) if reasoning else ()),
+                     *((".json",) if "json" in line else ()))
+            lost = {name for kind in kinds if missing(name := text_name(row["id"], kind))}
+            if lost:  # only the files that are gone: the others stay as they are
+                value = pretty_json(line["json"]) if "json" in line else None
+                write_many_atomic([
+                    (path, data) for path, data in text_files(
+                        run_dir, row["id"], line["content"], reasoning, value)
+                    if os.path.basename(path) in lost])
                 counts["texts_restored"] += 1
             yield jsonl(line)
 
@@ -319,6 +319,18 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
     write_atomic(run_dir / "results.jsonl", results())
     write_atomic(run_dir / "failed.jsonl", failed())
     return counts
+
+
+def texts_stamp(run_dir: Path) -> str:
+    """When an entry of texts/ was last added, removed or renamed: the folder's
+    inode and modification time. A run whose outputs are current skips the
+    export; this is how it knows a texts/ file was deleted since, with one stat
+    rather than a listing of a million answers."""
+    try:
+        st = os.stat(run_dir / "texts")
+    except OSError:
+        return "-"
+    return f"{st.st_ino}.{st.st_mtime_ns}"
 
 
 LISTED_AT_MOST = 65_536  # names of texts/ held at once (~7 MB); beyond, a stat each

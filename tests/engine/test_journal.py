@@ -8,6 +8,7 @@ import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,19 +237,23 @@ def test_the_export_restores_a_missing_text_file_and_only_that(
         tmp_path: Path, fake: FakeServer, monkeypatch: pytest.MonkeyPatch,
         listed_at_most: int) -> None:
     monkeypatch.setattr(files, "LISTED_AT_MOST", listed_at_most)
-    job = write_job(tmp_path / "job.yaml", fake,
-                    [{"id": f"p{i}", "prompt": f"[[len=4]] q {i}"} for i in range(3)])
+    prompts: list[dict[str, Any]] = [
+        {"id": f"p{i}", "prompt": f"[[len=4]] q {i}"} for i in range(3)]
+    prompts[1]["model"] = "qwq-plus"  # an answer with its reasoning
+    job = write_job(tmp_path / "job.yaml", fake, prompts)
     assert run_job(load_job(job), RunOptions(sleep=no_sleep)).done == 3
     texts = tmp_path / "out" / "t" / "texts"
-    kept = (texts / "p0.md").read_text(encoding="utf-8")
+    lost = ["p0.md", "p1.reasoning.md"]
+    kept = {name: (texts / name).read_bytes() for name in lost}
     before = {p.name: p.stat().st_mtime_ns for p in texts.iterdir()}
-    (texts / "p0.md").unlink()
+    for name in lost:
+        (texts / name).unlink()
     store = RunStore(tmp_path / "out" / "t" / "run.db")
     try:
         counts = files.export_all(store, tmp_path / "out" / "t")
     finally:
         store.close()
-    assert counts["texts_restored"] == 1
-    assert (texts / "p0.md").read_text(encoding="utf-8") == kept
-    assert {p.name: p.stat().st_mtime_ns for p in texts.iterdir() if p.name != "p0.md"} == {
-        name: t for name, t in before.items() if name != "p0.md"}
+    assert counts["texts_restored"] == 2
+    assert {name: (texts / name).read_bytes() for name in lost} == kept
+    assert {p.name: p.stat().st_mtime_ns for p in texts.iterdir() if p.name not in lost} == {
+        name: t for name, t in before.items() if name not in lost}

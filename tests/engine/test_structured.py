@@ -138,6 +138,25 @@ def test_dry_run_says_the_mode(tmp_path: Path, fake: FakeServer) -> None:
     assert "schema:        qwen-plus: prompt" in out
 
 
+def test_lost_answer_files_come_back_on_the_next_run(tmp_path: Path, fake: FakeServer) -> None:
+    """A finished job run again sends nothing and skips the export, unless a
+    texts/ file was deleted since: then it is written again from the store."""
+    path = job(tmp_path, fake, [{"id": "a", "prompt": "[[json=valid]] a"},
+                                {"id": "b", "prompt": "[[json=valid]] b"}])
+    assert run_cli("run", str(path), "-q").returncode == 0
+    texts = tmp_path / "out" / "t" / "texts"
+    kept = {p.name: p.read_bytes() for p in texts.iterdir()}
+    assert sorted(kept) == ["a.json", "a.md", "b.json", "b.md"]
+    untouched = (texts / "b.json").stat().st_mtime_ns
+    (texts / "a.json").unlink()
+    (texts / "b.md").unlink()
+    sent_before = len(fake.ledger.entries)
+    assert run_cli("run", str(path), "-q").returncode == 0
+    assert len(fake.ledger.entries) == sent_before  # nothing asked again
+    assert {p.name: p.read_bytes() for p in texts.iterdir()} == kept
+    assert (texts / "b.json").stat().st_mtime_ns == untouched
+
+
 def test_a_data_table_gains_json_and_flattened_columns(tmp_path: Path, fake: FakeServer) -> None:
     (tmp_path / "rows.csv").write_text("k,w\nk1,one\nk2,two\n", encoding="utf-8")
     path = job(tmp_path, fake, [], data={"path": "rows.csv", "id": "k"},

@@ -67,11 +67,15 @@ def test_rerun_skips_finished_requests_without_calls(tmp_path: Path, fake: FakeS
                          [{"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(5)])
     run_job(load_job(job_file), opts())
     calls = fake.ledger.requests
-    before = (tmp_path / "out" / "t" / "results.jsonl").read_bytes()
+    results = tmp_path / "out" / "t" / "results.jsonl"
+    before, written = results.read_bytes(), results.stat()
     summary = run_job(load_job(job_file), opts())
     assert fake.ledger.requests == calls
     assert (summary.skipped, summary.done, summary.exit_code) == (5, 0, 0)
-    assert (tmp_path / "out" / "t" / "results.jsonl").read_bytes() == before
+    assert results.read_bytes() == before
+    # outputs that are current are not written again (a rerun of a big job stays cheap)
+    assert (results.stat().st_ino, results.stat().st_mtime_ns) == (written.st_ino,
+                                                                   written.st_mtime_ns)
 
 
 def test_changed_prompt_runs_again_and_keeps_old_attempt(tmp_path: Path, fake: FakeServer) -> None:
