@@ -41,6 +41,7 @@ from batchgen.outputs.files import (
     export_all,
     prepare_reports,
     texts_stamp,
+    to_step_summary,
     write_reports,
 )
 from batchgen.secrets import Redactor, api_key_from_env, quiet_transport_logs
@@ -433,7 +434,7 @@ class Runner:
         state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{self.recovered}:" \
                 f"{overrides_to_json(job.pricing)}"
         outputs = [job.run_dir / name for name in
-                   ("results.jsonl", "failed.jsonl", "report.md", "report.json")]
+                   ("results.jsonl", "failed.jsonl", "report.md", "report.json", "report.html")]
         if job.table is not None:
             outputs.append(Path(job.table.path))
             state += f":{job.table.to_json()}"
@@ -448,6 +449,8 @@ class Runner:
             store.commit()
         else:
             store.end_run(self.run_id, _status(summary), self.opts.clock())
+            # a CI job that finds the run finished still shows what it cost
+            to_step_summary((job.run_dir / "report.md").read_text(encoding="utf-8"))
 
 
 def _with_counts(error: StorageError, store: RunStore) -> StorageError:

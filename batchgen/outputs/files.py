@@ -385,6 +385,12 @@ def write_reports_for(out_dir: Path, run_dirs: list[Path]) -> None:
     write_atomic(out_dir / "report.md", markdown.encode("utf-8"))
     write_atomic(out_dir / "report.json", render(report, "json").encode("utf-8"))
     write_atomic(out_dir / "report.html", render_html(report, run_dirs).encode("utf-8"))
+    to_step_summary(markdown)
+
+
+def to_step_summary(markdown: str) -> None:
+    """Append the markdown report to the GitHub Actions job's summary, where
+    ``GITHUB_STEP_SUMMARY`` names its file."""
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as fh:

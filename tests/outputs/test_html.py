@@ -123,6 +123,22 @@ def test_the_markdown_report_goes_to_the_github_step_summary(tmp_path: Path,
     assert proc.returncode == 0, proc.stderr
     markdown = (tmp_path / "out" / "t" / "report.md").read_text()
     assert summary.read_text() == "earlier step\n" + markdown + "\n"
+    # a later CI job finds the run finished: nothing is sent, its summary still shows the cost
+    summary.write_text("")
+    again = run_cli("run", str(job), "-q", env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert again.returncode == 0, again.stderr
+    assert summary.read_text() == (tmp_path / "out" / "t" / "report.md").read_text() + "\n"
+    assert fake.ledger.requests == 1
+
+
+def test_a_deleted_report_html_is_written_again(tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": "x"}])
+    assert run_cli("run", str(job), "-q").returncode == 0
+    page = tmp_path / "out" / "t" / "report.html"
+    page.unlink()
+    assert run_cli("run", str(job), "-q").returncode == 0
+    assert "<table" in page.read_text(encoding="utf-8")
+    assert fake.ledger.requests == 1
 
 
 def test_help_does_not_import_the_report_libraries() -> None:
