@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -16,6 +18,7 @@ import pytest
 
 from batchgen import load_job, run_job
 from batchgen.engine.runner import RunOptions
+from batchgen.outputs import html
 from batchgen.testing.fakeserver import FakeServer
 from tests.helpers import CANARY, ROOT, no_sleep, run_cli, write_job
 
@@ -139,6 +142,25 @@ def test_a_deleted_report_html_is_written_again(tmp_path: Path, fake: FakeServer
     assert run_cli("run", str(job), "-q").returncode == 0
     assert "<table" in page.read_text(encoding="utf-8")
     assert fake.ledger.requests == 1
+
+
+def test_the_distributions_hold_a_bounded_uniform_sample() -> None:
+    """Up to SAMPLE latencies are all kept; beyond, a uniform sample of SAMPLE."""
+    rng = random.Random(0)
+    few: list[float] = []
+    for n in range(1, html.SAMPLE + 1):
+        html._keep(few, float(n), rng, n)
+    assert few == [float(n) for n in range(1, html.SAMPLE + 1)]
+    many: list[float] = []
+    total = 50 * html.SAMPLE
+    for n in range(1, total + 1):
+        html._keep(many, float(n), rng, n)
+    assert len(many) == html.SAMPLE
+    # uniform over 1..total: each tenth of the range holds about a tenth of the sample
+    tenths = [sum(1 for v in many if k * total / 10 < v <= (k + 1) * total / 10)
+              for k in range(10)]
+    assert all(abs(t - html.SAMPLE / 10) < html.SAMPLE / 25 for t in tenths), tenths
+    assert abs(statistics.median(many) - total / 2) < total / 25
 
 
 def test_help_does_not_import_the_report_libraries() -> None:
