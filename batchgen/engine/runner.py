@@ -450,7 +450,7 @@ class Runner:
         else:
             store.end_run(self.run_id, _status(summary), self.opts.clock())
             # a CI job that finds the run finished still shows what it cost
-            to_step_summary((job.run_dir / "report.md").read_text(encoding="utf-8"))
+            to_step_summary(job.run_dir / "report.md")
 
 
 def _with_counts(error: StorageError, store: RunStore) -> StorageError:

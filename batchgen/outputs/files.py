@@ -388,10 +388,12 @@ def write_reports_for(out_dir: Path, run_dirs: list[Path]) -> None:
     to_step_summary(markdown)
 
 
-def to_step_summary(markdown: str) -> None:
-    """Append the markdown report to the GitHub Actions job's summary, where
-    ``GITHUB_STEP_SUMMARY`` names its file."""
+def to_step_summary(markdown: str | Path) -> None:
+    """Append the markdown report (its text, or its file) to the GitHub Actions
+    job's summary, where ``GITHUB_STEP_SUMMARY`` names its file."""
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
+        if isinstance(markdown, Path):
+            markdown = markdown.read_text(encoding="utf-8")
         with open(summary, "a", encoding="utf-8") as fh:
             fh.write(markdown + "\n")
