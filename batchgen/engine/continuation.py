@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from batchgen.store.records import Resume
+from batchgen.store.records import ESTIMATED, Resume
 
 if TYPE_CHECKING:
     from batchgen.store.reads import StoreReads
@@ -184,16 +184,29 @@ def resumable(store: StoreReads, request_id: str, fingerprint: str,
     if last is None or last[3] not in ("aborted", "error") or last[4] not in CONTINUABLE:
         return None
     pieces: list[str] = []
-    tokens = 0
+    unsure: list[str] = []  # the text of attempts whose tokens were estimated
+    tokens = reported = 0
     node: tuple[Any, ...] | None = last
     while node is not None:
         content, reasoning = store.attempt_text(node[0])
         if reasoning:
             return None  # a thinking answer starts over
         pieces.append(content)
-        tokens += node[5] if node[5] is not None else count_tokens(content)
+        if node[5] is not None and _reported(node[6], node[7]):
+            reported += node[5]
+            tokens += node[5]
+        else:
+            unsure.append(content)
+            tokens += node[5] if node[5] is not None else count_tokens(content)
         node = by_id.get(node[1]) if node[1] else None
     text = "".join(reversed(pieces))
     if not text:
         return None
-    return Resume(parent=last[0], text=text, tokens=tokens, depth=last[2] or 0)
+    return Resume(parent=last[0], text=text, tokens=tokens, depth=last[2] or 0,
+                  reported=reported, estimated_text="".join(reversed(unsure)))
+
+
+def _reported(method: str | None, estimated: int | None) -> bool:
+    """Whether an attempt's completion tokens are the endpoint's own figure (a
+    store from before schema 2 has no method: its ``estimated`` flag says)."""
+    return method not in ESTIMATED if method is not None else not estimated

@@ -280,21 +280,26 @@ class Engine(AttemptEndings):
             await self.d.sleep(seconds)
 
     async def _resume(self, p: Pending, number: int) -> Resume | None:
-        """The answer so far, when this attempt can go on from it; its tokens
-        counted by the model's tokenizer where there is one (the rest of
-        ``max_tokens`` is what the continuation may still produce)."""
+        """The answer so far, when this attempt can go on from it, and the
+        tokens it took (the rest of ``max_tokens``, or of ``run.max_total_tokens``,
+        is what the continuation may still produce): the endpoint's figures
+        where it reported them — a tokenizer's count of the whole text would
+        replace them with one that differs at the seams — and the model's
+        tokenizer, where there is one, for the attempts whose usage was estimated."""
         if self.form == "none" or number == 1 or refusal(p.body):
             return None
         estimator = self.d.estimator
         resume = resumable(self.d.store, p.id, p.fingerprint,
                            lambda text: estimator.text(p.model, text)[0])
+        if resume is None or not resume.estimated_text:
+            return resume
         counter = estimator.counter_for(p.model)
-        if resume is not None and counter is None and tokenizers.QWEN_MODELS.match(p.model):
+        if counter is None and tokenizers.QWEN_MODELS.match(p.model):
             counter = await asyncio.to_thread(tokenizers.qwen_counter)  # loaded once, off-loop
-        if resume is not None and counter is not None:
+        if counter is not None:
             with contextlib.suppress(Exception):  # the stored estimate stands
-                resume = replace(resume, tokens=await asyncio.to_thread(counter.count,
-                                                                        resume.text))
+                resume = replace(resume, tokens=resume.reported + await asyncio.to_thread(
+                    counter.count, resume.estimated_text))
         return resume
 
     async def _attempt(self, p: Pending, number: int, reserve: int, probe: bool = False

@@ -218,10 +218,12 @@ class StoreReads(Reader):
 
     def attempt_chain(self, request_id: str, fingerprint: str) -> list[tuple[Any, ...]]:
         """Every attempt of this version of a request, oldest first, as (id,
-        continues, continuations, status, error_class, completion_tokens)."""
+        continues, continuations, status, error_class, completion_tokens,
+        completion_method, estimated)."""
         return self.db.execute(
             "SELECT a.id, a.continues, a.continuations, a.status, a.error_class, "
-            "u.completion_tokens FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
+            "u.completion_tokens, u.completion_method, u.estimated "
+            "FROM attempts a LEFT JOIN usage u ON u.attempt_id = a.id "
             "WHERE a.request_id = ? AND a.fingerprint = ? ORDER BY a.id",
             (request_id, fingerprint),
         ).fetchall()

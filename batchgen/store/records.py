@@ -48,3 +48,7 @@ class Resume:
     text: str  # the whole answer so far (every attempt of the chain)
     tokens: int  # completion tokens those attempts generated (reported or estimated)
     depth: int  # continuations so far in the chain
+    # the part of ``tokens`` the endpoint reported, and the text of the attempts
+    # whose tokens were estimated (a tokenizer may count that text better)
+    reported: int = 0
+    estimated_text: str = ""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from batchgen import load_job, run_job
-from batchgen.engine.continuation import EchoFilter, continue_body, refusal
+from batchgen.engine.continuation import EchoFilter, continue_body, refusal, resumable
 from batchgen.engine.runner import RunOptions
 from batchgen.jobs.endpoints import detect
 from batchgen.testing.fakeserver import Config, FakeServer, plan_for
@@ -112,6 +112,40 @@ def test_resume_fresh_starts_over(tmp_path: Path, fake: FakeServer) -> None:
                     resume="fresh")
     assert result["content"] == whole(prompt) and "continuations" not in result
     assert [e["completion_tokens"] for e in fake.ledger.entries] == [10, 30]
+
+
+class Chain:
+    """The two reads :func:`resumable` makes of a run store, over fixed rows:
+    (id, continues, continuations, status, error_class, completion_tokens,
+    completion_method, estimated)."""
+
+    def __init__(self, rows: list[tuple[Any, ...]], texts: dict[int, str]) -> None:
+        self.rows, self.texts = rows, texts
+
+    def attempt_chain(self, request_id: str, fingerprint: str) -> list[tuple[Any, ...]]:
+        return self.rows
+
+    def attempt_text(self, attempt_id: int) -> tuple[str, str]:
+        return self.texts[attempt_id], ""
+
+
+def test_the_tokens_so_far_keep_the_endpoints_figures_apart() -> None:
+    """Two segments the endpoint reported, then an attempt killed mid-stream
+    whose usage was estimated: only that one's text is left to a tokenizer."""
+    chain = Chain([(1, None, 0, "aborted", "length", 30, "exact", 0),
+                   (2, 1, 0, "aborted", "length", 30, "derived", 0),
+                   (3, 2, 1, "aborted", "interrupted", 7, "static", 1)],
+                  {1: "one ", 2: "two ", 3: "three"})
+    resume = resumable(chain, "doc", "f", len)  # type: ignore[arg-type]
+    assert resume is not None
+    assert (resume.text, resume.tokens, resume.reported, resume.estimated_text) == (
+        "one two three", 67, 60, "three")
+    # a store from before schema 2: no method, its `estimated` flag says; no usage: counted
+    old = Chain([(1, None, 0, "aborted", "length", 30, None, 0),
+                 (2, 1, 1, "aborted", "interrupted", None, None, None)], {1: "ab", 2: "cde"})
+    resume = resumable(old, "doc", "f", len)  # type: ignore[arg-type]
+    assert resume is not None
+    assert (resume.tokens, resume.reported, resume.estimated_text) == (33, 30, "cde")
 
 
 def test_detected_forms() -> None:

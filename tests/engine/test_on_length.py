@@ -58,6 +58,25 @@ def test_the_limits_end_it_at_length(tmp_path: Path, fake: FakeServer) -> None:
     assert result["finish_reason"] == "length"
 
 
+def test_max_total_tokens_counts_what_the_endpoint_reported(tmp_path: Path,
+                                                           fake: FakeServer) -> None:
+    """Eight segments of 50 make 400 by the endpoint's usage; a tokenizer's
+    count of the text so far (the Qwen vocabulary's, where installed, counts
+    the fake's words differently) must not stand in for it, or a ninth segment
+    goes past the limit."""
+    path = write_job(tmp_path / "job.yaml", fake, [{"id": "doc", "prompt": "[[len=1000]] a"}],
+                     defaults={"model": "qwen-plus", "max_tokens": 50},
+                     run={"on_length": "continue", "max_total_tokens": 400})
+    path.write_text(path.read_text().replace(
+        '"api_key_env"', '"continuation": "partial", "api_key_env"'))
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert [e["completion_tokens"] for e in fake.ledger.entries] == [50] * 8
+    (result,) = read_results(tmp_path / "out" / "t")
+    assert result["usage"]["completion_tokens"] == 400
+    assert result["finish_reason"] == "length" and result["length_continuations"] == 7
+
+
 def test_stop_is_the_default_and_none_is_refused_at_validation(tmp_path: Path,
                                                               fake: FakeServer) -> None:
     path = job(tmp_path, fake, continuation="none")
