@@ -19,6 +19,7 @@ The transport retries nothing itself (nor does the Batch API's SDK client:
 from __future__ import annotations
 
 import email.utils
+import html
 import json
 import math
 import random
@@ -75,7 +76,7 @@ def parse_error_body(body: object) -> tuple[str | None, str | None, str | None]:
         try:
             body = json.loads(text)
         except ValueError:
-            return None, text[:500] or None, None
+            return None, one_line(text)[:500] or None, None
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
         body = body["error"]
     if not isinstance(body, Mapping):
@@ -88,6 +89,18 @@ def parse_error_body(body: object) -> tuple[str | None, str | None, str | None]:
         str(message) if message not in (None, "") else None,
         str(kind) if kind not in (None, "") else None,
     )
+
+
+_MARKUP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>", re.S | re.I)
+
+
+def one_line(text: str) -> str:
+    """A body that is not JSON as one line of what it says: an HTML page (a
+    proxy's, a web server's at a wrong base URL) by its visible text, marked
+    as a page; white space runs as one space."""
+    if text.lstrip()[:1] == "<":
+        text = "an HTML page: " + html.unescape(_MARKUP.sub(" ", text))
+    return " ".join(text.split())
 
 
 def retry_after_seconds(

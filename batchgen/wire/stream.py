@@ -22,7 +22,7 @@ from typing import Any
 
 from batchgen.errors import TransientError
 from batchgen.wire.chunks import StreamResult, read_event, read_whole
-from batchgen.wire.retry import Redact
+from batchgen.wire.retry import Redact, one_line
 from batchgen.wire.sse import EventTooLarge, SSEDecoder
 from batchgen.wire.transport import Read, Response, Transport
 from batchgen.wire.watchdog import Watch
@@ -238,7 +238,7 @@ def _not_a_stream(http: Response, body: bytes, on_text: OnText, result: StreamRe
     if kind == "text/event-stream":
         return  # an event stream that ended before its first event: cut short
     kind = kind or "no content-type"
-    shown = redact(body[:80].decode("utf-8", "replace"))
+    shown = redact(one_line(body[:4096].decode("utf-8", "replace"))[:160])
     raise TransientError(f"the server's answer is not an event stream ({kind}): {shown!r}",
                          error_class="incomplete_stream", provider_request_id=result.request_id)
 

@@ -134,6 +134,30 @@ def test_an_error_answer_is_batchgen_s_error_with_its_data_and_no_key(no_proxies
     assert CANARY not in str(err) and "slow down ***" in str(err)
 
 
+def test_an_html_error_page_is_one_line_of_its_text(no_proxies: None) -> None:
+    """A web server at a wrong base URL answers a page, not an API error: the
+    error says so on one line, its visible text without the markup."""
+    page = (b"<!DOCTYPE html>\n<html>\n<head><title>404 Not Found</title>\n"
+            b"<style>h1 { color: red }</style></head>\n<body>\n<h1>Not Found</h1>\n"
+            b"<p>The requested URL was not found &amp; " + CANARY.encode()
+            + b" is not here.</p>\n</body>\n</html>\n")
+
+    def web_server(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
+        return answer("404 Not Found", {"Content-Type": "text/html"}, page)
+
+    async def main() -> None:
+        server, port, _ = await serve(web_server)
+        async with server:
+            await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
+
+    with pytest.raises(RequestFatalError) as info:
+        asyncio.run(main())
+    err = info.value
+    assert (err.error_class, err.http_status) == ("http_404", 404)
+    assert err.message == ("an HTML page: 404 Not Found Not Found The requested URL was not "
+                           "found & *** is not here.")
+
+
 @pytest.mark.parametrize("status", ["301 Moved Permanently", "307 Temporary Redirect"])
 def test_a_redirect_is_not_followed_and_names_its_target(no_proxies: None, status: str) -> None:
     async def main() -> list[tuple[str, dict[str, str], bytes]]:
