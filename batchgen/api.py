@@ -235,12 +235,16 @@ def _rows_file(given: Any) -> Iterator[Path | None]:
         and hasattr(given, "columns") else given
     with tempfile.TemporaryDirectory(prefix="batchgen-rows-") as tmp:
         path = Path(tmp) / "rows.jsonl"
+        n = 0
         with path.open("w", encoding="utf-8") as fh:
             for n, row in enumerate(records, start=1):
                 if not isinstance(row, Mapping):
                     raise TypeError(f"rows: row {n} is a {type(row).__name__}, not a dict")
                 fh.write(json.dumps({str(k): _plain(v) for k, v in row.items()},
                                     ensure_ascii=False) + "\n")
+        if n == 0:
+            raise JobFileError([Problem("rows", None, None,
+                                        "no rows: give at least one, or leave rows= out")])
         yield path
 
 

@@ -100,7 +100,8 @@ def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any],
                     continue  # a blank line
                 if len(values) != len(header):
                     report(Problem(name, line, None,
-                                   f"row has {len(values)} values, the header has "
+                                   f"row has {len(values)} value{'s' * (len(values) != 1)}, "
+                                   f"the header has "
                                    f"{len(header)} columns; quote values that hold "
                                    f"{'tabs' if data.format == 'tsv' else 'commas'}"))
                     continue

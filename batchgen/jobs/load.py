@@ -223,7 +223,9 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
         if job.table is not None and len(problems) < MAX_PROBLEMS:
             problems += _table_problems(file, job.table, seen, line_map, spec)
         if not problems and total == 0:
-            problems.append(Problem(str(file), None, None, "the job has no prompts"))
+            data = ", ".join(str(s.file) for s in sources if s.rows is not None)
+            problems.append(Problem(str(file), None, None, "the job has no prompts" + (
+                f", and {data} has no rows" if data else "")))
         if problems:
             raise JobFileError(problems)
     except BaseException:

@@ -72,8 +72,12 @@ def file_stat(file: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def read_checked(file: Path, cap: int | None) -> str:
-    """The whole text for YAML (``cap`` set); for JSONL only checks it is readable."""
+EMPTY_JOB = "empty file: write prompts (see README)"
+
+
+def read_checked(file: Path, cap: int | None, empty: str = EMPTY_JOB) -> str:
+    """The whole text for YAML (``cap`` set); for JSONL only checks it is
+    readable. ``empty``: what to say when it holds nothing."""
     name = str(file)
     try:
         st = file.stat()
@@ -100,7 +104,7 @@ def read_checked(file: Path, cap: int | None) -> str:
                      f"file is {size:,} bytes, over the {limit:,}-byte cap; {hint}")]
         )
     if not head.strip():
-        raise JobFileError([Problem(name, None, None, "empty file: write prompts (see README)")])
+        raise JobFileError([Problem(name, None, None, empty)])
     if b"\x00" in head[:8192]:
         raise JobFileError([Problem(name, None, None, "binary file, not a YAML/JSONL job file")])
     if cap is None:
@@ -126,7 +130,7 @@ def parse_yaml(file: Path, text: str, rows_given: bool = False) -> tuple[JobSpec
         data["data"] = {**(given if isinstance(given, dict) else {}), "path": ROWS_NAME}
         data["data"].pop("glob", None)
     if data is None:
-        raise JobFileError([Problem(name, None, None, "empty file: write prompts (see README)")])
+        raise JobFileError([Problem(name, None, None, EMPTY_JOB)])
     if not isinstance(data, dict):
         raise JobFileError(
             [Problem(name, line_map.line_of(()) or 1, None,
@@ -215,7 +219,8 @@ def data_source(file: Path, spec: JobSpec, line_map: LineMap,
             with data.path.open("rb"):
                 pass
         else:
-            read_checked(data.path, None)
+            read_checked(data.path, None, "empty file: no rows to run (a CSV or TSV file "
+                                          "is a header row, then one row a line)")
     except OSError as exc:
         raise JobFileError([Problem(name, where, "data", f"{given.path}: cannot read: "
                                     f"{exc.strerror or exc}")]) from None

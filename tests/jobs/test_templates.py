@@ -96,7 +96,7 @@ def test_csv_rows_with_a_bom_quoted_newlines_and_line_numbers(tmp_path: Path) ->
     got, problems = read(path)
     assert got == [({"a": "1", "b": "two\nlines"}, 2), ({"a": "3", "b": "x"}, 5),
                    ({"a": "5", "b": "y"}, 7)]
-    assert problems == [f"{path}:6: row has 1 values, the header has 2 columns; quote "
+    assert problems == [f"{path}:6: row has 1 value, the header has 2 columns; quote "
                         "values that hold commas"]
     got, _ = read(path, limit=1)
     assert len(got) == 1

@@ -187,6 +187,21 @@ def test_every_error_names_its_row_and_nothing_is_written(
     assert fake.ledger.entries == []
 
 
+@pytest.mark.parametrize(("text", "says"), [
+    ("doc_id,lang,text\n", "the job has no prompts, and {path} has no rows"),
+    ("", "data: docs.csv: empty file: no rows to run"),
+])
+def test_a_data_file_without_rows_says_so(tmp_path: Path, fake: FakeServer, text: str,
+                                          says: str) -> None:
+    path = tmp_path / "docs.csv"
+    path.write_text(text, encoding="utf-8")
+    job = data_job(tmp_path, fake.base_url, "docs.csv")
+    proc = run_cli("run", str(job))
+    assert proc.returncode == 2
+    assert says.format(path=path) in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_numeric_parameter_renders_to_a_number(tmp_path: Path, fake: FakeServer) -> None:
     write_rows(tmp_path / "docs.csv", [{"doc_id": "d1", "n": "7", "t": "0.5", "text": "x"}])
     job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"})
@@ -264,6 +279,11 @@ def test_errors_from_python_are_the_clis(tmp_path: Path, fake: FakeServer) -> No
     assert "'word' is undefined" in problem.message
     with pytest.raises(TypeError, match="unknown setting"):
         batchgen.run(python_job(tmp_path, fake), rows=[], bogus=1)
+    with pytest.raises(JobFileError) as caught:
+        batchgen.run(python_job(tmp_path, fake), rows=[], progress=False)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.message) == (
+        "rows", "no rows: give at least one, or leave rows= out")
     assert not (tmp_path / "out").exists()
 
 
