@@ -304,6 +304,9 @@ def _read(text: str, stream: str | None) -> Iterator[tuple[int, Any, LineMap]]:
         if mark is not None and "tab" not in what \
                 and _char_at(text, mark.line, mark.column) == "\t":
             what += " (a tab: YAML indents with spaces only)"
+        start = exc.context_mark
+        if start is not None and mark is not None and start.line != mark.line:
+            what += f" (what it was reading began on line {start.line + 1})"
         raise YamlProblem(f"YAML syntax error: {what}", line) from None
     except yaml.YAMLError as exc:
         raise YamlProblem(f"YAML error: {exc}", None) from None

@@ -97,6 +97,8 @@ CASES: list[tuple[str, str, str, int | None, str]] = [
     ("empty", "j.yaml", "", None, "empty file"),
     ("only-comments", "j.yaml", "# nothing\n", None, "empty file"),
     ("yaml-syntax", "j.yaml", GOOD_HEAD + "prompts: [a, b\n", 5, "YAML syntax error"),
+    ("unterminated-quote", "j.yaml", "name: 'oops\ndefaults: {model: m}\nprompts: []\n", 4,
+     "found unexpected end of stream (what it was reading began on line 1)"),
     ("yaml-tab", "j.yaml", GOOD_HEAD + "prompts:\n\t- prompt: x\n", 5,
      "(a tab: YAML indents with spaces only)"),
     ("yaml-tab-in-item", "j.yaml", GOOD_HEAD + "prompts:\n  - prompt: x\n\tid: y\n", 6,
