@@ -170,7 +170,7 @@ def _careful(data: bytes, result: StreamResult, redact: Redact) -> Any:
         if end != len(text) and text[end:].strip():
             raise ValueError("trailing data")
     except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        shown = redact(data[:80].decode("utf-8", "replace"))
+        shown = redact(data.decode("utf-8", "replace"))[:80]  # no half key left by the cut
         raise _malformed(result, f"is not valid JSON: {shown!r}") from None
     if obj is None:  # JSON null: not an object
         raise _malformed(result, "is not a JSON object")

@@ -140,6 +140,10 @@ def from_payload(
     redact: Redact = _no_redact,
 ) -> AttemptError:
     """Classify an HTTP error reply or a mid-stream error event."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        body = redact(body)  # before the text is cut short: half a key would get through
     code, message, kind = parse_error_body(body)
     low = {(code or "").lower(), (kind or "").lower()}
     text = redact(printable(message or (f"HTTP {status}" if status else

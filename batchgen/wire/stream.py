@@ -238,7 +238,8 @@ def _not_a_stream(http: Response, body: bytes, on_text: OnText, result: StreamRe
     if kind == "text/event-stream":
         return  # an event stream that ended before its first event: cut short
     kind = kind or "no content-type"
-    shown = redact(one_line(body[:4096].decode("utf-8", "replace"))[:160])
+    # the key out of the whole text first: a key cut in two by [:160] would get through
+    shown = one_line(redact(body.decode("utf-8", "replace")))[:160]
     raise TransientError(f"the server's answer is not an event stream ({kind}): {shown!r}",
                          error_class="incomplete_stream", provider_request_id=result.request_id)
 

@@ -11,9 +11,10 @@ import pytest
 from batchgen.errors import ModerationError, RequestFatalError, TransientError
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.tokens.usage import from_report
+from batchgen.wire.chunks import read_event
 from batchgen.wire.stream import StreamResult, _consume, wire_body
 from batchgen.wire.transport import Read, Response
-from tests.helpers import Body
+from tests.helpers import CANARY, Body
 
 
 def consume(raw: bytes, split: int | None = None) -> tuple[str, str, StreamResult]:
@@ -372,3 +373,13 @@ def test_gather_pauses_the_socket_only_where_aiohttp_holds_no_pause_of_its_own()
     asyncio.run(_gather(closed, 0.001))
     assert closed.calls == ["pause"]  # a closed socket is not woken again
     asyncio.run(_gather(None, 0.001))  # the connection went: a sleep, nothing else
+
+
+def test_a_malformed_chunk_is_shown_without_any_part_of_the_key() -> None:
+    """The message shows the chunk's first 80 characters; the key is taken out
+    before that cut, so one that straddles it leaves no prefix behind."""
+    data = b'{"choices": "' + b"x" * 60 + b" " + CANARY.encode() + b" broken"
+    with pytest.raises(TransientError) as info:
+        read_event(data, b"data: " + data, StreamResult(), lambda s: s.replace(CANARY, "***"))
+    assert info.value.error_class == "malformed_chunk"
+    assert CANARY[:4] not in str(info.value) and "***" in str(info.value)

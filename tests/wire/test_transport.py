@@ -158,6 +158,24 @@ def test_an_html_error_page_is_one_line_of_its_text(no_proxies: None) -> None:
                            "found & *** is not here.")
 
 
+def test_a_long_error_text_is_cut_after_the_key_is_taken_out(no_proxies: None) -> None:
+    """The message keeps 500 characters: the key is redacted before the cut, so
+    a key that straddles it leaves no prefix behind."""
+    page = b"x" * 490 + b" " + CANARY.encode() + b" and more"
+
+    def plain(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
+        return answer("502 Bad Gateway", {"Content-Type": "text/plain"}, page)
+
+    async def main() -> None:
+        server, port, _ = await serve(plain)
+        async with server:
+            await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
+
+    with pytest.raises(TransientError) as info:
+        asyncio.run(main())
+    assert CANARY[:6] not in str(info.value) and " ***" in str(info.value)
+
+
 @pytest.mark.parametrize("status", ["301 Moved Permanently", "307 Temporary Redirect"])
 def test_a_redirect_is_not_followed_and_names_its_target(no_proxies: None, status: str) -> None:
     async def main() -> list[tuple[str, dict[str, str], bytes]]:
