@@ -39,8 +39,8 @@ from batchgen.outputs import table
 from batchgen.outputs.files import (
     clean_temp,
     export_all,
+    files_stamp,
     prepare_reports,
-    texts_stamp,
     to_step_summary,
     write_reports,
 )
@@ -429,7 +429,7 @@ class Runner:
     def export(self, store: RunStore, summary: RunSummary) -> None:
         """results.jsonl, failed.jsonl, texts/ and the reports, derived from the
         store; rewritten only when it changed since they were last written in
-        full, or when one is missing (a texts/ file deleted since included)."""
+        full, or when one is missing (a file of texts/ or audio/ deleted since included)."""
         job = self.job
         state = f"{job.info.plan_digest}:{store.last_attempt_id()}:{self.recovered}:" \
                 f"{overrides_to_json(job.pricing)}"
@@ -438,14 +438,14 @@ class Runner:
         if job.table is not None:
             outputs.append(Path(job.table.path))
             state += f":{job.table.to_json()}"
-        if (store.meta("exported") != f"{state}:{texts_stamp(job.run_dir)}"
+        if (store.meta("exported") != f"{state}:{files_stamp(job.run_dir)}"
                 or not all(path.exists() for path in outputs)):
             export_all(store, job.run_dir, self.book)
             if job.table is not None:
                 table.write_from(store, job.run_dir, book=self.book)
             store.end_run(self.run_id, _status(summary), self.opts.clock())
             write_reports(job.run_dir)
-            store.set_meta("exported", f"{state}:{texts_stamp(job.run_dir)}")
+            store.set_meta("exported", f"{state}:{files_stamp(job.run_dir)}")
             store.commit()
         else:
             store.end_run(self.run_id, _status(summary), self.opts.clock())

@@ -321,16 +321,20 @@ def export_all(store: RunStore, run_dir: Path, book: PriceBook | None = None) ->
     return counts
 
 
-def texts_stamp(run_dir: Path) -> str:
-    """When an entry of texts/ was last added, removed or renamed: the folder's
-    inode and modification time. A run whose outputs are current skips the
-    export; this is how it knows a texts/ file was deleted since, with one stat
-    rather than a listing of a million answers."""
-    try:
-        st = os.stat(run_dir / "texts")
-    except OSError:
-        return "-"
-    return f"{st.st_ino}.{st.st_mtime_ns}"
+def files_stamp(run_dir: Path) -> str:
+    """When an entry of texts/ or audio/ was last added, removed or renamed:
+    each folder's inode and modification time. A run whose outputs are current
+    skips the export; this is how it knows an answer's file was deleted since,
+    with a stat a folder rather than a listing of a million answers."""
+    stamps = []
+    for folder in ("texts", "audio"):
+        try:
+            st = os.stat(run_dir / folder)
+        except OSError:
+            stamps.append("-")
+        else:
+            stamps.append(f"{st.st_ino}.{st.st_mtime_ns}")
+    return ":".join(stamps)
 
 
 LISTED_AT_MOST = 65_536  # names of texts/ held at once (~7 MB); beyond, a stat each

@@ -210,6 +210,14 @@ def test_speech_out_is_written_as_wav(tmp_path: Path, fake: FakeServer) -> None:
         assert result["audio_seconds"] == 0.4
         assert (run_dir / "texts" / f"{result['id']}.md").read_text() == result["content"]
     assert not list((run_dir / "audio").glob("*.part"))
+    # a deleted wav cannot come back (speech is kept nowhere else) and is not asked for
+    # again; the next run's results stop naming it
+    (run_dir / "audio" / "s0.wav").unlink()
+    sent = fake.ledger.requests
+    assert run_cli("run", str(path), "-q").returncode == 0
+    assert fake.ledger.requests == sent
+    lost, kept = read_results(run_dir)
+    assert "audio" not in lost and kept["audio"] == "audio/s1.wav"
 
 
 @pytest.mark.slow
