@@ -44,7 +44,7 @@ from batchgen.jobs.sources import (
     MAX_YAML_BYTES,
     Source,
     file_stat,
-    is_jsonl,
+    is_jsonl_job,
     parse_yaml,
     read_checked,
     yaml_sources,
@@ -147,8 +147,9 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
     so that running the job need not resolve it a second time.
     """
     file = Path(path)
-    raw = read_checked(file, MAX_YAML_BYTES if not is_jsonl(file) else None)
-    return _load(file, raw, overrides or Overrides(), for_run)
+    jsonl = is_jsonl_job(file)
+    raw = read_checked(file, MAX_YAML_BYTES if not jsonl else None)
+    return _load(file, raw, overrides or Overrides(), for_run, jsonl)
 
 
 DICT_JOB = "<job dict>"  # the name problems of a job given as a dict carry
@@ -167,11 +168,11 @@ def load_job_dict(data: dict[str, Any], overrides: Overrides | None = None, *,
         raise JobFileError([Problem(DICT_JOB, None, None,
                                     f"not a job: {exc} (values are text, numbers, "
                                     "booleans, lists and dicts)")]) from None
-    return _load(Path(DICT_JOB), text, ov, for_run)
+    return _load(Path(DICT_JOB), text, ov, for_run, jsonl=False)
 
 
-def _load(file: Path, raw: str, ov: Overrides, for_run: bool) -> Job:
-    if is_jsonl(file):
+def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Job:
+    if jsonl:
         spec = JobSpec(prompts_file=str(file))
         line_map = LineMap()
         sources: tuple[Source, ...] = (Source(file=file, stat=file_stat(file)),)

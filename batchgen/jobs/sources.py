@@ -7,6 +7,7 @@ where it stands in its file; :mod:`batchgen.jobs.load` turns them into requests.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -65,6 +66,28 @@ class Rows:
 
 def is_jsonl(file: Path) -> bool:
     return file.suffix.lower() in JSONL_SUFFIXES
+
+
+def is_jsonl_job(file: Path) -> bool:
+    """Whether a job file holds prompts, one JSON object a line. By its suffix,
+    except ``.json``: there, one JSON document with a job's own keys (``name``,
+    ``defaults``, ``prompts``, ...) and none of a prompt's is a job file like a
+    YAML one (JSON is YAML), written by a script with ``json.dump``."""
+    if file.suffix.lower() != ".json":
+        return is_jsonl(file)
+    try:
+        with file.open("rb") as fh:
+            head = fh.read(1 << 16).lstrip()
+    except OSError:
+        return True  # reading it again says what is wrong
+    if head[:1] != b"{":
+        return True
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:  # an object over several lines: one document, not a line each
+        return False
+    keys = first.keys() if isinstance(first, dict) else set()
+    return not (keys & JobSpec.keys().keys() and not keys & PromptSpec.keys().keys())
 
 
 def file_stat(file: Path) -> tuple[int, int]:

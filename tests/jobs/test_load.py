@@ -16,6 +16,33 @@ from tests.helpers import ROOT, run_cli
 GOOD_HEAD = "name: t\nendpoint: {base_url: 'https://example.com/v1'}\ndefaults: {model: m}\n"
 
 
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_file_holding_a_job_is_a_job_file(tmp_path: Path, indent: int | None) -> None:
+    """json.dump of a job (one line, or pretty-printed): read as the YAML it also
+    is, with its lines; a .json of prompt lines, or of Batch API lines, stays JSONL."""
+    prompts: list[dict[str, object]] = [{"id": "a", "prompt": "x"},
+                                        {"id": "b", "prompt": "y", "temprature": 1}]
+    job = {"name": "dumped", "defaults": {"model": "m"}, "prompts": prompts}
+    path = tmp_path / "job.json"
+    text = json.dumps(job, indent=indent)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(JobFileError) as caught:
+        load_job(path)
+    (problem,) = caught.value.problems
+    assert problem.key == "prompts[1].temprature" and "did you mean 'temperature'" in \
+        problem.message
+    assert problem.line == 1 + text[:text.index("temprature")].count("\n")
+    del prompts[1]["temprature"]
+    path.write_text(json.dumps(job, indent=indent), encoding="utf-8")
+    loaded = load_job(path)
+    assert (loaded.name, loaded.info.requests) == ("dumped", 2)
+    lines = tmp_path / "prompts.json"
+    lines.write_text('{"id": "a", "prompt": "x"}\n{"custom_id": "b", "method": "POST", '
+                     '"url": "/v1/chat/completions", "body": {"model": "m", "messages": '
+                     '[{"role": "user", "content": "y"}]}}\n', encoding="utf-8")
+    assert load_job(lines, Overrides(model="m")).info.requests == 2
+
+
 def test_every_example_job_validates() -> None:
     # beside the jobs: their data (.csv) and schemas (.schema.json)
     jobs = sorted(p for p in (ROOT / "jobs").iterdir()
