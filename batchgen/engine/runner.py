@@ -19,7 +19,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from batchgen.engine.deps import EngineDeps, Outcome
 from batchgen.engine.engine import Engine
 from batchgen.engine.interrupt import Interrupt
 from batchgen.engine.journal import storage_error
+from batchgen.engine.openfiles import fit_concurrency
 from batchgen.engine.progress import NullProgress, Progress
 from batchgen.engine.rundir import check_store_not_lost, file_in_the_way
 from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
@@ -178,6 +179,7 @@ class Runner:
         self.estimator = Estimator()
         self.recovered = 0
         self.interrupt = Interrupt()
+        self.notes: list[str] = []  # said at the end of the run, beside the engine's
 
     async def run(self) -> RunSummary:
         self.interrupt.main = asyncio.current_task()
@@ -205,6 +207,12 @@ class Runner:
 
             proxy_for(self.job.endpoint.base_url)
         check_store_not_lost(self.job.run_dir, self.opts.force)
+        if self.job.run.via != "batch":  # streams: each holds an open file
+            fits, note = fit_concurrency(self.job.run.concurrency)
+            if note is not None:
+                log.warning("%s", note)
+                self.notes.append(note)
+                self.job = replace(self.job, run=replace(self.job.run, concurrency=fits))
 
     async def _shared_gate(self) -> SharedGate | None:
         job = self.job
@@ -280,7 +288,7 @@ class Runner:
             outcome = await self.send(store)
         summary.done, summary.failed = outcome.done, outcome.failed
         summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
-        summary.storage, summary.notes = outcome.storage, outcome.notes
+        summary.storage, summary.notes = outcome.storage, [*self.notes, *outcome.notes]
         counts = store.counts()
         summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch" else 0)
         if summary.storage is None:  # else the disk refuses writes: outputs stay as they were
