@@ -92,6 +92,20 @@ async def through(base_url: str, body: dict[str, Any],
         await transport.close()
 
 
+def request_answered(status: str, headers: dict[str, str], body: bytes) -> None:
+    """One request to a server that answers ``status``, ``headers`` and
+    ``body``; whatever the transport raises for it propagates."""
+    def fixed(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
+        return answer(status, headers, body)
+
+    async def main() -> None:
+        server, port, _ = await serve(fixed)
+        async with server:
+            await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
+
+    asyncio.run(main())
+
+
 def test_a_request_carries_the_key_the_json_body_and_batchgen_s_user_agent(
         no_proxies: None) -> None:
     async def main() -> tuple[bytes, list[tuple[str, dict[str, str], bytes]]]:
@@ -113,20 +127,12 @@ def test_a_request_carries_the_key_the_json_body_and_batchgen_s_user_agent(
 
 
 def test_an_error_answer_is_batchgen_s_error_with_its_data_and_no_key(no_proxies: None) -> None:
-    def limited(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
-        error = {"error": {"code": "Throttling", "message": f"slow down {CANARY}",
-                           "type": "rate_limit"}}
-        return answer("429 Too Many Requests",
-                      {"Retry-After": "7", "x-request-id": "req-429",
-                       "Content-Type": "application/json"}, json.dumps(error).encode())
-
-    async def main() -> None:
-        server, port, _ = await serve(limited)
-        async with server:
-            await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
-
+    error = {"error": {"code": "Throttling", "message": f"slow down {CANARY}",
+                       "type": "rate_limit"}}
     with pytest.raises(TransientError) as info:
-        asyncio.run(main())
+        request_answered("429 Too Many Requests",
+                         {"Retry-After": "7", "x-request-id": "req-429",
+                          "Content-Type": "application/json"}, json.dumps(error).encode())
     err = info.value
     assert (err.error_class, err.http_status, err.code, err.provider_request_id) == (
         "rate_limited", 429, "Throttling", "req-429")
@@ -142,16 +148,8 @@ def test_an_html_error_page_is_one_line_of_its_text(no_proxies: None) -> None:
             b"<p>The requested URL was not found &amp; " + CANARY.encode()
             + b" is not here.</p>\n</body>\n</html>\n")
 
-    def web_server(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
-        return answer("404 Not Found", {"Content-Type": "text/html"}, page)
-
-    async def main() -> None:
-        server, port, _ = await serve(web_server)
-        async with server:
-            await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
-
     with pytest.raises(RequestFatalError) as info:
-        asyncio.run(main())
+        request_answered("404 Not Found", {"Content-Type": "text/html"}, page)
     err = info.value
     assert (err.error_class, err.http_status) == ("http_404", 404)
     assert err.message == ("an HTML page: 404 Not Found Not Found The requested URL was not "
@@ -163,16 +161,8 @@ def test_a_long_error_text_is_cut_after_the_key_is_taken_out(no_proxies: None) -
     a key that straddles it leaves no prefix behind."""
     page = b"x" * 490 + b" " + CANARY.encode() + b" and more"
 
-    def plain(_line: str, _headers: dict[str, str], _body: bytes) -> bytes:
-        return answer("502 Bad Gateway", {"Content-Type": "text/plain"}, page)
-
-    async def main() -> None:
-        server, port, _ = await serve(plain)
-        async with server:
-            await through(f"http://127.0.0.1:{port}/v1", {"model": "m"})
-
     with pytest.raises(TransientError) as info:
-        asyncio.run(main())
+        request_answered("502 Bad Gateway", {"Content-Type": "text/plain"}, page)
     assert CANARY[:6] not in str(info.value) and " ***" in str(info.value)
 
 
