@@ -182,11 +182,6 @@ def text_files(run_dir: StrPath, request_id: str, content: str, reasoning: str,
     return files
 
 
-def json_path(run_dir: Path, request_id: str) -> Path:
-    """texts/<id>.json: the parsed value of an answer to a schema."""
-    return run_dir / "texts" / text_name(request_id, ".json")
-
-
 def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
 

@@ -37,6 +37,6 @@ def test_answer_file_names_refuse_an_unsafe_id(tmp_path: Path) -> None:
     assert [os.path.relpath(path, tmp_path) for path, _ in rows] == [
         os.path.join("texts", name) for name in ("r1.md", "r1.reasoning.md", "r1.json")]
     assert files.text_path(tmp_path, "r1", reasoning=True) == tmp_path / "texts" / "r1.reasoning.md"
-    assert files.json_path(tmp_path, "r1") == tmp_path / "texts" / "r1.json"
+    assert files.text_name("r1", ".json") == "r1.json"
     with pytest.raises(ValueError, match="unsafe request id"):
         files.text_files(tmp_path, "../etc/passwd", "text", "")
