@@ -433,8 +433,8 @@ def report(run_dirs: tuple[str, ...], fmt: str, group_by: str) -> None:
               help="Default: the format of -o's extension, else the job's table format "
                    "(its data file's), else csv.")
 @click.option("-o", "--output", "dest", type=click.Path(dir_okay=False),
-              help="Where to write it. Default: the job's table (<run dir>/table.<ext>, "
-                   "or output.table).")
+              help="Where to write it ('-': standard output). Default: the job's table "
+                   "(<run dir>/table.<ext>, or output.table).")
 @_errors
 def export(run_dir: str, fmt: str | None, dest: str | None) -> None:
     """Write a run's table: one row per data row (or per request, for a job
@@ -442,10 +442,12 @@ def export(run_dir: str, fmt: str | None, dest: str | None) -> None:
     status, content, reasoning, finish_reason, prompt_tokens,
     completion_tokens, cost and error. Reads the run store only; safe while
     a run writes it."""
+    from batchgen.outputs.files import written_through
     from batchgen.outputs.table import write_table
 
     written = write_table(Path(run_dir), fmt, Path(dest) if dest else None)
-    click.echo(str(written))
+    if not written_through(written):  # not where the table itself went (-, /dev/stdout)
+        click.echo(str(written))
 
 
 # allocations between collections of the youngest generation (Python: 700),

@@ -33,6 +33,7 @@ from batchgen.jobs.records import (
 from batchgen.jobs.resolve import Walk, resolve_all
 from batchgen.jobs.schema import (
     ID_RE,
+    OUTPUT_FORMATS,
     Defaults,
     EndpointSpec,
     JobSpec,
@@ -187,7 +188,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
     if key is not None:
         known = validated.recall(job.run_dir, key)
         if known is not None and not known.media_files:  # files may change under the job
-            return replace(job, info=known, validation_key=key)
+            return replace(job, info=known, validation_key=key,
+                           table=_columns_known(job.table, known.columns))
     problems: list[Problem] = []
 
     def collect(problem: Problem) -> None:
@@ -201,7 +203,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
     plan = hashlib.sha256()  # this run's requests (a shard's own)
     whole = hashlib.sha256()  # the whole job's: shards of one version of it merge
     kept = Spool() if for_run and not (job.run_dir / "run.db").exists() else None
-    seen: set[str] = set()
+    seen: dict[str, None] = {}  # the data's columns, in the order they first appear
+    schemas: dict[str, None] = {}  # the schemas answers must fit, for output.flatten
     walk = Walk()
     try:
         for req in resolve_all(job, collect, seen, walk):
@@ -215,6 +218,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
             plan.update(line)
             count += 1
             models.setdefault(req.model)
+            if req.schema_json is not None:
+                schemas.setdefault(req.schema_json)
             if kept is not None and not problems:
                 kept.add(req.row())
         suspects = clashes.positions()
@@ -222,7 +227,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
             for problem in clash_problems(resolve_all(job, lambda _p: None), suspects):
                 collect(problem)
         if job.table is not None and len(problems) < MAX_PROBLEMS:
-            problems += _table_problems(file, job.table, seen, line_map, spec)
+            problems += _table_problems(file, job.table, seen, line_map, spec, schemas)
         if not problems and total == 0:
             data = ", ".join(str(s.file) for s in sources if s.rows is not None)
             problems.append(Problem(str(file), None, None, "the job has no prompts" + (
@@ -237,10 +242,20 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
                    plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
                    job_requests=total, schema_modes=tuple(walk.modes),
-                   media_files=walk.media_files)
+                   media_files=walk.media_files, columns=tuple(seen))
     if key is not None and not validated.still_valid(job):
         key = None  # a file moved while it was read: nothing to vouch for next time
-    return replace(job, info=info, spool=kept, validation_key=key)
+    return replace(job, info=info, spool=kept, validation_key=key,
+                   table=_columns_known(job.table, info.columns))
+
+
+def _columns_known(table: TableSettings | None, columns: tuple[str, ...]
+                   ) -> TableSettings | None:
+    """The table keeping every input column names them, in the data's order
+    (the run store keeps each row with its keys sorted)."""
+    if table is None or table.columns is not None:
+        return table
+    return replace(table, columns=columns)
 
 
 def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, ...]) -> Job:
@@ -319,8 +334,9 @@ def _table(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path
     if data is None:
         return None
     out = spec.output
-    fmt = out.format or {"json": "jsonl", "": "csv"}.get(data.format, data.format)
-    if data.path is None and out.format is None:
+    named = _table_format(out.table)  # output.table: out.tsv is a TSV table
+    fmt = out.format or named or {"json": "jsonl", "": "csv"}.get(data.format, data.format)
+    if data.path is None and out.format is None and named is None:
         fmt = "csv"  # a folder's files: a plain table of them
     # every shard writes its own rows: in its own run directory
     path = (str(file.parent / out.table) if out.table and not sharded
@@ -330,10 +346,18 @@ def _table(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path
                          flatten=out.flatten)
 
 
-def _table_problems(file: Path, table: TableSettings, seen: set[str], line_map: LineMap,
-                    spec: JobSpec) -> list[Problem]:
-    """``output.columns`` that no row has, and generated columns that would
-    overwrite a kept input column (``output.prefix`` sets them apart)."""
+def _table_format(path: str | None) -> str | None:
+    """The table format a path's extension names, if it names one."""
+    suffix = Path(path).suffix.lower().lstrip(".") if path else ""
+    return suffix if suffix in OUTPUT_FORMATS else None
+
+
+def _table_problems(file: Path, table: TableSettings, seen: dict[str, None],
+                    line_map: LineMap, spec: JobSpec, schemas: dict[str, None]) -> list[Problem]:
+    """``output.columns`` that no row has, and columns of the table that would
+    have one name: a generated column and a kept input column (``output.prefix``
+    sets them apart), or — with ``output.flatten`` — a property of the answer's
+    schema and either of those."""
     name = str(file)
     problems = []
     if table.columns is not None:
@@ -342,15 +366,43 @@ def _table_problems(file: Path, table: TableSettings, seen: set[str], line_map: 
                 problems.append(Problem(
                     name, line_map.line_of(("output", "columns")), "output.columns",
                     f"{column!r} is not a column of the data (its columns: "
-                    f"{', '.join(sorted(seen)[:20])})"))
-    kept = set(table.columns) if table.columns is not None else seen
+                    f"{', '.join(list(seen)[:20])})"))
+    named = _table_format(spec.output.table)
+    if named is not None and named != table.format:
+        problems.append(Problem(
+            name, line_map.line_of(("output", "table")), "output.table",
+            f"{spec.output.table!r} names a .{named} file, and output.format is "
+            f"{table.format}; make them agree (or leave output.format out)"))
+    kept = set(table.columns) if table.columns is not None else set(seen)
     id_column = spec.data.id if spec.data is not None else None
+    where = line_map.line_of(("output",)) or line_map.line_of(("data",))
     for column in GENERATED_COLUMNS:
         generated = table.prefix + column
         if generated in kept and not (generated == "id" == id_column):
             problems.append(Problem(
-                name, line_map.line_of(("output",)) or line_map.line_of(("data",)), "output",
+                name, where, "output",
                 f"the table's column {generated!r} (what batchgen writes) has the name of an "
                 f"input column; set `output.prefix:` (e.g. gen_), or leave {generated!r} out "
                 "of `output.columns:`"))
+    if table.flatten:
+        made = {table.prefix + c for c in (*GENERATED_COLUMNS, "json")}
+        properties: dict[str, None] = {}
+        for schema in schemas:
+            value = json.loads(schema)
+            listed = value.get("properties") if isinstance(value, dict) else None
+            properties.update(dict.fromkeys(listed if isinstance(listed, dict) else ()))
+        for prop in properties:
+            column = table.prefix + prop
+            if column in made:
+                problems.append(Problem(
+                    name, line_map.line_of(("output", "flatten")) or where, "output.flatten",
+                    f"the schema's property {prop!r} would be the table's column {column!r}, "
+                    "which batchgen writes already; rename the property, or leave "
+                    "`output.flatten:` off (the answer is in the json column)"))
+            elif column in kept:
+                problems.append(Problem(
+                    name, line_map.line_of(("output", "flatten")) or where, "output.flatten",
+                    f"the schema's property {prop!r} would be the table's column {column!r}, "
+                    "the name of an input column; set `output.prefix:` (e.g. gen_), or "
+                    f"leave {column!r} out of `output.columns:`"))
     return problems

@@ -124,3 +124,4 @@ class JobInfo:
     # (model, schema mode) of the requests whose answer must fit a schema
     schema_modes: tuple[tuple[str, str], ...] = ()
     media_files: int = 0  # file:// references: their bytes are hashed on every load
+    columns: tuple[str, ...] = ()  # the data rows' columns, in the order they first appear

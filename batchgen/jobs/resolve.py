@@ -42,9 +42,10 @@ class Walk:
 
 
 def resolve_all(job: Job, report: Callable[[Problem], None],
-                 seen: set[str] | None = None, walk: Walk | None = None
+                 seen: dict[str, None] | None = None, walk: Walk | None = None
                  ) -> Iterator[Request]:
-    """Every request of the job, in job order; ``seen`` gathers the data rows' columns."""
+    """Every request of the job, in job order; ``seen`` gathers the data rows'
+    columns, in the order they first appear."""
     position = 0
     occurrences: dict[str, int] = {}
     walk = walk or Walk()

@@ -259,9 +259,9 @@ RowEntry = tuple[Entry, str | None]
 
 
 def entries(src: Source, report: Callable[[Problem], None],
-            seen: set[str] | None = None) -> Iterator[RowEntry]:
+            seen: dict[str, None] | None = None) -> Iterator[RowEntry]:
     """One source's entries, each with the data row it was made of (or None);
-    ``seen`` gathers the rows' column names."""
+    ``seen`` gathers the rows' column names, in the order they first appear."""
     if src.rows is not None:
         yield from _row_entries(src.rows, report, seen)
         return
@@ -304,7 +304,7 @@ def _yaml_entries(src: Source, text: str, report: Callable[[Problem], None]
 
 
 def _row_entries(source: Rows, report: Callable[[Problem], None],
-                 seen: set[str] | None) -> Iterator[RowEntry]:
+                 seen: dict[str, None] | None) -> Iterator[RowEntry]:
     """Each row rendered into a prompt entry, with the id it runs under: the
     ``data.id`` column's value, else ``r-`` and a digest of the row's content
     (stable when rows are reordered or appended; a second identical row gets
@@ -316,8 +316,8 @@ def _row_entries(source: Rows, report: Callable[[Problem], None],
     occurrences: dict[str, int] = {}
     id_column = data.id_column
     for row, line in rows(data, report):
-        if seen is not None:
-            seen.update(row)
+        if seen is not None and not seen.keys() >= row.keys():
+            seen.update(dict.fromkeys(row))  # a new column: after those seen before
 
         def at(_path: tuple[Any, ...], _line: int = line) -> int:
             return _line

@@ -12,9 +12,12 @@ import ctypes
 import functools
 import json
 import os
+import shutil
+import stat
+import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,56 @@ def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary file to write what goes to ``path``, a file a user named
+    (``batchgen export -o``, ``output.table``); when the block ends without an
+    error, it becomes ``path``.
+
+    A regular file (or none yet) is replaced atomically, as :func:`write_atomic`
+    does; through a symlink, the file it points to. ``-`` is standard output,
+    and a pipe, a terminal or a device (``/dev/stdout``, a FIFO) is written
+    through, appended to: renaming over it would put a file in its place.
+    """
+    stream = str(path) == "-"
+    special = written_through(path)
+    real = path if special else Path(os.path.realpath(path))
+    fd, tmp = tempfile.mkstemp(dir=None if special else real.parent,
+                               prefix=f".{real.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if special:
+            with open(tmp, "rb") as src, \
+                    contextlib.nullcontext(sys.stdout.buffer) if stream \
+                    else open(path, "ab") as dst:
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+            os.unlink(tmp)
+        else:
+            os.chmod(tmp, _MODE)  # mkstemp makes 0600; results are ordinary files
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def written_through(path: Path) -> bool:
+    """Whether :func:`replacing` writes ``path`` through rather than replacing
+    it: whether ``path`` is there and is no regular file (nor a link to one), or
+    is one only as what /dev/stdout or /proc/self/fd/N points to."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) or str(path).startswith(("/dev/", "/proc/"))
 
 
 def _syncfs(fd: int) -> bool:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
 from batchgen.errors import UsageError
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
 from batchgen.jobs.structured import answer_value
-from batchgen.outputs.files import jsonl, write_atomic
+from batchgen.outputs.files import jsonl, replacing
 from batchgen.store.runstore import RunStore
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -74,15 +72,17 @@ def shape_of(store: RunStore, settings: TableSettings | None) -> Shape:
                 flat.setdefault(name)
     if settings is None:
         return Shape((), "", data_only=False, json=bool(schemas))
-    if settings.columns is not None:
-        return Shape(settings.columns, settings.prefix, data_only=True, json=bool(schemas),
-                     flat=tuple(flat))
-    seen: dict[str, None] = {}  # every row's columns, in the order they first appear
-    for raw in store.data_rows():
-        for key in json.loads(raw):
-            seen.setdefault(key)
-    return Shape(tuple(seen), settings.prefix, data_only=True, json=bool(schemas),
-                 flat=tuple(flat))
+    if settings.columns is not None:  # the job named them, or the data's, in its order
+        inputs = settings.columns
+    else:  # a run of an earlier batchgen: every row's columns, as the store has them
+        seen: dict[str, None] = {}
+        for raw in store.data_rows():
+            seen.update(dict.fromkeys(json.loads(raw)))
+        inputs = tuple(seen)
+    # data.id: id is both an input column and the generated id: one column, the id
+    made = {settings.prefix + c for c in GENERATED_COLUMNS}
+    return Shape(tuple(c for c in inputs if c not in made), settings.prefix, data_only=True,
+                 json=bool(schemas), flat=tuple(flat))
 
 
 def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterator[dict[str, Any]]:
@@ -137,12 +137,14 @@ def write_from(store: RunStore, run_dir: Path, fmt: str | None = None,
     target.parent.mkdir(parents=True, exist_ok=True)
     shape = shape_of(store, settings)
     body = rows(store, shape, book)
-    if fmt == "parquet":
-        _write_parquet(target, shape, body, _input_types(store, shape))
-    elif fmt == "jsonl":
-        write_atomic(target, (jsonl(r) for r in body))
-    else:
-        write_atomic(target, _delimited(shape, body, "\t" if fmt == "tsv" else ","))
+    with replacing(target) as tmp:
+        if fmt == "parquet":
+            _write_parquet(tmp, shape, body, _input_types(store, shape))
+        else:
+            lines = (jsonl(r) for r in body) if fmt == "jsonl" \
+                else _delimited(shape, body, "\t" if fmt == "tsv" else ",")
+            with tmp.open("wb") as fh:
+                fh.writelines(lines)
     return target
 
 
@@ -229,22 +231,15 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
     schema = pa.schema(fields)
     as_json = [c for c in shape.inputs if types[c] == "json"] + answers
     flat = {shape.prefix + c for c in shape.flat}  # a text property stays text
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            batch: list[dict[str, Any]] = []
-            for row in body:
-                for c in as_json:
-                    if row[c] is not None and not (c in flat and isinstance(row[c], str)):
-                        row[c] = json.dumps(row[c], ensure_ascii=False)
-                batch.append(row)
-                if len(batch) >= PARQUET_ROWS:
-                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    batch.clear()
-            if batch:
+    with pq.ParquetWriter(str(target), schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for row in body:
+            for c in as_json:
+                if row[c] is not None and not (c in flat and isinstance(row[c], str)):
+                    row[c] = json.dumps(row[c], ensure_ascii=False)
+            batch.append(row)
+            if len(batch) >= PARQUET_ROWS:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                batch.clear()
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))

@@ -174,6 +174,42 @@ def test_a_data_table_gains_json_and_flattened_columns(tmp_path: Path, fake: Fak
     assert json.loads(table[0]["json"])["age"] == int(table[0]["age"])
 
 
+def test_flattened_columns_that_would_share_a_name_are_refused(tmp_path: Path,
+                                                              fake: FakeServer) -> None:
+    """A property of the schema becomes a column of the table: one named like an
+    input column needs output.prefix; one named like a column batchgen writes
+    (status) cannot be set apart by it. Before, both were written twice under
+    one name, and the property's value took the place of the row's status."""
+    (tmp_path / "rows.csv").write_text("name,w\nAda,one\n", encoding="utf-8")
+    (tmp_path / "status.json").write_text(json.dumps(
+        {"type": "object", "properties": {"status": {"type": "string"}}}), encoding="utf-8")
+
+    def flattened(schema: str, output: dict[str, Any]) -> Path:
+        path = job(tmp_path, fake, [], data="rows.csv", defaults={"schema": schema},
+                   template={"prompt": "[[json=valid]] about {{ w }}"},
+                   output={"flatten": True, **output})
+        spec = json.loads(path.read_text())
+        del spec["prompts"]
+        path.write_text(json.dumps(spec))
+        return path
+
+    proc = run_cli("run", str(flattened("person.json", {})), "-q")
+    assert proc.returncode == 2
+    assert "output.flatten: the schema's property 'name' would be the table's column " \
+        "'name', the name of an input column; set `output.prefix:`" in proc.stderr
+    for output in ({}, {"prefix": "gen_"}):
+        proc = run_cli("run", str(flattened("status.json", output)), "-q")
+        assert proc.returncode == 2
+        assert "property 'status' would be the table's column " \
+            f"'{output.get('prefix', '')}status', which batchgen writes already" in proc.stderr
+    assert not (tmp_path / "out").exists() and not fake.ledger.entries
+    proc = run_cli("run", str(flattened("person.json", {"prefix": "gen_"})), "-q")
+    assert proc.returncode == 0, proc.stderr
+    header = (tmp_path / "out" / "t" / "table.csv").read_text(encoding="utf-8").split("\n")[0]
+    assert header.split(",")[:4] == ["name", "w", "gen_id", "gen_status"]
+    assert header.split(",")[-3:] == ["gen_name", "gen_age", "gen_tags"]
+
+
 def test_a_kill_mid_object_continues_into_valid_json(tmp_path: Path) -> None:
     """kill -9 while a JSON answer streams, cut mid-object: the re-run goes on
     from the text (partial mode) and the seam leaves valid JSON."""

@@ -140,6 +140,66 @@ def test_ids_from_content_are_stable_and_export_writes_any_format(tmp_path: Path
         [r["gen_id"] for r in again]
 
 
+def test_the_table_keeps_the_datas_column_order_and_one_id(tmp_path: Path,
+                                                           fake: FakeServer) -> None:
+    """The input columns come in the data file's order (the store keeps rows with
+    sorted keys; the table used that order), and a data.id column named id is
+    one column (it was two, and Parquet could not be written from JSON ids)."""
+    (tmp_path / "docs.jsonl").write_text(
+        '{"text": "a", "lang": "French", "id": 7}\n{"text": "b", "lang": "German", "id": 8,'
+        ' "zone": "eu"}\n', encoding="utf-8")
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "id"})
+    assert run_cli("run", str(job), "-q").returncode == 0
+    run_dir = tmp_path / "out" / "translate"
+    table = read_table(run_dir / "table.jsonl")
+    assert list(table[1]) == ["text", "lang", "zone", *GENERATED]
+    assert [(r["id"], r["zone"]) for r in table] == [("7", None), ("8", "eu")]
+    for fmt in ("csv", "parquet"):
+        proc = run_cli("export", str(run_dir), "--format", fmt)
+        assert proc.returncode == 0, proc.stderr
+        again = read_table(Path(proc.stdout.strip()))
+        assert list(again[0]) == ["text", "lang", "zone", *GENERATED]
+        assert [r["id"] for r in again] == ["7", "8"]
+    # the order stays when the next run takes the validated job from its store
+    (run_dir / "table.jsonl").unlink()
+    assert run_cli("run", str(job), "-q").returncode == 0
+    assert list(read_table(run_dir / "table.jsonl")[1]) == ["text", "lang", "zone", *GENERATED]
+
+
+def test_export_goes_to_standard_output_a_pipe_or_a_link(tmp_path: Path,
+                                                         fake: FakeServer) -> None:
+    """-o - and -o /dev/stdout write the table to the output; a FIFO is written
+    into, not replaced by a file; a symlink's file is replaced, the link kept.
+    (/proc/self/fd/1 is /dev/stdout's target: were it renamed over, as root,
+    /dev/stdout itself would be a file; /proc refuses one.)"""
+    import threading
+
+    write_rows(tmp_path / "docs.csv", ROWS)
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"})
+    assert run_cli("run", str(job), "-q").returncode == 0
+    run_dir = tmp_path / "out" / "translate"
+    table = (run_dir / "table.csv").read_text(encoding="utf-8")
+    for dest in ("-", "/proc/self/fd/1"):
+        proc = run_cli("export", str(run_dir), "-o", dest, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == table  # the table, and no path after it
+    assert not (tmp_path / "-").exists()
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    proc = run_cli("export", str(run_dir), "-o", str(fifo))
+    reader.join(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert got == [table.encode()] and fifo.is_fifo()
+    (tmp_path / "real.csv").write_text("old", encoding="utf-8")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    assert run_cli("export", str(run_dir), "-o", str(tmp_path / "link.csv")).returncode == 0
+    assert (tmp_path / "link.csv").is_symlink()
+    assert (tmp_path / "real.csv").read_text(encoding="utf-8") == table
+
+
 def test_export_of_a_job_without_data_has_a_row_per_request(tmp_path: Path,
                                                             fake: FakeServer) -> None:
     from tests.helpers import write_job
@@ -376,3 +436,21 @@ def test_prompts_and_data_together_and_a_table_elsewhere(tmp_path: Path,
     table = read_table(tmp_path / "tables" / "out.parquet")
     assert [(r["lang"], r["id"]) for r in table] == [("French", "d1"), ("German", "d2")]
     assert not (tmp_path / "out" / "translate" / "table.csv").exists()
+
+
+def test_output_table_is_written_in_the_format_its_name_says(tmp_path: Path,
+                                                             fake: FakeServer) -> None:
+    """output.table: t.tsv is a TSV table, whatever the data's format (it was
+    JSONL for JSONL data); a name and an output.format that disagree are refused."""
+    write_rows(tmp_path / "docs.jsonl", ROWS[:2])
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "doc_id"},
+                   output={"format": "parquet", "table": "t.tsv"})
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 2
+    assert "output.table: 't.tsv' names a .tsv file, and output.format is parquet" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "doc_id"},
+                   output={"table": "t.tsv"})
+    assert run_cli("run", str(job), "-q").returncode == 0
+    table = read_table(tmp_path / "t.tsv")
+    assert [(r["doc_id"], r["status"]) for r in table] == [("d1", "done"), ("d2", "done")]
