@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -249,7 +250,16 @@ def _rows_file(given: Any) -> Iterator[Path | None]:
 
 
 def _plain(value: Any) -> Any:
-    """A DataFrame cell as JSON holds it: NumPy scalars as numbers, NaN as null."""
+    """A DataFrame cell as JSON holds it: NumPy scalars as numbers, arrays as
+    lists, times in ISO 8601, and a missing value (NaN, and with pandas NaT and
+    NA) as null — not the text "NaT" or "<NA>" in a prompt."""
+    pandas = sys.modules.get("pandas")  # a DataFrame was given: pandas is loaded
+    if pandas is not None and pandas.api.types.is_scalar(value) and pandas.isna(value):
+        return None
+    tolist = getattr(value, "tolist", None)
+    ndim = getattr(value, "ndim", None)
+    if callable(tolist) and isinstance(ndim, int) and ndim > 0:
+        return tolist()  # a NumPy array in a cell
     item = getattr(value, "item", None)
     if callable(item) and not isinstance(value, str | bytes):
         with contextlib.suppress(TypeError, ValueError):

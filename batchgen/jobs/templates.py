@@ -6,6 +6,8 @@ data, never templates: Jinja2 inserts what an expression yields as it is, so a
 value holding ``{{ x }}``, ``{% %}`` or an unbalanced brace arrives literally.
 Strings without ``{{``, ``{%`` or ``{#`` are kept as written (not compiled).
 
+A null value writes nothing, and a nested object or list is written as JSON.
+
 A parameter (any key but the prompt's text, messages, tags, id and model)
 written as one expression, ``max_tokens: "{{ max_len }}"``, becomes the number
 (or ``true``/``false``) it renders to.
@@ -13,6 +15,7 @@ written as one expression, ``max_tokens: "{{ max_len }}"``, becomes the number
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +31,20 @@ TEXT_KEYS = frozenset({"prompt", "system", "messages", "tags", "id", "model"})
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _ONE_EXPRESSION = re.compile(r"\s*\{\{[^{}]*\}\}\s*", re.DOTALL)
 
+
+
+def _text(value: Any) -> Any:
+    """What ``{{ expression }}`` writes for a value: null as nothing (not
+    "None"), a nested object or list as JSON (not Python's repr), the rest as is."""
+    if value is None:
+        return ""
+    if type(value) is dict or type(value) is list:
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                            keep_trailing_newline=True)
+                            keep_trailing_newline=True, finalize=_text)
 
 
 _GLOBALS = dict(_ENV.globals)
@@ -154,7 +169,7 @@ def _join(pieces: tuple[str, ...], names: dict[str, Any]) -> str:
         if name not in names:
             raise jinja2.UndefinedError(f"{name!r} is undefined")
         value = names[name]
-        out.append(value if type(value) is str else str(value))
+        out.append(value if type(value) is str else str(_text(value)))
         out.append(pieces[i + 1])
     return "".join(out)
 

@@ -3,6 +3,7 @@ plain path renders exactly what Jinja2 renders."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,17 @@ from batchgen.errors import JobFileError
 from batchgen.jobs.data import DataFile, rows
 from batchgen.jobs.templates import RenderError, Template
 
-JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def written(value: Any) -> Any:
+    """What a template writes for a value: null as nothing, nested values as JSON."""
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False) if type(value) in (dict, list) else value
+
+
+JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             finalize=written)
 
 
 def template(spec: dict[str, Any]) -> Template:
@@ -31,6 +42,15 @@ def test_row_values_are_data_never_templates() -> None:
     out = t.render(row)
     assert out["prompt"] == "A: {{ secret }} {% if x %} { unbalanced }} | B: {# no comment #}"
     assert out["tags"] == ["{{ secret }} {% if x %} { unbalanced }}"]
+
+
+def test_a_null_writes_nothing_and_nested_values_write_json() -> None:
+    """Not "None", nor Python's repr of a dict ({'k': ...}), in a prompt."""
+    t = template({"prompt": "[{{ a }}] {{ b }} {{ b.k }}",
+                  "system": "{% for x in c %}<{{ x }}>{% endfor %}"})
+    row = {"a": None, "b": {"k": ["é", 1, None]}, "c": [None, {"d": True}]}
+    assert t.render(row) == {"prompt": '[] {"k": ["é", 1, null]} ["é", 1, null]',
+                             "system": '<><{"d": true}>'}
 
 
 def test_strict_names_and_the_sandbox() -> None:

@@ -330,6 +330,28 @@ def test_run_from_python_with_rows_and_a_dataframe(tmp_path: Path, fake: FakeSer
     assert [r["id"] for r in again.rows()] == [r["id"] for r in table]
 
 
+def test_missing_values_of_a_dataframe_are_null_not_text(tmp_path: Path,
+                                                         fake: FakeServer) -> None:
+    """NaN, NaT and pandas' NA are null in the row (not "NaT" or "<NA>" in the
+    prompt); times are ISO 8601; a NumPy array in a cell is a list."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "word": pd.array(["one", None], dtype="string"),
+        "n": pd.array([1, None], dtype="Int64"),
+        "x": [1.5, np.nan],
+        "when": pd.to_datetime(["2024-01-02", None]),
+        "v": [np.array([1, 2]), np.array([3])]})
+    result = batchgen.run(python_job(tmp_path, fake), rows=frame, progress=False)
+    assert result.ok
+    table = result.rows()
+    assert [(r["word"], r["n"], r["x"], r["when"], r["v"]) for r in table] == [
+        ("one", 1, 1.5, "2024-01-02T00:00:00", [1, 2]), (None, None, None, None, [3])]
+    sent = [e["body"]["messages"][0]["content"] for e in fake.ledger.entries]
+    assert sent == ["Say one", "Say "]  # a null writes nothing
+
+
 def test_errors_from_python_are_the_clis(tmp_path: Path, fake: FakeServer) -> None:
     with pytest.raises(JobFileError) as caught:
         batchgen.run(python_job(tmp_path, fake), rows=[{"word": "x"}, {"other": 1}],
