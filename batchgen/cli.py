@@ -325,7 +325,8 @@ def _print_status(run_dir: str, st: Any) -> None:
         click.echo(f"  at the cap: {st.at_the_cap} done but stopped at the output cap "
                    "(finish_reason length; run.on_length: continue goes on)")
     click.echo(f"  attempts:  {st.attempts}")
-    est = f" ({st.estimated_attempts} attempts estimated)" if st.estimated_attempts else ""
+    n = st.estimated_attempts
+    est = f" ({n} attempt{'s' if n != 1 else ''} estimated)" if n else ""
     click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, "
                f"{st.completion_tokens:,} completion{est}")
     for batch in st.batches:

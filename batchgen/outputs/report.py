@@ -313,7 +313,8 @@ def _footer(report: Report) -> list[str]:
                          f"{r.audio_completion_tokens:,} completion tokens said (at the model's "
                          "audio prices where it has them; in the tokens above)")
     for a in report.apart:
-        lines.append(f"{a.kind}: {a.key}: {a.attempts:,} attempts, {a.prompt_tokens:,} prompt + "
+        lines.append(f"{a.kind}: {a.key}: {a.attempts:,} attempt{'s' if a.attempts != 1 else ''}, "
+                     f"{a.prompt_tokens:,} prompt + "
                      f"{a.completion_tokens:,} completion tokens, "
                      f"{_money(a.cost, a.currency)} (in the total above)")
     if report.stopped_at_the_cap:

@@ -108,6 +108,7 @@ def test_fail_stops_the_loop_early_keeps_the_text_and_says_why(tmp_path: Path,
     assert [f["id"] for f in failed] == ["loop"]  # re-runnable, in job-file form
     status = run_cli("status", str(run_dir)).stdout
     assert "loop: repetition" in status
+    assert "completion (1 attempt estimated)" in status
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     assert [(f["id"], f["error_class"]) for f in report["failed"]] == [("loop", "repetition")]
     # what the loop cost is on a line of its own, as well as in the totals
@@ -115,7 +116,7 @@ def test_fail_stops_the_loop_early_keeps_the_text_and_says_why(tmp_path: Path,
     assert (apart["kind"], apart["key"], apart["attempts"]) == ("loops stopped", "qwen-plus", 1)
     assert 300 < apart["completion_tokens"] <= 300 + 10 * 12 + 256
     assert 0 < apart["cost"] < report["totals"][0]["cost"]
-    assert "- loops stopped: qwen-plus: 1 attempts" in (run_dir / "report.md").read_text()
+    assert "- loops stopped: qwen-plus: 1 attempt, " in (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "repetition" in html and 'data-apart="loops stopped"' in html
     assert [r["id"] for r in read_results(run_dir)] == ["fine"]

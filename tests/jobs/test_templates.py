@@ -18,7 +18,6 @@ from batchgen.jobs.data import DataFile, rows
 from batchgen.jobs.templates import RenderError, Template
 
 
-
 def written(value: Any) -> Any:
     """What a template writes for a value: null as nothing, nested values as JSON."""
     if value is None:
