@@ -3,9 +3,10 @@
 The run is in an outage when an attempt fails at the transport level before
 any answer came (connection refused or reset, a name that does not resolve,
 a TLS handshake or a connect that fails or times out), or when the last
-:data:`STORM` answers or more were all server errors (500, 502, 503, 504: a
-gateway or a provider down), for more than one request — one request's own
-run of 503s is that request's. Then:
+:data:`STORM` attempts or more all got a server error (500, 502, 503, 504: a
+gateway or a provider down) or no response at all within ``run.idle_timeout``
+(an endpoint that takes connections and says nothing), for more than one
+request — one request's own run of 503s or of silence is that request's. Then:
 
 - no attempt starts but **one probe at a time**: the next request that asks
   (:meth:`Outage.admit`), a real one, so a probe that succeeds is useful work;
@@ -93,14 +94,16 @@ class Outage:
         (it does not count against its request), False when it is the
         request's own."""
         answered = answered or err.http_status is not None
-        storm = isinstance(err, TransientError) and err.http_status in STORM_STATUS
+        silent = err.error_class == "idle_timeout" and not answered  # not even headers
+        storm = (isinstance(err, TransientError) and err.http_status in STORM_STATUS) or silent
         if transport_failure(err, answered):
             self._begin(_reason(err))
         elif storm:
             self._storm += 1
             self._storm_requests.add(request)
             if self._storm >= STORM and len(self._storm_requests) > 1:
-                self._begin(f"HTTP {err.http_status} from every answer")
+                self._begin("no response within run.idle_timeout" if silent
+                            else f"HTTP {err.http_status} from every answer")
         else:
             if answered:  # the endpoint answers: whatever this is, it is the request's
                 self.answered()

@@ -49,6 +49,27 @@ def test_server_errors_for_several_requests_are_a_storm_and_an_answer_ends_it() 
     assert not outage.active
 
 
+def test_no_response_for_several_requests_is_an_outage_and_one_requests_is_its_own() -> None:
+    """An endpoint that takes connections and answers none: every attempt ends
+    at run.idle_timeout without a response. That is the endpoint's state, as a
+    503 storm is; one request's own silence, or a stream that stalls after its
+    headers, stays the request's."""
+    def silent() -> TransientError:
+        return TransientError("no data arrived for the idle timeout",
+                              error_class="idle_timeout")
+
+    outage = Outage(clock=FakeTime().clock)
+    assert not any(outage.failed(silent(), answered=False, probe=False, request="a")
+                   for _ in range(4))
+    assert not any(outage.failed(silent(), answered=True, probe=False, request=r)
+                   for r in "bcd")
+    assert outage.state() is None
+    assert not outage.failed(silent(), answered=False, probe=False, request="b")
+    assert not outage.failed(silent(), answered=False, probe=False, request="c")
+    assert outage.failed(silent(), answered=False, probe=False, request="b")
+    assert "no response within run.idle_timeout" in outage.describe()
+
+
 def test_one_probe_at_a_time_1s_doubling_then_the_timeout() -> None:
     time = FakeTime()
     outage = Outage(clock=time.clock, sleep=time.sleep, timeout=100)

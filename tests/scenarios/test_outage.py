@@ -7,6 +7,7 @@ stopped mid-run and started again on the same port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -123,6 +124,45 @@ def test_an_outage_past_its_timeout_stops_with_69_and_every_request_pending(
         again = run_cli("run", str(job), "-q")
     assert again.returncode == 0, again.stderr
     assert len(read_results(run_dir)) == 5
+
+
+def test_an_endpoint_that_takes_connections_and_never_answers_is_an_outage(
+        tmp_path: Path) -> None:
+    """A gateway that accepts every connection and sends nothing: each attempt
+    ends at run.idle_timeout without a response. Before, each request spent its
+    attempts on it and failed for good (exit 1); now it is an outage: exit 69,
+    none failed, and the same command finishes the job once the endpoint answers."""
+    import threading
+
+    held: list[socket.socket] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = int(listener.getsockname()[1])
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])  # read nothing, answer nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    job = job_at(tmp_path, port, 4, idle_timeout=0.3, outage_timeout=4, max_attempts=2)
+    run_dir = tmp_path / "out" / "t"
+    try:
+        proc = run_cli("run", str(job), "-q", timeout=60)
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept: the port is free again
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert proc.returncode == 69, proc.stderr[-3000:]
+    assert "no response within run.idle_timeout" in proc.stderr, proc.stderr[-3000:]
+    assert (run_dir / "failed.jsonl").read_text() == ""
+    with FakeProcess("--api-key", CANARY, port=port):
+        again = run_cli("run", str(job), "-q")
+    assert again.returncode == 0, again.stderr
+    assert len(read_results(run_dir)) == 4
 
 
 def test_a_host_name_that_does_not_resolve_is_an_outage(tmp_path: Path) -> None:
