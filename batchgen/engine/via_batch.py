@@ -92,7 +92,8 @@ class BatchRunner:
         that keeps failing ends the run with a message — every step taken so far
         is recorded, so the same command goes on from there."""
         delay, failures = self.poll_first, 0
-        self.progress.start(self._in_batches(), 0)
+        # those in open batches and those about to go into new ones
+        self.progress.start(self._in_batches() + self.store.count_todo(), 0)
         while True:
             try:
                 state = await self._round()

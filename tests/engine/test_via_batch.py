@@ -81,6 +81,7 @@ def test_no_wait_submits_once_then_collects(tmp_path: Path, fake: FakeServer) ->
     assert first.returncode == 5, first.stderr
     batch_id = fake.batches.state.order[0]
     assert batch_id in first.stdout and "run the same command again" in first.stderr
+    assert "t: 6 requests to run" in first.stderr  # not 0: none was in a batch yet
     codes = [run_cli("run", str(job), "--via", "batch", "--no-wait").returncode
              for _ in range(4)]
     assert codes[0] == 5 and codes[-1] == 0  # progress, then collected
