@@ -164,6 +164,8 @@ def parse_yaml(file: Path, text: str, rows_given: bool = False) -> tuple[JobSpec
         raise JobFileError([Problem(name, line_map.line_of(("<<",)), "prompts",
                                     "write `prompts:` out in the job file (not through `<<:`)")])
     problems = secret_problems(data, name, line_map.line_of)
+    # x-...: a place for YAML anchors (x-common: &common ...), as compose files have
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         spec = JobSpec.validate(data)
     except ValidationError as exc:

@@ -301,6 +301,24 @@ def test_prompts_may_use_anchors_from_anywhere_before_them(tmp_path: Path) -> No
     assert reqs["c"].body["messages"] == [{"role": "user", "content": "brief"}]
 
 
+def test_top_level_x_keys_hold_anchors_and_are_otherwise_ignored(tmp_path: Path) -> None:
+    """x-common: &common ... (as in compose files): a place for what prompts
+    share; any other unknown key is still refused."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "x-common: &common\n  model: m\n  max_tokens: 50\nx-note: [anything]\n"
+        "prompts:\n  - {<<: *common, id: a, prompt: hi}\n"
+        "  - {<<: *common, id: b, prompt: yo, max_tokens: 20}\n", encoding="utf-8")
+    reqs = {r.id: r for r in load_job(path).requests()}
+    assert (reqs["a"].model, reqs["a"].body["max_tokens"]) == ("m", 50)
+    assert reqs["b"].body["max_tokens"] == 20
+    path.write_text(path.read_text().replace("x-note", "xnote"), encoding="utf-8")
+    with pytest.raises(JobFileError) as caught:
+        load_job(path)
+    assert [(p.line, p.message[:17]) for p in caught.value.problems] == [
+        (4, "unknown key 'xnot")]
+
+
 def test_problems_in_prompts_name_their_lines_in_the_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     items = "".join(f"  - {{prompt: p{i}}}\n" for i in range(50))
