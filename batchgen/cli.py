@@ -341,9 +341,10 @@ def _print_status(run_dir: str, st: Any) -> None:
 def merge(job_dir: str) -> None:
     """Put the shards of JOB_DIR (<output_dir>/<name>) back together into it.
 
-    Writes results.jsonl (job order), texts/, failed.jsonl and one report over
-    all shards. Exit 0 when every shard is complete, 1 when some are not (what
-    is done is still written), 2 when the shards do not belong together.
+    Writes results.jsonl (job order), texts/, failed.jsonl, one report over
+    all shards and, for a job with data:, the table of all its rows. Exit 0
+    when every shard is complete, 1 when some are not (what is done is still
+    written), 2 when the shards do not belong together.
     """
     from batchgen.outputs.merge import merge as merge_shards
 
@@ -351,7 +352,8 @@ def merge(job_dir: str) -> None:
     click.echo(f"{job_dir}: merged {summary.shards} of {summary.expected} shards: "
                f"{summary.done} done, {summary.failed} failed")
     click.echo(f"  results: {Path(job_dir) / 'results.jsonl'}; report: "
-               f"{Path(job_dir) / 'report.html'}")
+               f"{Path(job_dir) / 'report.html'}"
+               + (f"; table: {summary.table}" if summary.table else ""))
     if summary.incomplete:
         click.echo("batchgen: incomplete: " + "; ".join(summary.incomplete), err=True)
         sys.exit(ExitCode.FAILED)

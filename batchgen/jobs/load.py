@@ -323,13 +323,14 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
         name=name, path=file, run_dir=run_dir, endpoint=endpoint, run=run,
         defaults=defaults, info=JobInfo(0, ()), budget=budget,
         pricing=dict(spec.pricing or {}), sources=sources, shard=ov.shard, job_dir=job_dir,
-        table=_table(file, spec, sources, run_dir, ov.shard is not None),
+        table=_table(file, spec, sources, run_dir, job_dir if ov.shard is not None else None),
     )
 
 
 def _table(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path,
-           sharded: bool) -> TableSettings | None:
-    """Where and how a job with ``data:`` writes its table (None: no data)."""
+           job_dir: Path | None) -> TableSettings | None:
+    """Where and how a job with ``data:`` writes its table (None: no data);
+    ``job_dir`` for a shard, where merging its job's shards writes the whole."""
     data = next((s.rows.data for s in sources if s.rows is not None), None)
     if data is None:
         return None
@@ -338,12 +339,13 @@ def _table(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path
     fmt = out.format or named or {"json": "jsonl", "": "csv"}.get(data.format, data.format)
     if data.path is None and out.format is None and named is None:
         fmt = "csv"  # a folder's files: a plain table of them
-    # every shard writes its own rows: in its own run directory
-    path = (str(file.parent / out.table) if out.table and not sharded
-            else str(run_dir / f"table.{fmt}"))
+    # every shard writes its own rows in its own run directory; `merge` the whole
+    whole = str(file.parent / out.table) if out.table else None
+    path = whole if whole and job_dir is None else str(run_dir / f"table.{fmt}")
+    merge_path = None if job_dir is None else whole or str(job_dir / f"table.{fmt}")
     return TableSettings(format=fmt, path=path, prefix=out.prefix,
                          columns=tuple(out.columns) if out.columns is not None else None,
-                         flatten=out.flatten)
+                         flatten=out.flatten, merge_path=merge_path)
 
 
 def _table_format(path: str | None) -> str | None:

@@ -51,11 +51,12 @@ class TableSettings:
     prefix: str = ""  # before each generated column's name
     columns: tuple[str, ...] | None = None  # input columns kept (None: all)
     flatten: bool = False  # a column per top-level property of a JSON answer
+    merge_path: str | None = None  # a shard's: where `batchgen merge` writes the whole table
 
     def to_json(self) -> str:
         return json.dumps({"format": self.format, "path": self.path, "prefix": self.prefix,
                            "columns": list(self.columns) if self.columns is not None else None,
-                           "flatten": self.flatten})
+                           "flatten": self.flatten, "merge_path": self.merge_path})
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Every shard's finished requests, in job order (positions are the whole job's,
 so the shards' results interleave back exactly), become the job directory's
 ``results.jsonl`` and ``texts/``; their failed requests its ``failed.jsonl``;
 one report over all shards its ``report.md``, ``report.json`` and
-``report.html``. The outputs are byte for byte those of the same job run
-unsharded.
+``report.html``; for a job with ``data:``, the table of every row, in data
+order, at ``output.table`` or ``table.<ext>``. The outputs are byte for byte
+those of the same job run unsharded.
 
 Shards made from different versions of the job — a prompt changed, or
 prompts appended, between one shard's run and another's; or a different N —
@@ -36,6 +37,7 @@ from batchgen.outputs.files import (
     write_many_atomic,
     write_reports_for,
 )
+from batchgen.outputs.table import settings_of, write_merged
 from batchgen.store.lock import RunLock
 from batchgen.store.runstore import RunStore
 
@@ -50,6 +52,7 @@ class MergeSummary:
     done: int = 0
     failed: int = 0
     incomplete: list[str] = field(default_factory=list)  # why each incomplete shard is
+    table: Path | None = None  # a job with data: its table, every shard's rows in data order
 
 
 def merge(job_dir: Path) -> MergeSummary:
@@ -147,6 +150,8 @@ def _write(job_dir: Path, shards: dict[tuple[int, int], Path],
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"a shard's run.db cannot be read ({exc})") from None
     write_reports_for(job_dir, list(shards.values()))
+    if any(settings_of(store) is not None for store in stores.values()):  # a job with data:
+        summary.table = write_merged(list(stores.values()), job_dir)
 
 
 def _done(store: RunStore) -> Iterator[tuple[int, str, bytes, str, str, str]]:

@@ -12,10 +12,12 @@ writing it twice from the same store gives the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import heapq
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
 from batchgen.errors import UsageError
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
+from batchgen.jobs.shards import find_shards
 from batchgen.jobs.structured import answer_value
 from batchgen.outputs.files import jsonl, replacing
 from batchgen.store.runstore import RunStore
@@ -60,11 +63,14 @@ def settings_of(store: RunStore) -> TableSettings | None:
     return TableSettings(format=value["format"], path=value["path"],
                          prefix=value.get("prefix", ""),
                          columns=tuple(columns) if columns is not None else None,
-                         flatten=bool(value.get("flatten")))
+                         flatten=bool(value.get("flatten")),
+                         merge_path=value.get("merge_path"))
 
 
-def shape_of(store: RunStore, settings: TableSettings | None) -> Shape:
-    schemas = [json.loads(s) for s in store.schemas()]
+def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | None) -> Shape:
+    """The table's columns, over one store or over the shards of one job."""
+    stores = [stores] if isinstance(stores, RunStore) else stores
+    schemas = [json.loads(s) for s in dict.fromkeys(x for st in stores for x in st.schemas())]
     flat: dict[str, None] = {}
     if settings is not None and settings.flatten:
         for schema in schemas:
@@ -76,7 +82,7 @@ def shape_of(store: RunStore, settings: TableSettings | None) -> Shape:
         inputs = settings.columns
     else:  # a run of an earlier batchgen: every row's columns, as the store has them
         seen: dict[str, None] = {}
-        for raw in store.data_rows():
+        for raw in (raw for st in stores for raw in st.data_rows()):
             seen.update(dict.fromkeys(json.loads(raw)))
         inputs = tuple(seen)
     # data.id: id is both an input column and the generated id: one column, the id
@@ -87,6 +93,17 @@ def shape_of(store: RunStore, settings: TableSettings | None) -> Shape:
 
 def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterator[dict[str, Any]]:
     """The table's rows as dicts, in job order (input values as the data gave them)."""
+    return (row for _, row in _rows(store, shape, book))
+
+
+def merged_rows(stores: Sequence[RunStore], shape: Shape) -> Iterator[dict[str, Any]]:
+    """The rows of the shards of one job, in job order (positions are the whole job's)."""
+    streams = [_rows(store, shape, None) for store in stores]
+    return (row for _, row in heapq.merge(*streams, key=lambda item: item[0]))
+
+
+def _rows(store: RunStore, shape: Shape, book: PriceBook | None
+          ) -> Iterator[tuple[int, dict[str, Any]]]:
     book = book or PriceBook(overrides_from_json(store.meta("pricing")))
     StoreCosts(store, book)  # registers the bg_cost SQL functions
     p = shape.prefix
@@ -109,7 +126,7 @@ def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterat
             out[p + "json"] = value
             for name in shape.flat:
                 out[p + name] = value.get(name) if isinstance(value, dict) else None
-        yield out
+        yield r["position"], out
 
 
 def _value(content: str | None) -> Any:
@@ -121,7 +138,14 @@ def _value(content: str | None) -> Any:
 
 def write_table(run_dir: Path, fmt: str | None = None, dest: Path | None = None,
                 book: PriceBook | None = None) -> Path:
-    """Write ``run_dir``'s table (its job's format and place unless given); the path."""
+    """Write ``run_dir``'s table (its job's format and place unless given); the
+    path. A job's directory whose shards ran (``--shard K/N``) has the table of
+    them all."""
+    if not (run_dir / "run.db").exists() and find_shards(run_dir):
+        with contextlib.ExitStack() as opened:
+            stores = [opened.enter_context(RunStore.reading(path))
+                      for path in find_shards(run_dir).values()]
+            return write_merged(stores, run_dir, fmt, dest)
     with RunStore.reading(run_dir) as store:
         return write_from(store, run_dir, fmt, dest, book)
 
@@ -129,17 +153,33 @@ def write_table(run_dir: Path, fmt: str | None = None, dest: Path | None = None,
 def write_from(store: RunStore, run_dir: Path, fmt: str | None = None,
                dest: Path | None = None, book: PriceBook | None = None) -> Path:
     settings = settings_of(store)
+    shape = shape_of(store, settings)
+    return _write([store], shape, rows(store, shape, book), settings,
+                  settings.path if settings else None, run_dir, fmt, dest)
+
+
+def write_merged(stores: Sequence[RunStore], job_dir: Path, fmt: str | None = None,
+                 dest: Path | None = None) -> Path:
+    """The table of the shards of one job (``batchgen merge``): its rows in job
+    order, at ``output.table`` or ``<job dir>/table.<ext>``."""
+    settings = next((s for s in map(settings_of, stores) if s is not None), None)
+    shape = shape_of(stores, settings)
+    return _write(stores, shape, merged_rows(stores, shape), settings,
+                  settings.merge_path if settings else None, job_dir, fmt, dest)
+
+
+def _write(stores: Sequence[RunStore], shape: Shape, body: Iterable[dict[str, Any]],
+           settings: TableSettings | None, path: str | None, run_dir: Path,
+           fmt: str | None, dest: Path | None) -> Path:
     fmt = fmt or (dest and _format_of(dest)) or (settings.format if settings else "csv")
     if fmt not in FORMATS:
         raise UsageError(f"a table is written as {', '.join(FORMATS)}; not {fmt!r}")
-    target = dest or (Path(settings.path) if settings and settings.format == fmt
+    target = dest or (Path(path) if path and settings and settings.format == fmt
                       else run_dir / f"table.{fmt}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    shape = shape_of(store, settings)
-    body = rows(store, shape, book)
     with replacing(target) as tmp:
         if fmt == "parquet":
-            _write_parquet(tmp, shape, body, _input_types(store, shape))
+            _write_parquet(tmp, shape, body, _input_types(stores, shape))
         else:
             lines = (jsonl(r) for r in body) if fmt == "jsonl" \
                 else _delimited(shape, body, "\t" if fmt == "tsv" else ",")
@@ -177,12 +217,12 @@ def _delimited(shape: Shape, body: Iterable[dict[str, Any]], delimiter: str) -> 
     yield buf.getvalue().encode("utf-8")
 
 
-def _input_types(store: RunStore, shape: Shape) -> dict[str, str]:
+def _input_types(stores: Sequence[RunStore], shape: Shape) -> dict[str, str]:
     """Per kept input column, the one Parquet type its values share: string,
     int64, float64 or bool; a column of mixed or nested values is JSON text."""
     kinds: dict[str, set[str]] = {c: set() for c in shape.inputs}
     if shape.inputs:
-        for raw in store.data_rows():
+        for raw in (raw for store in stores for raw in store.data_rows()):
             data = json.loads(raw)
             for c in shape.inputs:
                 value = data.get(c)

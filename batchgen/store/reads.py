@@ -123,7 +123,8 @@ class StoreReads(Reader):
         cur.row_factory = sqlite3.Row
         # `cost` and `where` are fixed fragments above; nothing here comes from a user
         yield from cur.execute(
-            "SELECT r.id, r.state, r.data_row, r.schema, r.model, s.content, s.reasoning, "  # noqa: S608
+            "SELECT r.id, r.position, r.state, r.data_row, r.schema, r.model, s.content, "  # noqa: S608
+            " s.reasoning, "
             " d.finish_reason, " + cost +
             " u.prompt_tokens + COALESCE(g.prompt_tokens, 0) AS prompt_tokens, "
             " u.completion_tokens + COALESCE(g.completion_tokens, 0) AS completion_tokens, "

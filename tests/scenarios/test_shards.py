@@ -88,6 +88,45 @@ def test_merged_shards_equal_the_unsharded_run_byte_for_byte(tmp_path: Path,
     assert again["runs"] == report["runs"] and again["rows"] == report["rows"]
 
 
+def test_a_data_jobs_shards_merge_into_the_table_of_the_unsharded_run(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """Each shard writes its own rows' table; merge writes the table of every
+    row in data order, at output.table, as the unsharded run writes it (before,
+    a sharded data job had no table but the shards' own); export of the job's
+    directory writes it too."""
+    rows = [{"doc": f"d{i}", "text": f"[[len={5 + i}]] row {i}"} for i in range(12)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)),
+                                         encoding="utf-8")
+
+    def data_job(name: str) -> Path:
+        path = write_job(tmp_path / f"{name}.yaml", fake, [], output_dir=str(tmp_path / name),
+                         endpoint={"region": "cn"})
+        spec = json.loads(path.read_text())
+        del spec["prompts"]
+        spec.update(data={"path": "rows.jsonl", "id": "doc"}, template={"prompt": "{{ text }}"},
+                    output={"table": f"{name}-table.csv"})
+        path.write_text(json.dumps(spec))
+        return path
+
+    run_job(load_job(data_job("whole")), RunOptions(sleep=no_sleep))
+    split = data_job("split")
+    for k in (1, 2, 3):
+        run_shard(split, k, 3)
+    job_dir = tmp_path / "split" / "t"
+    assert (job_dir / "shard-1-of-3" / "table.csv").exists()
+    merged = run_cli("merge", str(job_dir))
+    assert merged.returncode == 0, merged.stderr
+    table = (tmp_path / "split-table.csv").read_text(encoding="utf-8")
+    assert table == (tmp_path / "whole-table.csv").read_text(encoding="utf-8")
+    assert [line.split(",")[0] for line in table.splitlines()[1:]] == [
+        r["doc"] for r in reversed(rows)]
+    assert f"table: {tmp_path / 'split-table.csv'}" in merged.stdout
+    exported = run_cli("export", str(job_dir), "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    assert Path(exported.stdout.strip()) == job_dir / "table.jsonl"
+    assert len((job_dir / "table.jsonl").read_text().splitlines()) == 12
+
+
 def test_merge_refuses_shards_of_different_versions(tmp_path: Path, fake: FakeServer) -> None:
     job = write_job(tmp_path / "job.yaml", fake, prompts(12))
     run_shard(job, 1, 2)
