@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,9 +30,11 @@ from pathlib import Path
 from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
 from batchgen.errors import StoreError, UsageError
 from batchgen.jobs.shards import find_shards
+from batchgen.outputs.audio import seconds_of, wav_path
 from batchgen.outputs.files import (
     failed_entry,
     jsonl,
+    pretty_json,
     result_line,
     text_files,
     write_atomic,
@@ -128,10 +132,12 @@ def _write(job_dir: Path, shards: dict[tuple[int, int], Path],
 
     def results() -> Iterator[bytes]:
         pending: list[tuple[str, bytes]] = []
-        streams = [_done(store) for store in stores.values()]
-        for _, _, line, content, reasoning, rid in heapq.merge(*streams):
+        streams = [_done(store, shards[key]) for key, store in stores.items()]
+        for _, rid, line, content, reasoning, value, wav in heapq.merge(*streams):
             summary.done += 1
-            pending += text_files(job_dir, rid, content, reasoning)
+            pending += text_files(job_dir, rid, content, reasoning, value)
+            if wav is not None:
+                _copy_atomic(wav, job_dir / "audio" / wav.name)
             if len(pending) >= TEXT_BATCH:
                 write_many_atomic(pending)
                 pending = []
@@ -154,11 +160,31 @@ def _write(job_dir: Path, shards: dict[tuple[int, int], Path],
         summary.table = write_merged(list(stores.values()), job_dir)
 
 
-def _done(store: RunStore) -> Iterator[tuple[int, str, bytes, str, str, str]]:
+def _done(store: RunStore, shard: Path
+          ) -> Iterator[tuple[int, str, bytes, str, str, str | None, Path | None]]:
+    """A shard's answers in job order, as the unsharded run exports them: the
+    result line, the texts (with the JSON value of an answer to a schema) and
+    the speech file (positions are unique: the tuples never compare further)."""
+    speech = (shard / "audio").is_dir()
     for row in store.done_in_order(with_cost=True):
         line = result_line(row, True)
+        wav = wav_path(shard, row["id"]) if speech else None
+        if wav is not None and wav.exists():
+            line["audio"] = f"audio/{wav.name}"
+            line["audio_seconds"] = seconds_of(wav)
+        else:
+            wav = None
+        value = pretty_json(line["json"]) if "json" in line else None
         yield (row["position"], row["id"], jsonl(line), line["content"],
-               line.get("reasoning_content", ""), row["id"])
+               line.get("reasoning_content", ""), value, wav)
+
+
+def _copy_atomic(source: Path, dest: Path) -> None:
+    """``dest`` becomes a copy of ``source``, whole or not at all."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
 
 
 def _failed(store: RunStore) -> Iterator[tuple[int, str, bytes]]:

@@ -127,6 +127,34 @@ def test_a_data_jobs_shards_merge_into_the_table_of_the_unsharded_run(
     assert len((job_dir / "table.jsonl").read_text().splitlines()) == 12
 
 
+def test_merged_answers_to_a_schema_and_speech_are_the_unsharded_runs(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """texts/<id>.json of an answer to a schema and audio/<id>.wav of a speech
+    answer come with the merge, and results.jsonl names the audio as the
+    unsharded run's does (before, both were left in the shards)."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    items = [*({"id": f"j{i}", "prompt": f"[[json=valid]] person {i}", "schema": schema}
+               for i in range(6)),
+             *({"id": f"s{i}", "model": "qwen3-omni-flash", "prompt": f"[[len=20]] say {i}",
+                "modalities": ["text", "audio"], "audio": {"voice": "Cherry", "format": "wav"}}
+               for i in range(6))]
+    for name in ("a", "b"):
+        write_job(tmp_path / f"{name}.yaml", fake, items, output_dir=str(tmp_path / name))
+    run_job(load_job(tmp_path / "a.yaml"), RunOptions(sleep=no_sleep))
+    for k in (1, 2, 3):
+        run_shard(tmp_path / "b.yaml", k, 3)
+    merged = run_cli("merge", str(tmp_path / "b" / "t"))
+    assert merged.returncode == 0, merged.stderr
+    a, b = tmp_path / "a" / "t", tmp_path / "b" / "t"
+    assert (b / "results.jsonl").read_bytes() == (a / "results.jsonl").read_bytes()
+    for folder in ("texts", "audio"):
+        files = sorted(p.name for p in (a / folder).iterdir())
+        assert files == sorted(p.name for p in (b / folder).iterdir())
+        assert all((b / folder / f).read_bytes() == (a / folder / f).read_bytes() for f in files)
+    assert "j0.json" in {p.name for p in (b / "texts").iterdir()}
+    assert len(list((b / "audio").iterdir())) == 6
+
+
 def test_merge_refuses_shards_of_different_versions(tmp_path: Path, fake: FakeServer) -> None:
     job = write_job(tmp_path / "job.yaml", fake, prompts(12))
     run_shard(job, 1, 2)
