@@ -145,9 +145,11 @@ def _write(job_dir: Path, shards: dict[tuple[int, int], Path],
         write_many_atomic(pending)
 
     def failed() -> Iterator[bytes]:
-        streams = [_failed(store) for store in stores.values()]
-        for _, _, line in heapq.merge(*streams):
+        streams = [_failed(store, shards[key]) for key, store in stores.items()]
+        for _, _, line, partial in heapq.merge(*streams):
             summary.failed += 1
+            if partial is not None:  # a loop's text, kept when the guard stopped it
+                _copy_atomic(partial, job_dir / "texts" / partial.name)
             yield line
 
     try:
@@ -187,6 +189,8 @@ def _copy_atomic(source: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _failed(store: RunStore) -> Iterator[tuple[int, str, bytes]]:
+def _failed(store: RunStore, shard: Path) -> Iterator[tuple[int, str, bytes, Path | None]]:
     for row in store.failed_in_order():
-        yield row["position"], row["id"], jsonl(failed_entry(row))
+        partial = shard / "texts" / f"{row['id']}.partial.md"
+        yield (row["position"], row["id"], jsonl(failed_entry(row)),
+               partial if partial.exists() else None)

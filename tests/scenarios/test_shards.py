@@ -129,20 +129,23 @@ def test_a_data_jobs_shards_merge_into_the_table_of_the_unsharded_run(
 
 def test_merged_answers_to_a_schema_and_speech_are_the_unsharded_runs(
         tmp_path: Path, fake: FakeServer) -> None:
-    """texts/<id>.json of an answer to a schema and audio/<id>.wav of a speech
-    answer come with the merge, and results.jsonl names the audio as the
-    unsharded run's does (before, both were left in the shards)."""
+    """texts/<id>.json of an answer to a schema, audio/<id>.wav of a speech
+    answer and texts/<id>.partial.md of a loop the guard stopped come with the
+    merge, and results.jsonl names the audio as the unsharded run's does
+    (before, all three were left in the shards)."""
     schema = {"type": "object", "properties": {"name": {"type": "string"}}}
     items = [*({"id": f"j{i}", "prompt": f"[[json=valid]] person {i}", "schema": schema}
                for i in range(6)),
              *({"id": f"s{i}", "model": "qwen3-omni-flash", "prompt": f"[[len=20]] say {i}",
                 "modalities": ["text", "audio"], "audio": {"voice": "Cherry", "format": "wav"}}
-               for i in range(6))]
+               for i in range(6)),
+             {"id": "loop", "prompt": "[[len=2000]][[loop=300]] a report", "max_tokens": 4000}]
     for name in ("a", "b"):
         write_job(tmp_path / f"{name}.yaml", fake, items, output_dir=str(tmp_path / name))
     run_job(load_job(tmp_path / "a.yaml"), RunOptions(sleep=no_sleep))
-    for k in (1, 2, 3):
-        run_shard(tmp_path / "b.yaml", k, 3)
+    for k in (1, 2, 3):  # the loop fails (run.guard), its text kept in texts/loop.partial.md
+        run_job(load_job(tmp_path / "b.yaml", Overrides(shard=(k, 3))),
+                RunOptions(sleep=no_sleep))
     merged = run_cli("merge", str(tmp_path / "b" / "t"))
     assert merged.returncode == 0, merged.stderr
     a, b = tmp_path / "a" / "t", tmp_path / "b" / "t"
@@ -151,7 +154,8 @@ def test_merged_answers_to_a_schema_and_speech_are_the_unsharded_runs(
         files = sorted(p.name for p in (a / folder).iterdir())
         assert files == sorted(p.name for p in (b / folder).iterdir())
         assert all((b / folder / f).read_bytes() == (a / folder / f).read_bytes() for f in files)
-    assert "j0.json" in {p.name for p in (b / "texts").iterdir()}
+    assert (b / "failed.jsonl").read_bytes() == (a / "failed.jsonl").read_bytes()
+    assert {"j0.json", "loop.partial.md"} <= {p.name for p in (b / "texts").iterdir()}
     assert len(list((b / "audio").iterdir())) == 6
 
 
