@@ -134,12 +134,13 @@ def test_merged_answers_to_a_schema_and_speech_are_the_unsharded_runs(
     merge, and results.jsonl names the audio as the unsharded run's does
     (before, all three were left in the shards)."""
     schema = {"type": "object", "properties": {"name": {"type": "string"}}}
-    items = [*({"id": f"j{i}", "prompt": f"[[json=valid]] person {i}", "schema": schema}
-               for i in range(6)),
-             *({"id": f"s{i}", "model": "qwen3-omni-flash", "prompt": f"[[len=20]] say {i}",
-                "modalities": ["text", "audio"], "audio": {"voice": "Cherry", "format": "wav"}}
-               for i in range(6)),
-             {"id": "loop", "prompt": "[[len=2000]][[loop=300]] a report", "max_tokens": 4000}]
+    items: list[dict[str, Any]] = [
+        *({"id": f"j{i}", "prompt": f"[[json=valid]] person {i}", "schema": schema}
+          for i in range(6)),
+        *({"id": f"s{i}", "model": "qwen3-omni-flash", "prompt": f"[[len=20]] say {i}",
+           "modalities": ["text", "audio"], "audio": {"voice": "Cherry", "format": "wav"}}
+          for i in range(6)),
+        {"id": "loop", "prompt": "[[len=2000]][[loop=300]] a report", "max_tokens": 4000}]
     for name in ("a", "b"):
         write_job(tmp_path / f"{name}.yaml", fake, items, output_dir=str(tmp_path / name))
     run_job(load_job(tmp_path / "a.yaml"), RunOptions(sleep=no_sleep))
