@@ -39,8 +39,10 @@ from typing import Any
 
 from batchgen.engine.progress import make_progress
 from batchgen.engine.runner import Runner, RunOptions, RunSummary
-from batchgen.errors import ExitCode, JobFileError, Problem
+from batchgen.errors import ExitCode, JobFileError, Problem, UsageError
 from batchgen.jobs.load import DICT_JOB, Job, Overrides, load_job, load_job_dict
+from batchgen.jobs.schema import MAX_CONCURRENCY
+from batchgen.jobs.shards import parse_shard
 from batchgen.outputs.report import build_report
 from batchgen.outputs.table import rows as table_rows
 from batchgen.outputs.table import settings_of, shape_of
@@ -96,7 +98,8 @@ def run(job: str | os.PathLike[str] | Mapping[str, Any], *,
 
     ``overrides`` are the CLI's flags: ``name``, ``out``, ``model``, ``base_url``,
     ``api_key_env``, ``concurrency``, ``local``, ``max_cost``, ``currency``,
-    ``shard`` (``(K, N)``), ``via``, ``fallback``, ``no_wait``; and ``force``.
+    ``shard`` (``"K/N"``, ``"index/N"`` or ``(K, N)``), ``via``, ``fallback``,
+    ``no_wait``; and ``force``. They are checked as the flags are.
     """
     force = bool(overrides.pop("force", False))
     ov = _overrides(overrides)
@@ -138,8 +141,30 @@ def _overrides(given: dict[str, Any]) -> Overrides:
     if unknown:
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}; a run takes "
                         f"{', '.join(sorted(_OVERRIDES | {'force', 'rows', 'progress'}))}")
-    if "shard" in given and given["shard"] is not None:
-        given = {**given, "shard": tuple(given["shard"])}
+    given = {k: v for k, v in given.items() if v is not None}
+    shard = given.get("shard")
+    if isinstance(shard, str):  # "K/N" or "index/N", as --shard takes it
+        given["shard"] = parse_shard(shard)
+    elif shard is not None:
+        try:
+            k, n = (int(x) for x in shard)
+        except (TypeError, ValueError):
+            raise UsageError(f"shard={shard!r}: give (K, N) or 'K/N'") from None
+        if not 1 <= k <= n:
+            raise UsageError(f"shard={shard!r}: K must be from 1 to N")
+        given["shard"] = (k, n)
+    concurrency = given.get("concurrency")
+    if concurrency is not None and (type(concurrency) is not int
+                                    or not 1 <= concurrency <= MAX_CONCURRENCY):
+        raise UsageError(f"concurrency={concurrency!r}: a whole number from 1 to "
+                         f"{MAX_CONCURRENCY}")
+    max_cost = given.get("max_cost")
+    if max_cost is not None and (isinstance(max_cost, bool)
+                                 or not isinstance(max_cost, int | float) or not max_cost > 0):
+        raise UsageError(f"max_cost={max_cost!r}: a number above 0")
+    for key, allowed in (("via", ("stream", "batch")), ("fallback", ("batch", "stream"))):
+        if key in given and given[key] not in allowed:
+            raise UsageError(f"{key}={given[key]!r}: one of {', '.join(allowed)}")
     return Overrides(**given)
 
 

@@ -72,7 +72,7 @@ def _job_options(func: F) -> F:
                      help="Environment variable that holds the API key."),
         click.option("--allow-key-env", "allow_key_env", metavar="VAR", multiple=True,
                      help="Let the job file name VAR as its key variable (besides *_API_KEY)."),
-        click.option("--concurrency", type=click.IntRange(1, 4096),
+        click.option("--concurrency", type=click.IntRange(1, 4096),  # MAX_CONCURRENCY
                      help="Streams at once (default 8)."),
         click.option("--local", is_flag=True,
                      help="Run on the embedded local model (llama.cpp) instead of an API."),

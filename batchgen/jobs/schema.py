@@ -17,6 +17,7 @@ from batchgen.jobs.spec import Spec, extras, field
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ID_RE = re.compile(ID_PATTERN)
 
+MAX_CONCURRENCY = 4096  # streams at once (run.concurrency, --concurrency)
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 DEFAULT_API_KEY_ENV = "DASHSCOPE_API_KEY"
 
@@ -238,7 +239,7 @@ class GuardSpec(Spec):
 class RunSpec(Spec):
     """``run:`` — how hard and how patiently to run."""
 
-    concurrency: int = field(default=8, ge=1, le=4096)
+    concurrency: int = field(default=8, ge=1, le=MAX_CONCURRENCY)
     max_attempts: int = field(default=6, ge=1, le=100)
     idle_timeout: float = field(default=120.0, gt=0)
     connect_timeout: float = field(default=30.0, gt=0)

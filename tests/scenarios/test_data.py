@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -366,7 +367,21 @@ def test_errors_from_python_are_the_clis(tmp_path: Path, fake: FakeServer) -> No
     (problem,) = caught.value.problems
     assert (problem.file, problem.message) == (
         "rows", "no rows: give at least one, or leave rows= out")
+    # settings the CLI's flags check, checked as they are (concurrency=0 ran at 8, and
+    # shard="1/2" was a TypeError from deep inside)
+    rows = [{"word": "x"}]
+    for bad, says in ((dict(concurrency=0), "concurrency=0: a whole number from 1 to 4096"),
+                      (dict(concurrency=2.5), "concurrency=2.5"),
+                      (dict(max_cost=-1), "max_cost=-1: a number above 0"),
+                      (dict(via="carrier"), "via='carrier': one of stream, batch"),
+                      (dict(shard="3/2"), "K must be from 1 to 2"),
+                      (dict(shard=(0, 2)), "shard=(0, 2): K must be from 1 to N"),
+                      (dict(shard="half"), "write K/N")):
+        with pytest.raises(batchgen.UsageError, match=re.escape(says)):
+            batchgen.run(python_job(tmp_path, fake), rows=rows, progress=False, **bad)
     assert not (tmp_path / "out").exists()
+    result = batchgen.run(python_job(tmp_path, fake), rows=rows, progress=False, shard="1/1")
+    assert result.ok and result.run_dir == tmp_path / "out" / "py" / "shard-1-of-1"
 
 
 def test_run_inside_a_running_event_loop_like_a_notebook_cell(tmp_path: Path,
