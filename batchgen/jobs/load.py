@@ -33,6 +33,7 @@ from batchgen.jobs.records import (
 from batchgen.jobs.resolve import Walk, resolve_all
 from batchgen.jobs.schema import (
     ID_RE,
+    MAX_CONCURRENCY,
     OUTPUT_FORMATS,
     Defaults,
     EndpointSpec,
@@ -295,6 +296,8 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
                   media_root=str(Path(ov.media_root).resolve()) if ov.media_root
                   else run.media_root)
     if ov.concurrency is not None:
+        if not 1 <= ov.concurrency <= MAX_CONCURRENCY:
+            raise UsageError(f"concurrency {ov.concurrency}: from 1 to {MAX_CONCURRENCY}")
         run = replace(run, concurrency=ov.concurrency)
     if ov.via or ov.fallback or ov.no_wait:
         run = replace(run, via=ov.via or run.via, fallback=ov.fallback or run.fallback,
