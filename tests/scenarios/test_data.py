@@ -381,8 +381,9 @@ def test_errors_from_python_are_the_clis(tmp_path: Path, fake: FakeServer) -> No
             batchgen.run(python_job(tmp_path, fake), rows=rows, progress=False, **bad)
     assert not (tmp_path / "out").exists()
     with pytest.raises(batchgen.UsageError, match="concurrency 0: from 1 to 4096"):
-        (tmp_path / "job.json").write_text(json.dumps(
-            {**python_job(tmp_path, fake), "prompts": [{"prompt": "hi"}]}))
+        spec = {**python_job(tmp_path, fake), "prompts": [{"prompt": "hi"}]}
+        del spec["template"]
+        (tmp_path / "job.json").write_text(json.dumps(spec))
         batchgen.load_job(tmp_path / "job.json", batchgen.Overrides(concurrency=0))
     result = batchgen.run(python_job(tmp_path, fake), rows=rows, progress=False, shard="1/1")
     assert result.ok and result.run_dir == tmp_path / "out" / "py" / "shard-1-of-1"
