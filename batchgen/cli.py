@@ -131,7 +131,8 @@ def main() -> None:
               default="auto", show_default=True, help="Progress display.")
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True),
               help="Stop launching before the run directory's spend could pass this.")
-@click.option("--currency", help="Currency of --max-cost (CNY, USD).")
+@click.option("--currency", help="Currency of --max-cost (CNY, USD); default: the one "
+              "the job's models are priced in.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (to run, to skip, tokens, worst-case cost); call nothing.")
 @click.option("--force", is_flag=True,
@@ -159,7 +160,7 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
     if dry_run:
         from batchgen.cost.pricing import PriceBook
 
-        check_job(job, PriceBook(job.pricing))  # what the run would refuse, the dry run refuses
+        job = check_job(job, PriceBook(job.pricing))  # what the run would refuse, the dry run too
         _print_plan(job)
         return
     if verbose:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from batchgen.cost.pricing import ModelPrice, PriceBook, PriceList, StoreCosts
@@ -42,10 +42,13 @@ def endpoint_list(job: Job, book: PriceBook) -> PriceList | None:
     return book.list_for(job.endpoint.base_url, job.endpoint.region, job.endpoint.local)
 
 
-def check_budget(job: Job, book: PriceBook) -> None:
-    """A budget needs a price, in its currency, for every model of the job."""
-    assert job.budget is not None  # noqa: S101 - an invariant, for the type checker
+def check_budget(job: Job, book: PriceBook) -> Budget:
+    """A budget needs a price, in its currency, for every model of the job; one
+    given without a currency (``--max-cost`` alone) takes its models' one."""
+    budget = job.budget
+    assert budget is not None  # noqa: S101 - an invariant, for the type checker
     plist = endpoint_list(job, book)
+    priced: dict[str, str] = {}  # currency: the first model priced in it
     for model in job.info.models:
         price = book.price(plist, model)
         if price is None:
@@ -53,11 +56,20 @@ def check_budget(job: Job, book: PriceBook) -> None:
                 f"a budget is set but model {model!r} has no price on this endpoint; "
                 "add it under `pricing:` in the job file"
             )
-        if price.currency != job.budget.currency:
+        priced.setdefault(price.currency, model)
+    if not budget.currency:
+        if len(priced) == 1:
+            return replace(budget, currency=next(iter(priced)))
+        both = " and ".join(f"{c} ({m})" for c, m in priced.items())
+        raise UsageError(f"--max-cost needs a currency: the job's models are priced in {both}; "
+                         "pass --currency")
+    for currency, model in priced.items():
+        if currency != budget.currency:
             raise UsageError(
-                f"the budget is in {job.budget.currency} but {model!r} is priced in "
-                f"{price.currency}; set budget.currency: {price.currency}"
+                f"the budget is in {budget.currency} but {model!r} is priced in "
+                f"{currency}; give the budget in {currency} (budget.currency, or --currency)"
             )
+    return budget
 
 
 def spent(store: RunStore, book: PriceBook, currency: str) -> float:

@@ -140,20 +140,22 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def check_job(job: Job, book: PriceBook) -> None:
+def check_job(job: Job, book: PriceBook) -> Job:
     """What a run refuses in the job itself before anything is written or sent
     (a dry run refuses it too): a budget without a price for every model in its
-    currency; ``--via batch`` for what the Batch API cannot take."""
+    currency; ``--via batch`` for what the Batch API cannot take. The job
+    returned has its budget's currency (``--max-cost`` alone takes the models')."""
     if job.budget is not None:
-        check_budget(job, book)
+        job = replace(job, budget=check_budget(job, book))
     if job.run.via != "batch":
-        return
+        return job
     from batchgen.batch_api.client import check_models
 
     if job.endpoint.local:
         raise UsageError("--via batch needs a provider's Batch API; the local endpoint has "
                          "none: run it streamed")
     check_models(job.info.models)  # stream-only models
+    return job
 
 
 async def run_job_async(job: Job, opts: RunOptions) -> RunSummary:
@@ -201,7 +203,7 @@ class Runner:
         API key, the job itself (:func:`check_job`), a proxy of a kind the
         transport does not speak, a lost store."""
         self.api_key = api_key_from_env(self.job.endpoint.api_key_env)
-        check_job(self.job, self.book)
+        self.job = check_job(self.job, self.book)
         if not self.job.endpoint.local:  # a proxy batchgen cannot speak: said before anything
             from batchgen.wire.transport import proxy_for
 

@@ -307,10 +307,8 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
         run = replace(run, limits_url=limits_url)
     budget = Budget(spec.budget.max_cost, spec.budget.currency.upper()) if spec.budget else None
     if ov.max_cost is not None:
-        currency = ov.currency or (budget.currency if budget else None)
-        if currency is None:
-            raise UsageError("--max-cost needs a currency: pass --currency CNY (or USD)")
-        budget = Budget(ov.max_cost, currency.upper())
+        currency = ov.currency or (budget.currency if budget else "")
+        budget = Budget(ov.max_cost, currency.upper())  # none: the models' (check_budget)
     defaults = spec.defaults
     if ov.model:
         defaults = updated(defaults, model=ov.model)

@@ -109,7 +109,7 @@ class RunSettings:
 @dataclass(frozen=True)
 class Budget:
     max_cost: float
-    currency: str
+    currency: str  # "" for --max-cost alone, until the run takes its models' currency
 
 
 @dataclass(frozen=True)

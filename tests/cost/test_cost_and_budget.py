@@ -236,6 +236,27 @@ def test_budget_needs_prices_in_its_currency(tmp_path: Path, fake: FakeServer) -
     assert fake.ledger.requests == 0
 
 
+def test_max_cost_alone_takes_the_currency_of_the_models_prices(tmp_path: Path,
+                                                                fake: FakeServer) -> None:
+    """--max-cost without --currency: the job's models are all priced in CNY, so
+    the budget is in CNY (before: "pass --currency"); models priced in two
+    currencies still need one named."""
+    job = write_job(tmp_path / "job.yaml", fake, [{"prompt": "[[len=5]] x"}],
+                    endpoint={"region": "cn"})
+    dry = CliRunner().invoke(main, ["run", str(job), "--max-cost", "1", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "budget:        1.0000 CNY" in dry.output
+    assert run_job(load_job(job, Overrides(max_cost=1.0)), opts()).exit_code == 0
+    prices = {"other": {"currency": "USD", "input": 1.0, "output": 1.0}}
+    job = write_job(tmp_path / "two.yaml", fake,
+                    [{"prompt": "x"}, {"prompt": "y", "model": "other"}],
+                    endpoint={"region": "cn"}, pricing=prices)
+    proc = CliRunner().invoke(main, ["run", str(job), "--max-cost", "1"])
+    assert proc.exit_code == 2
+    assert "the job's models are priced in CNY (qwen-plus) and USD (other); pass --currency" \
+        in proc.output
+
+
 def test_dry_run_prints_the_plan_and_calls_nothing(tmp_path: Path, fake: FakeServer) -> None:
     prompts = [{"id": f"p{i}", "prompt": ESSAY, "max_tokens": 1000} for i in range(4)]
     job = write_job(tmp_path / "job.yaml", fake, prompts, endpoint={"region": "cn"})
