@@ -370,6 +370,11 @@ def _table_problems(file: Path, table: TableSettings, seen: dict[str, None],
                     name, line_map.line_of(("output", "columns")), "output.columns",
                     f"{column!r} is not a column of the data (its columns: "
                     f"{', '.join(list(seen)[:20])})"))
+    if spec.output.table and Path(table.path).is_dir():
+        problems.append(Problem(
+            name, line_map.line_of(("output", "table")), "output.table",
+            f"{spec.output.table!r} is a folder; name the table's file "
+            f"({spec.output.table.rstrip('/')}/table.{table.format}, for one)"))
     named = _table_format(spec.output.table)
     if named is not None and named != table.format:
         problems.append(Problem(

@@ -491,6 +491,14 @@ def test_output_table_is_written_in_the_format_its_name_says(tmp_path: Path,
     assert proc.returncode == 2
     assert "output.table: 't.tsv' names a .tsv file, and output.format is parquet" in proc.stderr
     assert not (tmp_path / "out").exists()
+    (tmp_path / "tables").mkdir()  # a folder: before, found only when the run had ended
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "doc_id"},
+                   output={"table": "tables"})
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 2
+    assert "output.table: 'tables' is a folder; name the table's file (tables/table.jsonl" \
+        in proc.stderr
+    assert not (tmp_path / "out").exists() and not fake.ledger.entries
     job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "doc_id"},
                    output={"table": "t.tsv"})
     assert run_cli("run", str(job), "-q").returncode == 0
