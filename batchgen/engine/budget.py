@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from batchgen.cost.pricing import ModelPrice, PriceBook, PriceList, StoreCosts
+from batchgen.cost.pricing import LOCAL_LIST, ModelPrice, PriceBook, PriceList, StoreCosts
 from batchgen.errors import UsageError
 from batchgen.jobs.load import Job
 from batchgen.jobs.records import Budget, Request
@@ -52,8 +52,12 @@ def check_budget(job: Job, book: PriceBook) -> Budget:
     for model in job.info.models:
         price = book.price(plist, model)
         if price is None:
+            where = "" if plist is not None else (
+                f" ({job.endpoint.base_url} is in no price list: for a gateway in front of "
+                "one, name the list with endpoint.region: "
+                f"{', '.join(n for n in book.lists if n != LOCAL_LIST)})")
             raise UsageError(
-                f"a budget is set but model {model!r} has no price on this endpoint; "
+                f"a budget is set but model {model!r} has no price on this endpoint{where}; "
                 "add it under `pricing:` in the job file"
             )
         priced.setdefault(price.currency, model)

@@ -228,6 +228,12 @@ def test_budget_needs_prices_in_its_currency(tmp_path: Path, fake: FakeServer) -
     dry = CliRunner().invoke(main, ["run", str(job), "--dry-run"])
     assert dry.exit_code == 2 and "model 'mystery' has no price" in dry.output, dry.output
     assert not (tmp_path / "out").exists()
+    # an endpoint in no price list (a gateway in front of Model Studio): say how to name one
+    job = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}],
+                    budget={"max_cost": 1, "currency": "CNY"})
+    dry = CliRunner().invoke(main, ["run", str(job), "--dry-run"])
+    assert dry.exit_code == 2 and "is in no price list" in dry.output, dry.output
+    assert "name the list with endpoint.region: dashscope-cn, dashscope-intl" in dry.output
     job = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}],
                     endpoint={"region": "cn"}, budget={"max_cost": 1, "currency": "USD"})
     with pytest.raises(UsageError, match="priced in CNY"):
