@@ -99,14 +99,19 @@ def replacing(path: Path) -> Iterator[Path]:
 def written_through(path: Path) -> bool:
     """Whether :func:`replacing` writes ``path`` through rather than replacing
     it: whether ``path`` is there and is no regular file (nor a link to one), or
-    is one only as what /dev/stdout or /proc/self/fd/N points to."""
+    is one only as what a process's open file points to (``/dev/stdout``
+    redirected to a file, ``/dev/fd/N``, ``/proc/self/fd/N``)."""
     if str(path) == "-":
         return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
-    return not stat.S_ISREG(mode) or str(path).startswith(("/dev/", "/proc/"))
+    return not stat.S_ISREG(mode) or str(path).startswith(OPEN_FILES)
+
+
+# names of a process's open files: a file reached through one is written into
+OPEN_FILES = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
 
 
 def _syncfs(fd: int) -> bool:

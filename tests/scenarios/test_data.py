@@ -13,6 +13,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,17 @@ def test_export_goes_to_standard_output_a_pipe_or_a_link(tmp_path: Path,
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == table  # the table, and no path after it
     assert not (tmp_path / "-").exists()
+    # standard output redirected to a file: the table goes into it
+    with (tmp_path / "redirected.csv").open("w") as out:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        subprocess.run([sys.executable, "-m", "batchgen", "export", str(run_dir), "-o",
+                        "/proc/self/fd/1"], stdout=out, env=env, check=True, timeout=60)
+    assert (tmp_path / "redirected.csv").read_text(encoding="utf-8") == table
+    if os.access("/dev/shm", os.W_OK):  # a regular file under /dev is replaced, not added to
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+            (Path(shm) / "t.csv").write_text("old\n", encoding="utf-8")
+            assert run_cli("export", str(run_dir), "-o", f"{shm}/t.csv").returncode == 0
+            assert (Path(shm) / "t.csv").read_text(encoding="utf-8") == table
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
     got: list[bytes] = []
