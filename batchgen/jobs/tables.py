@@ -1,0 +1,113 @@
+"""``output:`` of a job with ``data:``: where and how its table is written,
+and what in it is refused before anything runs (columns the data lacks,
+columns that would share a name, a table file that is a folder or names
+another format)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from batchgen.errors import Problem
+from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
+from batchgen.jobs.schema import OUTPUT_FORMATS, JobSpec
+from batchgen.jobs.sources import Source
+from batchgen.jobs.yamlmarks import LineMap
+
+
+def table_settings(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path,
+                   job_dir: Path | None) -> TableSettings | None:
+    """Where and how a job with ``data:`` writes its table (None: no data);
+    ``job_dir`` for a shard, where merging its job's shards writes the whole."""
+    data = next((s.rows.data for s in sources if s.rows is not None), None)
+    if data is None:
+        return None
+    out = spec.output
+    named = _table_format(out.table)  # output.table: out.tsv is a TSV table
+    fmt = out.format or named or {"json": "jsonl", "": "csv"}.get(data.format, data.format)
+    if data.path is None and out.format is None and named is None:
+        fmt = "csv"  # a folder's files: a plain table of them
+    # every shard writes its own rows in its own run directory; `merge` the whole
+    whole = str(file.parent / out.table) if out.table else None
+    path = whole if whole and job_dir is None else str(run_dir / f"table.{fmt}")
+    merge_path = None if job_dir is None else whole or str(job_dir / f"table.{fmt}")
+    return TableSettings(format=fmt, path=path, prefix=out.prefix,
+                         columns=tuple(out.columns) if out.columns is not None else None,
+                         flatten=out.flatten, merge_path=merge_path)
+
+
+def _table_format(path: str | None) -> str | None:
+    """The table format a path's extension names, if it names one."""
+    suffix = Path(path).suffix.lower().lstrip(".") if path else ""
+    return suffix if suffix in OUTPUT_FORMATS else None
+
+
+def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
+                    line_map: LineMap, spec: JobSpec, schemas: dict[str, None]) -> list[Problem]:
+    """``output.columns`` that no row has, and columns of the table that would
+    have one name: a generated column and a kept input column (``output.prefix``
+    sets them apart), or — with ``output.flatten`` — a property of the answer's
+    schema and either of those."""
+    name = str(file)
+    problems = []
+    if table.columns is not None:
+        for column in table.columns:
+            if column not in seen:
+                problems.append(Problem(
+                    name, line_map.line_of(("output", "columns")), "output.columns",
+                    f"{column!r} is not a column of the data (its columns: "
+                    f"{', '.join(list(seen)[:20])})"))
+    if spec.output.table and (file.parent / spec.output.table).is_dir():
+        problems.append(Problem(
+            name, line_map.line_of(("output", "table")), "output.table",
+            f"{spec.output.table!r} is a folder; name the table's file "
+            f"({spec.output.table.rstrip('/')}/table.{table.format}, for one)"))
+    named = _table_format(spec.output.table)
+    if named is not None and named != table.format:
+        problems.append(Problem(
+            name, line_map.line_of(("output", "table")), "output.table",
+            f"{spec.output.table!r} names a .{named} file, and output.format is "
+            f"{table.format}; make them agree (or leave output.format out)"))
+    kept = set(table.columns) if table.columns is not None else set(seen)
+    id_column = spec.data.id if spec.data is not None else None
+    where = line_map.line_of(("output",)) or line_map.line_of(("data",))
+    for column in GENERATED_COLUMNS:
+        generated = table.prefix + column
+        if generated in kept and not (generated == "id" == id_column):
+            problems.append(Problem(
+                name, where, "output",
+                f"the table's column {generated!r} (what batchgen writes) has the name of an "
+                f"input column; set `output.prefix:` (e.g. gen_), or leave {generated!r} out "
+                "of `output.columns:`"))
+    if table.flatten:
+        made = {table.prefix + c for c in (*GENERATED_COLUMNS, "json")}
+        properties: dict[str, None] = {}
+        for schema in schemas:
+            value = json.loads(schema)
+            listed = value.get("properties") if isinstance(value, dict) else None
+            properties.update(dict.fromkeys(listed if isinstance(listed, dict) else ()))
+        for prop in properties:
+            column = table.prefix + prop
+            if column in made:
+                problems.append(Problem(
+                    name, line_map.line_of(("output", "flatten")) or where, "output.flatten",
+                    f"the schema's property {prop!r} would be the table's column {column!r}, "
+                    "which batchgen writes already; rename the property, or leave "
+                    "`output.flatten:` off (the answer is in the json column)"))
+            elif column in kept:
+                problems.append(Problem(
+                    name, line_map.line_of(("output", "flatten")) or where, "output.flatten",
+                    f"the schema's property {prop!r} would be the table's column {column!r}, "
+                    "the name of an input column; set `output.prefix:` (e.g. gen_), or "
+                    f"leave {column!r} out of `output.columns:`"))
+    return problems
+
+
+def columns_known(table: TableSettings | None, columns: tuple[str, ...]
+                   ) -> TableSettings | None:
+    """The table keeping every input column names them, in the data's order
+    (the run store keeps each row with its keys sorted)."""
+    if table is None or table.columns is not None:
+        return table
+    return replace(table, columns=columns)
