@@ -6,7 +6,9 @@ data, never templates: Jinja2 inserts what an expression yields as it is, so a
 value holding ``{{ x }}``, ``{% %}`` or an unbalanced brace arrives literally.
 Strings without ``{{``, ``{%`` or ``{#`` are kept as written (not compiled).
 
-A null value writes nothing, and a nested object or list is written as JSON.
+A column whose name is not a name (``First Name``, ``product-id``) is reached
+through ``row``: ``{{ row['First Name'] }}``. A null value writes nothing,
+and a nested object or list is written as JSON.
 
 A parameter (any key but the prompt's text, messages, tags, id and model)
 written as one expression, ``max_tokens: "{{ max_len }}"``, becomes the number
@@ -48,6 +50,9 @@ _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
 
 
 _GLOBALS = dict(_ENV.globals)
+# the whole row, for a column whose name is no name in a template:
+# {{ row['First Name'] }} (a column named "row" wins over it)
+ROW = "row"
 
 
 class RenderError(Exception):
@@ -79,7 +84,8 @@ def _plain_pieces(source: str) -> tuple[str, ...] | None:
     parts = _NAME.split(source)
     texts = parts[0::2]
     if any("{{" in t or "{%" in t or "{#" in t for t in texts) \
-            or any(name in _GLOBALS for name in parts[1::2]):  # range, dict, ...: Jinja2's
+            or any(name in _GLOBALS or name == ROW  # range, dict, ...: Jinja2's
+                   for name in parts[1::2]):
         return None
     return tuple(parts)
 
@@ -125,7 +131,7 @@ class Template:
         # one set of names for every string of the row (the environment's globals,
         # then the row's columns), shared by their contexts rather than copied for
         # each: a third of the time of Template.render, the same output
-        names = {**_GLOBALS, **row} if self.jinja else row
+        names = {**_GLOBALS, ROW: row, **row} if self.jinja else row
         out = _render(self._tree, names)
         assert isinstance(out, dict)  # noqa: S101 - a mapping compiles to a mapping
         return out
@@ -147,7 +153,8 @@ def _render(node: Compiled, row: dict[str, Any]) -> Any:
             template = node.template
             text = "".join(template.root_render_func(template.new_context(row, shared=True)))
     except jinja2.UndefinedError as exc:
-        given = [name for name in row if name not in _GLOBALS]
+        given = [name for name in row if name not in _GLOBALS
+                 and not (name == ROW and isinstance(row[name], dict) and ROW not in row[name])]
         columns = ", ".join(given[:12]) + (", ..." if len(given) > 12 else "")
         raise RenderError(path, f"{exc.message}: the row has no such column or key "
                           f"(its columns: {columns}); add it to the data or fix the "

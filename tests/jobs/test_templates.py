@@ -52,6 +52,21 @@ def test_a_null_writes_nothing_and_nested_values_write_json() -> None:
                              "system": '<><{"d": true}>'}
 
 
+def test_a_column_whose_name_is_no_name_is_reached_through_row() -> None:
+    """CSV headers such as "First Name" or "product-id" cannot be written as
+    {{ names }}; {{ row['First Name'] }} reaches them (before: 'row' is
+    undefined). A column named row wins over the whole row."""
+    t = template({"prompt": "{{ row['First Name'] }} / {{ row['product-id'] }}",
+                  "system": "{{ row }}"})
+    row = {"First Name": "Ada", "product-id": "p1"}
+    assert t.render(row) == {"prompt": "Ada / p1",
+                             "system": '{"First Name": "Ada", "product-id": "p1"}'}
+    assert template({"prompt": "{{ row }}!"}).render({"row": "own"}) == {"prompt": "own!"}
+    with pytest.raises(RenderError) as caught:
+        t.render({"First Name": "Ada"})
+    assert "(its columns: First Name)" in caught.value.message
+
+
 def test_strict_names_and_the_sandbox() -> None:
     with pytest.raises(RenderError) as caught:
         template({"prompt": "{{ missing }}"}).render({"present": 1})
