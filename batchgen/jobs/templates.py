@@ -99,7 +99,6 @@ class Template:
     def __init__(self, spec: dict[str, Any], file: str,
                  line_of: Callable[[tuple[Any, ...]], int | None]) -> None:
         self.problems: list[Problem] = []
-        self.names: set[str] = set()
         self.jinja = False  # some string needs Jinja2's render (not only text and names)
         self._file, self._line_of = file, line_of
         self._tree = self._compile(spec, ("template",), convert=False)
@@ -115,7 +114,6 @@ class Template:
             return value
         try:
             compiled = _ENV.from_string(value)
-            self.names |= _names(value)
         except jinja2.TemplateSyntaxError as exc:
             self.problems.append(Problem(
                 self._file, self._line_of(path), path_str(path),
@@ -191,10 +189,3 @@ def _scalar(text: str) -> Any:
     if stripped in ("true", "True", "false", "False"):
         return stripped in ("true", "True")
     return text
-
-
-def _names(source: str) -> set[str]:
-    """The row names a template reads (for the docs' sake of naming columns)."""
-    from jinja2 import meta
-
-    return set(meta.find_undeclared_variables(_ENV.parse(source)))
