@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 SCHEME = "file://"
 READ = 1 << 20
@@ -120,8 +120,10 @@ def resolve(value: str, base: Path, roots: tuple[Path, ...]) -> Path:
     raw = value[len(SCHEME):]
     if not raw:
         raise MediaProblem("file:// names no file")
-    path = Path(raw)
-    full = (path if path.is_absolute() else base / path).resolve()
+    full = _full(raw, base)
+    if "%" in raw and not full.exists():  # a URL's escapes (Path.as_uri: a%20b.png)
+        decoded = _full(unquote(raw), base)
+        full = decoded if decoded.exists() else full
     allowed = (base.resolve(), *(r.resolve() for r in roots))
     if not any(full.is_relative_to(root) for root in allowed):
         where = ", ".join(str(r) for r in allowed)
@@ -129,6 +131,11 @@ def resolve(value: str, base: Path, roots: tuple[Path, ...]) -> Path:
                            f"the media roots ({where}); put it there, or name its folder "
                            "with run.media_root or --media-root")
     return full
+
+
+def _full(raw: str, base: Path) -> Path:
+    path = Path(raw)
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,23 @@ def test_local_images_go_as_data_urls_and_a_changed_one_runs_again(
     assert len(fake.ledger.entries) == 3
 
 
+def test_a_file_url_with_escapes_and_an_absolute_one(tmp_path: Path, fake: FakeServer) -> None:
+    """Path.as_uri() writes file:///…/my%20cat.png: the escapes are read as a URL's
+    (before: "no such file"); a file whose own name has a % is found as named."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "my cat.png").write_bytes(PNG)
+    (tmp_path / "img" / "100%25.png").write_bytes(JPEG)
+    path = media_job(tmp_path, fake, [
+        image_prompt("a", (tmp_path / "img" / "my cat.png").as_uri()),
+        image_prompt("b", "file://img/my%20cat.png"),
+        image_prompt("c", "file://img/100%25.png")])
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    png = f"data:image/png;base64,{base64.b64encode(PNG).decode()}"
+    jpeg = f"data:image/jpeg;base64,{base64.b64encode(JPEG).decode()}"
+    assert sorted(images_sent(fake)) == sorted([png, png, jpeg])
+
+
 def test_a_folder_as_data_with_a_template(tmp_path: Path, fake: FakeServer) -> None:
     for name in ("b.jpg", "a.jpg", "sub/c.jpg"):
         (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
