@@ -445,7 +445,7 @@ def export(run_dir: str, fmt: str | None, dest: str | None) -> None:
     without data:), in job order, with the kept input columns, then id,
     status, content, reasoning, finish_reason, prompt_tokens,
     completion_tokens, cost and error. Reads the run store only; safe while
-    a run writes it."""
+    a run writes it. A sharded job's directory stands for all its shards."""
     from batchgen.outputs.files import written_through
     from batchgen.outputs.table import write_table
 
