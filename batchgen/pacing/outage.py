@@ -102,7 +102,8 @@ class Outage:
             self._storm += 1
             self._storm_requests.add(request)
             if self._storm >= STORM and len(self._storm_requests) > 1:
-                self._begin("no response within run.idle_timeout" if silent
+                self._begin("no response within run.idle_timeout (raise it if answers "
+                            "are slow to begin)" if silent
                             else f"HTTP {err.http_status} from every answer")
         else:
             if answered:  # the endpoint answers: whatever this is, it is the request's
