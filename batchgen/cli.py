@@ -210,8 +210,9 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
     if summary.failed:
         click.echo(f"  failed requests: {summary.run_dir / 'failed.jsonl'} "
                    f"(why: batchgen status {summary.run_dir})")
-    click.echo(f"  cost report: {summary.run_dir / 'report.md'} "
-               f"(batchgen report {summary.run_dir})")
+    if summary.storage is None:  # else the disk refused writes: no report was written
+        click.echo(f"  cost report: {summary.run_dir / 'report.md'} "
+                   f"(batchgen report {summary.run_dir})")
     for note in summary.notes:
         click.echo(f"  {note}")
     if summary.stopped_by == "submitted":

@@ -293,7 +293,11 @@ class Runner:
         summary.storage, summary.notes = outcome.storage, [*self.notes, *outcome.notes]
         counts = store.counts()
         summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch" else 0)
-        if summary.storage is None:  # else the disk refuses writes: outputs stay as they were
+        if summary.storage is not None:
+            # the disk refused writes: what the store holds is what is done (an
+            # answer whose commit the disk refused is pending), and outputs stay
+            summary.done = max(0, counts["done"] - start["done"])
+        else:
             self.export(store, summary)
         return summary
 

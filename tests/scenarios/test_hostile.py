@@ -373,6 +373,11 @@ def test_a_full_disk_stops_buying_and_keeps_what_is_saved(
     db = sqlite3.connect(small_disk / "t" / "run.db")
     done = [r[0] for r in db.execute("SELECT id FROM requests WHERE state='done'")]
     db.close()
+    # the summary counts what the store holds (an answer whose commit the disk refused
+    # is not done), and names no report: none was written
+    assert proc.stdout.startswith(f"t: {len(done)} done, 0 failed, {30 - len(done)} not run")
+    assert f"{len(done)} requests done, {30 - len(done)} not finished" in proc.stderr
+    assert "cost report" not in proc.stdout and not (small_disk / "t" / "report.md").exists()
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = run_cli("run", str(job), "-q", timeout=300)
     assert again.returncode == 0, again.stderr
