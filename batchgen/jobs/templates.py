@@ -34,7 +34,6 @@ _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _ONE_EXPRESSION = re.compile(r"\s*\{\{[^{}]*\}\}\s*", re.DOTALL)
 
 
-
 def _text(value: Any) -> Any:
     """What ``{{ expression }}`` writes for a value: null as nothing (not
     "None"), a nested object or list as JSON (not Python's repr), the rest as is."""
