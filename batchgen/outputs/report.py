@@ -172,7 +172,8 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
     for model in report.unknown_cost:
         report.warnings.append(
             f"no price for model {model!r} on this endpoint: its cost is unknown (not 0); "
-            "add it to the job's `pricing:` block"
+            "add it to the job's `pricing:` block (or, for a gateway in front of a "
+            "provider, name its price list with endpoint.region)"
         )
     return report
 
@@ -318,7 +319,8 @@ def _footer(report: Report) -> list[str]:
                      f"{a.completion_tokens:,} completion tokens, "
                      f"{_money(a.cost, a.currency)} (in the total above)")
     if report.stopped_at_the_cap:
-        lines.append(f"stopped at the output cap: {report.stopped_at_the_cap:,} answers end "
+        n = report.stopped_at_the_cap
+        lines.append(f"stopped at the output cap: {n:,} answer{'s end' if n != 1 else ' ends'} "
                      "with finish_reason length")
     lines += [f"warning: {w}" for w in report.warnings]
     return lines

@@ -93,6 +93,8 @@ def test_stop_is_the_default_and_none_is_refused_at_validation(tmp_path: Path,
     assert "at the cap: 1 done but stopped at the output cap" in status
     report = (tmp_path / "out" / "plain" / "report.json").read_text()
     assert '"stopped_at_the_cap": 1' in report
+    markdown = (tmp_path / "out" / "plain" / "report.md").read_text()
+    assert "stopped at the output cap: 1 answer ends with finish_reason length" in markdown
 
 
 def test_a_kill_9_inside_the_third_segment_resumes_inside_it(tmp_path: Path) -> None:
