@@ -232,8 +232,9 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
                    "requests are pending, none failed: run the same command again to "
                    "continue", err=True)
     elif summary.pending:
-        click.echo(f"batchgen: {summary.pending} requests were not finished; run the same "
-                   "command again", err=True)
+        n = summary.pending
+        click.echo(f"batchgen: {n} request{'s were' if n != 1 else ' was'} not finished; "
+                   "run the same command again", err=True)
 
 
 @main.command()

@@ -112,7 +112,7 @@ class LineProgress:
     def start(self, total: int, skipped: int) -> None:
         self.total = total
         extra = f" ({skipped} already done, skipped)" if skipped else ""
-        self._write(f"{self.name}: {total} requests to run{extra}")
+        self._write(f"{self.name}: {total} request{'s' if total != 1 else ''} to run{extra}")
 
     def update(self, *, done: int = 0, failed: int = 0, tokens: int = 0,
                in_flight: int = 0) -> None:

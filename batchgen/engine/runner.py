@@ -475,7 +475,9 @@ def _with_counts(error: StorageError, store: RunStore) -> StorageError:
         return error
     left = counts["pending"] + counts["failed"]
     fix = "free space and run again" if error.no_space else "fix the disk and run again"
-    return StorageError(f"{error}: {counts['done']} requests done, {left} not finished; {fix}",
+    done = counts["done"]
+    return StorageError(f"{error}: {done} request{'s' if done != 1 else ''} done, {left} not "
+                        f"finished; {fix}",
                         path=error.path, no_space=error.no_space)
 
 

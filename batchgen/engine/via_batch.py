@@ -197,7 +197,8 @@ class BatchRunner:
                               remote_status=batchapi.status(remote),
                               counts=batchapi.counts(remote))
             self.outcome.lines.append(f"submitted batch {batchapi.batch_id(remote)}: "
-                                      f"{b.requests} requests of {b.model}")
+                                      f"{b.requests} request{'s' if b.requests != 1 else ''} "
+                                      f"of {b.model}")
 
     def _file(self, b: BatchRow) -> bytes:
         out = []

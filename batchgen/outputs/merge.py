@@ -87,7 +87,9 @@ def merge(job_dir: Path) -> MergeSummary:
             if RunLock.is_held(path):
                 summary.incomplete.append(f"{path.name}: still running")
             elif counts["pending"]:
-                summary.incomplete.append(f"{path.name}: {counts['pending']} requests not done")
+                n = counts["pending"]
+                summary.incomplete.append(f"{path.name}: {n} request{'s' if n != 1 else ''} "
+                                          "not done")
         with RunLock(job_dir):
             _write(job_dir, shards, stores, summary)
         return summary

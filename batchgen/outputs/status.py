@@ -65,7 +65,7 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
         for b in batches.all():
             counted = f", {b.done_text()}" if b.counts else ""
             st.batches.append(f"{b.name}: {b.where} ({b.state}){counted}; "
-                              f"{b.requests} requests of {b.model}")
+                              f"{b.requests} request{'s' if b.requests != 1 else ''} of {b.model}")
     st.pending = counts["pending"] - st.streaming
     st.outage = outage_text(store.meta("outage"), st.running)
     st.at_the_cap = store.at_the_cap()

@@ -376,7 +376,8 @@ def test_a_full_disk_stops_buying_and_keeps_what_is_saved(
     # the summary counts what the store holds (an answer whose commit the disk refused
     # is not done), and names no report: none was written
     assert proc.stdout.startswith(f"t: {len(done)} done, 0 failed, {30 - len(done)} not run")
-    assert f"{len(done)} requests done, {30 - len(done)} not finished" in proc.stderr
+    word = "request" if len(done) == 1 else "requests"
+    assert f"{len(done)} {word} done, {30 - len(done)} not finished" in proc.stderr
     assert "cost report" not in proc.stdout and not (small_disk / "t" / "report.md").exists()
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = run_cli("run", str(job), "-q", timeout=300)

@@ -211,10 +211,11 @@ def test_flags_override_the_job_file(tmp_path: Path, fake: FakeServer) -> None:
     job_file = write_job(tmp_path / "job.yaml", None, [{"prompt": "x"}])
     proc = run_cli("run", str(job_file), "--base-url", fake.base_url, "--name", "renamed",
                    "--out", str(tmp_path / "elsewhere"), "--model", "qwen-max",
-                   "--concurrency", "2", "-q")
+                   "--concurrency", "2", "--progress", "lines")
     assert proc.returncode == 0, proc.stderr
     results = read_results(tmp_path / "elsewhere" / "renamed")
     assert results[0]["model"] == "qwen-max"
+    assert "renamed: 1 request to run" in proc.stderr  # one request, said as one
 
 
 def test_jsonl_job_with_flags(tmp_path: Path, fake: FakeServer) -> None:
