@@ -197,6 +197,8 @@ def _print_plan(job: Job) -> None:
         click.echo(f"  budget:        {job.budget.max_cost:,.4f} {job.budget.currency}")
     for model, mode in job.info.schema_modes:
         click.echo(f"  schema:        {model}: {mode}")
+    if job.table is not None:
+        click.echo(f"  table:         {job.table.path} ({job.table.format})")
 
 
 def _print_summary(job: Job, summary: RunSummary) -> None:
@@ -266,6 +268,8 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
     where = "embedded local model (llama.cpp)" if job.endpoint.local else job.endpoint.base_url
     click.echo(f"  endpoint: {where}")
     click.echo(f"  writes:   {job.run_dir}/")
+    if job.table is not None:
+        click.echo(f"  table:    {job.table.path} ({job.table.format})")
     env = job.endpoint.api_key_env
     if env and not os.environ.get(env):
         click.echo(f"  note: {env} is not set; `batchgen run` needs it")

@@ -513,6 +513,9 @@ def test_output_table_is_written_in_the_format_its_name_says(tmp_path: Path,
     assert not (tmp_path / "out").exists() and not fake.ledger.entries
     job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "doc_id"},
                    output={"table": "t.tsv"})
+    said = f"table:    {tmp_path / 't.tsv'} (tsv)"  # validate and --dry-run say where
+    assert said in run_cli("validate", str(job)).stdout
+    assert said.replace(":", ":     ", 1) in run_cli("run", str(job), "--dry-run").stdout
     assert run_cli("run", str(job), "-q").returncode == 0
     table = read_table(tmp_path / "t.tsv")
     assert [(r["doc_id"], r["status"]) for r in table] == [("d1", "done"), ("d2", "done")]
