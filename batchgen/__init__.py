@@ -36,7 +36,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from batchgen.api import RunResult, arun, run
-    from batchgen.engine.runner import RunOptions, RunSummary, run_job
+    from batchgen.engine.runner import RunOptions, run_job
+    from batchgen.engine.summary import RunSummary
     from batchgen.errors import BatchgenError, JobFileError, UsageError
     from batchgen.jobs.load import Job, Overrides, load_job
 
@@ -51,7 +52,7 @@ _LAZY = {
     "Overrides": "jobs.load",
     "load_job": "jobs.load",
     "RunOptions": "engine.runner",
-    "RunSummary": "engine.runner",
+    "RunSummary": "engine.summary",
     "run_job": "engine.runner",
 }
 

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.engine.progress import make_progress
-from batchgen.engine.runner import Runner, RunOptions, RunSummary
+from batchgen.engine.runner import Runner, RunOptions
+from batchgen.engine.summary import RunSummary
 from batchgen.errors import ExitCode, JobFileError, Problem, UsageError
 from batchgen.jobs.load import DICT_JOB, Job, Overrides, load_job, load_job_dict
 from batchgen.jobs.schema import MAX_CONCURRENCY

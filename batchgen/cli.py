@@ -21,7 +21,7 @@ import click
 from batchgen.errors import ExitCode, exit_codes_help
 
 if TYPE_CHECKING:
-    from batchgen.engine.runner import RunSummary
+    from batchgen.engine.summary import RunSummary
     from batchgen.jobs.load import Job, Overrides
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -33,7 +33,8 @@ from batchgen.engine.journal import storage_error
 from batchgen.engine.openfiles import fit_concurrency
 from batchgen.engine.progress import NullProgress, Progress
 from batchgen.engine.rundir import check_store_not_lost, file_in_the_way
-from batchgen.errors import ExitCode, RunFatalError, StorageError, UsageError
+from batchgen.engine.summary import RunSummary
+from batchgen.errors import StorageError, UsageError
 from batchgen.jobs import media, validated
 from batchgen.jobs.load import Job
 from batchgen.outputs import table
@@ -61,40 +62,6 @@ log = logging.getLogger(__name__)
 PREPARE_REPORTS_AFTER = 0.2  # s after the engine starts: its first requests go out first
 
 ClientFactory = Callable[[str, str, Job], Any]
-
-
-@dataclass
-class RunSummary:
-    """What a run did, and how the CLI exits for it."""
-
-    run_dir: Path
-    total: int
-    skipped: int
-    done: int = 0
-    failed: int = 0
-    pending: int = 0
-    fatal: RunFatalError | None = None
-    storage: StorageError | None = None
-    stopped_by: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> ExitCode:
-        if self.storage is not None:
-            return ExitCode.STORAGE
-        if self.stopped_by == "interrupt":
-            return ExitCode.INTERRUPTED
-        if self.stopped_by == "submitted":
-            return ExitCode.SUBMITTED
-        if self.fatal is not None:
-            return ExitCode.RUN_FATAL
-        if self.stopped_by == "budget":
-            return ExitCode.BUDGET
-        if self.stopped_by == "unavailable":
-            return ExitCode.UNAVAILABLE
-        if self.failed or self.pending:
-            return ExitCode.FAILED  # never 0 while a request of the job is unfinished
-        return ExitCode.OK
 
 
 @dataclass
@@ -457,12 +424,12 @@ class Runner:
             export_all(store, job.run_dir, self.book)
             if job.table is not None:
                 table.write_from(store, job.run_dir, book=self.book)
-            store.end_run(self.run_id, _status(summary), self.opts.clock())
+            store.end_run(self.run_id, summary.status, self.opts.clock())
             write_reports(job.run_dir)
             store.set_meta("exported", f"{state}:{files_stamp(job.run_dir)}")
             store.commit()
         else:
-            store.end_run(self.run_id, _status(summary), self.opts.clock())
+            store.end_run(self.run_id, summary.status, self.opts.clock())
             # a CI job that finds the run finished still shows what it cost
             to_step_summary(job.run_dir / "report.md")
 
@@ -494,9 +461,3 @@ def _quiet_gc() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def _status(summary: RunSummary) -> str:
-    if summary.stopped_by:
-        return f"stopped:{summary.stopped_by}"
-    return "failed" if summary.failed else "done"

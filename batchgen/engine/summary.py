@@ -1,0 +1,50 @@
+"""What a run did (:class:`RunSummary`): its counts, why it stopped, and the
+exit code the CLI (and ``batchgen.run``) gives for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchgen.errors import ExitCode, RunFatalError, StorageError
+
+
+@dataclass
+class RunSummary:
+    """What a run did, and how the CLI exits for it."""
+
+    run_dir: Path
+    total: int
+    skipped: int
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    fatal: RunFatalError | None = None
+    storage: StorageError | None = None
+    stopped_by: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.storage is not None:
+            return ExitCode.STORAGE
+        if self.stopped_by == "interrupt":
+            return ExitCode.INTERRUPTED
+        if self.stopped_by == "submitted":
+            return ExitCode.SUBMITTED
+        if self.fatal is not None:
+            return ExitCode.RUN_FATAL
+        if self.stopped_by == "budget":
+            return ExitCode.BUDGET
+        if self.stopped_by == "unavailable":
+            return ExitCode.UNAVAILABLE
+        if self.failed or self.pending:
+            return ExitCode.FAILED  # never 0 while a request of the job is unfinished
+        return ExitCode.OK
+
+    @property
+    def status(self) -> str:
+        """The run's end as the store's ``runs`` table keeps it."""
+        if self.stopped_by:
+            return f"stopped:{self.stopped_by}"
+        return "failed" if self.failed else "done"
