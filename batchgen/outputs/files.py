@@ -40,33 +40,25 @@ StrPath = str | os.PathLike[str]
 
 
 def write_atomic(path: Path, chunks: Iterable[bytes] | bytes) -> None:
-    """Write ``path`` so that it holds either the old or the whole new content."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _MODE)  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(chunks, bytes):
-                fh.write(chunks)
-            else:
-                for chunk in chunks:
-                    fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``path`` so that it holds either the old or the whole new content
+    (through :func:`replacing`)."""
+    with replacing(path) as tmp, tmp.open("wb") as fh:
+        if isinstance(chunks, bytes):
+            fh.write(chunks)
+        else:
+            for chunk in chunks:
+                fh.write(chunk)
 
 
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """A temporary file to write what goes to ``path``, a file a user named
-    (``batchgen export -o``, ``output.table``); when the block ends without an
-    error, it becomes ``path``.
+    """A temporary file to write what goes to ``path`` (any output, and the
+    files a user names: ``batchgen export -o``, ``output.table``); when the
+    block ends without an error, it becomes ``path``.
 
-    A regular file (or none yet) is replaced atomically, as :func:`write_atomic`
-    does; through a symlink, the file it points to. ``-`` is standard output,
+    A regular file (or none yet) is replaced atomically: the temporary file,
+    beside it, is synced and renamed over it; through a symlink, the file it
+    points to. ``-`` is standard output,
     and a pipe, a terminal or a device (``/dev/stdout``, a FIFO) is written
     through, appended to: renaming over it would put a file in its place.
     """

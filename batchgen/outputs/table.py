@@ -27,7 +27,7 @@ from batchgen.errors import UsageError
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
 from batchgen.jobs.shards import find_shards
 from batchgen.jobs.structured import answer_value
-from batchgen.outputs.files import jsonl, replacing
+from batchgen.outputs.files import jsonl, replacing, write_atomic
 from batchgen.store.runstore import RunStore
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -177,14 +177,12 @@ def _write(stores: Sequence[RunStore], shape: Shape, body: Iterable[dict[str, An
     target = dest or (Path(path) if path and settings and settings.format == fmt
                       else run_dir / f"table.{fmt}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(target) as tmp:
-        if fmt == "parquet":
+    if fmt == "parquet":
+        with replacing(target) as tmp:
             _write_parquet(tmp, shape, body, _input_types(stores, shape))
-        else:
-            lines = (jsonl(r) for r in body) if fmt == "jsonl" \
-                else _delimited(shape, body, "\t" if fmt == "tsv" else ",")
-            with tmp.open("wb") as fh:
-                fh.writelines(lines)
+    else:
+        write_atomic(target, (jsonl(r) for r in body) if fmt == "jsonl"
+                     else _delimited(shape, body, "\t" if fmt == "tsv" else ","))
     return target
 
 
