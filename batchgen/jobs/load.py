@@ -183,7 +183,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
                       ov.api_key_env, ov.allowed_key_envs)
         sources = yaml_sources(file, raw, spec, line_map, ov.data)
 
-    job = _assemble(file, spec, ov, sources)
+    job = _assemble(file, spec, ov, sources, line_map)
     key = validated.key_of(job) if for_run else None
     if key is not None:
         known = validated.recall(job.run_dir, key)
@@ -249,7 +249,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
                    table=columns_known(job.table, info.columns))
 
 
-def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, ...]) -> Job:
+def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, ...],
+              line_map: LineMap) -> Job:
     name = ov.name or spec.name or file.stem
     if not ID_RE.match(name):
         raise UsageError(
@@ -277,11 +278,13 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
     )
     run = RunSettings(**{**dump(spec.run), "guard": GuardSettings(**dump(spec.run.guard))})
     if run.on_length == "continue" and endpoint.continuation == "none":
-        raise UsageError(
-            f"run.on_length: continue needs an endpoint that continues an answer, and "
-            f"{base_url} has endpoint.continuation: none (detected from its address); set "
-            "endpoint.continuation to the form it speaks (partial, prefix, "
-            "continue_final_message, prefill), or run.on_length: stop")
+        how = "set in the job file" if ep.continuation else "detected from its address"
+        raise JobFileError([Problem(
+            str(file), line_map.line_of(("run", "on_length")), "run.on_length",
+            f"continue needs an endpoint that continues an answer, and {base_url} has "
+            f"endpoint.continuation: none ({how}); set endpoint.continuation to the form "
+            "it speaks (partial, prefix, continue_final_message, prefill), or "
+            "run.on_length: stop")])
     run = replace(run, media_base=str(file.parent.resolve()),
                   media_root=str(Path(ov.media_root).resolve()) if ov.media_root
                   else run.media_root)

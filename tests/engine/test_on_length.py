@@ -83,6 +83,11 @@ def test_stop_is_the_default_and_none_is_refused_at_validation(tmp_path: Path,
     proc = run_cli("validate", str(path))
     assert proc.returncode == 2
     assert "run.on_length" in proc.stderr and "endpoint.continuation: none" in proc.stderr
+    # where, as every job-file problem: the file, the key's line, who chose "none"
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
+                if '"on_length"' in text)
+    assert f"{path}:{line}: run.on_length: " in proc.stderr
+    assert "(set in the job file)" in proc.stderr
     assert not (tmp_path / "out").exists()
     plain = write_job(tmp_path / "plain.yaml", fake, [{"id": "doc", "prompt": PROMPT}],
                       defaults={"model": "qwen-plus", "max_tokens": 30}, name="plain")
