@@ -281,6 +281,7 @@ class Runner:
         store.set_meta("pricing", overrides_to_json(job.pricing))
         if job.table is not None:  # what `batchgen export` writes for this run
             store.set_meta(table.META_KEY, job.table.to_json())
+        store.set_meta(table.ON_LENGTH_KEY, job.run.on_length)  # the table's columns
         store.set_meta("job", json.dumps({  # what `batchgen merge` checks shards against
             "name": job.name, "digest": job.info.job_digest,
             "requests": job.info.job_requests,

@@ -71,8 +71,10 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
             f"{table.format}; make them agree (or leave output.format out)"))
     kept = set(table.columns) if table.columns is not None else set(seen)
     id_column = spec.data.id if spec.data is not None else None
-    where = line_map.line_of(("output",)) or line_map.line_of(("data",))
-    for column in GENERATED_COLUMNS:
+    where = line_map.line_if(("output",)) or line_map.line_of(("data",))
+    answers = (*(["length_continuations"] if spec.run.on_length == "continue" else []),
+               *(["json"] if schemas else []))
+    for column in (*GENERATED_COLUMNS, *answers):
         generated = table.prefix + column
         if generated in kept and not (generated == "id" == id_column):
             problems.append(Problem(
@@ -81,7 +83,7 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
                 f"input column; set `output.prefix:` (e.g. gen_), or leave {generated!r} out "
                 "of `output.columns:`"))
     if table.flatten:
-        made = {table.prefix + c for c in (*GENERATED_COLUMNS, "json")}
+        made = {table.prefix + c for c in (*GENERATED_COLUMNS, *answers, "json")}
         properties: dict[str, None] = {}
         for schema in schemas:
             value = json.loads(schema)

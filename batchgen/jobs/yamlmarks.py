@@ -62,6 +62,21 @@ class LineMap:
     root: Any = None
     start: int | None = None  # the root's own line, whatever it is
 
+    def line_if(self, path: tuple[Any, ...]) -> int | None:
+        """The line of ``path`` itself; None where the document has no such part."""
+        obj = self.root
+        line = None
+        for step in path:
+            entry = self.lines.get(id(obj))
+            line = entry[1].get(step) if entry is not None else None
+            if line is None:
+                return None
+            try:
+                obj = obj[step]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return line
+
     def line_of(self, path: tuple[Any, ...]) -> int | None:
         """The line of the deepest part of ``path`` that exists in the document."""
         obj = self.root

@@ -3,7 +3,8 @@
 each: ``id``, ``status`` (done | failed | pending), ``content``,
 ``reasoning``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
 ``cost`` (all its attempts, in the currency of its model's price; empty when
-unknown), ``error``.
+unknown), ``error``; a job with ``run.on_length: continue`` adds
+``length_continuations`` (the segments of an answer past its first).
 
 Written as CSV, TSV, JSONL or Parquet (pyarrow), atomically, from the run
 store alone: ``batchgen export`` can write it for any run directory, and
@@ -32,23 +33,28 @@ from batchgen.store.runstore import RunStore
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 META_KEY = "table"
+ON_LENGTH_KEY = "on_length"  # the store's record of the job's run.on_length
+SEGMENTS = "length_continuations"
 PARQUET_ROWS = 8192  # rows per Parquet row group written
 
 
 @dataclass(frozen=True)
 class Shape:
     """The table's columns: the kept input ones, then the generated ones, then
-    (answers to a schema) ``json`` and, flattened, one per top-level property."""
+    (run.on_length: continue) ``length_continuations``, then (answers to a
+    schema) ``json`` and, flattened, one per top-level property."""
 
     inputs: tuple[str, ...]
     prefix: str
     data_only: bool  # rows of data only (a job with `data:`), or every request
     json: bool = False
     flat: tuple[str, ...] = ()
+    segments: bool = False  # the job continues answers past the output cap
 
     @property
     def columns(self) -> list[str]:
         return [*self.inputs, *(self.prefix + c for c in GENERATED_COLUMNS),
+                *([self.prefix + SEGMENTS] if self.segments else []),
                 *([self.prefix + "json"] if self.json else []),
                 *(self.prefix + c for c in self.flat)]
 
@@ -76,8 +82,9 @@ def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | No
         for schema in schemas:
             for name in (schema.get("properties") or {}):
                 flat.setdefault(name)
+    segments = any(st.meta(ON_LENGTH_KEY) == "continue" for st in stores)
     if settings is None:
-        return Shape((), "", data_only=False, json=bool(schemas))
+        return Shape((), "", data_only=False, json=bool(schemas), segments=segments)
     if settings.columns is not None:  # the job named them, or the data's, in its order
         inputs = settings.columns
     else:  # a run of an earlier batchgen: every row's columns, as the store has them
@@ -88,7 +95,7 @@ def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | No
     # data.id: id is both an input column and the generated id: one column, the id
     made = {settings.prefix + c for c in GENERATED_COLUMNS}
     return Shape(tuple(c for c in inputs if c not in made), settings.prefix, data_only=True,
-                 json=bool(schemas), flat=tuple(flat))
+                 json=bool(schemas), flat=tuple(flat), segments=segments)
 
 
 def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterator[dict[str, Any]]:
@@ -121,6 +128,8 @@ def _rows(store: RunStore, shape: Shape, book: PriceBook | None
         out[p + "cost"] = round(r["cost"], 8) if r["cost"] is not None \
             and r["currency"] is not None else None
         out[p + "error"] = r["error"]
+        if shape.segments:
+            out[p + SEGMENTS] = r[SEGMENTS]
         if shape.json:
             value = _value(r["content"]) if done and r["schema"] is not None else None
             out[p + "json"] = value
@@ -249,7 +258,8 @@ def _kind(value: Any) -> str:
     return "json"
 
 
-GENERATED_TYPES = {"prompt_tokens": "int64", "completion_tokens": "int64", "cost": "float64"}
+GENERATED_TYPES = {"prompt_tokens": "int64", "completion_tokens": "int64", "cost": "float64",
+                   SEGMENTS: "int64"}
 
 
 def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
@@ -263,7 +273,7 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
     fields = [pa.field(c, pa.string() if types[c] == "json" else getattr(pa, types[c])())
               for c in shape.inputs]
     fields += [pa.field(shape.prefix + c, getattr(pa, GENERATED_TYPES.get(c, "string"))())
-               for c in GENERATED_COLUMNS]
+               for c in (*GENERATED_COLUMNS, *[SEGMENTS] * shape.segments)]
     answers = [shape.prefix + "json"] * shape.json + [shape.prefix + c for c in shape.flat]
     fields += [pa.field(c, pa.string()) for c in answers]  # JSON text
     schema = pa.schema(fields)

@@ -108,7 +108,8 @@ class StoreReads(Reader):
     def outcomes_in_order(self, data_only: bool, with_cost: bool) -> Iterator[sqlite3.Row]:
         """Every request of the job in job order, whatever its state, for the
         table: its data row, the answer (done), the error (failed), usage over
-        the answer's segments, and (``with_cost``) what all its attempts cost."""
+        the answer's segments and how many there were past the first
+        (``length_continuations``), and (``with_cost``) what all its attempts cost."""
         cost = (
             " (SELECT SUM(bg_cost(x.run_id, x.model, ux.prompt_tokens, ux.completion_tokens, "
             "   ux.reasoning_tokens, ux.cached_tokens, x.mode, ux.audio_prompt_tokens, "
@@ -128,6 +129,8 @@ class StoreReads(Reader):
             " d.finish_reason, " + cost +
             " u.prompt_tokens + COALESCE(g.prompt_tokens, 0) AS prompt_tokens, "
             " u.completion_tokens + COALESCE(g.completion_tokens, 0) AS completion_tokens, "
+            " CASE WHEN d.id IS NOT NULL THEN COALESCE(g.segments, 0) END "
+            "   AS length_continuations, "
             " CASE WHEN r.state = 'failed' THEN COALESCE(r.reason, e.error_message, "
             "   e.error_class) END AS error "
             "FROM requests r "
@@ -136,8 +139,8 @@ class StoreReads(Reader):
             "LEFT JOIN usage u ON u.attempt_id = d.id "
             "LEFT JOIN (SELECT x.request_id, x.fingerprint, "
             "   SUM(ux.prompt_tokens) AS prompt_tokens, "
-            "   SUM(ux.completion_tokens) AS completion_tokens "
-            "   FROM attempts x JOIN usage ux ON ux.attempt_id = x.id "
+            "   SUM(ux.completion_tokens) AS completion_tokens, COUNT(*) AS segments "
+            "   FROM attempts x LEFT JOIN usage ux ON ux.attempt_id = x.id "
             "   WHERE x.error_class = 'length' GROUP BY x.request_id, x.fingerprint) g "
             "   ON g.request_id = r.id AND g.fingerprint = r.fingerprint AND d.id IS NOT NULL "
             "LEFT JOIN attempts e ON r.state = 'failed' AND e.id = "

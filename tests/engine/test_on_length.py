@@ -145,3 +145,36 @@ def test_a_kill_9_inside_the_third_segment_resumes_inside_it(tmp_path: Path) -> 
     assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
     assert result["length_continuations"] == 3
     assert result["continuations"] == 1  # the kill: one resume, inside the third segment
+
+
+def test_the_table_says_how_often_each_answer_was_continued(tmp_path: Path,
+                                                          fake: FakeServer) -> None:
+    """The table of a data job gains ``length_continuations`` (after ``error``);
+    Parquet keeps it an integer; an input column of that name is refused."""
+    (tmp_path / "docs.csv").write_text("doc,n\nlong,100\nshort,20\n", encoding="utf-8")
+    path = write_job(tmp_path / "job.yaml", fake, [], defaults={
+        "model": "qwen-plus", "max_tokens": 30}, run={"on_length": "continue"},
+        data={"path": "docs.csv", "id": "doc"},
+        template={"prompt": "[[len={{ n }}]] a report"})
+    path.write_text(path.read_text().replace(
+        '"api_key_env"', '"continuation": "partial", "api_key_env"').replace(
+        '"prompts": [],', ""))
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "out" / "t"
+    header, *rows = (run_dir / "table.csv").read_text().splitlines()
+    assert header.endswith(",cost,error,length_continuations")
+    assert [(r.split(",")[0], r.split(",")[-1]) for r in rows] == [("long", "3"), ("short", "0")]
+    assert [r.get("length_continuations") for r in read_results(run_dir)] == [3, None]
+    export = run_cli("export", str(run_dir), "-o", str(tmp_path / "t.parquet"))
+    assert export.returncode == 0, export.stderr
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "t.parquet")
+    assert str(table.schema.field("length_continuations").type) == "int64"
+    assert table.column("length_continuations").to_pylist() == [3, 0]
+    (tmp_path / "docs.csv").write_text("doc,n,length_continuations\nlong,100,x\n",
+                                       encoding="utf-8")
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 2
+    assert "the table's column 'length_continuations' (what batchgen writes)" in proc.stderr

@@ -519,3 +519,25 @@ def test_output_table_is_written_in_the_format_its_name_says(tmp_path: Path,
     assert run_cli("run", str(job), "-q").returncode == 0
     table = read_table(tmp_path / "t.tsv")
     assert [(r["doc_id"], r["status"]) for r in table] == [("d1", "done"), ("d2", "done")]
+
+
+def test_an_input_column_named_json_needs_a_prefix_when_answers_are_json(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """With a schema the table writes a ``json`` column: an input column of that
+    name was written twice under one name; it is refused where the data is
+    named (the job has no ``output:``), and a prefix sets the two apart."""
+    write_rows(tmp_path / "docs.csv", [{"doc_id": "d1", "json": "{}"}])
+    template = {"prompt": "[[json=valid]] {{ doc_id }}", "schema": {"type": "object"}}
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"},
+                   template=template)
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 2
+    line = job.read_text().splitlines().index(' "data": {') + 1
+    assert f"job.yaml:{line}: output: the table's column 'json' (what batchgen writes)" \
+        in proc.stderr
+    assert not (tmp_path / "out").exists() and not fake.ledger.entries
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"},
+                   template=template, output={"prefix": "gen_"})
+    assert run_cli("run", str(job), "-q").returncode == 0
+    (row,) = read_table(tmp_path / "out" / "translate" / "table.csv")
+    assert row["json"] == "{}" and json.loads(row["gen_json"])["name"]
