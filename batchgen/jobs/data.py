@@ -77,10 +77,18 @@ def _open_text(data: DataFile) -> Any:
     return data.path.open(encoding="utf-8-sig", newline="")
 
 
+def _lines(fh: Any, ended: list[bool]) -> Iterator[str]:
+    """The file's lines, noting that they ran out: Python's csv reader ends a
+    quoted value the file ends inside of as if it were closed."""
+    yield from fh
+    ended.append(True)
+
+
 def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
     name = data.name
     with _open_text(data) as fh:
-        reader = csv.reader(fh, delimiter="\t" if data.format == "tsv" else ",")
+        ended: list[bool] = []
+        reader = csv.reader(_lines(fh, ended), delimiter="\t" if data.format == "tsv" else ",")
         try:
             header = next(reader, None)
             if header is None:
@@ -98,6 +106,12 @@ def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any],
                 line, start = start, reader.line_num + 1
                 if not values or values == [""]:
                     continue  # a blank line
+                if ended:  # the file ended inside this row: a quote opened, never closed
+                    report(Problem(name, line, None,
+                                   'a quoted value opens on this row and is never closed, so '
+                                   'every line after it would be part of it; close the quote '
+                                   '(a " inside a quoted value is written "")'))
+                    continue
                 if len(values) != len(header):
                     report(Problem(name, line, None,
                                    f"row has {len(values)} value{'s' * (len(values) != 1)}, "

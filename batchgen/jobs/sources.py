@@ -98,9 +98,15 @@ def file_stat(file: Path) -> tuple[int, int]:
 EMPTY_JOB = "empty file: write prompts (see README)"
 
 
-def read_checked(file: Path, cap: int | None, empty: str = EMPTY_JOB) -> str:
+BINARY_JOB = "binary file, not a YAML/JSONL job file"
+UTF16 = (b"\xff\xfe", b"\xfe\xff")  # UTF-16's byte-order marks
+
+
+def read_checked(file: Path, cap: int | None, empty: str = EMPTY_JOB,
+                 binary: str = BINARY_JOB) -> str:
     """The whole text for YAML (``cap`` set); for JSONL only checks it is
-    readable. ``empty``: what to say when it holds nothing."""
+    readable. ``empty`` and ``binary``: what to say when it holds nothing, or
+    no text."""
     name = str(file)
     try:
         st = file.stat()
@@ -128,8 +134,10 @@ def read_checked(file: Path, cap: int | None, empty: str = EMPTY_JOB) -> str:
         )
     if not head.strip():
         raise JobFileError([Problem(name, None, None, empty)])
+    if head.startswith(UTF16):  # what Excel's "Unicode Text" and some editors write
+        raise JobFileError([Problem(name, None, None, "UTF-16 text; save it as UTF-8")])
     if b"\x00" in head[:8192]:
-        raise JobFileError([Problem(name, None, None, "binary file, not a YAML/JSONL job file")])
+        raise JobFileError([Problem(name, None, None, binary)])
     if cap is None:
         return ""
     try:
@@ -245,7 +253,8 @@ def data_source(file: Path, spec: JobSpec, line_map: LineMap,
                 pass
         else:
             read_checked(data.path, None, "empty file: no rows to run (a CSV or TSV file "
-                                          "is a header row, then one row a line)")
+                                          "is a header row, then one row a line)",
+                         "binary file, not CSV, TSV, JSONL or JSON text")
     except OSError as exc:
         raise JobFileError([Problem(name, where, "data", f"{given.path}: cannot read: "
                                     f"{exc.strerror or exc}")]) from None

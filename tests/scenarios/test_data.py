@@ -263,11 +263,18 @@ def test_every_error_names_its_row_and_nothing_is_written(
 @pytest.mark.parametrize(("text", "says"), [
     ("doc_id,lang,text\n", "the job has no prompts, and {path} has no rows"),
     ("", "data: docs.csv: empty file: no rows to run"),
+    # Excel's "Unicode Text", some editors' default: was "not a YAML/JSONL job file"
+    ("\ufeffdoc_id,lang,text\nd1,x,t\n", "data: docs.csv: UTF-16 text; save it as UTF-8"),
+    ("doc_id,lang,text\x00\n", "data: docs.csv: binary file, not CSV, TSV, JSONL or JSON"),
+    # the file ends inside a quoted value: the csv module made the rest of it one
+    # value, and rows went missing without a word
+    ('doc_id,lang,text\nd1,x,"unclosed\nd2,y,t\nd3,z,u\n',
+     '{path}:2: a quoted value opens on this row and is never closed'),
 ])
-def test_a_data_file_without_rows_says_so(tmp_path: Path, fake: FakeServer, text: str,
-                                          says: str) -> None:
+def test_a_data_file_without_rows_or_not_readable_says_so(tmp_path: Path, fake: FakeServer,
+                                                          text: str, says: str) -> None:
     path = tmp_path / "docs.csv"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-16" if text.startswith("\ufeff") else "utf-8")
     job = data_job(tmp_path, fake.base_url, "docs.csv")
     proc = run_cli("run", str(job))
     assert proc.returncode == 2
