@@ -181,7 +181,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
         spec, line_map = parse_yaml(file, raw, rows_given=ov.data is not None)
         check_key_env(file, spec.endpoint, line_map.line_of(('endpoint', 'api_key_env')),
                       ov.api_key_env, ov.allowed_key_envs)
-        sources = yaml_sources(file, raw, spec, line_map, ov.data)
+        sources = yaml_sources(file, raw, spec, line_map, ov.data,
+                               str(Path(ov.media_root).resolve()) if ov.media_root else None)
 
     job = _assemble(file, spec, ov, sources, line_map)
     key = validated.key_of(job) if for_run else None
@@ -242,7 +243,9 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
     info = JobInfo(requests=count, models=tuple(models), files=tuple(dict.fromkeys(files)),
                    plan_digest=plan.hexdigest(), job_digest=whole.hexdigest(),
                    job_requests=total, schema_modes=tuple(walk.modes),
-                   media_files=walk.media_files, columns=tuple(seen))
+                   media_files=walk.media_files + sum(  # files read_text gave a template
+                       s.rows.template.files_read for s in sources if s.rows is not None),
+                   columns=tuple(seen))
     if key is not None and not validated.still_valid(job):
         key = None  # a file moved while it was read: nothing to vouch for next time
     return replace(job, info=info, spool=kept, validation_key=key,

@@ -124,9 +124,19 @@ def resolve(value: str, base: Path, roots: tuple[Path, ...]) -> Path:
     if "%" in raw and not full.exists():  # a URL's escapes (Path.as_uri: a%20b.png)
         decoded = _full(unquote(raw), base)
         full = decoded if decoded.exists() else full
-    allowed = (base.resolve(), *(r.resolve() for r in roots))
-    if not any(full.is_relative_to(root) for root in allowed):
-        where = ", ".join(str(r) for r in allowed)
+    return allowed(raw, full, base, roots)
+
+
+def inside(raw: str, base: Path, roots: tuple[Path, ...]) -> Path:
+    """The file a path names (relative to ``base``), inside it or a media root."""
+    return allowed(raw, _full(raw, base), base, roots)
+
+
+def allowed(raw: str, full: Path, base: Path, roots: tuple[Path, ...]) -> Path:
+    """``full`` (``raw`` resolved), if it is inside the job's folder or a media root."""
+    places = (base.resolve(), *(r.resolve() for r in roots))
+    if not any(full.is_relative_to(root) for root in places):
+        where = ", ".join(str(r) for r in places)
         raise MediaProblem(f"{raw} resolves to {full}, outside the job file's folder and "
                            f"the media roots ({where}); put it there, or name its folder "
                            "with run.media_root or --media-root")

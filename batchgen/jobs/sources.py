@@ -190,7 +190,8 @@ def parse_yaml(file: Path, text: str, rows_given: bool = False) -> tuple[JobSpec
 
 
 def yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap,
-                 rows_file: Path | None = None) -> tuple[Source, ...]:
+                 rows_file: Path | None = None, media_root: str | None = None
+                 ) -> tuple[Source, ...]:
     sources: list[Source] = []
     if spec.prompts is not None:
         sources.append(Source(file=file, text=text, line_map=line_map))
@@ -214,15 +215,16 @@ def yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap,
                                         f"{pf}: {exc.problems[0].message}")]) from None
         sources.append(Source(file=full, stat=file_stat(full)))
     if spec.data is not None and spec.template is not None:
-        sources.append(data_source(file, spec, line_map, rows_file))
+        sources.append(data_source(file, spec, line_map, rows_file, media_root))
     return tuple(sources)
 
 
 def data_source(file: Path, spec: JobSpec, line_map: LineMap,
-                rows_file: Path | None = None) -> Source:
+                rows_file: Path | None = None, media_root: str | None = None) -> Source:
     """The ``data:`` rows and the compiled ``template:``, checked as far as can
     be without reading a row: the template's keys and syntax, the file's
-    format, that it can be read."""
+    format, that it can be read. ``media_root``: ``--media-root``, resolved
+    (a file the template reads may be there too)."""
     assert spec.data is not None and spec.template is not None  # noqa: S101 - caller checks
     name = str(file)
     given = spec.data
@@ -230,9 +232,12 @@ def data_source(file: Path, spec: JobSpec, line_map: LineMap,
     problems = [Problem(name, line_map.line_of(("template", key)), f"template.{key}",
                         f"not a key of a prompt; use one of: {', '.join(sorted(PROMPT_KEYS))}")
                 for key in spec.template if key not in PROMPT_KEYS]
+    from batchgen.jobs.media import roots_from
     from batchgen.jobs.templates import Template
 
-    template = Template(spec.template, name, line_map.line_of)
+    base = file.parent
+    template = Template(spec.template, name, line_map.line_of, base,
+                        roots_from(media_root or spec.run.media_root, base))
     problems += template.problems
     if problems:
         raise JobFileError(problems)

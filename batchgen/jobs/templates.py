@@ -10,6 +10,12 @@ A column whose name is not a name (``First Name``, ``product-id``) is reached
 through ``row``: ``{{ row['First Name'] }}``. A null value writes nothing,
 and a nested object or list is written as JSON.
 
+``{{ read_text(path) }}`` writes the text of a file (UTF-8; ``path`` relative
+to the job file's folder, and inside it or a media root, as ``file://`` media
+are): a folder of documents (``data: {glob: ...}``) or a column of file names
+becomes prompts. The file is read whenever the job is loaded, so a changed
+file is a changed request.
+
 A parameter (any key but the prompt's text, messages, tags, id and model)
 written as one expression, ``max_tokens: "{{ max_len }}"``, becomes the number
 (or ``true``/``false``) it renders to.
@@ -21,6 +27,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -52,6 +59,13 @@ _GLOBALS = dict(_ENV.globals)
 # the whole row, for a column whose name is no name in a template:
 # {{ row['First Name'] }} (a column named "row" wins over it)
 ROW = "row"
+READ_TEXT = "read_text"  # {{ read_text(path) }}: a file's text
+MAX_TEXT_BYTES = 10 * 1024 * 1024  # a file read_text reads: more than any model's context
+HIDDEN = frozenset({ROW, READ_TEXT})  # names batchgen gives a template beside the row's
+
+
+class FileText(ValueError):
+    """A file ``read_text`` cannot give: which, and why."""
 
 
 class RenderError(Exception):
@@ -83,7 +97,7 @@ def _plain_pieces(source: str) -> tuple[str, ...] | None:
     parts = _NAME.split(source)
     texts = parts[0::2]
     if any("{{" in t or "{%" in t or "{#" in t for t in texts) \
-            or any(name in _GLOBALS or name == ROW  # range, dict, ...: Jinja2's
+            or any(name in _GLOBALS or name in HIDDEN  # range, dict, ...: Jinja2's
                    for name in parts[1::2]):
         return None
     return tuple(parts)
@@ -96,11 +110,42 @@ class Template:
     """The compiled ``template:`` mapping; :meth:`render` fills it from a row."""
 
     def __init__(self, spec: dict[str, Any], file: str,
-                 line_of: Callable[[tuple[Any, ...]], int | None]) -> None:
+                 line_of: Callable[[tuple[Any, ...]], int | None], base: Path | None = None,
+                 roots: tuple[Path, ...] = ()) -> None:
         self.problems: list[Problem] = []
         self.jinja = False  # some string needs Jinja2's render (not only text and names)
+        self.files_read = 0  # by read_text, over every render
         self._file, self._line_of = file, line_of
+        self._base, self._roots = base or Path(), roots
         self._tree = self._compile(spec, ("template",), convert=False)
+
+    def read_text(self, path: Any) -> str:
+        """``{{ read_text(path) }}``: the UTF-8 text of a file inside the job's
+        folder or a media root (a byte-order mark dropped)."""
+        from batchgen.jobs import media
+
+        if not isinstance(path, str) or not path:
+            raise FileText(f"read_text() takes a file's path, not {path!r}")
+        try:
+            full = media.inside(path, self._base, self._roots)
+            if not full.is_file():
+                raise FileText(f"read_text({path!r}): {full} is not a file")
+            size = full.stat().st_size
+            if size > MAX_TEXT_BYTES:
+                raise FileText(f"read_text({path!r}): {full} is {size:,} bytes, over the "
+                               f"{MAX_TEXT_BYTES:,}-byte cap on a file's text in a prompt")
+            data = full.read_bytes()
+        except media.MediaProblem as exc:
+            raise FileText(f"read_text({path!r}): {exc}") from None
+        except OSError as exc:
+            raise FileText(f"read_text({path!r}): cannot read: {exc.strerror or exc}") from None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise FileText(f"read_text({path!r}): {full} is not UTF-8 text (byte "
+                           f"{exc.start:,}); save it as UTF-8") from None
+        self.files_read += 1
+        return text
 
     def _compile(self, value: Any, path: tuple[Any, ...], convert: bool) -> Compiled:
         if isinstance(value, dict):
@@ -128,7 +173,8 @@ class Template:
         # one set of names for every string of the row (the environment's globals,
         # then the row's columns), shared by their contexts rather than copied for
         # each: a third of the time of Template.render, the same output
-        names = {**_GLOBALS, ROW: row, **row} if self.jinja else row
+        names = {**_GLOBALS, ROW: row, READ_TEXT: self.read_text, **row} if self.jinja \
+            else row
         out = _render(self._tree, names)
         assert isinstance(out, dict)  # noqa: S101 - a mapping compiles to a mapping
         return out
@@ -151,13 +197,16 @@ def _render(node: Compiled, row: dict[str, Any]) -> Any:
             text = "".join(template.root_render_func(template.new_context(row, shared=True)))
     except jinja2.UndefinedError as exc:
         given = [name for name in row if name not in _GLOBALS
-                 and not (name == ROW and isinstance(row[name], dict) and ROW not in row[name])]
+                 and not (name == ROW and isinstance(row[name], dict) and ROW not in row[name])
+                 and not (name == READ_TEXT and callable(row[name]))]
         columns = ", ".join(given[:12]) + (", ..." if len(given) > 12 else "")
         raise RenderError(path, f"{exc.message}: the row has no such column or key "
                           f"(its columns: {columns}); add it to the data or fix the "
                           "template") from None
     except jinja2.TemplateError as exc:
         raise RenderError(path, f"does not render for this row: {exc}") from None
+    except FileText as exc:
+        raise RenderError(path, str(exc)) from None
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
         raise RenderError(path, f"does not render for this row: {type(exc).__name__}: "
                           f"{exc}") from None

@@ -71,6 +71,13 @@ def expected_content(row: dict[str, Any]) -> str:
     return "".join(plan_for(body, 1, Config()).tokens)
 
 
+def answer_to(prompt: str) -> str:
+    """What the fake server answers a data job's one-message prompt."""
+    body = {"model": "qwen-plus", "max_tokens": 200,
+            "messages": [{"role": "user", "content": prompt}]}
+    return "".join(plan_for(body, 1, Config()).tokens)
+
+
 def read_table(path: Path) -> list[dict[str, Any]]:
     if path.suffix in (".csv", ".tsv"):
         text = path.read_text(encoding="utf-8")
@@ -548,3 +555,42 @@ def test_an_input_column_named_json_needs_a_prefix_when_answers_are_json(
     assert run_cli("run", str(job), "-q").returncode == 0
     (row,) = read_table(tmp_path / "out" / "translate" / "table.csv")
     assert row["json"] == "{}" and json.loads(row["gen_json"])["name"]
+
+
+def test_a_folder_of_documents_becomes_prompts_through_read_text(tmp_path: Path,
+                                                                  fake: FakeServer) -> None:
+    """``{{ read_text(path) }}`` puts a file's text in a prompt (a folder's rows
+    had only its name); a changed file is a changed request, and the file must
+    be UTF-8 and inside the job's folder or a media root, as file:// media."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("\ufeffBonjour {{ x }}\n", encoding="utf-8")  # BOM dropped
+    (docs / "b.md").write_text("Guten Tag\n", encoding="utf-8")
+    job = data_job(tmp_path, fake.base_url, {"glob": "docs/*.md"},
+                   template={"prompt": "Translate:\n{{ read_text(path) }}"},
+                   output={"columns": ["path"]})
+    assert run_cli("run", str(job), "-q").returncode == 0
+    run_dir = tmp_path / "out" / "translate"
+    table = read_table(run_dir / "table.csv")
+    assert [r["path"] for r in table] == ["docs/a.md", "docs/b.md"]
+    assert [r["content"] for r in table] == [answer_to("Translate:\nBonjour {{ x }}\n"),
+                                             answer_to("Translate:\nGuten Tag\n")]
+    (docs / "b.md").write_text("Guten Abend\n", encoding="utf-8")
+    proc = run_cli("run", str(job))
+    assert proc.returncode == 0 and "1 request to run (1 already done, skipped)" in proc.stderr
+    assert read_table(run_dir / "table.csv")[1]["content"] == answer_to("Translate:\nGuten Abend\n")
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    (outside / "c.md").write_text("Hola\n", encoding="utf-8")
+    (docs / "c.md").symlink_to(outside / "c.md")
+    proc = run_cli("run", str(job))
+    assert proc.returncode == 2
+    assert "template.prompt: read_text('docs/c.md'): docs/c.md resolves to" in proc.stderr
+    assert "outside the job file's folder" in proc.stderr
+    proc = run_cli("run", str(job), "-q", "--media-root", str(outside))
+    assert proc.returncode == 0, proc.stderr
+    assert read_table(run_dir / "table.csv")[2]["content"] == answer_to("Translate:\nHola\n")
+    (docs / "d.md").write_bytes("Grüß".encode("latin-1"))
+    proc = run_cli("validate", str(job), "--media-root", str(outside))
+    assert proc.returncode == 2
+    assert "read_text('docs/d.md'):" in proc.stderr and "is not UTF-8 text" in proc.stderr

@@ -107,9 +107,10 @@ def test_every_job_file_example_in_the_docs_validates(page: str, data: dict[str,
         endpoint["model_path"] = str(model)
     given = job.get("data")
     jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 64  # a stand-in for the docs' photos
-    if isinstance(given, dict) and "glob" in given:  # a folder of photos
-        (tmp_path / "photos").mkdir()
-        (tmp_path / "photos" / "one.jpg").write_bytes(jpeg)
+    if isinstance(given, dict) and "glob" in given:  # a folder of photos, or of documents
+        one = tmp_path / given["glob"].replace("**/", "").replace("*", "one")
+        one.parent.mkdir(parents=True, exist_ok=True)
+        one.write_bytes(jpeg if one.suffix == ".jpg" else b"A chapter.\n")
     elif given is not None:  # the docs' data is the example's: jobs/translate.csv
         name = given if isinstance(given, str) else given["path"]
         (tmp_path / name).write_bytes((ROOT / "jobs" / "translate.csv").read_bytes())
