@@ -77,7 +77,8 @@ def _job_options(func: F) -> F:
         click.option("--local", is_flag=True,
                      help="Run on the embedded local model (llama.cpp) instead of an API."),
         click.option("--media-root", metavar="DIR",
-                     help="A folder file:// paths may read besides the job file's own."),
+                     help="A folder file:// media and read_text() may read besides the job "
+                          "file's own."),
         click.option("--shard", metavar="K/N",
                      help="Only shard K of N (by a stable hash of the request id); index/N "
                           "takes K-1 from JOB_COMPLETION_INDEX or BATCHGEN_SHARD_INDEX."),
