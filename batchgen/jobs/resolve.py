@@ -131,7 +131,8 @@ def _resolve(job: Job, entry: dict[str, Any], where: str, path: tuple[Any, ...],
                            "chooses the response_format)"))
             return None
         if mode == "auto":
-            mode = structured.auto_mode(job.endpoint.base_url, job.endpoint.local, request)
+            mode = structured.auto_mode(job.endpoint.base_url, job.endpoint.local, request,
+                                        schema)
         request = structured.apply(request, schema, mode)
         schema_json = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))  # as written
         schema_key = canonical(schema)

@@ -10,10 +10,12 @@ the job file, checked when the job is loaded (jsonschema-rs). How the request as
   JSON (Model Studio requires the word);
 - ``prompt``: no ``response_format``; the schema goes into the system message;
 - ``auto`` (the default): per endpoint, the best it is known to take —
-  ``json_schema`` on OpenAI and the local llama-server (a grammar from the
-  schema), ``json_object`` on Model Studio and DeepSeek, ``prompt`` for a
-  thinking request (Model Studio takes no ``response_format`` while thinking)
-  and for endpoints batchgen does not know.
+  ``json_schema`` on OpenAI for a schema its strict mode takes
+  (:func:`strict_subset`; ``json_object`` for another, which OpenAI would
+  refuse with a 400 on every request) and on the local llama-server (a
+  grammar from the schema), ``json_object`` on Model Studio and DeepSeek,
+  ``prompt`` for a thinking request (Model Studio takes no ``response_format``
+  while thinking) and for endpoints batchgen does not know.
 
 Whatever the mode, the answer is checked against the schema when it ends
 (:mod:`batchgen.engine.structured`).
@@ -91,7 +93,44 @@ def thinking(body: dict[str, Any]) -> bool:
         ("qwq", "qvq", "deepseek-r1", "deepseek-reasoner"))
 
 
-def auto_mode(base_url: str, local: bool, body: dict[str, Any]) -> str:
+# keywords OpenAI's strict mode refuses (its "supported schemas" list the rest)
+NOT_STRICT = frozenset({
+    "allOf", "oneOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+    "patternProperties", "unevaluatedProperties", "propertyNames", "minProperties",
+    "maxProperties", "unevaluatedItems", "contains", "minContains", "maxContains",
+    "uniqueItems"})
+
+
+def strict_subset(schema: dict[str, Any]) -> bool:
+    """Whether OpenAI's strict structured outputs take ``schema``: an object at
+    the root; every object lists all its properties as required and sets
+    ``additionalProperties: false``; none of the keywords it refuses."""
+    if schema.get("type") != "object":
+        return False
+
+    def fits(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return isinstance(node, bool)  # true / false schemas
+        if NOT_STRICT & node.keys():
+            return False
+        kind = node.get("type")
+        props = node.get("properties") or {}
+        an_object = kind == "object" or (isinstance(kind, list) and "object" in kind) or props
+        if an_object and (node.get("additionalProperties") is not False
+                          or set(node.get("required") or ()) != set(props)):
+            return False
+        subschemas = [*props.values(), *(node.get("$defs") or {}).values(),
+                      *(node.get("definitions") or {}).values(),
+                      *(node.get("anyOf") or ()), *(node.get("prefixItems") or ())]
+        if "items" in node:
+            subschemas.append(node["items"])
+        return all(fits(sub) for sub in subschemas)
+
+    return fits(schema)
+
+
+def auto_mode(base_url: str, local: bool, body: dict[str, Any],
+              schema: dict[str, Any] | None = None) -> str:
     """The mode ``auto`` stands for on this endpoint, for this request."""
     host = (urlsplit(base_url).hostname or "").lower()
     if local:
@@ -99,7 +138,7 @@ def auto_mode(base_url: str, local: bool, body: dict[str, Any]) -> str:
     if thinking(body):
         return "prompt"
     if host == "api.openai.com":
-        return "json_schema"
+        return "json_schema" if schema is None or strict_subset(schema) else "json_object"
     if host.endswith(("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com",
                       "api.deepseek.com")):
         return "json_object"

@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 
 from batchgen.engine.structured import AnswerCheck, NotJson, watched
-from batchgen.jobs.structured import apply, auto_mode, instruction, unfenced
+from batchgen.jobs.structured import apply, auto_mode, instruction, strict_subset, unfenced
 from batchgen.testing.fakeserver import FakeServer
-from tests.helpers import read_results, run_cli, write_job
+from tests.helpers import ROOT, read_results, run_cli, write_job
 
-PERSON = {"type": "object",
-          "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                         "tags": {"type": "array", "items": {"type": "string"}}},
-          "required": ["name", "age", "tags"], "additionalProperties": False}
+PERSON: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                   "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["name", "age", "tags"], "additionalProperties": False}
 PRICES = {"qwen-plus": {"currency": "CNY", "input": 0.8, "output": 2.0}}
 
 
@@ -64,6 +65,10 @@ def test_the_four_modes_send_what_they_say(tmp_path: Path, fake: FakeServer) -> 
     assert (tmp_path / "out" / "t" / "texts" / "js.md").read_text() == results["js"]["content"]
 
 
+def jobs_schema(name: str) -> dict[str, Any]:
+    return dict(json.loads((ROOT / "jobs" / name).read_text(encoding="utf-8")))
+
+
 def test_auto_is_the_best_the_endpoint_takes() -> None:
     body = {"model": "qwen-plus", "messages": []}
     assert auto_mode("https://dashscope.aliyuncs.com/compatible-mode/v1", False, body) \
@@ -74,6 +79,29 @@ def test_auto_is_the_best_the_endpoint_takes() -> None:
     assert auto_mode("https://dashscope.aliyuncs.com/compatible-mode/v1", False, thinking) \
         == "prompt"  # Model Studio takes no response_format while thinking
     assert auto_mode("https://example.com/v1", False, body) == "prompt"
+    openai = "https://api.openai.com/v1"
+    assert auto_mode(openai, False, body, PERSON) == "json_schema"
+    assert strict_subset(PERSON) and strict_subset(jobs_schema("people.schema.json"))
+    # what OpenAI's strict mode refuses with a 400 on every request: json_object
+    optional = {**PERSON, "required": ["name"]}
+    open_ended = {k: v for k, v in PERSON.items() if k != "additionalProperties"}
+    nested = {**PERSON, "properties": {**PERSON["properties"], "home": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    nested["required"] = [*PERSON["required"], "home"]
+    unique = {**PERSON, "properties": {**PERSON["properties"], "tags": {
+        "type": "array", "items": {"type": "string"}, "uniqueItems": True}}}
+    for schema in (optional, open_ended, nested, unique, {"type": "array"}):
+        assert not strict_subset(schema), schema
+        assert auto_mode(openai, False, body, schema) == "json_object"
+    fixed = {**nested, "properties": {**nested["properties"], "home": {
+        "type": "object", "properties": {"city": {"type": ["string", "null"]}},
+        "required": ["city"], "additionalProperties": False}}}
+    defs = {"type": "object", "properties": {"p": {"$ref": "#/$defs/p"}}, "required": ["p"],
+            "additionalProperties": False, "$defs": {"p": {"anyOf": [{"type": "null"}, PERSON]}}}
+    assert strict_subset(fixed) and strict_subset(defs)
+    # a property may be named like a keyword
+    assert strict_subset({"type": "object", "properties": {"not": {"type": "string"}},
+                          "required": ["not"], "additionalProperties": False})
     assert apply({"model": "m", "messages": [{"role": "user", "content": "x"}]},
                  PERSON, "prompt")["messages"][0]["role"] == "system"
 
