@@ -3,13 +3,16 @@ checked when it ends.
 
 While it streams (:func:`watched`): an answer whose first characters cannot
 begin JSON — one of ``{ [ " - 0-9 t f n`` — nor a Markdown fence (three
-backticks), or that has streamed only whitespace for
+backticks), after a ``<think>...</think>`` block if it begins with one (a
+reasoning model served without a reasoning parser), or that has streamed only
+whitespace for
 :data:`MAX_LEADING_SPACE` characters (JSON mode can stall that way until
 ``max_tokens``), is left at once with :class:`NotJson`: it cannot become
 valid, and every further token would be paid for.
 
-When it ends (:meth:`AnswerCheck.problem`): the text is parsed (a fence
-around it, ```` ```json ... ``` ````, is taken off) and validated against the
+When it ends (:meth:`AnswerCheck.problem`): the text is parsed (such a
+``<think>`` block and a fence around it, ```` ```json ... ``` ````, are taken
+off) and validated against the
 schema (Draft 2020-12, jsonschema-rs). What is wrong is said as the first few
 errors, each with its JSON pointer.
 """
@@ -21,7 +24,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from batchgen.jobs.structured import unfenced
+from batchgen.jobs.structured import THINK_CLOSE, THINK_OPEN, unfenced
 
 MAX_LEADING_SPACE = 256
 MAX_ERRORS = 3
@@ -52,9 +55,23 @@ class _Start:
         self.spaces = 0
         self.head = ""
         self.settled = False
+        self.thinking = False  # inside a leading <think> block: not the answer yet
 
     def feed(self, content: str) -> None:
         head = self.head + content if self.head else content.lstrip()
+        if self.thinking or head.startswith(THINK_OPEN):
+            end = head.find(THINK_CLOSE)
+            if end < 0:  # keep only what may hold the start of </think>
+                self.thinking, self.head = True, head[-len(THINK_CLOSE):]
+                return
+            self.thinking, self.head = False, ""
+            rest = head[end + len(THINK_CLOSE):]
+            if rest:
+                self.feed(rest)
+            return
+        if head and THINK_OPEN.startswith(head) and len(head) < len(THINK_OPEN):
+            self.head = head  # "<thi": the start of <think>, perhaps
+            return
         if not head:
             self.spaces += len(content)
             if self.spaces >= MAX_LEADING_SPACE:

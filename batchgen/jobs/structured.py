@@ -187,10 +187,24 @@ def _with_system(messages: list[dict[str, Any]], text: str) -> list[dict[str, An
     return [{"role": "system", "content": text}, *messages]
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def after_thinking(text: str) -> str:
+    """``text`` without the ``<think>...</think>`` block a reasoning model
+    served without a reasoning parser writes into its content first."""
+    stripped = text.lstrip()
+    if stripped.startswith(THINK_OPEN):
+        end = stripped.find(THINK_CLOSE)
+        if end >= 0:
+            return stripped[end + len(THINK_CLOSE):]
+    return text
+
+
 def unfenced(text: str) -> str:
-    """An answer's text without a Markdown code fence around it (```` ```json
-    ... ``` ````), if it has one: what is parsed as its JSON."""
-    stripped = text.strip()
+    """An answer's text without a leading ``<think>`` block or a Markdown code
+    fence around it (```` ```json ... ``` ````): what is parsed as its JSON."""
+    stripped = after_thinking(text).strip()
     if not stripped.startswith("```"):
         return stripped
     first_newline = stripped.find("\n")

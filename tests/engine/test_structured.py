@@ -274,7 +274,12 @@ def test_a_kill_mid_object_continues_into_valid_json(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "ok"), [
     ('{"a": 1}', True), ("  \n[1]", True), ("```json\n{}", True), ('"s"', True),
-    ("Sure, here", False), ("``x", False), (" " * 300, False)])
+    ("Sure, here", False), ("``x", False), (" " * 300, False),
+    # a reasoning model served without a reasoning parser thinks in its content
+    # first: every such answer was left at its "<" and the request failed
+    ("<think>\nThe user wants " + "x " * 400 + "</think>\n\n{\"a\": 1}", True),
+    ("<think>x</think>Sure, here", False), ("<think>x</think>" + " " * 300, False),
+    ("<thinking", False), ("<b>", False)])
 def test_the_start_of_an_answer(text: str, ok: bool) -> None:
     watch = watched(lambda _c, _r: None)
     try:
@@ -290,6 +295,8 @@ def test_the_check_at_the_finish() -> None:
     check = AnswerCheck(PERSON)
     assert check.problem('```json\n{"name": "a", "age": 3, "tags": []}\n```') is None
     assert unfenced("```\n[1]\n```") == "[1]"
+    assert unfenced("<think>\n{no}\n</think>\n\n```json\n[1]\n```") == "[1]"
+    assert check.problem('<think>hm</think>{"name": "a", "age": 3, "tags": []}') is None
     problem = check.problem('{"name": 1, "age": "x", "tags": [], "extra": 0}')
     assert problem is not None and problem.startswith("does not fit the schema: ")
     assert '/age: "x" is not of type "integer"' in problem and "/name" in problem
