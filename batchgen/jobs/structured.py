@@ -10,10 +10,12 @@ the job file, checked when the job is loaded (jsonschema-rs). How the request as
   JSON (Model Studio requires the word);
 - ``prompt``: no ``response_format``; the schema goes into the system message;
 - ``auto`` (the default): per endpoint, the best it is known to take —
-  ``json_schema`` on OpenAI for a schema its strict mode takes
-  (:func:`strict_subset`; ``json_object`` for another, which OpenAI would
-  refuse with a 400 on every request) and on the local llama-server (a
-  grammar from the schema), ``json_object`` on Model Studio and DeepSeek,
+  ``json_schema`` on OpenAI, and on Model Studio for the models its
+  structured-output page names (:func:`model_studio_schema`), for a schema
+  strict mode takes (:func:`strict_subset`; ``json_object`` for another,
+  which would be refused with a 400 on every request); ``json_schema`` on the
+  local llama-server (a grammar from the schema); ``json_object`` on Model
+  Studio's other models and DeepSeek;
   ``prompt`` for a thinking request (Model Studio takes no ``response_format``
   while thinking) and for endpoints batchgen does not know.
 
@@ -24,6 +26,7 @@ Whatever the mode, the answer is checked against the schema when it ends
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -139,10 +142,31 @@ def auto_mode(base_url: str, local: bool, body: dict[str, Any],
         return "prompt"
     if host == "api.openai.com":
         return "json_schema" if schema is None or strict_subset(schema) else "json_object"
-    if host.endswith(("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com",
-                      "api.deepseek.com")):
+    if host.endswith(("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com")):
+        if schema is not None and model_studio_schema(str(body.get("model", ""))) \
+                and strict_subset(schema):
+            return "json_schema"
+        return "json_object"
+    if host == "api.deepseek.com":
         return "json_object"
     return "prompt"
+
+
+# Model Studio's models that take json_schema (its structured-output page):
+# these names, and their dated snapshots from the date given on
+MODEL_STUDIO_SCHEMA_SINCE = {"qwen-plus": "2025-07-28", "qwen-flash": "2025-07-28",
+                             "qwen3-max": "2025-09-23"}
+MODEL_STUDIO_SCHEMA_NAMES = frozenset({"qwen-plus-latest", "deepseek-v3.2"})
+_SNAPSHOT = re.compile(r"(.+)-(\d{4}-\d{2}-\d{2})")
+
+
+def model_studio_schema(model: str) -> bool:
+    """Whether Model Studio takes ``response_format: json_schema`` for ``model``."""
+    if model in MODEL_STUDIO_SCHEMA_SINCE or model in MODEL_STUDIO_SCHEMA_NAMES:
+        return True
+    dated = _SNAPSHOT.fullmatch(model)
+    since = MODEL_STUDIO_SCHEMA_SINCE.get(dated.group(1)) if dated else None
+    return since is not None and dated is not None and dated.group(2) >= since
 
 
 INSTRUCTION = ("Answer with one JSON value only — no prose before or after it — that "

@@ -99,6 +99,20 @@ def test_auto_is_the_best_the_endpoint_takes() -> None:
     defs = {"type": "object", "properties": {"p": {"$ref": "#/$defs/p"}}, "required": ["p"],
             "additionalProperties": False, "$defs": {"p": {"anyOf": [{"type": "null"}, PERSON]}}}
     assert strict_subset(fixed) and strict_subset(defs)
+    # Model Studio: json_schema for the models its structured-output page names
+    # (with thinking off), json_object for the others and for a schema strict
+    # mode would refuse
+    studio = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"
+    for model, mode in [("qwen-plus", "json_schema"), ("qwen-plus-2025-07-28", "json_schema"),
+                        ("qwen-plus-2025-12-01", "json_schema"),
+                        ("qwen-plus-2025-04-28", "json_object"),
+                        ("qwen3-max", "json_schema"), ("qwen3-max-2025-09-23", "json_schema"),
+                        ("qwen3-max-preview", "json_object"), ("qwen-flash", "json_schema"),
+                        ("deepseek-v3.2", "json_schema"), ("qwen-max", "json_object"),
+                        ("qwen-turbo", "json_object")]:
+        assert auto_mode(studio, False, {**body, "model": model}, PERSON) == mode, model
+    assert auto_mode(studio, False, body, optional) == "json_object"
+    assert auto_mode(studio, False, {**thinking, "model": "qwen-plus"}, PERSON) == "prompt"
     # a property may be named like a keyword
     assert strict_subset({"type": "object", "properties": {"not": {"type": "string"}},
                           "required": ["not"], "additionalProperties": False})
