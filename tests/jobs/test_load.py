@@ -44,9 +44,9 @@ def test_a_json_file_holding_a_job_is_a_job_file(tmp_path: Path, indent: int | N
 
 
 def test_every_example_job_validates() -> None:
-    # beside the jobs: their data (.csv) and schemas (.schema.json)
-    jobs = sorted(p for p in (ROOT / "jobs").iterdir()
-                  if p.suffix != ".csv" and not p.name.endswith(".schema.json"))
+    # beside the jobs: their data (.csv, a folder of documents) and schemas (.schema.json)
+    jobs = sorted(p for p in (ROOT / "jobs").iterdir() if p.is_file()
+                  and p.suffix != ".csv" and not p.name.endswith(".schema.json"))
     assert {p.suffix for p in jobs} >= {".yaml", ".jsonl"}
     for path in jobs:
         job = load_job(path, Overrides(model="qwen-plus"))
