@@ -128,6 +128,8 @@ class Template:
             raise FileText(f"read_text() takes a file's path, not {path!r}")
         try:
             full = media.inside(path, self._base, self._roots)
+            if not full.exists():
+                raise FileText(f"read_text({path!r}): no such file: {full}")
             if not full.is_file():
                 raise FileText(f"read_text({path!r}): {full} is not a file")
             size = full.stat().st_size

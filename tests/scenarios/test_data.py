@@ -594,3 +594,10 @@ def test_a_folder_of_documents_becomes_prompts_through_read_text(tmp_path: Path,
     proc = run_cli("validate", str(job), "--media-root", str(outside))
     assert proc.returncode == 2
     assert "read_text('docs/d.md'):" in proc.stderr and "is not UTF-8 text" in proc.stderr
+    (docs / "d.md").unlink()
+    write_rows(tmp_path / "files.csv", [{"file": "docs/a.md"}, {"file": "docs/gone.md"}])
+    job = data_job(tmp_path, fake.base_url, "files.csv",
+                   template={"prompt": "{{ read_text(file) }}"})
+    proc = run_cli("validate", str(job))
+    assert proc.returncode == 2
+    assert "files.csv:3: template.prompt: read_text('docs/gone.md'): no such file" in proc.stderr
