@@ -302,7 +302,7 @@ def _yaml_entries(src: Source, text: str, report: Callable[[Problem], None]
                   ) -> Iterator[Entry]:
     name = str(src.file)
     top = src.line_map or LineMap()
-    for i, entry, item_map in stream_items(text, "prompts"):
+    for i, item, item_map in stream_items(text, "prompts"):
         path = ("prompts", i)
 
         def line_of(p: tuple[Any, ...], _i: int = i, _map: LineMap = item_map) -> int | None:
@@ -311,10 +311,14 @@ def _yaml_entries(src: Source, text: str, report: Callable[[Problem], None]
             return top.line_of(p)
 
         line = item_map.line_of(())
+        entry = item
+        if isinstance(item, str):  # `- Write about cats`: the prompt alone
+            entry = {"prompt": item} if item.strip() else None
         if not isinstance(entry, dict):
             report(Problem(name, line, path_str(path),
-                           "each prompt is a mapping (prompt: or messages:, and id:, model:, "
-                           f"...), not {type(entry).__name__ if entry is not None else 'empty'}"))
+                           "each prompt is its text, or a mapping (prompt: or messages:, and "
+                           "id:, model:, ...), not "
+                           f"{type(entry).__name__ if entry else 'empty'}"))
             continue
         yield entry, f"{name}:{line}", path, line_of
 

@@ -53,6 +53,21 @@ def test_every_example_job_validates() -> None:
         assert job.info.requests > 0, path
 
 
+def test_a_prompt_may_be_its_text_alone(tmp_path: Path) -> None:
+    """``- Write about cats`` is ``- {prompt: Write about cats}`` (it was refused
+    as "not a mapping"); its id comes from its content, as any id-less prompt's."""
+    path = tmp_path / "job.yaml"
+    path.write_text("defaults: {model: qwen-plus}\nprompts:\n  - Write about cats\n"
+                    "  - |\n    Two\n    lines\n  - {prompt: Write about cats}\n",
+                    encoding="utf-8")
+    reqs = list(load_job(path).requests())
+    assert [r.body["messages"] for r in reqs] == [
+        [{"role": "user", "content": "Write about cats"}],
+        [{"role": "user", "content": "Two\nlines\n"}],
+        [{"role": "user", "content": "Write about cats"}]]
+    assert reqs[0].id.startswith("p-") and reqs[2].id == reqs[0].id + "-2"
+
+
 def test_defaults_merge_system_and_extra_body(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(
@@ -174,8 +189,10 @@ CASES: list[tuple[str, str, str, int | None, str]] = [
     ("duplicate-key", "j.yaml", GOOD_HEAD + "prompts: [{prompt: x}]\nname: again\n", 5,
      "duplicate key 'name'"),
     ("alias-bomb", "j.yaml", BOMB, None, "alias"),
-    ("prompt-not-a-mapping", "j.yaml", GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - just text\n",
-     6, "each prompt is a mapping"),
+    ("prompt-not-a-mapping", "j.yaml", GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - 42\n",
+     6, "each prompt is its text, or a mapping"),
+    ("prompt-empty-text", "j.yaml", GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - '  '\n",
+     6, "not empty"),
     ("syntax-in-a-later-prompt", "j.yaml",
      GOOD_HEAD + "prompts:\n  - {prompt: x}\n  - {prompt: y\n  - {prompt: z}\n", 7,
      "YAML syntax error"),
