@@ -31,18 +31,15 @@ continuation asks for what is left, at least 1.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from batchgen.jobs.thinking import thinks
 from batchgen.store.records import ESTIMATED, Resume
 
 if TYPE_CHECKING:
     from batchgen.store.reads import StoreReads
 
-# Models that always think (Model Studio refuses partial mode for them).
-THINKING_MODELS = re.compile(
-    r"^(qwq|qvq)|thinking|reason|deepseek-r1|-r1\b|^o[1345](-|$)|gpt-oss", re.IGNORECASE)
 # Attempts whose text is a sound start: stopped by us, or by a passing fault.
 CONTINUABLE = frozenset({
     "interrupted", "connection", "connect_timeout", "idle_timeout", "max_duration",
@@ -51,23 +48,6 @@ CONTINUABLE = frozenset({
     "oversized_event",
     "length",  # a segment cut at the output cap, with run.on_length: continue
 })
-
-
-# Qwen3 open-source models think unless told not to (enable_thinking: false).
-THINKING_BY_DEFAULT = re.compile(r"^qwen3-(\d+(\.\d+)?b|\d+b-a\d+b)", re.IGNORECASE)
-
-
-def thinks(body: dict[str, Any]) -> bool:
-    extra = body.get("extra_body") or {}
-    model = str(body.get("model", ""))
-    if extra.get("enable_thinking") is True or body.get("reasoning_effort"):
-        return True
-    thinking = extra.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        return True
-    if THINKING_BY_DEFAULT.search(model) and extra.get("enable_thinking") is not False:
-        return True
-    return bool(THINKING_MODELS.search(model))
 
 
 def refusal(body: dict[str, Any]) -> str | None:

@@ -16,8 +16,9 @@ the job file, checked when the job is loaded (jsonschema-rs). How the request as
   which would be refused with a 400 on every request); ``json_schema`` on the
   local llama-server (a grammar from the schema); ``json_object`` on Model
   Studio's other models and DeepSeek;
-  ``prompt`` for a thinking request (Model Studio takes no ``response_format``
-  while thinking) and for endpoints batchgen does not know.
+  ``prompt`` for a request whose model thinks (:func:`batchgen.jobs.thinking.thinks`:
+  Model Studio takes no ``response_format`` then) and for endpoints batchgen
+  does not know.
 
 Whatever the mode, the answer is checked against the schema when it ends
 (:mod:`batchgen.engine.structured`).
@@ -30,6 +31,8 @@ import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from batchgen.jobs.thinking import thinks
 
 MODES = ("auto", "json_schema", "json_object", "prompt")
 SCHEMA_NAME = "answer"
@@ -88,14 +91,6 @@ def check_schema(schema: dict[str, Any], what: str) -> None:
         raise SchemaProblem(f"{what} cannot be used: {exc}") from None
 
 
-def thinking(body: dict[str, Any]) -> bool:
-    """Whether the request asks the model to think before it answers."""
-    extra = body.get("extra_body") or {}
-    model = str(body.get("model", ""))
-    return bool(extra.get("enable_thinking")) or model.startswith(
-        ("qwq", "qvq", "deepseek-r1", "deepseek-reasoner"))
-
-
 # keywords OpenAI's strict mode refuses (its "supported schemas" list the rest)
 NOT_STRICT = frozenset({
     "allOf", "oneOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
@@ -138,10 +133,10 @@ def auto_mode(base_url: str, local: bool, body: dict[str, Any],
     host = (urlsplit(base_url).hostname or "").lower()
     if local:
         return "json_schema"
-    if thinking(body):
-        return "prompt"
-    if host == "api.openai.com":
+    if host == "api.openai.com":  # its reasoning models take a response_format too
         return "json_schema" if schema is None or strict_subset(schema) else "json_object"
+    if thinks(body):  # Model Studio takes no response_format while a model thinks
+        return "prompt"
     if host.endswith(("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com")):
         if schema is not None and model_studio_schema(str(body.get("model", ""))) \
                 and strict_subset(schema):

@@ -113,6 +113,14 @@ def test_auto_is_the_best_the_endpoint_takes() -> None:
         assert auto_mode(studio, False, {**body, "model": model}, PERSON) == mode, model
     assert auto_mode(studio, False, body, optional) == "json_object"
     assert auto_mode(studio, False, {**thinking, "model": "qwen-plus"}, PERSON) == "prompt"
+    # a Qwen3 open-source model thinks unless told not to: a response_format
+    # would be refused (it got json_object); QwQ and DeepSeek-R1 always think
+    for model in ("qwen3-235b-a22b", "qwen3-32b", "qwq-plus", "deepseek-r1"):
+        assert auto_mode(studio, False, {**body, "model": model}, PERSON) == "prompt", model
+    off = {**body, "model": "qwen3-32b", "extra_body": {"enable_thinking": False}}
+    assert auto_mode(studio, False, off, PERSON) == "json_object"
+    # OpenAI's reasoning models take a response_format
+    assert auto_mode(openai, False, {**body, "model": "o3"}, PERSON) == "json_schema"
     # a property may be named like a keyword
     assert strict_subset({"type": "object", "properties": {"not": {"type": "string"}},
                           "required": ["not"], "additionalProperties": False})
