@@ -169,6 +169,9 @@ def test_detected_forms() -> None:
 def test_what_is_never_continued(body: dict[str, Any], why: str) -> None:
     assert refusal(body) == why
     assert refusal({"model": "qwen3-32b", "extra_body": {"enable_thinking": False}}) is None
+    # Qwen3's 2507 instruct models never think: their answers continue
+    assert refusal({"model": "qwen3-235b-a22b-instruct-2507"}) is None
+    assert refusal({"model": "qwen3-30b-a3b-thinking-2507"}) == "thinking"
 
 
 def test_continue_body_keeps_the_request_and_asks_for_the_rest() -> None:
