@@ -84,6 +84,22 @@ def _lines(fh: Any, ended: list[bool]) -> Iterator[str]:
     ended.append(True)
 
 
+SEPARATORS = {",": "commas", "\t": "tabs", ";": "semicolons"}
+
+
+def _one_column(name: str, header: list[str], fmt: str) -> None:
+    """A header of one column that holds another separator: a file written
+    with that one (Excel's CSV in many locales uses semicolons)."""
+    read_with = "\t" if fmt == "tsv" else ","
+    found = [sep for sep in SEPARATORS if sep != read_with and sep in header[0]]
+    if len(header) == 1 and found:
+        raise JobFileError([Problem(name, 1, None, (
+            f"header row: one column, {header[0]!r}: the file looks separated by "
+            f"{SEPARATORS[found[0]]}, and a .{fmt} file is read with "
+            f"{SEPARATORS[read_with]}; save it comma-separated as .csv, or tab-separated "
+            "as .tsv"))])
+
+
 def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
     name = data.name
     with _open_text(data) as fh:
@@ -94,6 +110,7 @@ def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any],
             if header is None:
                 raise JobFileError([Problem(name, None, None, "empty data file: write a header "
                                             "row of column names, then one row a line")])
+            _one_column(name, header, data.format)
             blank = [i + 1 for i, column in enumerate(header) if not column.strip()]
             dupes = sorted({c for c in header if header.count(c) > 1})
             if blank or dupes:
