@@ -87,17 +87,15 @@ def _lines(fh: Any, ended: list[bool]) -> Iterator[str]:
 SEPARATORS = {",": "commas", "\t": "tabs", ";": "semicolons"}
 
 
-def _one_column(name: str, header: list[str], fmt: str) -> None:
-    """A header of one column that holds another separator: a file written
-    with that one (Excel's CSV in many locales uses semicolons)."""
+def _other_separator(header: list[str], first: list[str], fmt: str) -> str | None:
+    """The separator a file was written with when it is not the one its name
+    says (Excel's CSV in many locales uses semicolons): the header and the
+    first row are one value each, holding it as many times."""
     read_with = "\t" if fmt == "tsv" else ","
-    found = [sep for sep in SEPARATORS if sep != read_with and sep in header[0]]
-    if len(header) == 1 and found:
-        raise JobFileError([Problem(name, 1, None, (
-            f"header row: one column, {header[0]!r}: the file looks separated by "
-            f"{SEPARATORS[found[0]]}, and a .{fmt} file is read with "
-            f"{SEPARATORS[read_with]}; save it comma-separated as .csv, or tab-separated "
-            "as .tsv"))])
+    if len(header) != 1 or len(first) != 1:
+        return None
+    return next((sep for sep in SEPARATORS if sep != read_with
+                 and header[0].count(sep) == first[0].count(sep) > 0), None)
 
 
 def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
@@ -110,7 +108,6 @@ def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any],
             if header is None:
                 raise JobFileError([Problem(name, None, None, "empty data file: write a header "
                                             "row of column names, then one row a line")])
-            _one_column(name, header, data.format)
             blank = [i + 1 for i, column in enumerate(header) if not column.strip()]
             dupes = sorted({c for c in header if header.count(c) > 1})
             if blank or dupes:
@@ -123,6 +120,13 @@ def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any],
                 line, start = start, reader.line_num + 1
                 if not values or values == [""]:
                     continue  # a blank line
+                if line == 2 and (sep := _other_separator(header, values, data.format)):
+                    read_with = "\t" if data.format == "tsv" else ","
+                    raise JobFileError([Problem(name, 1, None, (
+                        f"header row: one column, {header[0]!r}: the file is separated by "
+                        f"{SEPARATORS[sep]}, and a .{data.format} file is read with "
+                        f"{SEPARATORS[read_with]}; save it comma-separated as .csv, or "
+                        "tab-separated as .tsv"))])
                 if ended:  # the file ended inside this row: a quote opened, never closed
                     report(Problem(name, line, None,
                                    'a quoted value opens on this row and is never closed, so '

@@ -280,7 +280,7 @@ def test_every_error_names_its_row_and_nothing_is_written(
     # Excel's CSV in many locales: every row was one column, and every row an
     # "undefined" error naming that column
     ("doc_id;lang;text\nd1;x;t\n", "{path}:1: header row: one column, 'doc_id;lang;text': "
-     "the file looks separated by semicolons, and a .csv file is read with commas"),
+     "the file is separated by semicolons, and a .csv file is read with commas"),
 ])
 def test_a_data_file_without_rows_or_not_readable_says_so(tmp_path: Path, fake: FakeServer,
                                                           text: str, says: str) -> None:
