@@ -13,6 +13,9 @@ run, with the same guarantees:
   batch never answered — it expired or was cancelled — goes into the next
   batch, or is streamed with ``--fallback stream``), so every request is
   answered exactly once;
+- **answers checked as streamed ones are**: an answer to a schema that does
+  not fit is an invalid attempt and goes into the next batch, up to
+  ``run.max_invalid`` times;
 - ``--no-wait`` submits and exits 5; the same command later reports progress
   (exit 5 again) or, once the batches ended, collects (exit 0 or 1). Without
   it, the run polls with back-off until everything is collected; Ctrl-C leaves
@@ -73,6 +76,7 @@ class BatchRunner:
         self.remote = batchapi.Remote(client)
         self.run_id = run_id
         self.max_attempts = settings.max_attempts
+        self.max_invalid = settings.max_invalid
         self.no_wait = settings.no_wait
         self.fallback = settings.fallback
         self.progress = progress
@@ -155,7 +159,9 @@ class BatchRunner:
         for p in self.store.pending():
             if p.id in self._released or p.id in self._failed:
                 continue  # streamed after the batches (--fallback stream); failed for good now
-            if p.attempts >= self.max_attempts:
+            invalid = self.store.attempts_of_class(p.id, p.fingerprint, "schema") \
+                if p.schema is not None else 0  # counted apart (run.max_invalid)
+            if p.attempts - invalid >= self.max_attempts:
                 self.store.mark(p.id, "failed", reason="no attempts left after batch errors")
                 self._failed.add(p.id)
                 self.outcome.failed += 1
@@ -269,6 +275,11 @@ class BatchRunner:
             calls = message.get("tool_calls")
             usage = from_report(body.get("usage"), sent, content if isinstance(content, str)
                                 else "", reasoning if isinstance(reasoning, str) else "")
+            problem = self._invalid(rid, content)
+            if problem is not None:  # asked again, as a streamed answer would be
+                return self._asked_again(rid, fingerprint, attempt, problem, usage, now,
+                                         finish=body["choices"][0].get("finish_reason"),
+                                         provider_id=response.get("request_id"))
             self.store.write_attempts([], [_ended(
                 attempt, rid, now, usage, content, reasoning,
                 finish=body["choices"][0].get("finish_reason"), calls=calls,
@@ -289,6 +300,33 @@ class BatchRunner:
             return True
         if isinstance(err, RunFatalError) and self.outcome.fatal is None:
             self.outcome.fatal = err
+        return False
+
+    def _invalid(self, rid: str, content: Any) -> str | None:
+        """What is wrong with an answer that must fit a schema, or None."""
+        schema = self.store.request_schema(rid)
+        if schema is None:
+            return None
+        from batchgen.engine.structured import check_for
+
+        return check_for(schema).problem(content if isinstance(content, str) else "")
+
+    def _asked_again(self, rid: str, fingerprint: str, attempt: int, problem: str,
+                     usage: Any, now: float, *, finish: Any, provider_id: Any) -> bool:
+        """An answer that does not fit its schema: an attempt of class ``schema``
+        with its usage (paid for), then the request goes again, up to
+        ``run.max_invalid`` times, after which it fails. False when it goes again."""
+        self.store.end_attempt(attempt, AttemptEnd(
+            status="error", error_class="schema",
+            finish_reason=finish if isinstance(finish, str) else None,
+            error_message=f"the answer {problem}",
+            provider_request_id=provider_id if isinstance(provider_id, str) else None),
+            usage=usage, now=now)
+        if self.store.attempts_of_class(rid, fingerprint, "schema") > self.max_invalid:
+            self.store.mark(rid, "failed")
+            self._failed.add(rid)
+            self.outcome.failed += 1
+            return True
         return False
 
     def _attempt(self, rid: str, fingerprint: str, model: str, now: float) -> int:

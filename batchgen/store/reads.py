@@ -197,6 +197,11 @@ class StoreReads(Reader):
         row = self.db.execute("SELECT body FROM requests WHERE id=?", (request_id,)).fetchone()
         return dict(json.loads(row[0]))
 
+    def request_schema(self, request_id: str) -> str | None:
+        """The schema a request's answer must fit (JSON text), if it has one."""
+        row = self.db.execute("SELECT schema FROM requests WHERE id=?", (request_id,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     def request_model_body(self, request_id: str) -> tuple[str, dict[str, Any]]:
         row = self.db.execute("SELECT model, body FROM requests WHERE id=?",
                               (request_id,)).fetchone()

@@ -112,6 +112,34 @@ def test_fallback_stream_streams_what_an_expired_batch_left(tmp_path: Path,
     assert set(complete_per_request(fake.ledger.entries).values()) == {1}
 
 
+def test_answers_that_must_fit_a_schema_are_checked_and_asked_again(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """A batch answer to a schema is checked as a streamed one is: one that does
+    not fit is an invalid attempt (priced, shown apart) and goes into the next
+    batch, up to run.max_invalid times. It was recorded done, prose and all,
+    with ``"json": null``."""
+    schema = {"type": "object", "required": ["name"]}
+    job = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "fixed", "prompt": "[[json=prose,valid]] a"},
+        {"id": "never", "prompt": "[[json=prose]] b"},
+        {"id": "fine", "prompt": "[[json=valid]] c"}],
+        defaults={"model": "qwen-plus", "schema": schema, "schema_mode": "json_object"},
+        run={"max_invalid": 1})
+    summary = batch_run(job)
+    assert (summary.done, summary.failed, summary.exit_code) == (2, 1, 1)
+    run_dir = tmp_path / "out" / "t"
+    results = {r["id"]: r for r in read_results(run_dir)}
+    assert sorted(results) == ["fine", "fixed"]
+    assert results["fixed"]["attempts"] == 2 and results["fixed"]["json"]["name"]
+    assert json.loads((run_dir / "texts" / "fixed.json").read_text()) == results["fixed"]["json"]
+    failed = [json.loads(x) for x in (run_dir / "failed.jsonl").read_text().splitlines()]
+    assert [(f["id"], f["schema"]) for f in failed] == [("never", schema)]
+    assert len(fake.batches.state.order) == 2  # the invalid ones went again, once
+    assert all(e.get("via") == "batch" for e in fake.ledger.entries)
+    assert "failed never: schema: the answer is not JSON" in run_cli("status", str(run_dir)).stdout
+    assert "- invalid answers: qwen-plus: 3 attempts" in (run_dir / "report.md").read_text()
+
+
 def test_files_split_per_model_and_line_cap(tmp_path: Path, fake: FakeServer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from batchgen.batch_api import client as batchapi
