@@ -98,7 +98,7 @@ def run(job: str | os.PathLike[str] | Mapping[str, Any], *,
     """Run ``job`` to its end and return what it did (see the module's doc).
 
     ``overrides`` are the CLI's flags: ``name``, ``out``, ``model``, ``base_url``,
-    ``api_key_env``, ``concurrency``, ``local``, ``max_cost``, ``currency``,
+    ``allow_http``, ``api_key_env``, ``concurrency``, ``local``, ``max_cost``, ``currency``,
     ``shard`` (``"K/N"``, ``"index/N"`` or ``(K, N)``), ``via``, ``fallback``,
     ``no_wait``; and ``force``. They are checked as the flags are.
     """

@@ -68,6 +68,8 @@ def _job_options(func: F) -> F:
                      help="Output root; the run lives in DIR/<name>/ (default: outputs)."),
         click.option("--model", help="Default model for prompts that name none."),
         click.option("--base-url", help="OpenAI-compatible endpoint (default: DashScope)."),
+        click.option("--allow-http", is_flag=True,
+                     help="Allow a plain http:// endpoint beyond loopback (a trusted network)."),
         click.option("--api-key-env", metavar="VAR",
                      help="Environment variable that holds the API key."),
         click.option("--allow-key-env", "allow_key_env", metavar="VAR", multiple=True,
@@ -97,7 +99,8 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
         shard=shard, via=kwargs.get("via"), fallback=kwargs.get("fallback"),
         no_wait=bool(kwargs.get("no_wait")),
         name=kwargs.get("name"), out=kwargs.get("out"), model=kwargs.get("model"),
-        base_url=kwargs.get("base_url"), api_key_env=kwargs.get("api_key_env"),
+        base_url=kwargs.get("base_url"), allow_http=bool(kwargs.get("allow_http")),
+        api_key_env=kwargs.get("api_key_env"),
         concurrency=kwargs.get("concurrency"), local=bool(kwargs.get("local")),
         max_cost=kwargs.get("max_cost"), currency=kwargs.get("currency"),
         allowed_key_envs=tuple(kwargs.get("allow_key_env") or ()),
@@ -218,26 +221,8 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
                    f"(batchgen report {summary.run_dir})")
     for note in summary.notes:
         click.echo(f"  {note}")
-    if summary.stopped_by == "submitted":
-        click.echo("batchgen: submitted to the provider's Batch API; run the same command "
-                   "again to collect", err=True)
-    if summary.storage is not None:
-        click.echo(f"batchgen: stopped: {summary.storage}", err=True)
-    elif summary.fatal is not None:
-        click.echo(f"batchgen: stopped: {summary.fatal}", err=True)
-    elif summary.stopped_by == "budget":
-        click.echo("batchgen: stopped by the budget; raise it and run again to continue",
-                   err=True)
-    elif summary.stopped_by == "interrupt":
-        click.echo("batchgen: interrupted; run the same command again to resume", err=True)
-    elif summary.stopped_by == "unavailable":
-        click.echo(f"batchgen: stopped: the endpoint stayed unreachable; {summary.pending} "
-                   "requests are pending, none failed: run the same command again to "
-                   "continue", err=True)
-    elif summary.pending:
-        n = summary.pending
-        click.echo(f"batchgen: {n} request{'s were' if n != 1 else ' was'} not finished; "
-                   "run the same command again", err=True)
+    if summary.why_stopped:
+        click.echo(f"batchgen: {summary.why_stopped}", err=True)
 
 
 @main.command()

@@ -48,3 +48,27 @@ class RunSummary:
         if self.stopped_by:
             return f"stopped:{self.stopped_by}"
         return "failed" if self.failed else "done"
+
+    @property
+    def why_stopped(self) -> str | None:
+        """One line for stderr on why the run ended short of done, and what to
+        do about it; None when there is nothing to say."""
+        if self.stopped_by == "submitted":
+            return ("submitted to the provider's Batch API; run the same command again to "
+                    "collect")
+        if self.storage is not None:
+            return f"stopped: {self.storage}"
+        if self.fatal is not None:
+            return f"stopped: {self.fatal}"
+        if self.stopped_by == "budget":
+            return "stopped by the budget; raise it and run again to continue"
+        if self.stopped_by == "interrupt":
+            return "interrupted; run the same command again to resume"
+        if self.stopped_by == "unavailable":
+            return (f"stopped: the endpoint stayed unreachable; {self.pending} requests are "
+                    "pending, none failed: run the same command again to continue")
+        if self.pending:
+            n = self.pending
+            return (f"{n} request{'s were' if n != 1 else ' was'} not finished; run the "
+                    "same command again")
+        return None

@@ -38,6 +38,7 @@ from batchgen.jobs.schema import (
     JobSpec,
     PriceSpec,
     check_base_url,
+    plain_http_host,
 )
 from batchgen.jobs.shards import shard_dir, shard_of
 from batchgen.jobs.sources import (
@@ -68,6 +69,7 @@ class Overrides:
     out: str | None = None
     model: str | None = None
     base_url: str | None = None
+    allow_http: bool = False  # --allow-http: plain http beyond loopback
     api_key_env: str | None = None
     concurrency: int | None = None
     local: bool = False
@@ -270,6 +272,14 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
     local = ov.local or ep.local
     if local:
         base_url = "http://127.0.0.1"
+    elif (host := plain_http_host(base_url)) and not (ov.allow_http or ep.allow_http):
+        why = (f"{base_url} is plain http: the key and the prompts would cross the network "
+               f"to {host} unencrypted; use https://, or, for an endpoint on a network you "
+               "trust (a cluster's vLLM), set endpoint.allow_http: true or pass --allow-http")
+        if ov.base_url:
+            raise UsageError(f"--base-url: {why}")
+        raise JobFileError([Problem(str(file), line_map.line_of(("endpoint", "base_url")),
+                                    "endpoint.base_url", why)])
     endpoint = Endpoint(
         base_url=base_url,
         api_key_env=None if local else (ov.api_key_env or ep.api_key_env),

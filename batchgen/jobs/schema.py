@@ -187,7 +187,8 @@ def is_loopback(host: str) -> bool:
 
 
 def check_base_url(value: str) -> str:
-    """https only (plain http on loopback), and no credentials in the URL."""
+    """An http(s) URL without credentials or a query (plain http is for
+    :func:`plain_http_host` to judge, with ``allow_http`` at hand)."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url {value!r} is not an http(s) URL")
@@ -198,11 +199,16 @@ def check_base_url(value: str) -> str:
         )
     if parts.query:
         raise ValueError("base_url may not carry a query string")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError(
-            f"base_url {value!r} uses plain http: use https:// (http is only allowed on loopback)"
-        )
     return value.rstrip("/")
+
+
+def plain_http_host(base_url: str) -> str | None:
+    """The host a plain-http ``base_url`` sends the key and the prompts to
+    unencrypted, or None for https and loopback."""
+    parts = urlsplit(base_url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        return parts.hostname
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +218,7 @@ class EndpointSpec(Spec):
     base_url: str = field(DEFAULT_BASE_URL, after=check_base_url)
     api_key_env: str | None = field(DEFAULT_API_KEY_ENV, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     region: str | None = None
+    allow_http: bool = False  # plain http beyond loopback: a network the user trusts
     local: bool = False
     model_path: str | None = None
     server_args: list[str] = field(factory=list)

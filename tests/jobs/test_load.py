@@ -418,3 +418,33 @@ def test_a_batch_line_whose_extra_body_is_not_an_object_is_refused(tmp_path: Pat
         load_job(path)
     (problem,) = info.value.problems
     assert (problem.line, problem.key) == (1, "body.extra_body")
+
+
+def test_plain_http_beyond_loopback_needs_allow_http(tmp_path: Path) -> None:
+    """A cluster's vLLM on http://vllm:8000/v1: refused with the way out named
+    (the key would cross the network unencrypted), taken with
+    ``endpoint.allow_http: true`` or ``--allow-http``; loopback needs neither."""
+    head = "endpoint:\n  base_url: http://vllm.svc:8000/v1\n"
+    path = tmp_path / "j.yaml"
+    path.write_text(head + "defaults: {model: m}\nprompts: [x]\n", encoding="utf-8")
+    with pytest.raises(JobFileError) as caught:
+        load_job(path)
+    (problem,) = caught.value.problems
+    assert (problem.line, problem.key) == (2, "endpoint.base_url")
+    assert "unencrypted" in problem.message and "endpoint.allow_http: true" in \
+        problem.message and "--allow-http" in problem.message
+    assert load_job(path, Overrides(allow_http=True)).endpoint.base_url == \
+        "http://vllm.svc:8000/v1"
+    path.write_text(head + "  allow_http: true\ndefaults: {model: m}\nprompts: [x]\n",
+                    encoding="utf-8")
+    assert load_job(path).endpoint.base_url == "http://vllm.svc:8000/v1"
+
+    lines = tmp_path / "p.jsonl"  # a JSONL job has no endpoint block: the flag it is
+    lines.write_text('{"prompt": "x", "model": "m"}\n', encoding="utf-8")
+    flag = ["validate", str(lines), "--base-url", "http://10.0.0.7:8000/v1"]
+    refused = CliRunner().invoke(main, flag)
+    assert refused.exit_code == 2 and "--base-url:" in refused.output
+    assert "--allow-http" in refused.output
+    assert CliRunner().invoke(main, [*flag, "--allow-http"]).exit_code == 0
+    for local in ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8/v1"):
+        assert load_job(lines, Overrides(base_url=local)).endpoint.base_url == local
