@@ -129,7 +129,7 @@ class Outage:
         while self.since is not None:
             now = self.clock()
             if now - self.since >= self.timeout:
-                raise OutageTimeout(self.describe())
+                raise OutageTimeout(self.describe(ended=True))
             if not self._probing and now >= self.next_probe:
                 self._probing = True
                 self.probes += 1
@@ -154,15 +154,17 @@ class Outage:
         self._probing = False
         self._changed.set()
 
-    def describe(self) -> str:
-        """``endpoint unreachable since 12:03:10 — connection refused; next try in 40 s``."""
+    def describe(self, ended: bool = False) -> str:
+        """``endpoint unreachable since 12:03:10 — connection refused; 3 probes, next
+        try in 40 s`` (``ended``: the wait is over, so ``…; 3 probes in 1800 s``)."""
         if self.since is None:
             return "the endpoint answers"
         since = time.strftime("%H:%M:%S", time.localtime(self.since))
-        wait = max(0.0, self.next_probe - self.clock())
-        return (f"endpoint unreachable since {since} — {self.reason}; "
-                f"{self.probes} probe{'s' if self.probes != 1 else ''}, "
-                f"next try in {wait:.0f} s")
+        head = (f"endpoint unreachable since {since} — {self.reason}; "
+                f"{self.probes} probe{'s' if self.probes != 1 else ''}")
+        if ended:
+            return f"{head} in {self.clock() - self.since:.0f} s"
+        return f"{head}, next try in {max(0.0, self.next_probe - self.clock()):.0f} s"
 
     # ---------------------------------------------------------------- state
 
