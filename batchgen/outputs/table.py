@@ -18,6 +18,7 @@ import csv
 import heapq
 import io
 import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class Shape:
     data_only: bool  # rows of data only (a job with `data:`), or every request
     json: bool = False
     flat: tuple[str, ...] = ()
+    flat_types: tuple[str, ...] = ()  # per flat column, its Parquet type (json: JSON text)
     segments: bool = False  # the job continues answers past the output cap
 
     @property
@@ -77,11 +79,11 @@ def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | No
     """The table's columns, over one store or over the shards of one job."""
     stores = [stores] if isinstance(stores, RunStore) else stores
     schemas = [json.loads(s) for s in dict.fromkeys(x for st in stores for x in st.schemas())]
-    flat: dict[str, None] = {}
+    flat: dict[str, set[str]] = {}
     if settings is not None and settings.flatten:
         for schema in schemas:
-            for name in (schema.get("properties") or {}):
-                flat.setdefault(name)
+            for name, prop in (schema.get("properties") or {}).items():
+                flat.setdefault(name, set()).add(_property_type(prop))
     segments = any(st.meta(ON_LENGTH_KEY) == "continue" for st in stores)
     if settings is None:
         return Shape((), "", data_only=False, json=bool(schemas), segments=segments)
@@ -95,7 +97,21 @@ def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | No
     # data.id: id is both an input column and the generated id: one column, the id
     made = {settings.prefix + c for c in GENERATED_COLUMNS}
     return Shape(tuple(c for c in inputs if c not in made), settings.prefix, data_only=True,
-                 json=bool(schemas), flat=tuple(flat), segments=segments)
+                 json=bool(schemas), flat=tuple(flat),
+                 flat_types=tuple(t.pop() if len(t) == 1 else "json" for t in flat.values()),
+                 segments=segments)
+
+
+SCALARS = {"integer": "int64", "number": "float64", "boolean": "bool", "string": "string"}
+
+
+def _property_type(prop: Any) -> str:
+    """The Parquet type of a schema property's values: that of its one scalar
+    JSON type (``null`` allowed beside it), else JSON text."""
+    kind = prop.get("type") if isinstance(prop, dict) else None
+    kinds = [kind] if isinstance(kind, str) else kind if isinstance(kind, list) else []
+    kinds = [k for k in kinds if k != "null"]
+    return SCALARS.get(kinds[0], "json") if len(kinds) == 1 else "json"
 
 
 def rows(store: RunStore, shape: Shape, book: PriceBook | None = None) -> Iterator[dict[str, Any]]:
@@ -270,24 +286,45 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
     except ImportError:
         raise UsageError("writing Parquet needs pyarrow: pip install 'batchgen[parquet]', or "
                          "choose output.format csv, tsv or jsonl") from None
-    fields = [pa.field(c, pa.string() if types[c] == "json" else getattr(pa, types[c])())
-              for c in shape.inputs]
-    fields += [pa.field(shape.prefix + c, getattr(pa, GENERATED_TYPES.get(c, "string"))())
+    arrow = {"string": pa.string(), "json": pa.string(), "int64": pa.int64(),
+             "float64": pa.float64(), "bool": pa.bool_()}  # json: JSON text
+    fields = [pa.field(c, arrow[types[c]]) for c in shape.inputs]
+    fields += [pa.field(shape.prefix + c, arrow[GENERATED_TYPES.get(c, "string")])
                for c in (*GENERATED_COLUMNS, *[SEGMENTS] * shape.segments)]
-    answers = [shape.prefix + "json"] * shape.json + [shape.prefix + c for c in shape.flat]
-    fields += [pa.field(c, pa.string()) for c in answers]  # JSON text
+    fields += [pa.field(shape.prefix + "json", pa.string())] * shape.json
+    flat = dict(zip((shape.prefix + c for c in shape.flat), shape.flat_types, strict=True))
+    fields += [pa.field(c, arrow[t]) for c, t in flat.items()]
     schema = pa.schema(fields)
-    as_json = [c for c in shape.inputs if types[c] == "json"] + answers
-    flat = {shape.prefix + c for c in shape.flat}  # a text property stays text
+    as_json = [c for c in shape.inputs if types[c] == "json"] + \
+        [shape.prefix + "json"] * shape.json + [c for c, t in flat.items() if t == "json"]
+    typed = {c: t for c, t in flat.items() if t != "json"}
     with pq.ParquetWriter(str(target), schema) as writer:
         batch: list[dict[str, Any]] = []
         for row in body:
-            for c in as_json:
+            for c in as_json:  # a text property stays text
                 if row[c] is not None and not (c in flat and isinstance(row[c], str)):
                     row[c] = json.dumps(row[c], ensure_ascii=False)
+            for c, t in typed.items():
+                row[c] = _typed(row[c], t)
             batch.append(row)
             if len(batch) >= PARQUET_ROWS:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 batch.clear()
         if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+
+
+def _typed(value: Any, kind: str) -> Any:
+    """A flattened property's value in its column's Parquet type. Answers were
+    checked against their schema, so it fits; one that cannot (an integer past
+    64 bits) is left empty here, and the ``json`` column keeps it whole."""
+    if value is None or kind == "string":
+        return value if value is None or isinstance(value, str) \
+            else json.dumps(value, ensure_ascii=False)
+    if kind == "bool" or isinstance(value, bool) or not isinstance(value, int | float):
+        return value if kind == "bool" and isinstance(value, bool) else None
+    if kind == "float64":
+        return float(value) if abs(value) <= sys.float_info.max else None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if -(2**63) <= value < 2**63 else None

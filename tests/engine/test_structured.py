@@ -224,6 +224,61 @@ def test_a_data_table_gains_json_and_flattened_columns(tmp_path: Path, fake: Fak
     assert json.loads(table[0]["json"])["age"] == int(table[0]["age"])
 
 
+def test_flattened_columns_in_parquet_have_their_property_types(tmp_path: Path,
+                                                                fake: FakeServer) -> None:
+    """A property of one scalar type (null allowed beside it) is a column of
+    that type in Parquet, not JSON text: age int64 here; an array, an object or
+    a union stays JSON text. A boolean input column is Parquet's bool (writing
+    one raised AttributeError: pyarrow has no ``bool``)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    (tmp_path / "rows.jsonl").write_text('{"k": "k1", "w": "one", "on": true}\n'
+                                         '{"k": "k2", "w": "two", "on": false}\n',
+                                         encoding="utf-8")
+    path = job(tmp_path, fake, [], data={"path": "rows.jsonl", "id": "k"},
+               template={"prompt": "[[json=valid]] about {{ w }}"},
+               output={"flatten": True, "columns": ["w", "on"], "format": "parquet"})
+    spec = json.loads(path.read_text())
+    del spec["prompts"]
+    path.write_text(json.dumps(spec))
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(tmp_path / "out" / "t" / "table.parquet")
+    types = {f.name: str(f.type) for f in table.schema}
+    assert [types[c] for c in ("on", "name", "age", "tags")] == \
+        ["bool", "string", "int64", "string"]
+    rows = table.to_pylist()
+    assert [r["on"] for r in rows] == [True, False]
+    for row in rows:
+        answer = json.loads(row["json"])
+        assert (row["name"], row["age"]) == (answer["name"], answer["age"])
+        assert json.loads(row["tags"]) == answer["tags"]
+
+
+@pytest.mark.parametrize(("prop", "kind"), [
+    ({"type": "integer"}, "int64"), ({"type": ["integer", "null"]}, "int64"),
+    ({"type": "number"}, "float64"), ({"type": "boolean"}, "bool"),
+    ({"type": "string", "enum": ["a"]}, "string"), ({"type": ["string", "integer"]}, "json"),
+    ({"type": "object"}, "json"), ({"enum": [1, 2]}, "json"), (True, "json")])
+def test_a_flattened_property_s_parquet_type(prop: Any, kind: str) -> None:
+    from batchgen.outputs.table import _property_type
+
+    assert _property_type(prop) == kind
+
+
+@pytest.mark.parametrize(("value", "kind", "cell"), [
+    (3, "int64", 3), (3.0, "int64", 3), (2**63, "int64", None), (3.5, "int64", None),
+    (True, "int64", None), (2, "float64", 2.0), (10**400, "float64", None),
+    (False, "bool", False), (0, "bool", None), ("x", "string", "x"), ([1], "string", "[1]"),
+    (None, "int64", None)])
+def test_a_value_that_cannot_be_its_column_s_type_is_left_empty(value: Any, kind: str,
+                                                                  cell: Any) -> None:
+    """Answers fit their schema, so this is for the one that cannot (an integer
+    past 64 bits): the cell is empty and the json column keeps the value."""
+    from batchgen.outputs.table import _typed
+
+    assert _typed(value, kind) == cell and type(_typed(value, kind)) is type(cell)
+
+
 def test_flattened_columns_that_would_share_a_name_are_refused(tmp_path: Path,
                                                               fake: FakeServer) -> None:
     """A property of the schema becomes a column of the table: one named like an
