@@ -208,6 +208,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
     kept = Spool() if for_run and not (job.run_dir / "run.db").exists() else None
     seen: dict[str, None] = {}  # the data's columns, in the order they first appear
     schemas: dict[str, None] = {}  # the schemas answers must fit, for output.flatten
+    speech = False  # a request asks for a spoken answer: the table's audio columns
     walk = Walk()
     try:
         for req in resolve_all(job, collect, seen, walk):
@@ -223,6 +224,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
             models.setdefault(req.model)
             if req.schema_json is not None:
                 schemas.setdefault(req.schema_json)
+            speech = speech or "audio" in (req.body.get("modalities") or ())
             if kept is not None and not problems:
                 kept.add(req.row())
         suspects = clashes.positions()
@@ -230,7 +232,8 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
             for problem in clash_problems(resolve_all(job, lambda _p: None), suspects):
                 collect(problem)
         if job.table is not None and len(problems) < MAX_PROBLEMS:
-            problems += table_problems(file, job.table, seen, line_map, spec, schemas)
+            problems += table_problems(file, job.table, seen, line_map, spec, schemas,
+                                       speech)
         if not problems and total == 0:
             data = ", ".join(str(s.file) for s in sources if s.rows is not None)
             problems.append(Problem(str(file), None, None, "the job has no prompts" + (
@@ -247,7 +250,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
                    job_requests=total, schema_modes=tuple(walk.modes),
                    media_files=walk.media_files + sum(  # files read_text gave a template
                        s.rows.template.files_read for s in sources if s.rows is not None),
-                   columns=tuple(seen))
+                   columns=tuple(seen), speech=speech)
     if key is not None and not validated.still_valid(job):
         key = None  # a file moved while it was read: nothing to vouch for next time
     return replace(job, info=info, spool=kept, validation_key=key,

@@ -126,3 +126,4 @@ class JobInfo:
     schema_modes: tuple[tuple[str, str], ...] = ()
     media_files: int = 0  # file:// references: their bytes are hashed on every load
     columns: tuple[str, ...] = ()  # the data rows' columns, in the order they first appear
+    speech: bool = False  # some request asks for a spoken answer (modalities: audio)

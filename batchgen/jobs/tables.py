@@ -44,7 +44,8 @@ def _table_format(path: str | None) -> str | None:
 
 
 def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
-                    line_map: LineMap, spec: JobSpec, schemas: dict[str, None]) -> list[Problem]:
+                    line_map: LineMap, spec: JobSpec, schemas: dict[str, None],
+                    speech: bool = False) -> list[Problem]:
     """``output.columns`` that no row has, and columns of the table that would
     have one name: a generated column and a kept input column (``output.prefix``
     sets them apart), or — with ``output.flatten`` — a property of the answer's
@@ -73,6 +74,7 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
     id_column = spec.data.id if spec.data is not None else None
     where = line_map.line_if(("output",)) or line_map.line_of(("data",))
     answers = (*(["length_continuations"] if spec.run.on_length == "continue" else []),
+               *(["audio", "audio_seconds"] if speech else []),
                *(["json"] if schemas else []))
     for column in (*GENERATED_COLUMNS, *answers):
         generated = table.prefix + column

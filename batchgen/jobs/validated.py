@@ -116,7 +116,8 @@ def recall(run_dir: Path, key: str) -> JobInfo | None:
                        schema_modes=tuple((str(m), str(k)) for m, k in
                                           info.get("schema_modes", ())),
                        media_files=int(info.get("media_files", 0)),
-                       columns=tuple(str(c) for c in info.get("columns", ())))
+                       columns=tuple(str(c) for c in info.get("columns", ())),
+                       speech=bool(info.get("speech", False)))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # an unreadable record is no record: validate
 

@@ -4,7 +4,8 @@ each: ``id``, ``status`` (done | failed | pending), ``content``,
 ``reasoning``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``,
 ``cost`` (all its attempts, in the currency of its model's price; empty when
 unknown), ``error``; a job with ``run.on_length: continue`` adds
-``length_continuations`` (the segments of an answer past its first).
+``length_continuations`` (the segments of an answer past its first), one that
+asks for spoken answers ``audio`` and ``audio_seconds``.
 
 Written as CSV, TSV, JSONL or Parquet (pyarrow), atomically, from the run
 store alone: ``batchgen export`` can write it for any run directory, and
@@ -29,12 +30,15 @@ from batchgen.errors import UsageError
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
 from batchgen.jobs.shards import find_shards
 from batchgen.jobs.structured import answer_value
+from batchgen.outputs.audio import seconds_of, wav_path
 from batchgen.outputs.files import jsonl, replacing, write_atomic
 from batchgen.store.runstore import RunStore
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 META_KEY = "table"
 ON_LENGTH_KEY = "on_length"  # the store's record of the job's run.on_length
+SPEECH_KEY = "speech"  # "1": the job asks for spoken answers (modalities: audio)
+SPEECH = ("audio", "audio_seconds")
 SEGMENTS = "length_continuations"
 PARQUET_ROWS = 8192  # rows per Parquet row group written
 
@@ -42,8 +46,9 @@ PARQUET_ROWS = 8192  # rows per Parquet row group written
 @dataclass(frozen=True)
 class Shape:
     """The table's columns: the kept input ones, then the generated ones, then
-    (run.on_length: continue) ``length_continuations``, then (answers to a
-    schema) ``json`` and, flattened, one per top-level property."""
+    (run.on_length: continue) ``length_continuations``, then (spoken answers)
+    ``audio`` and ``audio_seconds``, then (answers to a schema) ``json`` and,
+    flattened, one per top-level property."""
 
     inputs: tuple[str, ...]
     prefix: str
@@ -52,11 +57,13 @@ class Shape:
     flat: tuple[str, ...] = ()
     flat_types: tuple[str, ...] = ()  # per flat column, its Parquet type (json: JSON text)
     segments: bool = False  # the job continues answers past the output cap
+    speech: bool = False  # the job asks for spoken answers
 
     @property
     def columns(self) -> list[str]:
         return [*self.inputs, *(self.prefix + c for c in GENERATED_COLUMNS),
                 *([self.prefix + SEGMENTS] if self.segments else []),
+                *(self.prefix + c for c in SPEECH * self.speech),
                 *([self.prefix + "json"] if self.json else []),
                 *(self.prefix + c for c in self.flat)]
 
@@ -85,8 +92,10 @@ def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | No
             for name, prop in (schema.get("properties") or {}).items():
                 flat.setdefault(name, set()).add(_property_type(prop))
     segments = any(st.meta(ON_LENGTH_KEY) == "continue" for st in stores)
+    speech = any(st.meta(SPEECH_KEY) == "1" for st in stores)
     if settings is None:
-        return Shape((), "", data_only=False, json=bool(schemas), segments=segments)
+        return Shape((), "", data_only=False, json=bool(schemas), segments=segments,
+                     speech=speech)
     if settings.columns is not None:  # the job named them, or the data's, in its order
         inputs = settings.columns
     else:  # a run of an earlier batchgen: every row's columns, as the store has them
@@ -99,7 +108,7 @@ def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | No
     return Shape(tuple(c for c in inputs if c not in made), settings.prefix, data_only=True,
                  json=bool(schemas), flat=tuple(flat),
                  flat_types=tuple(t.pop() if len(t) == 1 else "json" for t in flat.values()),
-                 segments=segments)
+                 segments=segments, speech=speech)
 
 
 SCALARS = {"integer": "int64", "number": "float64", "boolean": "bool", "string": "string"}
@@ -146,6 +155,11 @@ def _rows(store: RunStore, shape: Shape, book: PriceBook | None
         out[p + "error"] = r["error"]
         if shape.segments:
             out[p + SEGMENTS] = r[SEGMENTS]
+        if shape.speech:  # the file, relative to the run directory (as in results.jsonl)
+            wav = wav_path(store.path.parent, r["id"])
+            spoke = done and wav.exists()
+            out[p + "audio"] = f"audio/{wav.name}" if spoke else None
+            out[p + "audio_seconds"] = seconds_of(wav) if spoke else None
         if shape.json:
             value = _value(r["content"]) if done and r["schema"] is not None else None
             out[p + "json"] = value
@@ -275,7 +289,7 @@ def _kind(value: Any) -> str:
 
 
 GENERATED_TYPES = {"prompt_tokens": "int64", "completion_tokens": "int64", "cost": "float64",
-                   SEGMENTS: "int64"}
+                   SEGMENTS: "int64", "audio_seconds": "float64"}
 
 
 def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
@@ -290,7 +304,8 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
              "float64": pa.float64(), "bool": pa.bool_()}  # json: JSON text
     fields = [pa.field(c, arrow[types[c]]) for c in shape.inputs]
     fields += [pa.field(shape.prefix + c, arrow[GENERATED_TYPES.get(c, "string")])
-               for c in (*GENERATED_COLUMNS, *[SEGMENTS] * shape.segments)]
+               for c in (*GENERATED_COLUMNS, *[SEGMENTS] * shape.segments,
+                         *SPEECH * shape.speech)]
     fields += [pa.field(shape.prefix + "json", pa.string())] * shape.json
     flat = dict(zip((shape.prefix + c for c in shape.flat), shape.flat_types, strict=True))
     fields += [pa.field(c, arrow[t]) for c, t in flat.items()]

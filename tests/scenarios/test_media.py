@@ -237,6 +237,50 @@ def test_speech_out_is_written_as_wav(tmp_path: Path, fake: FakeServer) -> None:
     assert "audio" not in lost and kept["audio"] == "audio/s1.wav"
 
 
+def test_a_data_job_s_table_names_each_spoken_answer(tmp_path: Path, fake: FakeServer) -> None:
+    """Speech from rows of data: the table gains ``audio`` (the wav, relative to
+    the run directory, as in results.jsonl) and ``audio_seconds``; an input
+    column named ``audio`` needs ``output.prefix``, as any other clash does."""
+    (tmp_path / "lines.csv").write_text("k,line\nk1,hello\nk2,goodbye\n", encoding="utf-8")
+
+    def speech_job(**output: Any) -> Path:
+        path = write_job(tmp_path / "job.yaml", fake, [], data={"path": "lines.csv", "id": "k"},
+                         template={**{k: v for k, v in speech_prompts(1)[0].items()
+                                      if k != "id"}, "prompt": "[[len=20]] say {{ line }}"},
+                         output=output)
+        spec = json.loads(path.read_text())
+        del spec["prompts"]
+        path.write_text(json.dumps(spec))
+        return path
+
+    proc = run_cli("run", str(speech_job(format="jsonl")), "-q")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "out" / "t"
+    table = [json.loads(line) for line in (run_dir / "table.jsonl").read_text().splitlines()]
+    assert list(table[0])[-3:] == ["error", "audio", "audio_seconds"]
+    for row in table:
+        assert row["audio"] == f"audio/{row['id']}.wav" and row["audio_seconds"] == 0.4
+        assert (run_dir / row["audio"]).is_file()
+    parquet = run_dir / "t.parquet"
+    assert run_cli("export", str(run_dir), "-o", str(parquet)).returncode == 0
+    import pyarrow.parquet as pq
+
+    types = {f.name: str(f.type) for f in pq.read_table(parquet).schema}
+    assert (types["audio"], types["audio_seconds"]) == ("string", "double")
+
+    (tmp_path / "lines.csv").write_text("k,line,audio\nk1,hi,a.wav\n", encoding="utf-8")
+    proc = run_cli("run", str(speech_job(format="jsonl")), "--name", "clash", "-q")
+    assert proc.returncode == 2
+    assert "the table's column 'audio' (what batchgen writes) has the name of an input " \
+        "column; set `output.prefix:`" in proc.stderr
+    proc = run_cli("run", str(speech_job(format="jsonl", prefix="gen_")), "--name", "clash",
+                   "-q")
+    assert proc.returncode == 0, proc.stderr
+    [row] = [json.loads(line) for line in
+             (tmp_path / "out" / "clash" / "table.jsonl").read_text().splitlines()]
+    assert (row["audio"], row["gen_audio"]) == ("a.wav", "audio/k1.wav")
+
+
 @pytest.mark.slow
 def test_kill_9_during_speech_starts_it_afresh_and_the_wav_is_whole(tmp_path: Path) -> None:
     import random
