@@ -165,6 +165,7 @@ class BatchRunner:
                 self.store.mark(p.id, "failed", reason="no attempts left after batch errors")
                 self._failed.add(p.id)
                 self.outcome.failed += 1
+                self.progress.update(failed=1)
                 continue
             if self.budget is not None:
                 room = self.budget.room() if room is None else room
@@ -217,9 +218,10 @@ class BatchRunner:
         assert b.batch_id is not None  # noqa: S101 - an invariant, for the type checker
         remote = await self.remote.retrieve(b.batch_id)
         status, counts = batchapi.status(remote), batchapi.counts(remote)
-        before = self._seen.get(b.id, b.counts)
-        self.progress.update(done=max(0, counts.get("completed", 0) - before.get("completed", 0)),
-                             failed=max(0, counts.get("failed", 0) - before.get("failed", 0)))
+        if counts and counts != self._seen.get(b.id, b.counts):  # the provider's own count
+            self.progress.note(f"batch {b.batch_id} {status}: {counts.get('completed', 0)}/"
+                               f"{counts.get('total') or b.requests} answered"
+                               + (f", {counts['failed']} failed" if counts.get("failed") else ""))
         self._seen[b.id] = counts
         if status not in batchapi.ENDED:
             self.batches.step(b.id, "submitted", remote_status=status, counts=counts)
@@ -243,6 +245,7 @@ class BatchRunner:
                         answered[str(entry.get("custom_id"))] = entry
         items = dict(self.batches.items(b.id))
         released = []
+        done, failed = self.outcome.done, self.outcome.failed
         for rid, fingerprint in items.items():
             entry = answered.get(rid)
             if entry is None:
@@ -251,6 +254,8 @@ class BatchRunner:
             if not self._record(rid, fingerprint, b.model, entry):
                 released.append(rid)
         self.batches.release(released)
+        # what was recorded: an answer that goes into another batch is not done yet
+        self.progress.update(done=self.outcome.done - done, failed=self.outcome.failed - failed)
         if self.fallback == "stream":
             self.outcome.released += released
             self._released.update(released)

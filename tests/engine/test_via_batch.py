@@ -140,6 +140,48 @@ def test_answers_that_must_fit_a_schema_are_checked_and_asked_again(
     assert "- invalid answers: qwen-plus: 3 attempts" in (run_dir / "report.md").read_text()
 
 
+class Recorded:
+    """A Progress that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.total = self.done = self.failed = 0
+        self.notes: list[str] = []
+
+    def start(self, total: int, skipped: int) -> None:
+        self.total = total
+
+    def update(self, *, done: int = 0, failed: int = 0, tokens: int = 0,
+               in_flight: int = 0) -> None:
+        self.done += done
+        self.failed += failed
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def close(self) -> None:
+        pass
+
+
+def test_progress_counts_what_was_recorded_not_what_the_batch_answered(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """An answer that does not fit its schema, or a 5xx line, goes into the next
+    batch: the progress counted it done from the batch's own count each time it
+    was answered ("7/3 done, 0 failed" for a run that ended 2 done, 1 failed).
+    It counts outcomes as they are recorded; the batch's count is a note."""
+    job = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "fixed", "prompt": "[[json=prose,valid]] a"},
+        {"id": "never", "prompt": "[[json=prose]] b"},
+        {"id": "fine", "prompt": "[[json=valid]] c"}],
+        defaults={"model": "qwen-plus", "schema": {"type": "object", "required": ["name"]},
+                  "schema_mode": "json_object"}, run={"max_invalid": 1})
+    progress = Recorded()
+    summary = run_job(load_job(job, Overrides(via="batch")),
+                      RunOptions(sleep=no_sleep, flush_interval=0.05, progress=progress))
+    assert (summary.done, summary.failed) == (2, 1)
+    assert (progress.total, progress.done, progress.failed) == (3, 2, 1)
+    assert any("answered" in n for n in progress.notes), progress.notes
+
+
 def test_files_split_per_model_and_line_cap(tmp_path: Path, fake: FakeServer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from batchgen.batch_api import client as batchapi
