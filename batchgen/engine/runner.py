@@ -259,7 +259,9 @@ class Runner:
         summary.fatal, summary.stopped_by = outcome.fatal, outcome.stopped_by
         summary.storage, summary.notes = outcome.storage, [*self.notes, *outcome.notes]
         counts = store.counts()
-        summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch" else 0)
+        # in a batch still running at the provider (--no-wait) is not "not run"
+        summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch"
+                                               or outcome.stopped_by != "submitted" else 0)
         if summary.storage is not None:
             # the disk refused writes: what the store holds is what is done (an
             # answer whose commit the disk refused is pending), and outputs stay
@@ -389,14 +391,17 @@ class Runner:
         try:
             runner = BatchRunner(store, sdk, job.run, run_id=self.run_id,
                                  progress=opts.progress, redact=self.redact, sleep=opts.sleep,
-                                 budget=budget)
+                                 clock=opts.clock, budget=budget)
             result = await runner.run()
         finally:
             await sdk.close()
         stopped = ("submitted" if result.submitted else "fatal" if result.fatal
+                   else "unavailable" if result.unavailable
                    else "budget" if result.over_budget else None)
         return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
-                       stopped_by=stopped, notes=result.lines), result.released
+                       stopped_by=stopped, notes=[*result.lines, *(
+                           [result.unavailable] if result.unavailable else [])]
+                       ), result.released
 
     def _refine(self, store: RunStore) -> None:
         """Cost truth, with the endpoint still up (llama-server's /tokenize)."""

@@ -16,6 +16,11 @@ run, with the same guarantees:
 - **answers checked as streamed ones are**: an answer to a schema that does
   not fit is an invalid attempt and goes into the next batch, up to
   ``run.max_invalid`` times;
+- **an outage loses nothing**: a Batch API call that reaches no server
+  (connection refused, a name that does not resolve, TLS) starts an outage,
+  waited out as a streamed run waits one (``batchgen.pacing.outage``: one try
+  at a time, 1 s doubling to 60 s); past ``run.outage_timeout`` the run stops
+  with every unfinished request pending (exit 69), and the same command goes on;
 - ``--no-wait`` submits and exits 5; the same command later reports progress
   (exit 5 again) or, once the batches ended, collects (exit 0 or 1). Without
   it, the run polls with back-off until everything is collected; Ctrl-C leaves
@@ -37,6 +42,7 @@ from batchgen.batch_api import client as batchapi
 from batchgen.engine.progress import Progress
 from batchgen.errors import BatchApiError, RequestFatalError, RunFatalError, TransientError
 from batchgen.jobs.records import RunSettings
+from batchgen.pacing.outage import Outage, OutageTimeout, transport_failure
 from batchgen.store.attempts import AttemptEnd
 from batchgen.store.batches import BatchRow
 from batchgen.store.runstore import RunStore
@@ -62,13 +68,14 @@ class BatchOutcome:
     fatal: RunFatalError | None = None
     lines: list[str] = field(default_factory=list)  # what to tell the user
     over_budget: int = 0  # pending requests the budget left out of the last new batches
+    unavailable: str | None = None  # the outage that outlasted run.outage_timeout
 
 
 class BatchRunner:
     def __init__(self, store: RunStore, client: Any, settings: RunSettings, *, run_id: int,
                  progress: Progress, redact: retry.Redact,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 poll_first: float = POLL_FIRST, poll_cap: float = POLL_CAP,
+                 clock: Callable[[], float] = time.time,
                  budget: BatchBudget | None = None) -> None:
         self.store = store
         self.budget = budget
@@ -82,13 +89,16 @@ class BatchRunner:
         self.progress = progress
         self.redact = redact
         self.sleep = sleep
-        self.poll_first = poll_first
-        self.poll_cap = poll_cap
+        self.poll_first, self.poll_cap = POLL_FIRST, POLL_CAP
         self.outcome = BatchOutcome()
         self.rng = random.Random()
         self._seen: dict[int, dict[str, int]] = {}
         self._released: set[str] = set()
         self._failed: set[str] = set()  # failed for good in this run: not sent again now
+        self.outage = Outage(timeout=settings.outage_timeout, clock=clock, sleep=sleep,
+                             on_change=lambda state: progress.note(
+                                 self.outage.describe() if state is not None
+                                 else "the endpoint answers again"))
 
     async def run(self) -> BatchOutcome:
         """Rounds of steps and polls until every batch is collected (or submitted,
@@ -96,17 +106,30 @@ class BatchRunner:
         that keeps failing ends the run with a message — every step taken so far
         is recorded, so the same command goes on from there."""
         delay, failures = self.poll_first, 0
+        for b in self.batches.drop_stale():  # their requests changed: planned anew below
+            log.info("dropped batch %s (not created yet): a request in it changed", b.run_key)
         # those in open batches and those about to go into new ones
         self.progress.start(self._in_batches() + self.store.count_todo(), 0)
         while True:
             try:
                 state = await self._round()
                 failures = 0
+                self.outage.answered()
             except Exception as exc:  # the Batch API's answers, classified
                 err = retry.classify(exc, redact=self.redact)
                 if isinstance(err, RunFatalError):
                     self.outcome.fatal = err
                     return self.outcome
+                if transport_failure(err, answered=False):  # the endpoint's, not a step's
+                    self.outage.failed(err, answered=False, probe=self.outage.active)
+                    try:
+                        await self.outage.admit()  # the next try, when its time comes
+                    except OutageTimeout as stop:
+                        self.outcome.unavailable = (f"stopped: {stop} (run.outage_timeout "
+                                                    f"{self.outage.timeout:g} s)")
+                        return self.outcome
+                    self.outage.release()
+                    continue
                 failures += 1
                 if not isinstance(err, TransientError) or failures > STEP_RETRIES:
                     raise BatchApiError(
@@ -244,10 +267,15 @@ class BatchRunner:
                         entry = json.loads(raw)
                         answered[str(entry.get("custom_id"))] = entry
         items = dict(self.batches.items(b.id))
+        stale = self.batches.stale(b.id)
         released = []
         done, failed = self.outcome.done, self.outcome.failed
         for rid, fingerprint in items.items():
             entry = answered.get(rid)
+            if rid in stale:  # what the request is now goes on its own
+                if entry is not None:
+                    self._superseded(rid, fingerprint, b.model, entry)
+                continue
             if entry is None:
                 released.append(rid)  # never answered (expired, cancelled, failed batch)
                 continue
@@ -306,6 +334,21 @@ class BatchRunner:
         if isinstance(err, RunFatalError) and self.outcome.fatal is None:
             self.outcome.fatal = err
         return False
+
+    def _superseded(self, rid: str, fingerprint: str, model: str,
+                    entry: dict[str, Any]) -> None:
+        """An answer to a request that changed while its batch ran (its prompt
+        edited, say): paid for, so kept as an attempt with its usage, and not
+        the request's answer."""
+        body = (entry.get("response") or {}).get("body")
+        now = time.time()
+        attempt = self._attempt(rid, fingerprint, model, now)
+        usage = from_report(body.get("usage"), self.store.request_body(rid), "", "") \
+            if isinstance(body, dict) and body.get("usage") else None
+        self.store.end_attempt(attempt, AttemptEnd(
+            status="error", error_class="superseded",
+            error_message="the request changed while its batch ran; this answer is not kept"),
+            usage=usage, now=now)
 
     def _invalid(self, rid: str, content: Any) -> str | None:
         """What is wrong with an answer that must fit a schema, or None."""

@@ -19,9 +19,14 @@ One row per batch this run directory sends through the provider's Batch API::
                batch whose metadata holds the run key before creating again
 ``submitted``  the provider runs it (``batch_id``); poll it
 ``collected``  its output and error files are in the store: done
+``dropped``    not created at the provider, and a request in it changed (its
+               prompt edited, the endpoint moved) before it was: its requests
+               went back to pending, to go into a batch of what they are now
 =============  ================================================================
 
-A request is in at most one open batch; ``batch_items`` says which.
+A request is in at most one open batch; ``batch_items`` says which. An item
+whose request changed after its batch was created is *stale*: its answer is
+paid for, and is not the request's.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ CREATE INDEX IF NOT EXISTS batch_items_request ON batch_items(request_id);
 """
 
 OPEN_STATES = ("planned", "uploading", "uploaded", "creating", "submitted")
+NOT_CREATED = ("planned", "uploading", "uploaded")  # no batch at the provider yet
 
 
 @dataclass
@@ -159,6 +165,31 @@ class BatchStore:
         return [(r[0], r[1]) for r in self.db.execute(
             "SELECT request_id, fingerprint FROM batch_items WHERE batch=? ORDER BY request_id",
             (batch,))]
+
+    def drop_stale(self) -> list[BatchRow]:
+        """Open batches not yet created at the provider that hold a stale item:
+        dropped, their requests pending again (committed)."""
+        marks = ",".join("?" * len(NOT_CREATED))
+        rows = [_row(r) for r in self.db.execute(
+            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "  # noqa: S608
+            "output_file_id, error_file_id, requests, note FROM batches b "
+            f"WHERE state IN ({marks}) AND EXISTS (SELECT 1 FROM batch_items i "
+            " LEFT JOIN requests r ON r.id = i.request_id WHERE i.batch = b.id AND "
+            " (r.fingerprint IS NOT i.fingerprint OR r.position IS NULL)) ORDER BY id",
+            NOT_CREATED)]
+        for b in rows:
+            self.release([rid for rid, _ in self.items(b.id)])
+            self.db.execute("UPDATE batches SET state='dropped', updated=?, note=? WHERE id=?",
+                            (time.time(), "a request changed before it was sent", b.id))
+        self.db.commit()
+        return rows
+
+    def stale(self, batch: int) -> set[str]:
+        """The batch's items whose request changed (or left the job) since."""
+        return {r[0] for r in self.db.execute(
+            "SELECT i.request_id FROM batch_items i LEFT JOIN requests r "
+            "ON r.id = i.request_id WHERE i.batch = ? AND "
+            "(r.fingerprint IS NOT i.fingerprint OR r.position IS NULL)", (batch,))}
 
     def release(self, request_ids: list[str]) -> None:
         """Requests a batch did not answer go back to streaming / the next batch."""

@@ -20,7 +20,7 @@ from batchgen.errors import BatchApiError
 from batchgen.jobs.load import Overrides
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.testing.process import FakeProcess
-from tests.helpers import ROOT, no_sleep, read_results, run_cli, write_job
+from tests.helpers import ROOT, FakeTime, no_sleep, read_results, run_cli, write_job
 
 
 def prompts(n: int, faults: dict[int, str] | None = None) -> list[dict[str, Any]]:
@@ -409,3 +409,60 @@ def test_a_dry_run_via_batch_prices_at_the_batch_price_and_refuses_what_a_run_wo
     assert "qwq-plus accepts only streamed calls" in refused.stderr
     assert fake.batches.state.files == {} and fake.ledger.requests == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_batch_api_is_an_outage_then_exit_69_and_nothing_sent_twice(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """A Batch API call that reaches no server is the endpoint's outage, waited
+    out (one try at a time, 1 s doubling) up to run.outage_timeout; then the run
+    stops, exit 69, every request pending, none failed. It gave up after eight
+    failed calls (~60 s) with exit 1. The next run, at an endpoint named
+    otherwise (so every request changed), drops the batch the first one planned
+    and never created, instead of sending both: each request answered once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens there once it is closed
+    job = write_job(tmp_path / "job.yaml", fake, prompts(3), run={"outage_timeout": 30})
+    time_ = FakeTime()
+    start = time_.now
+    summary = run_job(load_job(job, Overrides(via="batch",
+                                              base_url=f"http://127.0.0.1:{closed}/v1")),
+                      RunOptions(sleep=time_.sleep, clock=time_.clock, flush_interval=0.05))
+    assert (summary.exit_code, summary.pending, summary.failed) == (69, 3, 0)
+    assert 30 <= time_.now - start <= 30 + 60
+    assert any("run.outage_timeout 30 s" in n for n in summary.notes), summary.notes
+    summary = batch_run(job)
+    assert (summary.done, summary.exit_code) == (3, 0)
+    assert len(fake.batches.state.order) == 1
+    assert set(complete_per_request(fake.ledger.entries).values()) == {1}
+    status = run_cli("status", str(tmp_path / "out" / "t")).stdout
+    assert "dropped" in status, status
+
+
+def test_a_prompt_edited_while_its_batch_runs_gets_the_answer_to_its_new_text(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """The batch of the old text ends: that answer is paid for, kept as an
+    attempt (superseded), and is not the request's; the new text goes into a
+    batch of its own. Before, the old answer was recorded as the request's."""
+    job = write_job(tmp_path / "job.yaml", fake, prompts(3))
+    assert run_cli("run", str(job), "--via", "batch", "--no-wait").returncode == 5
+    spec = json.loads(job.read_text())
+    spec["prompts"][1]["prompt"] = "[[len=5]] batch item one, edited"
+    job.write_text(json.dumps(spec))
+    codes = [run_cli("run", str(job), "--via", "batch", "--no-wait").returncode
+             for _ in range(8)]
+    assert codes[-1] == 0, codes
+    run_dir = tmp_path / "out" / "t"
+    results = {r["id"]: r for r in read_results(run_dir)}
+    assert results["b01"]["usage"]["completion_tokens"] == 5  # the edited text's answer
+    assert [results[k]["usage"]["completion_tokens"] for k in ("b00", "b02")] == [12, 14]
+    assert len(fake.batches.state.order) == 2
+    import sqlite3
+
+    with sqlite3.connect(run_dir / "run.db") as db:
+        kinds = db.execute("SELECT error_class FROM attempts WHERE request_id='b01' "
+                           "ORDER BY id").fetchall()
+    assert kinds == [("superseded",), (None,)], kinds
+
