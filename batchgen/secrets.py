@@ -74,8 +74,10 @@ class Redactor:
         return f"Redactor({len(self._secrets)} secret(s))"
 
 
-def api_key_from_env(variable: str | None) -> str:
-    """The key named by ``api_key_env``; a clear error (never the value) if unset."""
+def api_key_from_env(variable: str | None, keyless_ok: bool = False) -> str:
+    """The key named by ``api_key_env``; a clear error (never the value) if unset.
+    ``keyless_ok``: the endpoint may be a server that takes no key (one of the
+    user's own), and the error says how to run against it."""
     if variable is None:
         return "no-key"
     value = os.environ.get(variable, "").strip()
@@ -83,7 +85,8 @@ def api_key_from_env(variable: str | None) -> str:
         raise UsageError(
             f"the API key is missing: set the environment variable {variable} "
             f"(export {variable}=...), or name another variable with endpoint.api_key_env "
-            "or --api-key-env"
+            "or --api-key-env" + (f"; for a server that takes no key, any value will do "
+                                  f"(export {variable}=none)" if keyless_ok else "")
         )
     return value
 

@@ -150,7 +150,13 @@ def test_missing_key_is_exit_2_and_writes_nothing(tmp_path: Path, fake: FakeServ
     proc = run_cli("run", str(job_file), env={KEY_ENV: ""})
     assert proc.returncode == 2
     assert KEY_ENV in proc.stderr
+    # a plain-http endpoint may be a server of the user's own that takes no key
+    assert f"for a server that takes no key, any value will do (export {KEY_ENV}=none)" \
+        in proc.stderr
     assert not (tmp_path / "out").exists()
+    https = run_cli("run", str(job_file), "--base-url", "https://api.example.com/v1",
+                    env={KEY_ENV: ""})
+    assert https.returncode == 2 and "any value" not in https.stderr
 
 
 def test_locked_run_directory_exits_75_and_touches_nothing(tmp_path: Path,
