@@ -65,6 +65,12 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
             f"{spec.output.table!r} is a folder; name the table's file "
             f"({spec.output.table.rstrip('/')}/table.{table.format}, for one)"))
     named = _table_format(spec.output.table)
+    suffix = Path(spec.output.table).suffix if spec.output.table else ""
+    if named is None and suffix:
+        problems.append(Problem(
+            name, line_map.line_of(("output", "table")), "output.table",
+            f"{spec.output.table!r} names a {suffix} file, and a table is written as "
+            f"{', '.join(OUTPUT_FORMATS)}; end its name in one of them"))
     if named is not None and named != table.format:
         problems.append(Problem(
             name, line_map.line_of(("output", "table")), "output.table",

@@ -210,6 +210,10 @@ def write_merged(stores: Sequence[RunStore], job_dir: Path, fmt: str | None = No
 def _write(stores: Sequence[RunStore], shape: Shape, body: Iterable[dict[str, Any]],
            settings: TableSettings | None, path: str | None, run_dir: Path,
            fmt: str | None, dest: Path | None) -> Path:
+    if dest is not None and fmt is None and _format_of(dest) is None \
+            and dest.suffix and not dest.is_char_device():  # /dev/stdout, -: the default
+        raise UsageError(f"{dest}: a table is written as {', '.join(FORMATS)}; end the "
+                         "file's name in one of them, or choose with --format")
     fmt = fmt or (dest and _format_of(dest)) or (settings.format if settings else "csv")
     if fmt not in FORMATS:
         raise UsageError(f"a table is written as {', '.join(FORMATS)}; not {fmt!r}")

@@ -145,6 +145,12 @@ def test_ids_from_content_are_stable_and_export_writes_any_format(tmp_path: Path
     assert [r["gen_content"] for r in tsv] == [r["gen_content"] for r in again]
     proc = run_cli("export", str(run_dir), "--format", "parquet")
     assert proc.stdout.strip() == str(run_dir / "table.parquet")
+    proc = run_cli("export", str(run_dir), "-o", str(tmp_path / "t.xlsx"))  # not CSV in it
+    assert proc.returncode == 2 and "end the file's name in one of them, or choose with " \
+        "--format" in proc.stderr
+    assert not (tmp_path / "t.xlsx").exists()
+    assert run_cli("export", str(run_dir), "-o", str(tmp_path / "t.xlsx"), "--format",
+                   "csv").returncode == 0
     assert [r["gen_id"] for r in read_table(run_dir / "table.parquet")] == \
         [r["gen_id"] for r in again]
 
@@ -520,6 +526,14 @@ def test_output_table_is_written_in_the_format_its_name_says(tmp_path: Path,
     proc = run_cli("run", str(job), "-q")
     assert proc.returncode == 2
     assert "output.table: 't.tsv' names a .tsv file, and output.format is parquet" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    # a name no format of ours has: it was written as CSV under that name
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "doc_id"},
+                   output={"table": "t.xlsx"})
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 2
+    assert "output.table: 't.xlsx' names a .xlsx file, and a table is written as csv, tsv, " \
+        "jsonl, parquet; end its name in one of them" in proc.stderr
     assert not (tmp_path / "out").exists()
     (tmp_path / "tables").mkdir()  # a folder: before, found only when the run had ended
     job = data_job(tmp_path, fake.base_url, {"path": "docs.jsonl", "id": "doc_id"},
