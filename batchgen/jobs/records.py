@@ -52,11 +52,13 @@ class TableSettings:
     columns: tuple[str, ...] | None = None  # input columns kept (None: all)
     flatten: bool = False  # a column per top-level property of a JSON answer
     merge_path: str | None = None  # a shard's: where `batchgen merge` writes the whole table
+    bom: bool = False  # the data file began with a UTF-8 BOM (Excel's): a CSV/TSV table does
 
     def to_json(self) -> str:
         return json.dumps({"format": self.format, "path": self.path, "prefix": self.prefix,
                            "columns": list(self.columns) if self.columns is not None else None,
-                           "flatten": self.flatten, "merge_path": self.merge_path})
+                           "flatten": self.flatten, "merge_path": self.merge_path,
+                           "bom": self.bom})
 
 
 @dataclass(frozen=True)

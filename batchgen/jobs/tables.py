@@ -34,7 +34,19 @@ def table_settings(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_d
     merge_path = None if job_dir is None else whole or str(job_dir / f"table.{fmt}")
     return TableSettings(format=fmt, path=path, prefix=out.prefix,
                          columns=tuple(out.columns) if out.columns is not None else None,
-                         flatten=out.flatten, merge_path=merge_path)
+                         flatten=out.flatten, merge_path=merge_path,
+                         bom=data.path is not None and _has_bom(data.path))
+
+
+def _has_bom(path: Path) -> bool:
+    """Whether a data file begins with UTF-8's byte-order mark, as Excel's
+    "CSV UTF-8" does: the table then has one too, so Excel reads it as UTF-8
+    (without it, text beyond ASCII opens garbled)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(3) == b"\xef\xbb\xbf"
+    except OSError:
+        return False
 
 
 def _table_format(path: str | None) -> str | None:

@@ -79,7 +79,7 @@ def settings_of(store: RunStore) -> TableSettings | None:
                          prefix=value.get("prefix", ""),
                          columns=tuple(columns) if columns is not None else None,
                          flatten=bool(value.get("flatten")),
-                         merge_path=value.get("merge_path"))
+                         merge_path=value.get("merge_path"), bom=bool(value.get("bom")))
 
 
 def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | None) -> Shape:
@@ -225,7 +225,8 @@ def _write(stores: Sequence[RunStore], shape: Shape, body: Iterable[dict[str, An
             _write_parquet(tmp, shape, body, _input_types(stores, shape))
     else:
         write_atomic(target, (jsonl(r) for r in body) if fmt == "jsonl"
-                     else _delimited(shape, body, "\t" if fmt == "tsv" else ","))
+                     else _delimited(shape, body, "\t" if fmt == "tsv" else ",",
+                                     bom=settings is not None and settings.bom))
     return target
 
 
@@ -244,7 +245,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _delimited(shape: Shape, body: Iterable[dict[str, Any]], delimiter: str) -> Iterator[bytes]:
+def _delimited(shape: Shape, body: Iterable[dict[str, Any]], delimiter: str,
+               bom: bool = False) -> Iterator[bytes]:
+    if bom:
+        yield b"\xef\xbb\xbf"
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
     columns = shape.columns

@@ -619,3 +619,24 @@ def test_a_folder_of_documents_becomes_prompts_through_read_text(tmp_path: Path,
     proc = run_cli("validate", str(job))
     assert proc.returncode == 2
     assert "files.csv:3: template.prompt: read_text('docs/gone.md'): no such file" in proc.stderr
+
+
+def test_a_csv_saved_by_excel_gets_a_table_excel_opens(tmp_path: Path, fake: FakeServer) -> None:
+    """Excel's "CSV UTF-8" begins with a byte-order mark, and Excel reads a CSV
+    without one in the machine's legacy code page, so the table's Chinese
+    opened garbled: a table from such a file (csv or tsv, and its export)
+    begins with the mark too; one from a file without it does not."""
+    write_rows(tmp_path / "docs.csv", ROWS[:2])
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "docs.csv").read_bytes())
+    for name, bom in (("excel.csv", True), ("docs.csv", False)):
+        job = data_job(tmp_path, fake.base_url, {"path": name, "id": "doc_id"},
+                       name=name.split(".")[0])
+        assert run_cli("run", str(job), "-q").returncode == 0
+        run_dir = tmp_path / "out" / name.split(".")[0]
+        raw = (run_dir / "table.csv").read_bytes()
+        assert raw.startswith(b"\xef\xbb\xbf") is bom
+        table = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+        assert [r["doc_id"] for r in table] == ["d1", "d2"]
+        tsv = tmp_path / f"{name}.tsv"
+        assert run_cli("export", str(run_dir), "-o", str(tsv)).returncode == 0
+        assert tsv.read_bytes().startswith(b"\xef\xbb\xbf") is bom
