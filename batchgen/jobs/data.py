@@ -156,10 +156,13 @@ def _jsonl(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int
 
 
 def json_lines(path: Path, name: str, report: Report, not_an_object: str,
-               max_line: int | None = None) -> Iterator[tuple[dict[str, Any], int]]:
+               max_line: int | None = None, text_key: str | None = None
+               ) -> Iterator[tuple[dict[str, Any], int]]:
     """Each JSON object of a JSONL file and its line; a line that is not one
     (not UTF-8, not JSON, not an object, over ``max_line`` bytes) is reported
-    with its line and skipped. A byte-order mark before the first is allowed."""
+    with its line and skipped. A byte-order mark before the first is allowed.
+    With ``text_key``, a line that is a JSON string of text is the object
+    ``{text_key: that text}``."""
     with path.open("rb") as fh:
         for line, raw in enumerate(fh, start=1):
             if max_line is not None and len(raw) > max_line:
@@ -177,6 +180,8 @@ def json_lines(path: Path, name: str, report: Report, not_an_object: str,
                 report(Problem(name, line, None,
                                f"JSON syntax error at column {exc.colno}: {exc.msg}"))
                 continue
+            if text_key is not None and isinstance(obj, str) and obj.strip():
+                obj = {text_key: obj}
             if not isinstance(obj, dict):
                 report(Problem(name, line, None, not_an_object))
                 continue

@@ -290,8 +290,10 @@ def _prompt_entries(src: Source, report: Callable[[Problem], None]) -> Iterator[
     if src.text is not None:
         yield from _yaml_entries(src, src.text, report)
         return
-    for obj, lineno in json_lines(src.file, name, report, 'each line is one JSON object '
-                                  '({"prompt": ...} or Batch API form)', MAX_LINE_BYTES):
+    for obj, lineno in json_lines(src.file, name, report, 'each line is a prompt: its text '
+                                  'as a JSON string ("Write about cats"), or one JSON object '
+                                  '({"prompt": ...} or Batch API form)', MAX_LINE_BYTES,
+                                  text_key="prompt"):
         def at(_path: tuple[Any, ...], _line: int = lineno) -> int:
             return _line
 

@@ -66,6 +66,12 @@ def test_a_prompt_may_be_its_text_alone(tmp_path: Path) -> None:
         [{"role": "user", "content": "Two\nlines\n"}],
         [{"role": "user", "content": "Write about cats"}]]
     assert reqs[0].id.startswith("p-") and reqs[2].id == reqs[0].id + "-2"
+    # a JSONL line may be the text alone too, as a JSON string, with the same id
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('"Write about cats"\n{"prompt": "dogs", "id": "d"}\n', encoding="utf-8")
+    jsonl = list(load_job(lines, Overrides(model="qwen-plus")).requests())
+    assert [r.body["messages"][0]["content"] for r in jsonl] == ["Write about cats", "dogs"]
+    assert jsonl[0].id == reqs[0].id
 
 
 def test_defaults_merge_system_and_extra_body(tmp_path: Path) -> None:
