@@ -64,7 +64,10 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
     if batches.exists():
         for b in batches.all():
             counted = f", {b.done_text()}" if b.counts else ""
-            st.batches.append(f"{b.name}: {b.where} ({b.state}){counted}; "
+            where = f"{b.where} ({b.state})" if b.where != b.state else b.state
+            if b.note and b.state == "dropped":
+                where += f": {b.note}"
+            st.batches.append(f"{b.name}: {where}{counted}; "
                               f"{b.requests} request{'s' if b.requests != 1 else ''} of {b.model}")
     st.pending = counts["pending"] - st.streaming
     st.outage = outage_text(store.meta("outage"), st.running)
