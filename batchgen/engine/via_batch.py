@@ -15,7 +15,9 @@ run, with the same guarantees:
   answered exactly once;
 - **answers checked as streamed ones are**: an answer to a schema that does
   not fit is an invalid attempt and goes into the next batch, up to
-  ``run.max_invalid`` times;
+  ``run.max_invalid`` times; one that fell into a degenerate loop
+  (``run.guard``) is found when it arrives — paid for whole, as a batch
+  cannot be left early — and ``run.guard.on_repetition`` says what follows;
 - **an outage loses nothing**: a Batch API call that reaches no server
   (connection refused, a name that does not resolve, TLS) starts an outage,
   waited out as a streamed run waits one (``batchgen.pacing.outage``: one try
@@ -30,6 +32,7 @@ run, with the same guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -39,9 +42,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchgen.batch_api import client as batchapi
+from batchgen.engine.guards import loop_found
 from batchgen.engine.progress import Progress
 from batchgen.errors import BatchApiError, RequestFatalError, RunFatalError, TransientError
 from batchgen.jobs.records import RunSettings
+from batchgen.outputs.files import text_path, write_atomic
 from batchgen.pacing.outage import Outage, OutageTimeout, transport_failure
 from batchgen.store.attempts import AttemptEnd
 from batchgen.store.batches import BatchRow
@@ -84,6 +89,7 @@ class BatchRunner:
         self.run_id = run_id
         self.max_attempts = settings.max_attempts
         self.max_invalid = settings.max_invalid
+        self.guard = settings.guard
         self.no_wait = settings.no_wait
         self.fallback = settings.fallback
         self.progress = progress
@@ -308,6 +314,14 @@ class BatchRunner:
             calls = message.get("tool_calls")
             usage = from_report(body.get("usage"), sent, content if isinstance(content, str)
                                 else "", reasoning if isinstance(reasoning, str) else "")
+            keep = loop_found(content, self.guard) if self.guard.repetition \
+                and isinstance(content, str) else None
+            if keep is not None:  # a loop, found once the whole answer is here
+                if self.guard.on_repetition != "keep":
+                    return self._looped(rid, attempt, content, keep, usage, now,
+                                        provider_id=response.get("request_id"))
+                body["choices"][0]["finish_reason"] = "repetition"
+                content = content[:keep]
             problem = self._invalid(rid, content)
             if problem is not None:  # asked again, as a streamed answer would be
                 return self._asked_again(rid, fingerprint, attempt, problem, usage, now,
@@ -334,6 +348,34 @@ class BatchRunner:
         if isinstance(err, RunFatalError) and self.outcome.fatal is None:
             self.outcome.fatal = err
         return False
+
+    def _looped(self, rid: str, attempt: int, content: str, keep: int, usage: Any,
+                now: float, *, provider_id: Any) -> bool:
+        """An answer that fell into a degenerate loop (``run.guard``): paid for
+        whole, since a batch cannot be left early; then what
+        ``run.guard.on_repetition`` says, as for a stream: ``retry`` sends it
+        again (counted against ``run.max_attempts``); ``fail`` fails it with
+        its text to the loop's first copy in ``texts/<id>.partial.md``
+        (``keep``, done with that text, is the caller's). True when it failed."""
+        message = (f"a degenerate loop: the same text over and over after {keep:,} "
+                   f"characters, in an answer of {len(content):,}")
+        fail = self.guard.on_repetition == "fail"
+        if fail:
+            with contextlib.suppress(OSError):
+                write_atomic(text_path(self.store.path.parent, rid).with_suffix(".partial.md"),
+                             content[:keep].encode("utf-8"))
+            message += f" (kept: texts/{rid}.partial.md)"
+        self.store.end_attempt(attempt, AttemptEnd(
+            status="error", error_class="repetition", error_message=message,
+            provider_request_id=provider_id if isinstance(provider_id, str) else None),
+            usage=usage, now=now)
+        log.warning("%s: %s (run.guard.on_repetition: %s)", rid, message,
+                    self.guard.on_repetition)
+        if fail:
+            self.store.mark(rid, "failed")
+            self._failed.add(rid)
+            self.outcome.failed += 1
+        return fail
 
     def _superseded(self, rid: str, fingerprint: str, model: str,
                     entry: dict[str, Any]) -> None:

@@ -466,3 +466,37 @@ def test_a_prompt_edited_while_its_batch_runs_gets_the_answer_to_its_new_text(
                            "ORDER BY id").fetchall()
     assert kinds == [("superseded",), (None,)], kinds
 
+
+
+@pytest.mark.parametrize("verdict", ["fail", "keep", "retry"])
+def test_a_loop_in_a_batch_answer_is_found_when_it_arrives(tmp_path: Path, fake: FakeServer,
+                                                           verdict: str) -> None:
+    """A batch cannot be left early, so a looping answer is paid for whole; but
+    it was recorded done as it came, loop and all. It is now found when it
+    arrives and run.guard.on_repetition applies as for a stream: fail (the
+    text to the loop's first copy in texts/<id>.partial.md), keep (done with
+    that text, finish_reason repetition) or retry (into the next batch)."""
+    job = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "loop", "prompt": "[[len=2000]][[loop=300]] a report"},
+        {"id": "fine", "prompt": "[[len=40]] a note"}],
+        run={"guard": {"on_repetition": verdict}, "max_attempts": 2})
+    summary = batch_run(job)
+    run_dir = tmp_path / "out" / "t"
+    results = {r["id"]: r for r in read_results(run_dir)}
+    assert results["fine"]["finish_reason"] == "stop"
+    texts = run_dir / "texts"
+    if verdict == "fail":
+        assert (summary.done, summary.failed, summary.exit_code) == (1, 1, 1)
+        kept = (texts / "loop.partial.md").read_text()
+        assert 300 < len(kept) < 2000 and not (texts / "loop.md").exists()
+        assert "loop: repetition: a degenerate loop" in run_cli("status", str(run_dir)).stdout
+    elif verdict == "keep":
+        assert (summary.done, summary.exit_code) == (2, 0)
+        assert results["loop"]["finish_reason"] == "repetition"
+        assert 300 < len(results["loop"]["content"]) < 2000
+        assert results["loop"]["usage"]["completion_tokens"] == 2000  # paid for whole
+    else:  # the fake loops again: asked up to max_attempts, then it fails
+        assert (summary.done, summary.failed) == (1, 1)
+        assert len(fake.batches.state.order) == 2
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["rows"][0]["completion_tokens"] >= 2040  # every looping token is priced
