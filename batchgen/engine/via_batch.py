@@ -18,6 +18,8 @@ run, with the same guarantees:
   ``run.max_invalid`` times; one that fell into a degenerate loop
   (``run.guard``) is found when it arrives — paid for whole, as a batch
   cannot be left early — and ``run.guard.on_repetition`` says what follows;
+  with ``run.on_length: continue`` one cut at the output cap goes on streamed,
+  from its text (a batch cannot continue it);
 - **an outage loses nothing**: a Batch API call that reaches no server
   (connection refused, a name that does not resolve, TLS) starts an outage,
   waited out as a streamed run waits one (``batchgen.pacing.outage``: one try
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchgen.batch_api import client as batchapi
+from batchgen.engine.continuation import refusal
 from batchgen.engine.guards import loop_found
 from batchgen.engine.progress import Progress
 from batchgen.errors import BatchApiError, RequestFatalError, RunFatalError, TransientError
@@ -90,6 +93,7 @@ class BatchRunner:
         self.max_attempts = settings.max_attempts
         self.max_invalid = settings.max_invalid
         self.guard = settings.guard
+        self.settings = settings
         self.no_wait = settings.no_wait
         self.fallback = settings.fallback
         self.progress = progress
@@ -322,6 +326,16 @@ class BatchRunner:
                                         provider_id=response.get("request_id"))
                 body["choices"][0]["finish_reason"] = "repetition"
                 content = content[:keep]
+            elif body["choices"][0].get("finish_reason") == "length" and not calls \
+                    and self._goes_on(rid, fingerprint, sent, content, reasoning, usage):
+                self.store.add_segments([(attempt, 0, content, reasoning)])
+                self.store.end_attempt(attempt, AttemptEnd(
+                    status="aborted", error_class="length", finish_reason="length",
+                    error_message="cut at the output cap: continued, streamed"),
+                    usage=usage, now=now)
+                self.outcome.released.append(rid)  # streamed on from its text
+                self._released.add(rid)
+                return False
             problem = self._invalid(rid, content)
             if problem is not None:  # asked again, as a streamed answer would be
                 return self._asked_again(rid, fingerprint, attempt, problem, usage, now,
@@ -348,6 +362,18 @@ class BatchRunner:
         if isinstance(err, RunFatalError) and self.outcome.fatal is None:
             self.outcome.fatal = err
         return False
+
+    def _goes_on(self, rid: str, fingerprint: str, sent: dict[str, Any], content: Any,
+                 reasoning: Any, usage: Any) -> bool:
+        """Whether an answer cut at the output cap goes on (``run.on_length:
+        continue``), as a streamed segment: a batch cannot continue it, a stream
+        can, from its text — within the limits a streamed answer has."""
+        s = self.settings
+        return (s.on_length == "continue" and isinstance(content, str) and bool(content)
+                and not reasoning and refusal(sent) is None
+                and self.store.length_segments(rid, fingerprint) < s.max_continuations
+                and (s.max_total_tokens is None
+                     or usage is None or usage.completion_tokens < s.max_total_tokens))
 
     def _looped(self, rid: str, attempt: int, content: str, keep: int, usage: Any,
                 now: float, *, provider_id: Any) -> bool:

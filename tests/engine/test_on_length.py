@@ -178,3 +178,26 @@ def test_the_table_says_how_often_each_answer_was_continued(tmp_path: Path,
     proc = run_cli("run", str(path), "-q")
     assert proc.returncode == 2
     assert "the table's column 'length_continuations' (what batchgen writes)" in proc.stderr
+
+
+def test_a_batch_answer_cut_at_the_cap_goes_on_streamed(tmp_path: Path,
+                                                        fake: FakeServer) -> None:
+    """--via batch: an answer cut at the output cap was recorded done at
+    length. A batch cannot continue it; a stream can, from its text: the first
+    segment at the batch price, the rest streamed, one text byte for byte."""
+    proc = run_cli("run", str(job(tmp_path, fake)), "--via", "batch", "-q")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = read_results(tmp_path / "out" / "t")
+    assert result["content"] == whole() and result["finish_reason"] == "stop"
+    assert result["length_continuations"] == 3
+    assert [(e.get("via", "stream"), e["completion_tokens"]) for e in fake.ledger.entries] \
+        == [("batch", 30), ("stream", 30), ("stream", 30), ("stream", 10)]
+    assert result["usage"]["completion_tokens"] == 100
+    stopped = tmp_path / "stop"  # run.on_length: stop (the default) ends it at the cap
+    stopped.mkdir()
+    path = job(stopped, fake)
+    path.write_text(path.read_text().replace('"on_length": "continue"', '"on_length": "stop"'))
+    assert run_cli("run", str(path), "--via", "batch", "-q").returncode == 0
+    (result,) = read_results(stopped / "out" / "t")
+    assert result["finish_reason"] == "length" and result["content"] == whole()[:len(
+        result["content"])]
