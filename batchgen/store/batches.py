@@ -168,7 +168,8 @@ class BatchStore:
 
     def drop_stale(self) -> list[BatchRow]:
         """Open batches not yet created at the provider that hold a stale item:
-        dropped, their requests pending again (committed)."""
+        dropped, their requests pending again; and a pending request an open
+        batch holds as it is now: batched again (committed)."""
         marks = ",".join("?" * len(NOT_CREATED))
         rows = [_row(r) for r in self.db.execute(
             "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "  # noqa: S608
@@ -181,6 +182,14 @@ class BatchStore:
             self.release([rid for rid, _ in self.items(b.id)])
             self.db.execute("UPDATE batches SET state='dropped', updated=?, note=? WHERE id=?",
                             (time.time(), "a request changed before it was sent", b.id))
+        # a request pending while an open batch holds it as it is now (its edit
+        # undone) is that batch's again, not sent in another
+        open_marks = ",".join("?" * len(OPEN_STATES))
+        self.db.execute(
+            "UPDATE requests SET state='batched' WHERE state='pending' AND EXISTS ("  # noqa: S608
+            "SELECT 1 FROM batch_items i JOIN batches b ON b.id = i.batch "
+            "WHERE i.request_id = requests.id AND i.fingerprint = requests.fingerprint "
+            f"AND b.state IN ({open_marks}))", OPEN_STATES)
         self.db.commit()
         return rows
 

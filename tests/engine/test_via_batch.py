@@ -467,6 +467,27 @@ def test_a_prompt_edited_while_its_batch_runs_gets_the_answer_to_its_new_text(
     assert kinds == [("superseded",), (None,)], kinds
 
 
+def test_an_edit_undone_while_batches_run_is_not_sent_a_third_time(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """Edited, then edited back while both batches run: the first batch holds
+    the request as it is again, so it is not planned into a third batch; the
+    second's answer is the superseded one."""
+    job = write_job(tmp_path / "job.yaml", fake, prompts(2))
+    original = job.read_text()
+    assert run_cli("run", str(job), "--via", "batch", "--no-wait").returncode == 5
+    spec = json.loads(original)
+    spec["prompts"][1]["prompt"] = "[[len=5]] batch item one, edited"
+    job.write_text(json.dumps(spec))
+    assert run_cli("run", str(job), "--via", "batch", "--no-wait").returncode == 5
+    job.write_text(original)
+    codes = [run_cli("run", str(job), "--via", "batch", "--no-wait").returncode
+             for _ in range(8)]
+    assert codes[-1] == 0, codes
+    assert len(fake.batches.state.order) == 2
+    results = {r["id"]: r for r in read_results(tmp_path / "out" / "t")}
+    assert results["b01"]["usage"]["completion_tokens"] == 13  # the text as it is
+
+
 
 @pytest.mark.parametrize("verdict", ["fail", "keep", "retry"])
 def test_a_loop_in_a_batch_answer_is_found_when_it_arrives(tmp_path: Path, fake: FakeServer,
