@@ -233,12 +233,21 @@ def _print_summary(job: Job, summary: RunSummary) -> None:
 @_errors
 def validate(file: str, fmt: str, **kwargs: Any) -> None:
     """Check FILE without calling anything; print what a run would do."""
+    import json
     import os
 
-    job = _load(file, kwargs)
-    if fmt == "json":
-        import json
+    from batchgen.errors import BatchgenError, JobFileError
 
+    try:
+        job = _load(file, kwargs)
+    except BatchgenError as exc:  # for scripts: what is wrong on stdout too, then as ever
+        if fmt == "json":
+            said = {"problems": [{"file": p.file, "line": p.line, "key": p.key,
+                                  "message": p.message} for p in exc.problems]
+                    } if isinstance(exc, JobFileError) else {"error": str(exc)}
+            click.echo(json.dumps({"file": file, "ok": False, **said}, ensure_ascii=False))
+        raise
+    if fmt == "json":
         click.echo(json.dumps({
             "file": file, "ok": True, "requests": job.info.requests,
             "job_requests": job.info.job_requests, "models": list(job.info.models),

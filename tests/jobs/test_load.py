@@ -310,6 +310,29 @@ def test_validate_prints_the_plan(tmp_path: Path) -> None:
     assert str(Path("somewhere") / "t") in result.output
 
 
+def test_validate_json_says_what_is_wrong_on_stdout(tmp_path: Path) -> None:
+    """--format json is for scripts: a broken job printed nothing on stdout
+    (the problems went to stderr only). It prints ``"ok": false`` with each
+    problem's file, line, key and message; stderr and the exit code are as ever."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD_HEAD + "prompts:\n  - prompt: x\n    temprature: 1\n")
+    proc = run_cli("validate", str(path), "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 2 and "temprature: unknown key" in proc.stderr
+    said = json.loads(proc.stdout)
+    assert said["ok"] is False and said["file"] == str(path)
+    (problem,) = said["problems"]
+    assert (problem["file"], problem["line"], problem["key"]) == \
+        (str(path), 6, "prompts[0].temprature")
+    assert "did you mean 'temperature'" in problem["message"]
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('{"prompt": "x"}\n', encoding="utf-8")
+    proc = run_cli("validate", str(lines), "--format", "json", "--model", "m", "--base-url",
+                   "http://10.0.0.7/v1", cwd=tmp_path)
+    assert proc.returncode == 2 and json.loads(proc.stdout) == {
+        "file": str(lines), "ok": False, "error": proc.stderr.strip().removeprefix(
+            "batchgen: ")}
+
+
 def test_prompts_may_use_anchors_from_anywhere_before_them(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(
