@@ -182,11 +182,14 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
 
 def _print_plan(job: Job) -> None:
     from batchgen.engine.budget import plan
+    from batchgen.jobs.endpoints import key_note
 
     p = plan(job)
     where = "embedded local model" if job.endpoint.local else job.endpoint.base_url
     click.echo(f"{job.name}: dry run, nothing called or written")
     click.echo(f"  endpoint:      {where}")
+    if kept_back := key_note(job.endpoint):
+        click.echo(f"  key:           not sent: {kept_back}")
     click.echo(f"  to run:        {p.to_run}")
     click.echo(f"  to skip:       {p.to_skip} (already done)")
     click.echo(f"  models:        {', '.join(f'{m} ×{n}' for m, n in p.models.items()) or '-'}")
@@ -237,6 +240,7 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
     import os
 
     from batchgen.errors import BatchgenError, JobFileError
+    from batchgen.jobs.endpoints import key_note
 
     try:
         job = _load(file, kwargs)
@@ -268,6 +272,8 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
     env = job.endpoint.api_key_env
     if env and not os.environ.get(env):
         click.echo(f"  note: {env} is not set; `batchgen run` needs it")
+    if kept_back := key_note(job.endpoint):
+        click.echo(f"  note: {kept_back}")
 
 
 @main.command()

@@ -34,10 +34,15 @@ KEY_ENV_RE = re.compile(r"^[A-Za-z0-9_]*API_?KEY$", re.IGNORECASE)
 KEY_ENVS_VAR = "BATCHGEN_ALLOWED_KEY_ENVS"  # more names a job file may use, comma-separated
 
 
+def user_allowed_key_envs(extra: tuple[str, ...] = ()) -> set[str]:
+    """The variables the user let job files name (``--allow-key-env``,
+    ``BATCHGEN_ALLOWED_KEY_ENVS``) and send to the endpoint they name."""
+    return {*extra, *re.split(r"[\s,]+", os.environ.get(KEY_ENVS_VAR, ""))} - {""}
+
+
 def allowed_key_env(name: str, extra: tuple[str, ...] = ()) -> bool:
     """May a job file name this variable as the one that holds its API key?"""
-    allowed = {*extra, *re.split(r"[\s,]+", os.environ.get(KEY_ENVS_VAR, ""))} - {""}
-    return bool(KEY_ENV_RE.match(name)) or name in allowed
+    return bool(KEY_ENV_RE.match(name)) or name in user_allowed_key_envs(extra)
 
 
 def check_key_env(file: Path, endpoint: Any, line: int | None, flag: str | None,

@@ -36,6 +36,7 @@ from batchgen.engine.rundir import check_store_not_lost, file_in_the_way
 from batchgen.engine.summary import RunSummary
 from batchgen.errors import StorageError, UsageError
 from batchgen.jobs import media, validated
+from batchgen.jobs.endpoints import withheld_note
 from batchgen.jobs.load import Job
 from batchgen.outputs import table
 from batchgen.outputs.files import (
@@ -173,6 +174,10 @@ class Runner:
             self.job.endpoint.api_key_env,
             keyless_ok=self.job.endpoint.base_url.lower().startswith("http:"))
         self.job = check_job(self.job, self.book)
+        if self.job.endpoint.key_withheld:
+            kept_back = withheld_note(*self.job.endpoint.key_withheld, self.job.endpoint.base_url)
+            log.warning("%s", kept_back)
+            self.notes.append(kept_back)
         if not self.job.endpoint.local:  # a proxy batchgen cannot speak: said before anything
             from batchgen.wire.transport import proxy_for
 

@@ -19,6 +19,7 @@ from typing import Any
 from batchgen.errors import JobFileError, Problem, UsageError
 from batchgen.jobs import validated
 from batchgen.jobs.endpoints import detect as detect_continuation
+from batchgen.jobs.endpoints import key_elsewhere
 from batchgen.jobs.ids import ClashFinder, clash_problems
 from batchgen.jobs.records import (
     Budget,
@@ -54,7 +55,7 @@ from batchgen.jobs.spec import dump, updated
 from batchgen.jobs.spool import Spool
 from batchgen.jobs.tables import columns_known, table_problems, table_settings
 from batchgen.jobs.yamlmarks import LineMap
-from batchgen.secrets import check_key_env
+from batchgen.secrets import check_key_env, user_allowed_key_envs
 from batchgen.store.records import PlanRow
 
 MAX_PROBLEMS = 20
@@ -283,9 +284,16 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
             raise UsageError(f"--base-url: {why}")
         raise JobFileError([Problem(str(file), line_map.line_of(("endpoint", "base_url")),
                                     "endpoint.base_url", why)])
+    key_env = None if local else (ov.api_key_env or ep.api_key_env)
+    withheld = None
+    if key_env and not (ov.api_key_env or ov.base_url) \
+            and key_env not in user_allowed_key_envs(ov.allowed_key_envs) \
+            and (provider := key_elsewhere(key_env, base_url)):
+        withheld, key_env = (key_env, provider), None
     endpoint = Endpoint(
         base_url=base_url,
-        api_key_env=None if local else (ov.api_key_env or ep.api_key_env),
+        api_key_env=key_env,
+        key_withheld=withheld,
         region=ep.region,
         local=local,
         model_path=ep.model_path,

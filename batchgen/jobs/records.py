@@ -70,6 +70,9 @@ class Endpoint:
     model_path: str | None = None
     server_args: tuple[str, ...] = ()
     continuation: str = "none"
+    # the key variable the job file chose, not sent: (variable, its provider),
+    # as the job file named another host (batchgen.jobs.endpoints.key_elsewhere)
+    key_withheld: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
