@@ -292,6 +292,7 @@ class Runner:
             store.set_meta(table.META_KEY, job.table.to_json())
         store.set_meta(table.ON_LENGTH_KEY, job.run.on_length)  # the table's columns
         store.set_meta(table.SPEECH_KEY, "1" if job.info.speech else "")
+        store.set_meta(table.INPUTS_KEY, json.dumps(job.inputs))  # `export -o` spares them
         store.set_meta("job", json.dumps({  # what `batchgen merge` checks shards against
             "name": job.name, "digest": job.info.job_digest,
             "requests": job.info.job_requests,

@@ -108,6 +108,15 @@ class Job:
     table: TableSettings | None = None  # a job with `data:` writes a table
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """The files the job reads (the job file, a prompts file, a data file),
+        resolved: nothing batchgen writes may go over one of them."""
+        paths = [self.path, *(s.file for s in self.sources),
+                 *(s.rows.data.path for s in self.sources
+                   if s.rows is not None and s.rows.data.path is not None)]
+        return tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+
+    @property
     def endpoint_id(self) -> str:
         """What a fingerprint knows of the endpoint (a local port changes; the model does not)."""
         if self.endpoint.local:
@@ -234,7 +243,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
                 collect(problem)
         if job.table is not None and len(problems) < MAX_PROBLEMS:
             problems += table_problems(file, job.table, seen, line_map, spec, schemas,
-                                       speech)
+                                       speech, job.inputs)
         if not problems and total == 0:
             data = ", ".join(str(s.file) for s in sources if s.rows is not None)
             problems.append(Problem(str(file), None, None, "the job has no prompts" + (

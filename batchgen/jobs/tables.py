@@ -1,11 +1,12 @@
 """``output:`` of a job with ``data:``: where and how its table is written,
 and what in it is refused before anything runs (columns the data lacks,
-columns that would share a name, a table file that is a folder or names
-another format)."""
+columns that would share a name, a table file that is a folder, names
+another format or is one of the job's own files)."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,13 +58,19 @@ def _table_format(path: str | None) -> str | None:
 
 def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
                     line_map: LineMap, spec: JobSpec, schemas: dict[str, None],
-                    speech: bool = False) -> list[Problem]:
-    """``output.columns`` that no row has, and columns of the table that would
-    have one name: a generated column and a kept input column (``output.prefix``
-    sets them apart), or — with ``output.flatten`` — a property of the answer's
-    schema and either of those."""
+                    speech: bool = False, inputs: tuple[str, ...] = ()) -> list[Problem]:
+    """``output.columns`` that no row has, a table written over one of the
+    job's ``inputs``, and columns of the table that would have one name: a
+    generated column and a kept input column (``output.prefix`` sets them
+    apart), or — with ``output.flatten`` — a property of the answer's schema
+    and either of those."""
     name = str(file)
     problems = []
+    if spec.output.table and (over := over_input(file.parent / spec.output.table, inputs)):
+        problems.append(Problem(
+            name, line_map.line_of(("output", "table")), "output.table",
+            f"{spec.output.table!r} is {over}: the table would replace it (and the next run "
+            f"would read other rows); name another file (table.{table.format}, for one)"))
     if table.columns is not None:
         for column in table.columns:
             if column not in seen:
@@ -124,6 +131,23 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
                     "the name of an input column; set `output.prefix:` (e.g. gen_), or "
                     f"leave {column!r} out of `output.columns:`"))
     return problems
+
+
+def over_input(target: Path, inputs: tuple[str, ...]) -> str | None:
+    """What ``target`` is, when it is one of a job's ``inputs`` (the job
+    file, its prompts or its data file; a link to one counts); else None."""
+    real = os.path.realpath(target)
+    for i, path in enumerate(inputs):
+        if real == path or _same_file(real, path):
+            return "the job file" if i == 0 else f"{path}, which the job reads"
+    return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)  # a hard link to an input, too
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def columns_known(table: TableSettings | None, columns: tuple[str, ...]

@@ -30,6 +30,7 @@ from batchgen.errors import UsageError
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
 from batchgen.jobs.shards import find_shards
 from batchgen.jobs.structured import answer_value
+from batchgen.jobs.tables import over_input
 from batchgen.outputs.audio import seconds_of, wav_path
 from batchgen.outputs.files import jsonl, replacing, write_atomic
 from batchgen.store.runstore import RunStore
@@ -38,6 +39,7 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet")
 META_KEY = "table"
 ON_LENGTH_KEY = "on_length"  # the store's record of the job's run.on_length
 SPEECH_KEY = "speech"  # "1": the job asks for spoken answers (modalities: audio)
+INPUTS_KEY = "inputs"  # the files the job read (JSON list): `export -o` never replaces one
 SPEECH = ("audio", "audio_seconds")
 SEGMENTS = "length_continuations"
 PARQUET_ROWS = 8192  # rows per Parquet row group written
@@ -214,6 +216,12 @@ def _write(stores: Sequence[RunStore], shape: Shape, body: Iterable[dict[str, An
             and dest.suffix and not dest.is_char_device():  # /dev/stdout, -: the default
         raise UsageError(f"{dest}: a table is written as {', '.join(FORMATS)}; end the "
                          "file's name in one of them, or choose with --format")
+    if dest is not None:
+        inputs = tuple(dict.fromkeys(path for store in stores
+                                     for path in json.loads(store.meta(INPUTS_KEY) or "[]")))
+        if over := over_input(dest, inputs):
+            raise UsageError(f"{dest} is {over}: the table would replace it; name another "
+                             "file")
     fmt = fmt or (dest and _format_of(dest)) or (settings.format if settings else "csv")
     if fmt not in FORMATS:
         raise UsageError(f"a table is written as {', '.join(FORMATS)}; not {fmt!r}")

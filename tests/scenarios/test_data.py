@@ -640,3 +640,36 @@ def test_a_csv_saved_by_excel_gets_a_table_excel_opens(tmp_path: Path, fake: Fak
         tsv = tmp_path / f"{name}.tsv"
         assert run_cli("export", str(run_dir), "-o", str(tsv)).returncode == 0
         assert tsv.read_bytes().startswith(b"\xef\xbb\xbf") is bom
+
+
+def test_no_table_is_written_over_the_jobs_own_files(tmp_path: Path, fake: FakeServer) -> None:
+    """``output.table`` or ``export -o`` naming the data file (or a link to it,
+    the job file, a prompts file) replaced it with the table: the next run read
+    other rows and paid for them again. Both are refused and the file is kept."""
+    data = write_rows(tmp_path / "docs.csv", ROWS[:2])
+    before = data.read_bytes()
+    (tmp_path / "docs-link.csv").symlink_to(data)
+    for named in ("docs.csv", "./docs-link.csv"):
+        job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"},
+                       output={"table": named})
+        proc = run_cli("run", str(job), "-q")
+        assert proc.returncode == 2, proc.stderr
+        assert f"output.table: '{named}' is {data}, which the job reads: the table would " \
+            "replace it" in proc.stderr
+        assert not (tmp_path / "out").exists() and not fake.ledger.entries
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"},
+                   prompts_file="more.jsonl")
+    (tmp_path / "more.jsonl").write_text('{"id": "p1", "prompt": "[[len=2]] hi"}\n')
+    assert run_cli("run", str(job), "-q").returncode == 0
+    run_dir = tmp_path / "out" / "translate"
+    for target, what in ((data, f"{data}, which the job reads"), (job, "the job file"),
+                         (tmp_path / "docs-link.csv", f"{data}, which the job reads"),
+                         (tmp_path / "more.jsonl", f"{tmp_path / 'more.jsonl'}, which the job "
+                                                   "reads")):
+        kept = target.read_bytes()
+        proc = run_cli("export", str(run_dir), "-o", str(target), "--format", "csv")
+        assert proc.returncode == 2
+        assert f"{target} is {what}: the table would replace it" in proc.stderr
+        assert target.read_bytes() == kept
+    assert data.read_bytes() == before
+    assert run_cli("export", str(run_dir), "-o", str(tmp_path / "t.csv")).returncode == 0
