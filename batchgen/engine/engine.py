@@ -88,6 +88,11 @@ class Engine(AttemptEndings):
         self.guard = settings.guard
         self.settings = settings
         self._last_outage: OutageState | None = None
+        # outages an answer ended before any probe: the longest of each reason, how
+        # many, and where in the notes they are said (one line for them all)
+        self._blips: dict[str, float] = {}
+        self._blip_count = 0
+        self._blip_note: int | None = None
         self.outage = Outage(timeout=settings.outage_timeout, clock=deps.clock,
                              sleep=deps.sleep, on_change=self._outage_changed)
         self.max_active = max(2 * concurrency, concurrency + 4)
@@ -254,10 +259,24 @@ class Engine(AttemptEndings):
         and once it is over, the run's summary."""
         if state is None and self._last_outage is not None:
             seen = self._last_outage
-            self.outcome.notes.append(
-                f"the endpoint was unreachable for {self.d.clock() - seen.since:.0f} s "
-                f"({seen.reason}); waited out with {seen.probes} "
-                f"probe{'s' if seen.probes != 1 else ''}, no request failed for it")
+            lasted = self.d.clock() - seen.since
+            if seen.probes:
+                self.outcome.notes.append(
+                    f"the endpoint was unreachable for {lasted:.0f} s ({seen.reason}); waited "
+                    f"out with {seen.probes} probe{'s' if seen.probes != 1 else ''}, no "
+                    "request failed for it")
+            else:  # an answer ended it before its first probe: one line for them all
+                self._blips[seen.reason] = max(lasted, self._blips.get(seen.reason, 0.0))
+                self._blip_count += 1
+                if self._blip_note is None:
+                    self._blip_note = len(self.outcome.notes)
+                    self.outcome.notes.append("")
+                n = self._blip_count
+                self.outcome.notes[self._blip_note] = (
+                    f"new starts were held {n} time{'s' if n != 1 else ''}, "
+                    f"{max(self._blips.values()):.1f} s at most, as the endpoint looked down "
+                    f"({'; '.join(self._blips)}); an answer came back each time before any "
+                    "probe, and no request failed for it")
         self._last_outage = state
         self.d.progress.note(self.outage.describe() if state is not None
                              else "the endpoint answers again")

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from batchgen.testing.fakeserver import Config, plan_for
+from batchgen.testing.fakeserver import Config, FakeServer, plan_for
 from batchgen.testing.process import FakeProcess
 from tests.helpers import CANARY, ROOT, read_results, run_cli, write_job
 
@@ -182,3 +182,19 @@ def _meta(run_dir: Path, key: str) -> str:
 
     with sqlite3.connect(run_dir / "run.db") as db:
         return str(db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+
+def test_server_errors_that_answers_end_at_once_are_one_line_of_the_summary(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """Three requests get a 500 at once while three others stream: an outage
+    begins, and the first answer ends it before any probe. The summary said
+    each such moment as "unreachable for 0 s ... 0 probes"; it is one line."""
+    prompts = [{"id": f"f{i}", "prompt": f"[[faults=500,ok]] f{i}"} for i in range(3)] + [
+        {"id": f"s{i}", "prompt": f"[[len=30]][[delay=0.01]] s{i}"} for i in range(3)]
+    job = write_job(tmp_path / "job.yaml", fake, prompts, run={"concurrency": 6})
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "unreachable for" not in proc.stdout
+    assert "new starts were held 1 time, " in proc.stdout
+    assert "as the endpoint looked down (HTTP 500 from every answer); an answer came back " \
+        "each time before any probe, and no request failed for it" in proc.stdout
