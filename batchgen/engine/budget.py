@@ -25,6 +25,7 @@ from batchgen.cost.pricing import LOCAL_LIST, ModelPrice, PriceBook, PriceList, 
 from batchgen.errors import UsageError
 from batchgen.jobs.load import Job
 from batchgen.jobs.records import Budget, Request
+from batchgen.jobs.sources import is_jsonl_job
 from batchgen.store.records import Usage
 from batchgen.store.runstore import Pending, RunStore
 from batchgen.tokens.estimator import Estimator
@@ -56,10 +57,14 @@ def check_budget(job: Job, book: PriceBook) -> Budget:
                 f" ({job.endpoint.base_url} is in no price list: for a gateway in front of "
                 "one, name the list with endpoint.region: "
                 f"{', '.join(n for n in book.lists if n != LOCAL_LIST)})")
+            how = "add it under `pricing:` in the job file"
+            if is_jsonl_job(job.path):  # which has neither `pricing:` nor `endpoint:`
+                how = ("a JSONL job file has no `pricing:` (nor `endpoint:`), so write a YAML "
+                       f"job file with `prompts_file: {job.path.name}` and a `pricing:` block "
+                       "(or endpoint.region)")
             raise UsageError(
                 f"a budget is set but model {model!r} has no price on this endpoint{where}; "
-                "add it under `pricing:` in the job file"
-            )
+                + how)
         priced.setdefault(price.currency, model)
     if not budget.currency:
         if len(priced) == 1:

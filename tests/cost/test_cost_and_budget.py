@@ -234,6 +234,13 @@ def test_budget_needs_prices_in_its_currency(tmp_path: Path, fake: FakeServer) -
     dry = CliRunner().invoke(main, ["run", str(job), "--dry-run"])
     assert dry.exit_code == 2 and "is in no price list" in dry.output, dry.output
     assert "name the list with endpoint.region: dashscope-cn, dashscope-intl" in dry.output
+    # a JSONL job has no pricing: block to add it to: say what does
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "x"}\n')
+    dry = CliRunner().invoke(main, ["run", str(tmp_path / "p.jsonl"), "--dry-run", "--model",
+                                    "m", "--base-url", fake.base_url, "--max-cost", "1"])
+    assert dry.exit_code == 2, dry.output
+    assert "a JSONL job file has no `pricing:` (nor `endpoint:`), so write a YAML job file " \
+        "with `prompts_file: p.jsonl` and a `pricing:` block" in dry.output
     job = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x"}],
                     endpoint={"region": "cn"}, budget={"max_cost": 1, "currency": "USD"})
     with pytest.raises(UsageError, match="priced in CNY"):
