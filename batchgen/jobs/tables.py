@@ -5,6 +5,7 @@ another format or is one of the job's own files)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import replace
@@ -66,6 +67,12 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
     and either of those."""
     name = str(file)
     problems = []
+    if table.format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        problems.append(Problem(  # found now, not once every answer is bought
+            name, line_map.line_if(("output", "format")) or line_map.line_if(("output", "table"))
+            or line_map.line_of(("data",)), "output.format",
+            "a Parquet table needs pyarrow, which is not installed: pip install "
+            "'batchgen[parquet]', or choose output.format csv, tsv or jsonl"))
     if spec.output.table and (over := over_input(file.parent / spec.output.table, inputs)):
         problems.append(Problem(
             name, line_map.line_of(("output", "table")), "output.table",

@@ -673,3 +673,21 @@ def test_no_table_is_written_over_the_jobs_own_files(tmp_path: Path, fake: FakeS
         assert target.read_bytes() == kept
     assert data.read_bytes() == before
     assert run_cli("export", str(run_dir), "-o", str(tmp_path / "t.csv")).returncode == 0
+
+
+def test_a_parquet_table_without_pyarrow_is_refused_before_anything_is_bought(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """Without pyarrow, ``output.format: parquet`` passed validation, every answer
+    was bought, and the run ended with exit 2 and no table, report or summary."""
+    write_rows(tmp_path / "docs.csv", ROWS[:2])
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"},
+                   output={"format": "parquet"})
+    without = ("import sys; sys.modules['pyarrow'] = None; from batchgen.cli import entry; "
+               f"sys.argv = ['batchgen', 'run', {str(job)!r}, '-q']; entry()")
+    proc = subprocess.run([sys.executable, "-c", without], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "output.format: a Parquet table needs pyarrow, which is not installed: pip " \
+        "install 'batchgen[parquet]'" in proc.stderr
+    assert not (tmp_path / "out").exists() and not fake.ledger.entries
