@@ -100,6 +100,9 @@ def test_where_a_provider_key_goes() -> None:
     assert key_elsewhere("DASHSCOPE_API_KEY", "https://dashscope.aliyuncs.com/compatible-mode/v1") \
         is None
     assert key_elsewhere("DASHSCOPE_API_KEY", "https://dashscope-intl.aliyuncs.com/v1") is None
+    assert key_elsewhere("DASHSCOPE_API_KEY", "https://ws-1.cn-beijing.maas.aliyuncs.com/v1") \
+        is None
+    assert key_elsewhere("DASHSCOPE_API_KEY", "https://evilaliyuncs.com/v1") == "Model Studio"
     assert key_elsewhere("DASHSCOPE_API_KEY", "http://127.0.0.1:8000/v1") is None  # the user's own
     assert key_elsewhere("DASHSCOPE_API_KEY", "http://localhost/v1") is None
     assert key_elsewhere("DASHSCOPE_API_KEY", "https://dashscope.aliyuncs.com.evil.test/v1") \

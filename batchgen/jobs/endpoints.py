@@ -35,7 +35,8 @@ def detect(base_url: str, local: bool) -> str:
 # it answers at. A job file that sends one of them elsewhere does not get it
 # sent (see :func:`key_elsewhere`).
 KEY_HOMES: dict[str, tuple[str, str]] = {
-    "DASHSCOPE_API_KEY": ("Model Studio", r"(^|\.)dashscope[a-z0-9-]*\.aliyuncs\.com$"),
+    # any of Alibaba Cloud's API hosts: Model Studio's regions and workspaces
+    "DASHSCOPE_API_KEY": ("Model Studio", r"(^|\.)aliyuncs\.com$"),
     "OPENAI_API_KEY": ("OpenAI", r"^api\.openai\.com$"),
     "DEEPSEEK_API_KEY": ("DeepSeek", r"^api\.deepseek\.com$"),
     "ANTHROPIC_API_KEY": ("Anthropic", r"^api\.anthropic\.com$"),
