@@ -97,10 +97,9 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
     shard = parse_shard(kwargs["shard"]) if kwargs.get("shard") else None
     return Overrides(
         shard=shard, via=kwargs.get("via"), fallback=kwargs.get("fallback"),
-        no_wait=bool(kwargs.get("no_wait")),
-        name=kwargs.get("name"), out=kwargs.get("out"), model=kwargs.get("model"),
-        base_url=kwargs.get("base_url"), allow_http=bool(kwargs.get("allow_http")),
-        api_key_env=kwargs.get("api_key_env"),
+        no_wait=bool(kwargs.get("no_wait")), name=kwargs.get("name"), out=kwargs.get("out"),
+        model=kwargs.get("model"), base_url=kwargs.get("base_url"),
+        allow_http=bool(kwargs.get("allow_http")), api_key_env=kwargs.get("api_key_env"),
         concurrency=kwargs.get("concurrency"), local=bool(kwargs.get("local")),
         max_cost=kwargs.get("max_cost"), currency=kwargs.get("currency"),
         allowed_key_envs=tuple(kwargs.get("allow_key_env") or ()),
@@ -251,12 +250,16 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
                     } if isinstance(exc, JobFileError) else {"error": str(exc)}
             click.echo(json.dumps({"file": file, "ok": False, **said}, ensure_ascii=False))
         raise
+    env = job.endpoint.api_key_env
+    notes = [n for n in (env and not os.environ.get(env) and f"{env} is not set; `batchgen "
+                         "run` needs it", key_note(job.endpoint)) if n]
     if fmt == "json":
         click.echo(json.dumps({
             "file": file, "ok": True, "requests": job.info.requests,
             "job_requests": job.info.job_requests, "models": list(job.info.models),
             "shard": f"{job.shard[0]}/{job.shard[1]}" if job.shard else None,
             "run_dir": str(job.run_dir), "ids": [r.id for r in job.requests()],
+            "notes": notes,
         }, ensure_ascii=False))
         return
     click.echo(f"{file}: ok")
@@ -269,11 +272,8 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
     click.echo(f"  writes:   {job.run_dir}/")
     if job.table is not None:
         click.echo(f"  table:    {job.table.path} ({job.table.format})")
-    env = job.endpoint.api_key_env
-    if env and not os.environ.get(env):
-        click.echo(f"  note: {env} is not set; `batchgen run` needs it")
-    if kept_back := key_note(job.endpoint):
-        click.echo(f"  note: {kept_back}")
+    for note in notes:
+        click.echo(f"  note: {note}")
 
 
 @main.command()

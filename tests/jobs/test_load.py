@@ -333,6 +333,25 @@ def test_validate_json_says_what_is_wrong_on_stdout(tmp_path: Path) -> None:
             "batchgen: ")}
 
 
+def test_validate_json_carries_the_notes_the_text_says(tmp_path: Path) -> None:
+    """A key that is not set, or one kept back from the job's host: the text
+    said so and --format json did not."""
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD_HEAD + "prompts: [{prompt: x}]\n")  # https://example.com/v1
+    unset = {"DASHSCOPE_API_KEY": "", "EXAMPLE_API_KEY": ""}
+    proc = run_cli("validate", str(path), "--format", "json", cwd=tmp_path, env=unset)
+    assert proc.returncode == 0, proc.stderr
+    (note,) = json.loads(proc.stdout)["notes"]
+    assert note.startswith("DASHSCOPE_API_KEY holds a Model Studio key and the job file sends "
+                           "its requests to example.com")
+    path.write_text(path.read_text().replace("base_url: 'https://example.com/v1'",
+                                             "base_url: 'https://example.com/v1', "
+                                             "api_key_env: EXAMPLE_API_KEY"))
+    proc = run_cli("validate", str(path), "--format", "json", cwd=tmp_path, env=unset)
+    assert json.loads(proc.stdout)["notes"] == ["EXAMPLE_API_KEY is not set; `batchgen run` "
+                                                "needs it"]
+
+
 def test_prompts_may_use_anchors_from_anywhere_before_them(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(
