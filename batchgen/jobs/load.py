@@ -53,7 +53,7 @@ from batchgen.jobs.sources import (
 )
 from batchgen.jobs.spec import dump, updated
 from batchgen.jobs.spool import Spool
-from batchgen.jobs.tables import columns_known, table_problems, table_settings
+from batchgen.jobs.tables import RESULTS_FILES, columns_known, table_problems, table_settings
 from batchgen.jobs.yamlmarks import LineMap
 from batchgen.secrets import check_key_env, user_allowed_key_envs
 from batchgen.store.records import PlanRow
@@ -115,6 +115,14 @@ class Job:
                  *(s.rows.data.path for s in self.sources
                    if s.rows is not None and s.rows.data.path is not None)]
         return tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+
+    @property
+    def results_files(self) -> tuple[str, ...]:
+        """results.jsonl and failed.jsonl of the run (and of its job, for a
+        shard's merge), resolved: a table written there would clash with them."""
+        dirs = [self.run_dir, *([self.job_dir] if self.job_dir is not None else [])]
+        return tuple(os.path.realpath(d / name) for d in dirs
+                     for name in RESULTS_FILES)
 
     @property
     def endpoint_id(self) -> str:
@@ -243,7 +251,7 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
                 collect(problem)
         if job.table is not None and len(problems) < MAX_PROBLEMS:
             problems += table_problems(file, job.table, seen, line_map, spec, schemas,
-                                       speech, job.inputs)
+                                       speech, inputs=job.inputs, results=job.results_files)
         if not problems and total == 0:
             data = ", ".join(str(s.file) for s in sources if s.rows is not None)
             problems.append(Problem(str(file), None, None, "the job has no prompts" + (

@@ -59,7 +59,8 @@ def _table_format(path: str | None) -> str | None:
 
 def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
                     line_map: LineMap, spec: JobSpec, schemas: dict[str, None],
-                    speech: bool = False, inputs: tuple[str, ...] = ()) -> list[Problem]:
+                    speech: bool = False, *, inputs: tuple[str, ...] = (),
+                    results: tuple[str, ...] = ()) -> list[Problem]:
     """``output.columns`` that no row has, a table written over one of the
     job's ``inputs``, and columns of the table that would have one name: a
     generated column and a kept input column (``output.prefix`` sets them
@@ -78,6 +79,11 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
             name, line_map.line_of(("output", "table")), "output.table",
             f"{spec.output.table!r} is {over}: the table would replace it (and the next run "
             f"would read other rows); name another file (table.{table.format}, for one)"))
+    if spec.output.table and (clash := over_results(file.parent / spec.output.table, results)):
+        problems.append(Problem(
+            name, line_map.line_of(("output", "table")), "output.table",
+            f"{spec.output.table!r} is {clash}: the table and the results would overwrite "
+            f"each other; name another file (table.{table.format}, for one)"))
     if table.columns is not None:
         for column in table.columns:
             if column not in seen:
@@ -148,6 +154,16 @@ def over_input(target: Path, inputs: tuple[str, ...]) -> str | None:
         if real == path or _same_file(real, path):
             return "the job file" if i == 0 else f"{path}, which the job reads"
     return None
+
+
+RESULTS_FILES = ("results.jsonl", "failed.jsonl")  # what every run writes in its directory
+
+
+def over_results(target: Path, results: tuple[str, ...]) -> str | None:
+    """What ``target`` is, when it is a run's results.jsonl or failed.jsonl."""
+    real = os.path.realpath(target)
+    found = next((path for path in results if real == path or _same_file(real, path)), None)
+    return None if found is None else f"{found}, which batchgen writes the run's results to"
 
 
 def _same_file(a: str, b: str) -> bool:

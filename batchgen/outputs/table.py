@@ -19,6 +19,7 @@ import csv
 import heapq
 import io
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from batchgen.errors import UsageError
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
 from batchgen.jobs.shards import find_shards
 from batchgen.jobs.structured import answer_value
-from batchgen.jobs.tables import over_input
+from batchgen.jobs.tables import RESULTS_FILES, over_input, over_results
 from batchgen.outputs.audio import seconds_of, wav_path
 from batchgen.outputs.files import jsonl, replacing, write_atomic
 from batchgen.store.runstore import RunStore
@@ -219,7 +220,8 @@ def _write(stores: Sequence[RunStore], shape: Shape, body: Iterable[dict[str, An
     if dest is not None:
         inputs = tuple(dict.fromkeys(path for store in stores
                                      for path in json.loads(store.meta(INPUTS_KEY) or "[]")))
-        if over := over_input(dest, inputs):
+        if over := over_input(dest, inputs) or over_results(
+                dest, tuple(os.path.realpath(run_dir / name) for name in RESULTS_FILES)):
             raise UsageError(f"{dest} is {over}: the table would replace it; name another "
                              "file")
     fmt = fmt or (dest and _format_of(dest)) or (settings.format if settings else "csv")

@@ -645,7 +645,9 @@ def test_a_csv_saved_by_excel_gets_a_table_excel_opens(tmp_path: Path, fake: Fak
 def test_no_table_is_written_over_the_jobs_own_files(tmp_path: Path, fake: FakeServer) -> None:
     """``output.table`` or ``export -o`` naming the data file (or a link to it,
     the job file, a prompts file) replaced it with the table: the next run read
-    other rows and paid for them again. Both are refused and the file is kept."""
+    other rows and paid for them again; naming results.jsonl or failed.jsonl,
+    the run's results and the table overwrote each other. All are refused and
+    the file is kept."""
     data = write_rows(tmp_path / "docs.csv", ROWS[:2])
     before = data.read_bytes()
     (tmp_path / "docs-link.csv").symlink_to(data)
@@ -673,6 +675,20 @@ def test_no_table_is_written_over_the_jobs_own_files(tmp_path: Path, fake: FakeS
         assert target.read_bytes() == kept
     assert data.read_bytes() == before
     assert run_cli("export", str(run_dir), "-o", str(tmp_path / "t.csv")).returncode == 0
+    # nor over the results every run writes (a tool reading results.jsonl got the table)
+    results = (run_dir / "results.jsonl").read_bytes()
+    proc = run_cli("export", str(run_dir), "-o", str(run_dir / "results.jsonl"))
+    assert proc.returncode == 2
+    assert f"is {run_dir / 'results.jsonl'}, which batchgen writes the run's results to" \
+        in proc.stderr
+    assert (run_dir / "results.jsonl").read_bytes() == results
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"},
+                   output={"table": "out/translate/failed.jsonl"})
+    proc = run_cli("run", str(job), "-q")
+    assert proc.returncode == 2
+    assert "output.table: 'out/translate/failed.jsonl' is " \
+        f"{run_dir / 'failed.jsonl'}, which batchgen writes the run's results to: the " \
+        "table and the results would overwrite each other" in proc.stderr
 
 
 def test_a_parquet_table_without_pyarrow_is_refused_before_anything_is_bought(
