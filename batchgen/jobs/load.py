@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -279,10 +280,13 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
               line_map: LineMap) -> Job:
     name = ov.name or spec.name or file.stem
     if not ID_RE.match(name):
+        fit = "-".join(re.findall(r"[A-Za-z0-9._]+", name)).lstrip("._")[:100]
+        fit = fit if ID_RE.match(fit) else "my-job"
+        where = "" if ov.name or spec.name or is_jsonl_job(file) \
+            else f"set `name: {fit}` in the job file, or "
         raise UsageError(
-            f"run name {name!r} cannot name a directory; set `name:` or pass --name "
-            "(letters, digits, '.', '_', '-')"
-        )
+            f"run name {name!r} cannot name a directory (letters, digits, '.', '_', '-'); "
+            f"{where}pass --name {fit}")
     ep: EndpointSpec = spec.endpoint
     base_url = ep.base_url
     if ov.base_url:

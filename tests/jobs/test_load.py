@@ -496,3 +496,22 @@ def test_plain_http_beyond_loopback_needs_allow_http(tmp_path: Path) -> None:
     assert CliRunner().invoke(main, [*flag, "--allow-http"]).exit_code == 0
     for local in ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8/v1"):
         assert load_job(lines, Overrides(base_url=local)).endpoint.base_url == local
+
+
+def test_a_file_name_that_cannot_name_the_run_gets_a_name_to_use(tmp_path: Path) -> None:
+    """The run is named after the file: "essay job.yaml" was refused with "set
+    `name:`"; the message now names one that works, and where to put it."""
+    from batchgen.errors import UsageError
+
+    (tmp_path / "essay job.yaml").write_text("defaults: {model: m}\nprompts: [{prompt: x}]\n")
+    with pytest.raises(UsageError, match=r"run name 'essay job' cannot name a directory .*; "
+                       r"set `name: essay-job` in the job file, or pass --name essay-job$"):
+        load_job(tmp_path / "essay job.yaml")
+    (tmp_path / "散文.yaml").write_text("defaults: {model: m}\nprompts: [{prompt: x}]\n")
+    with pytest.raises(UsageError, match=r"set `name: my-job` in the job file, or pass "
+                                         r"--name my-job$"):
+        load_job(tmp_path / "散文.yaml")
+    (tmp_path / "x y.jsonl").write_text('{"prompt": "x"}\n')  # a JSONL file has no name:
+    with pytest.raises(UsageError, match=r"cannot name a directory .*; pass --name x-y$"):
+        load_job(tmp_path / "x y.jsonl", Overrides(model="m"))
+    assert load_job(tmp_path / "essay job.yaml", Overrides(name="essay-job")).name == "essay-job"
