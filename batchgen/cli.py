@@ -280,67 +280,17 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--failed", "show_failed", type=int, default=10, show_default=True,
               help="How many failed requests to list with their reasons.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: the same figures, for scripts and monitoring.")
 @_errors
-def status(run_dir: str, show_failed: int) -> None:
+def status(run_dir: str, show_failed: int, fmt: str) -> None:
     """What RUN_DIR holds: done / streaming / pending / failed, tokens so far.
 
     RUN_DIR may be a sharded job's directory: every shard is shown.
     """
-    from batchgen.jobs.shards import find_shards
-    from batchgen.outputs.status import read_status
+    from batchgen.outputs.status import render_status
 
-    path = Path(run_dir)
-    shards = find_shards(path) if not (path / "run.db").exists() else {}
-    if not shards:
-        _print_status(run_dir, read_status(path, failed_limit=show_failed))
-        return
-    total = {"requests": 0, "done": 0, "failed": 0, "pending": 0, "streaming": 0}
-    n = max(n for _, n in shards)
-    click.echo(f"{run_dir}: {len(shards)} of {n} shards")
-    for shard in shards.values():
-        st = read_status(shard, failed_limit=show_failed)
-        total = {"requests": total["requests"] + st.total, "done": total["done"] + st.done,
-                 "failed": total["failed"] + st.failed, "pending": total["pending"] + st.pending,
-                 "streaming": total["streaming"] + st.streaming}
-        state = "running" if st.running else "not running"
-        click.echo(f"  {shard.name}: {state}; {st.total} requests, {st.done} done, "
-                   f"{st.streaming} streaming, {st.pending} pending, {st.failed} failed")
-        if st.outage:
-            click.echo(f"    {st.outage}")
-        for fail in st.failures:
-            click.echo(f"    failed {fail}")
-    missing = [f"shard-{k}-of-{n}" for k in range(1, n + 1) if (k, n) not in shards]
-    if missing:
-        click.echo(f"  not started: {', '.join(missing)}")
-    click.echo(f"  all shards: {total['requests']} requests, {total['done']} done, "
-               f"{total['streaming']} streaming, {total['pending']} pending, "
-               f"{total['failed']} failed")
-
-
-def _print_status(run_dir: str, st: Any) -> None:
-    state = "running" if st.running else "not running"
-    click.echo(f"{run_dir}: {state}")
-    if st.outage:
-        click.echo(f"  {st.outage}")
-    click.echo(f"  requests:  {st.total}")
-    click.echo(f"  done:      {st.done}")
-    click.echo(f"  streaming: {st.streaming}")
-    click.echo(f"  pending:   {st.pending}")
-    if st.batched:
-        click.echo(f"  batched:   {st.batched} (in a provider batch)")
-    click.echo(f"  failed:    {st.failed}")
-    if st.at_the_cap:
-        click.echo(f"  at the cap: {st.at_the_cap} done but stopped at the output cap "
-                   "(finish_reason length; run.on_length: continue goes on)")
-    click.echo(f"  attempts:  {st.attempts}")
-    n = st.estimated_attempts
-    est = f" ({n} attempt{'s' if n != 1 else ''} estimated)" if n else ""
-    click.echo(f"  tokens:    {st.prompt_tokens:,} prompt, "
-               f"{st.completion_tokens:,} completion{est}")
-    for batch in st.batches:
-        click.echo(f"  batch {batch}")
-    for fail in st.failures:
-        click.echo(f"  failed {fail}")
+    click.echo(render_status(Path(run_dir), run_dir, fmt, show_failed))
 
 
 @main.command()

@@ -1,12 +1,15 @@
-"""``batchgen status``: a read-only look at a run store, safe while a run is active."""
+"""``batchgen status``: a read-only look at a run store, safe while a run is
+active — as text, or as JSON for scripts and monitoring (``--format json``)."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from batchgen.jobs.shards import find_shards
 from batchgen.store.lock import RunLock
 from batchgen.store.runstore import RunStore
 
@@ -85,3 +88,68 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
         )
         st.failures.append(f"{fail['id']}: {where}: {fail['error_message'] or ''}".rstrip())
     return st
+
+
+def render_status(path: Path, shown: str, fmt: str, failed_limit: int = 10) -> str:
+    """``batchgen status`` of a run directory, or of a sharded job's directory
+    (every shard, the shards not started, and all of them together); ``shown``
+    is the directory as the user named it."""
+    shards = find_shards(path) if not (path / "run.db").exists() else {}
+    if not shards:
+        st = read_status(path, failed_limit=failed_limit)
+        if fmt == "json":
+            return json.dumps({"run_dir": shown, **_fields(st)}, ensure_ascii=False)
+        return "\n".join(_lines(shown, st))
+    n = max(n for _, n in shards)
+    each = {shard.name: read_status(shard, failed_limit=failed_limit)
+            for shard in shards.values()}
+    total = {key: sum(getattr(st, attr) for st in each.values()) for key, attr in
+             (("requests", "total"), ("done", "done"), ("streaming", "streaming"),
+              ("pending", "pending"), ("failed", "failed"))}
+    missing = [f"shard-{k}-of-{n}" for k in range(1, n + 1) if (k, n) not in shards]
+    if fmt == "json":
+        return json.dumps({"run_dir": shown, "shards": {name: _fields(st)
+                                                         for name, st in each.items()},
+                           "not_started": missing, "all": total}, ensure_ascii=False)
+    lines = [f"{shown}: {len(shards)} of {n} shards"]
+    for name, st in each.items():
+        state = "running" if st.running else "not running"
+        lines.append(f"  {name}: {state}; {st.total} requests, {st.done} done, "
+                     f"{st.streaming} streaming, {st.pending} pending, {st.failed} failed")
+        if st.outage:
+            lines.append(f"    {st.outage}")
+        lines += [f"    failed {fail}" for fail in st.failures]
+    if missing:
+        lines.append(f"  not started: {', '.join(missing)}")
+    lines.append(f"  all shards: {total['requests']} requests, {total['done']} done, "
+                 f"{total['streaming']} streaming, {total['pending']} pending, "
+                 f"{total['failed']} failed")
+    return "\n".join(lines)
+
+
+def _fields(st: Status) -> dict[str, Any]:
+    """A run's status for ``--format json``: ``requests`` is the job's count."""
+    fields = asdict(st)
+    return {"running": fields.pop("running"), "requests": fields.pop("total"), **fields}
+
+
+def _lines(shown: str, st: Status) -> list[str]:
+    lines = [f"{shown}: {'running' if st.running else 'not running'}"]
+    if st.outage:
+        lines.append(f"  {st.outage}")
+    lines += [f"  requests:  {st.total}", f"  done:      {st.done}",
+              f"  streaming: {st.streaming}", f"  pending:   {st.pending}"]
+    if st.batched:
+        lines.append(f"  batched:   {st.batched} (in a provider batch)")
+    lines.append(f"  failed:    {st.failed}")
+    if st.at_the_cap:
+        lines.append(f"  at the cap: {st.at_the_cap} done but stopped at the output cap "
+                     "(finish_reason length; run.on_length: continue goes on)")
+    lines.append(f"  attempts:  {st.attempts}")
+    n = st.estimated_attempts
+    est = f" ({n} attempt{'s' if n != 1 else ''} estimated)" if n else ""
+    lines.append(f"  tokens:    {st.prompt_tokens:,} prompt, "
+                 f"{st.completion_tokens:,} completion{est}")
+    lines += [f"  batch {batch}" for batch in st.batches]
+    lines += [f"  failed {fail}" for fail in st.failures]
+    return lines

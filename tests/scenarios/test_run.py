@@ -211,6 +211,15 @@ def test_cli_run_and_status(tmp_path: Path, fake: FakeServer) -> None:
     assert "done:      1" in status.stdout and "failed:    1" in status.stdout
     assert "b: http_404" in status.stdout
     assert CANARY not in proc.stdout + proc.stderr + status.stdout + status.stderr
+    # the same for scripts and monitoring
+    said = json.loads(run_cli("status", str(tmp_path / "out" / "t"), "--format", "json").stdout)
+    assert {k: said[k] for k in ("running", "requests", "done", "failed", "pending",
+                                 "streaming", "attempts")} == {
+        "running": False, "requests": 2, "done": 1, "failed": 1, "pending": 0,
+        "streaming": 0, "attempts": 2}
+    assert said["run_dir"] == str(tmp_path / "out" / "t")
+    (failure,) = said["failures"]
+    assert failure.startswith("b: http_404")
 
 
 def test_flags_override_the_job_file(tmp_path: Path, fake: FakeServer) -> None:

@@ -81,6 +81,12 @@ def test_merged_shards_equal_the_unsharded_run_byte_for_byte(tmp_path: Path,
     status = run_cli("status", str(b))
     assert status.returncode == 0
     assert "3 of 3 shards" in status.stdout and "all shards: 30 requests, 30 done" in status.stdout
+    said = json.loads(run_cli("status", str(b), "--format", "json").stdout)
+    assert said["all"] == {"requests": 30, "done": 30, "streaming": 0, "pending": 0,
+                           "failed": 0}
+    assert sorted(said["shards"]) == [f"shard-{k}-of-3" for k in (1, 2, 3)]
+    assert said["not_started"] == []
+    assert sum(shard["done"] for shard in said["shards"].values()) == 30
     # `batchgen report` of the job's directory stands for all its shards
     asked = run_cli("report", str(b), "--format", "json")
     assert asked.returncode == 0, asked.stderr
