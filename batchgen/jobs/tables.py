@@ -74,16 +74,17 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
             or line_map.line_of(("data",)), "output.format",
             "a Parquet table needs pyarrow, which is not installed: pip install "
             "'batchgen[parquet]', or choose output.format csv, tsv or jsonl"))
-    if spec.output.table and (over := over_input(file.parent / spec.output.table, inputs)):
+    target = file.parent / spec.output.table if spec.output.table else None
+    over = target and (
+        (f"{found}: the table would replace it (and the next run would read other rows)"
+         if (found := over_input(target, inputs)) else None)
+        or (f"{found}: the table and the results would overwrite each other"
+            if (found := over_results(target, results)) else None))
+    if over:
         problems.append(Problem(
             name, line_map.line_of(("output", "table")), "output.table",
-            f"{spec.output.table!r} is {over}: the table would replace it (and the next run "
-            f"would read other rows); name another file (table.{table.format}, for one)"))
-    if spec.output.table and (clash := over_results(file.parent / spec.output.table, results)):
-        problems.append(Problem(
-            name, line_map.line_of(("output", "table")), "output.table",
-            f"{spec.output.table!r} is {clash}: the table and the results would overwrite "
-            f"each other; name another file (table.{table.format}, for one)"))
+            f"{spec.output.table!r} is {over}; name another file (table.{table.format}, "
+            "for one)"))
     if table.columns is not None:
         for column in table.columns:
             if column not in seen:
@@ -149,11 +150,10 @@ def table_problems(file: Path, table: TableSettings, seen: dict[str, None],
 def over_input(target: Path, inputs: tuple[str, ...]) -> str | None:
     """What ``target`` is, when it is one of a job's ``inputs`` (the job
     file, its prompts or its data file; a link to one counts); else None."""
-    real = os.path.realpath(target)
-    for i, path in enumerate(inputs):
-        if real == path or _same_file(real, path):
-            return "the job file" if i == 0 else f"{path}, which the job reads"
-    return None
+    found = _among(target, inputs)
+    if found is None:
+        return None
+    return "the job file" if found == inputs[0] else f"{found}, which the job reads"
 
 
 RESULTS_FILES = ("results.jsonl", "failed.jsonl")  # what every run writes in its directory
@@ -161,9 +161,14 @@ RESULTS_FILES = ("results.jsonl", "failed.jsonl")  # what every run writes in it
 
 def over_results(target: Path, results: tuple[str, ...]) -> str | None:
     """What ``target`` is, when it is a run's results.jsonl or failed.jsonl."""
-    real = os.path.realpath(target)
-    found = next((path for path in results if real == path or _same_file(real, path)), None)
+    found = _among(target, results)
     return None if found is None else f"{found}, which batchgen writes the run's results to"
+
+
+def _among(target: Path, paths: tuple[str, ...]) -> str | None:
+    """The one of ``paths`` (resolved) that ``target`` is, by name or a link."""
+    real = os.path.realpath(target)
+    return next((path for path in paths if real == path or _same_file(real, path)), None)
 
 
 def _same_file(a: str, b: str) -> bool:
