@@ -136,6 +136,7 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
     rows: dict[tuple[str, str | None], Row] = {}
     seen_prices: dict[tuple[str, str], dict[str, Any]] = {}
     unknown: set[str] = set()
+    text_priced: dict[tuple[str, str], int] = {}  # (model, price key missing) -> tokens
     apart: dict[tuple[str, str, str | None], Apart] = {}
 
     def row(key: str, currency: str | None) -> Row:
@@ -146,7 +147,8 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
 
     for run_dir in run_dirs:
         with RunStore.reading(run_dir) as store:
-            _add_store(store, group_by, row, apart_row, seen_prices, unknown, report.batch)
+            _add_store(store, group_by, row, apart_row, seen_prices, unknown, report.batch,
+                       text_priced)
             report.stopped_at_the_cap += store.at_the_cap()
             for fail in store.failed_in_order():
                 if len(report.failed) >= MAX_FAILED:
@@ -175,6 +177,14 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
             "add it to the job's `pricing:` block (or, for a gateway in front of a "
             "provider, name its price list with endpoint.region)"
         )
+    for (model, key), tokens in sorted(text_priced.items()):
+        heard = key == "audio_input"
+        report.warnings.append(
+            f"no {key} price for model {model!r}: its {tokens:,} audio tokens "
+            f"{'heard' if heard else 'said'} are priced at its text "
+            f"{'input' if heard else 'output'} price, which for speech is usually far lower; "
+            f"add `{key}` (per 1M tokens) to its entry in the job's `pricing:` block"
+        )
     return report
 
 
@@ -190,8 +200,9 @@ def _count_batch(batch: dict[str, Any], a: Any, currency: str, cost: float,
 def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], Row],
                apart_row: Callable[[str, str, str | None], Apart],
                seen_prices: dict[tuple[str, str], dict[str, Any]], unknown: set[str],
-               batch: dict[str, Any]) -> None:
-    """Add one run store's attempts and requests to the report's rows."""
+               batch: dict[str, Any], text_priced: dict[tuple[str, str], int]) -> None:
+    """Add one run store's attempts and requests to the report's rows, and to
+    ``text_priced`` the audio tokens priced at text prices (no audio price)."""
     book = PriceBook(overrides_from_json(store.meta("pricing")))
     costs = StoreCosts(store, book)
     currency_of: dict[str, str | None] = {}
@@ -206,6 +217,12 @@ def _add_store(store: RunStore, group_by: str, row: Callable[[str, str | None], 
                 "list": price.list_name, "model": price.model, "as_of": price.as_of,
                 "source": price.source})
         audio = (a["audio_prompt_tokens"], a["audio_completion_tokens"])
+        if price is not None and (audio[0] or audio[1]):
+            tier = price.tier(a["prompt_tokens"] or 0)
+            for key, tokens, rate in (("audio_input", audio[0], tier.audio_input),
+                                      ("audio_output", audio[1], tier.audio_output)):
+                if tokens and rate is None:
+                    text_priced[a["model"], key] = text_priced.get((a["model"], key), 0) + tokens
         cost = costs.cost(a["run_id"], a["model"], a["prompt_tokens"],
                           a["completion_tokens"], a["reasoning_tokens"],
                           a["cached_tokens"], a["mode"], audio_in=audio[0], audio_out=audio[1])

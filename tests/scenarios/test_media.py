@@ -220,6 +220,7 @@ def test_speech_out_is_written_as_wav(tmp_path: Path, fake: FakeServer) -> None:
     assert row["cost"] == pytest.approx(want)
     assert "- audio: qwen3-omni-flash: 0 prompt tokens heard, 80 completion tokens said" in \
         (run_dir / "report.md").read_text()
+    assert not report["warnings"]
     for result in read_results(run_dir):
         assert result["audio"] == f"audio/{result['id']}.wav"
         rate, size, _ = read_wav(run_dir / result["audio"])
@@ -235,6 +236,23 @@ def test_speech_out_is_written_as_wav(tmp_path: Path, fake: FakeServer) -> None:
     assert fake.ledger.requests == sent
     lost, kept = read_results(run_dir)
     assert "audio" not in lost and kept["audio"] == "audio/s1.wav"
+
+
+def test_speech_priced_at_text_prices_is_said_so(tmp_path: Path, fake: FakeServer) -> None:
+    # a `pricing:` entry without audio prices prices speech as text, far below what
+    # speech costs: the report says which price is missing, and the tokens it covered
+    prices = {"qwen3-omni-flash": {"currency": "CNY", "input": 1.0, "output": 4.0}}
+    path = write_job(tmp_path / "job.yaml", fake, speech_prompts(2), pricing=prices)
+    assert run_cli("run", str(path), "-q").returncode == 0
+    run_dir = tmp_path / "out" / "t"
+    report = json.loads((run_dir / "report.json").read_text())
+    [row] = report["rows"]
+    assert row["cost"] == pytest.approx((row["prompt_tokens"] + row["completion_tokens"] * 4.0)
+                                        / 1e6)
+    [warning] = report["warnings"]
+    assert "no audio_output price for model 'qwen3-omni-flash': its 80 audio tokens said" \
+        in warning and "`audio_output`" in warning
+    assert f"warning: {warning}" in (run_dir / "report.md").read_text()
 
 
 def test_a_data_job_s_table_names_each_spoken_answer(tmp_path: Path, fake: FakeServer) -> None:
