@@ -186,8 +186,10 @@ def check(value: str, kind: str, base: Path, roots: tuple[Path, ...],
         raise MediaProblem(f"{path}: cannot read: {exc.strerror or exc}") from None
     mime = sniff(head)
     if mime not in KINDS[kind]:
-        shown = mime or "not a known image, video or audio format"
-        raise MediaProblem(f"{path} is {shown} by its bytes, not an {kind} file; a part "
+        shown = f"{mime} by its bytes" if mime else \
+            "of no known image, video or audio format by its bytes"
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise MediaProblem(f"{path} is {shown}, not {article} {kind} file; a part "
                            f"that takes {kind} needs one of: {', '.join(KINDS[kind])}")
     return Checked(path, mime, size, hasher.hexdigest() if digest else "")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batchgen.jobs.media import expand, refs, sniff
+from batchgen.jobs.media import MediaProblem, check, expand, refs, sniff
 from batchgen.testing.fakeserver import FakeServer
 from tests.helpers import read_results, run_cli, write_job
 
@@ -100,14 +100,16 @@ def test_a_folder_as_data_with_a_template(tmp_path: Path, fake: FakeServer) -> N
 
 
 @pytest.mark.parametrize(("setup", "url", "says"), [
-    (lambda d: (d / "x.png").write_text("just text"), "file://x.png", "not an image file"),
+    (lambda d: (d / "x.png").write_text("just text"), "file://x.png",
+     "x.png is of no known image, video or audio format by its bytes, not an image file"),
     (lambda d: None, "file://missing.png", "no such file"),
     (lambda d: None, "file:///etc/passwd", "outside the job file's folder"),
     (lambda d: os.symlink("/etc/hostname", d / "link.png"), "file://link.png",
      "outside the job file's folder"),
     (lambda d: (d / "big.png").write_bytes(PNG + b"\x00" * 3000), "file://big.png",
      "over run.max_media_bytes"),
-    (lambda d: (d / "a.wav").write_bytes(WAV), "file://a.wav", "not an image file"),
+    (lambda d: (d / "a.wav").write_bytes(WAV), "file://a.wav",
+     "a.wav is audio/wav by its bytes, not an image file"),
 ])
 def test_every_refusal_at_validation(tmp_path: Path, fake: FakeServer, setup: Any, url: str,
                                      says: str) -> None:
@@ -160,6 +162,16 @@ def test_audio_and_video_parts_and_what_the_fake_refuses() -> None:
     assert found == [("audio", "file://a.wav"), ("image", "file://f1.jpg"),
                      ("video", "file://v.mp4")]
     assert sniff(MP4) == "video/mp4" and sniff(WAV) == "audio/wav" and sniff(b"hello") is None
+
+
+def test_a_file_of_another_kind_is_named_by_what_it_is(tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(WAV)
+    with pytest.raises(MediaProblem, match=r"a\.wav is audio/wav by its bytes, not a video "
+                       r"file; a part that takes video needs one of: video/mp4"):
+        check("file://a.wav", "video", tmp_path, (), 10_000)
+    (tmp_path / "v.mp4").write_bytes(MP4)
+    with pytest.raises(MediaProblem, match=r"is video/mp4 by its bytes, not an audio file"):
+        check("file://v.mp4", "audio", tmp_path, (), 10_000)
 
 
 def test_expand_puts_audio_in_the_form_the_endpoint_takes(tmp_path: Path) -> None:
