@@ -306,6 +306,15 @@ class Runner:
         if store.meta("plan") != job.info.plan_digest:
             store.sync_requests(job.plan_rows())
             store.set_meta("plan", job.info.plan_digest)
+            left_out = store.answers_not_in_job()
+            if left_out:  # a job edited, or another job of the same name (a notebook's `job`)
+                note = (f"{left_out:,} answer{'s' if left_out != 1 else ''} in {job.run_dir} "
+                        f"{'are' if left_out != 1 else 'is'} for requests the job no longer "
+                        "has (removed, data rows edited, or another job of this name): kept "
+                        "in run.db and texts/, left out of results.jsonl"
+                        + (" and the table" if job.table is not None else ""))
+                log.warning("%s", note)
+                self.notes.append(note)
         if job.validation_key is not None:  # the next run of these inputs need not validate
             kept = validated.record(job.validation_key, job.info)
             if store.meta(validated.META_KEY) != kept:

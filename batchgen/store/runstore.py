@@ -338,6 +338,14 @@ class RunStore(AttemptWrites, StoreReads, CostedReads, EstimateReads):
         row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
         return int(row[0])
 
+    def answers_not_in_job(self) -> int:
+        """Answers bought for requests the job no longer has (kept, without a
+        position, by :meth:`sync_requests`)."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM requests WHERE position IS NULL AND state = 'done'"
+        ).fetchone()
+        return int(row[0])
+
     def count_todo(self) -> int:
         """Requests to send now (not done, and not waiting in a provider batch)."""
         row = self.db.execute(

@@ -94,6 +94,28 @@ def test_changed_prompt_runs_again_and_keeps_old_attempt(tmp_path: Path, fake: F
     assert db.execute("SELECT COUNT(*) FROM attempts WHERE request_id='a'").fetchone()[0] == 2
 
 
+def test_answers_the_job_no_longer_has_are_kept_and_said(tmp_path: Path,
+                                                          fake: FakeServer) -> None:
+    # a request removed from the job (or another job run under the same name, as two
+    # unnamed job dicts in one notebook) leaves results.jsonl; its answer stays, said
+    prompts = [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}]
+    job_file = write_job(tmp_path / "job.yaml", fake, prompts)
+    assert not run_job(load_job(job_file), opts()).notes
+    write_job(job_file, fake, prompts[1:])
+    summary = run_job(load_job(job_file), opts())
+    run_dir = tmp_path / "out" / "t"
+    assert [r["id"] for r in read_results(run_dir)] == ["b"]
+    assert (run_dir / "texts" / "a.md").is_file()
+    assert summary.notes == [f"1 answer in {run_dir} is for requests the job no longer has "
+                             "(removed, data rows edited, or another job of this name): kept "
+                             "in run.db and texts/, left out of results.jsonl"]
+    assert not run_job(load_job(job_file), opts()).notes  # said when the job changes
+    write_job(job_file, fake, prompts)  # back in the job: done, not bought again
+    sent = fake.ledger.requests
+    summary = run_job(load_job(job_file), opts())
+    assert (summary.skipped, summary.notes, fake.ledger.requests) == (2, [], sent)
+
+
 def test_identical_prompts_are_two_requests(tmp_path: Path, fake: FakeServer) -> None:
     job_file = write_job(tmp_path / "job.yaml", fake, [{"prompt": "same"}, {"prompt": "same"}])
     summary = run_job(load_job(job_file), opts())
