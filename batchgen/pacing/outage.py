@@ -199,7 +199,15 @@ class Outage:
 
 
 def _reason(err: AttemptError) -> str:
-    text = err.message.lower()
+    said = _cause(err.message.lower())
+    if err.message.startswith("the proxy "):  # the way to the endpoint is what is down
+        answered = err.message.partition(" answered ")[2].partition(" instead")[0]
+        return f"{err.message.split(' ')[2]} (the proxy): " + (
+            f"it answered {answered}" if answered else said)
+    return said
+
+
+def _cause(text: str) -> str:
     for needle, said in (("refused", "connection refused"), ("reset", "connection reset"),
                          ("name or service", "the host name does not resolve"),
                          ("nodename", "the host name does not resolve"),

@@ -161,6 +161,11 @@ def from_payload(
         if _QUOTA_GONE.search(message or ""):
             return RunFatalError(text, error_class="quota_exhausted", **fields)
         return TransientError(text, error_class="rate_limited", **fields)
+    if status == 407:  # only a proxy says this, and it says it to every request
+        return RunFatalError(
+            f"{text}: a proxy between batchgen and the endpoint wants credentials; put "
+            "them in the proxy variable's URL (http_proxy=http://user:password@host:port)",
+            error_class="proxy_auth", **fields)
     if status in (401, 403) or low & RUN_FATAL_CODES:
         label = "auth" if status == 401 or "invalid_api_key" in low else "access_denied"
         if "arrearage" in low:

@@ -21,7 +21,9 @@ keep-alive connections) and sends each attempt as one ``POST
   ``HTTP_PROXY`` for ``http``, ``all_proxy`` / ``ALL_PROXY`` for either, and
   ``no_proxy`` / ``NO_PROXY`` (the standard library's reading of them, as
   ``urllib`` does); credentials in the proxy's URL are sent to the proxy.
-  ``.netrc`` is not read;
+  ``.netrc`` is not read. A proxy that cannot be reached, or that will not
+  open the tunnel to an ``https`` endpoint, is named as the proxy in the error
+  (:func:`proxy_refused`);
 - TLS verified against the system's trust store (OpenSSL's default paths, or
   ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), with the host name checked.
 
@@ -49,7 +51,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from batchgen import __version__
-from batchgen.errors import UsageError
+from batchgen.errors import AttemptError, RunFatalError, TransientError, UsageError
 from batchgen.jsonfast import dumps
 from batchgen.wire.retry import Redact, from_payload
 
@@ -117,6 +119,7 @@ class Transport:
         self.redact = redact
         self.proxy = proxy_for(base_url)
         self.proxy_headers: dict[str, str] | None = None
+        self._proxy_address: tuple[str | None, int] | None = None  # (host, port)
         if self.proxy:
             proxy = urlsplit(self.proxy)
             if proxy.username is not None:
@@ -124,6 +127,9 @@ class Transport:
                 self.proxy_headers = {"Proxy-Authorization": "Basic " + base64.b64encode(
                     pair.encode("utf-8")).decode("ascii")}
                 self.proxy = proxy._replace(netloc=proxy.netloc.rpartition("@")[2]).geturl()
+            where = urlsplit(self.proxy)
+            self._proxy_address = (where.hostname, where.port or (
+                443 if where.scheme.lower() == "https" else 80))
         self.headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -148,9 +154,21 @@ class Transport:
     async def stream(self, body: dict[str, Any]) -> Response:
         """Send ``body`` (already the wire body); a 2xx answer's body is left to
         read, anything else is raised as what it says (an :class:`AttemptError`)."""
-        response = await self.session.post(
-            self.url, data=dumps(body), headers=self.headers, allow_redirects=False,
-            proxy=self.proxy, proxy_headers=self.proxy_headers)
+        try:
+            response = await self.session.post(
+                self.url, data=dumps(body), headers=self.headers, allow_redirects=False,
+                proxy=self.proxy, proxy_headers=self.proxy_headers)
+        except aiohttp.ClientConnectorError as exc:
+            if (exc.host, exc.port) != self._proxy_address:
+                raise
+            # the proxy itself (refused, its name not found): said so, or the
+            # endpoint would look down while the way to it is
+            raise TransientError(
+                self.redact(f"the proxy {self.proxy} cannot be reached: "
+                            f"{type(exc.os_error).__name__}: {exc.os_error}"),
+                error_class="connection") from exc
+        except aiohttp.ClientHttpProxyError as exc:  # the proxy answered CONNECT, not 200
+            raise proxy_refused(str(self.proxy), exc.status, exc.message) from exc
         if not 200 <= response.status < 300:
             raw = bytearray()
             try:
@@ -171,3 +189,21 @@ class Transport:
 
     async def close(self) -> None:
         await self.session.close()
+
+
+def proxy_refused(proxy: str, status: int, reason: str) -> AttemptError:
+    """A proxy that would not open the tunnel to an ``https`` endpoint: one that
+    wants credentials (407) or refuses the host (403) refuses every request
+    alike, so the run stops; anything else (a 502 when it cannot reach the
+    endpoint) is the way there being down."""
+    said = f"the proxy {proxy} answered HTTP {status} {reason}".rstrip()
+    if status == 407:
+        return RunFatalError(f"{said}: it wants credentials; put them in the proxy "
+                             "variable's URL (https_proxy=http://user:password@host:port)",
+                             error_class="proxy_auth")
+    if status in (401, 403):
+        return RunFatalError(f"{said}: it does not let batchgen through to the endpoint's "
+                             "host; ask its keeper, or add the host to no_proxy",
+                             error_class="access_denied")
+    return TransientError(f"{said} instead of connecting to the endpoint",
+                          error_class="connection")

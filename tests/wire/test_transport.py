@@ -22,10 +22,17 @@ from typing import Any
 import pytest
 
 from batchgen import __version__
-from batchgen.errors import RequestFatalError, TransientError, UsageError
+from batchgen.errors import (
+    AttemptError,
+    RequestFatalError,
+    RunFatalError,
+    TransientError,
+    UsageError,
+)
+from batchgen.pacing.outage import _reason as outage_reason
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.wire.transport import Transport, proxy_for, tls_context
-from tests.helpers import CANARY, ROOT, write_job
+from tests.helpers import CANARY, KEY_ENV, ROOT, run_cli, write_job
 
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY",
               "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -196,6 +203,83 @@ def test_a_proxy_from_the_environment_carries_the_request_and_its_credentials(
     assert line == "POST http://api.invalid/v1/chat/completions HTTP/1.1"  # via the proxy
     assert headers["proxy-authorization"] == "Basic dXNlcjpwQHNz"  # user:p@ss
     assert headers["authorization"] == f"Bearer {CANARY}"
+
+
+def test_a_proxy_that_cannot_be_reached_is_named_without_its_credentials(
+        no_proxies: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, url in (("http_proxy", "http://api.invalid/v1"),
+                          ("https_proxy", "https://api.invalid/v1")):
+        monkeypatch.setenv(variable, "http://user:s3cret@127.0.0.1:1")
+        with pytest.raises(TransientError) as info:
+            asyncio.run(through(url, {"model": "m"}))
+        err = info.value
+        assert err.error_class == "connection" and "s3cret" not in str(err)
+        assert err.message.startswith("the proxy http://127.0.0.1:1 cannot be reached: "
+                                      "ConnectionRefusedError")
+        # the outage line says it is the way to the endpoint that is down
+        assert outage_reason(err) == "http://127.0.0.1:1 (the proxy): connection refused"
+        monkeypatch.delenv(variable)
+
+
+@pytest.mark.parametrize(("status", "error", "error_class", "says"), [
+    ("407 Proxy Authentication Required", RunFatalError, "proxy_auth",
+     "it wants credentials; put them in the proxy variable's URL"),
+    ("403 Forbidden", RunFatalError, "access_denied", "add the host to no_proxy"),
+    ("502 Bad Gateway", TransientError, "connection", "instead of connecting to the endpoint"),
+])
+def test_a_proxy_that_will_not_open_the_tunnel(no_proxies: None, monkeypatch: pytest.MonkeyPatch,
+                                               status: str, error: type[Exception],
+                                               error_class: str, says: str) -> None:
+    """An https endpoint through a proxy: its CONNECT answered other than 200.
+    Credentials wanted or the host refused stop the run (every request would
+    get the same); a 502 is the endpoint out of reach, an outage."""
+    async def main() -> list[tuple[str, dict[str, str], bytes]]:
+        server, port, seen = await serve(lambda *_: answer(status, {}, b""))
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        async with server:
+            with pytest.raises(error) as info:
+                await through("https://api.invalid/v1", {"model": "m"})
+        err = info.value
+        assert isinstance(err, AttemptError) and err.error_class == error_class
+        assert err.message.startswith(f"the proxy http://127.0.0.1:{port} answered HTTP "
+                                      f"{status}") and says in err.message
+        return seen
+
+    (line, headers, _), = asyncio.run(main())
+    assert line == "CONNECT api.invalid:443 HTTP/1.1" and "authorization" not in headers
+
+
+def test_a_407_from_a_plain_http_proxy_stops_the_run(no_proxies: None) -> None:
+    with pytest.raises(RunFatalError) as info:
+        request_answered("407 Proxy Authentication Required", {}, b"")
+    assert info.value.error_class == "proxy_auth"
+    assert "a proxy between batchgen and the endpoint wants credentials" in info.value.message
+
+
+def test_a_run_behind_a_proxy_that_wants_credentials_stops_at_once(tmp_path: Path) -> None:
+    """From the command line: exit 4 after one attempt, the proxy named, not an
+    outage waited out for hours."""
+    import socketserver
+    import threading
+
+    class Deny(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            self.wfile.write(answer("407 Proxy Authentication Required", {}, b""))
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Deny) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        port = proxy.server_address[1]
+        job = write_job(tmp_path / "job.yaml", None, [{"id": "a", "prompt": "hi"}])
+        env = {name: "" for name in PROXY_VARS}
+        done = run_cli("run", str(job), "--allow-key-env", KEY_ENV, env={
+            **env, "https_proxy": f"http://127.0.0.1:{port}", KEY_ENV: CANARY}, timeout=60)
+        proxy.shutdown()
+    assert done.returncode == 4, done.stderr
+    assert f"the proxy http://127.0.0.1:{port} answered HTTP 407" in done.stderr
+    status = run_cli("status", str(tmp_path / "out" / "t")).stdout
+    assert "pending:   1" in status and "attempts:  1" in status
 
 
 def test_which_proxy_the_environment_names(no_proxies: None,
