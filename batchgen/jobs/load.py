@@ -254,9 +254,11 @@ def _load(file: Path, raw: str, ov: Overrides, for_run: bool, jsonl: bool) -> Jo
             problems += table_problems(file, job.table, seen, line_map, spec, schemas,
                                        speech, inputs=job.inputs, results=job.results_files)
         if not problems and total == 0:
-            data = ", ".join(str(s.file) for s in sources if s.rows is not None)
+            empty = [f"{s.file} has no rows" if s.rows.data.glob is None else
+                     f"data.glob {s.rows.data.glob!r} matches no file in "
+                     f"{s.rows.data.base.resolve()}" for s in sources if s.rows is not None]
             problems.append(Problem(str(file), None, None, "the job has no prompts" + (
-                f", and {data} has no rows" if data else "")))
+                f", and {'; '.join(empty)}" if empty else "")))
         if problems:
             raise JobFileError(problems)
     except BaseException:

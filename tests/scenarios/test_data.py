@@ -273,6 +273,16 @@ def test_every_error_names_its_row_and_nothing_is_written(
     assert fake.ledger.entries == []
 
 
+def test_a_glob_that_matches_no_file_says_so(tmp_path: Path, fake: FakeServer) -> None:
+    # was "the job has no prompts, and job.yaml has no rows": the job file named
+    # where the pattern was meant
+    job = data_job(tmp_path, fake.base_url, {"glob": "photos/**/*.png"})
+    proc = run_cli("validate", str(job))
+    assert proc.returncode == 2
+    assert (f"the job has no prompts, and data.glob 'photos/**/*.png' matches no file in "
+            f"{tmp_path.resolve()}") in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("doc_id,lang,text\n", "the job has no prompts, and {path} has no rows"),
     ("", "data: docs.csv: empty file: no rows to run"),
