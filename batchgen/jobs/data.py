@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from batchgen.errors import JobFileError, Problem
@@ -233,10 +233,16 @@ def _parquet(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], i
 
 def _glob(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:
     """One row per file the pattern matches, sorted by path: ``path`` (relative
-    to the job file's folder, as ``file://`` takes it), ``name`` and ``stem``."""
+    to the job file's folder, as ``file://`` takes it), ``name`` and ``stem``.
+
+    As a shell's ``*`` (and :func:`glob.glob`), a wildcard does not match a name
+    that begins with a dot: ``photos/**/*`` leaves out ``.DS_Store`` and what is
+    in ``.thumbs/``; a pattern that writes the dot (``photos/.thumbs/*``) gets them."""
     assert data.glob is not None  # noqa: S101 - chosen for a glob
     base = data.base.resolve()
-    found = sorted(p for p in base.glob(data.glob) if p.is_file())
+    dotted = any(part.startswith(".") for part in PurePosixPath(data.glob).parts)
+    found = sorted(p for p in base.glob(data.glob) if p.is_file() and (
+        dotted or not any(part.startswith(".") for part in p.relative_to(base).parts)))
     for number, path in enumerate(found, start=1):
         relative = path.relative_to(base).as_posix()
         yield {"path": relative, "name": path.name, "stem": path.stem}, number

@@ -99,6 +99,25 @@ def test_a_folder_as_data_with_a_template(tmp_path: Path, fake: FakeServer) -> N
     assert len(images_sent(fake)) == 3
 
 
+def test_a_folder_s_hidden_files_are_left_out_unless_the_pattern_names_them(
+        tmp_path: Path) -> None:
+    """As a shell's `*`: `photos/**/*` on a Mac's folder met `.DS_Store` (and
+    thumbnails in `.thumbs/`), and the job was refused as 'not an image'."""
+    from batchgen.jobs.data import DataFile, rows
+
+    for name in ("a.jpg", ".DS_Store", ".thumbs/a.jpg", "sub/b.jpg", "sub/.hidden.jpg"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / name).write_bytes(JPEG)
+
+    def paths(pattern: str) -> list[str]:
+        data = DataFile(path=None, glob=pattern, base=tmp_path)
+        return [row["path"] for row, _ in rows(data, lambda problem: None)]
+
+    assert paths("photos/**/*") == ["photos/a.jpg", "photos/sub/b.jpg"]
+    assert paths("photos/.thumbs/*") == ["photos/.thumbs/a.jpg"]
+    assert paths("photos/**/.*") == ["photos/.DS_Store", "photos/sub/.hidden.jpg"]
+
+
 @pytest.mark.parametrize(("setup", "url", "says"), [
     (lambda d: (d / "x.png").write_text("just text"), "file://x.png",
      "x.png is of no known image, video or audio format by its bytes, not an image file"),
