@@ -2,7 +2,9 @@
 
 Two ids clash when they are equal, or equal but for case: on macOS and
 Windows file systems ``texts/Foo.md`` and ``texts/foo.md`` are one file, so
-one answer would silently overwrite the other.
+one answer would silently overwrite the other. And ``x.reasoning`` clashes
+with ``x``: ``texts/x.reasoning.md`` is the answer of one and the reasoning
+of the other.
 
 Holding every id in a set costs ~100 bytes an id (100 MB at a million). This
 keeps an 8-byte digest of each case-folded id instead, in memory up to
@@ -30,9 +32,21 @@ CHUNK = 1 << 16  # digests held in memory at once (512 KB), and about a bucket's
 _SPILL = 1 << 13  # digests a bucket gathers before they are written out
 
 
+REASONING = ".reasoning"  # texts/<id>.reasoning.md holds an answer's reasoning
+
+
+def file_stem(request_id: str) -> str:
+    """What an id's files in texts/ are named by, as a case-blind file system
+    sees it: case-folded, without ``.reasoning`` at its end."""
+    folded = request_id.casefold()
+    while folded.endswith(REASONING):
+        folded = folded[:-len(REASONING)]
+    return folded
+
+
 def fold_key(request_id: str) -> int:
-    """A stable 64-bit digest of the case-folded id."""
-    digest = hashlib.blake2b(request_id.casefold().encode(), digest_size=8).digest()
+    """A stable 64-bit digest of the id's :func:`file_stem`."""
+    digest = hashlib.blake2b(file_stem(request_id).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -119,17 +133,21 @@ def clash_problems(requests: Iterable[Request], positions: set[int]) -> Iterator
     for req in requests:
         if req.position not in positions:
             continue
-        folded = req.id.casefold()
-        earlier = first.setdefault(folded, req)
+        earlier = first.setdefault(file_stem(req.id), req)
         if earlier is req:
             continue
         where = f"line {line_of_source(earlier.source)}" if earlier.source.rsplit(":", 1)[0] == \
             req.source.rsplit(":", 1)[0] else earlier.source
         if earlier.id == req.id:
             message = f"duplicate id {req.id!r} (first on {where}): ids must be unique in a job"
-        else:
+        elif earlier.id.casefold() == req.id.casefold():
             message = (f"id {req.id!r} differs from {earlier.id!r} ({where}) only in case: on "
                        "macOS and Windows both name the same file in texts/; rename one")
+        else:
+            shorter, longer = sorted((earlier.id, req.id), key=len)
+            message = (f"id {req.id!r} clashes with {earlier.id!r} ({where}): "
+                       f"texts/{longer}.md would be both the answer of {longer!r} and the "
+                       f"reasoning of {shorter!r} (texts/<id>.reasoning.md); rename one")
         yield Problem(req.source.rsplit(":", 1)[0], line_of_source(req.source), "id", message)
 
 

@@ -284,6 +284,25 @@ def test_ids_equal_but_for_case_are_refused_naming_both_lines(tmp_path: Path) ->
     assert "p.jsonl:4: id: id 'B' differs from 'b' (line 2)" in proc.stderr
 
 
+def test_an_id_whose_answer_file_is_another_answer_s_reasoning_is_refused(tmp_path: Path,
+                                                                          fake: FakeServer) -> None:
+    # texts/x.reasoning.md is the answer of 'x.reasoning' and the reasoning of 'x': the
+    # one written last replaced the other
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "prompt": "x"}) + "\n"
+                             for i in ("x.reasoning", "y", "X", "z.reasoning")))
+    proc = run_cli("validate", str(jsonl), "--model", "m")
+    assert proc.returncode == 2
+    assert ("p.jsonl:3: id: id 'X' clashes with 'x.reasoning' (line 1): texts/x.reasoning.md "
+            "would be both the answer of 'x.reasoning' and the reasoning of 'X'") in proc.stderr
+    assert "z.reasoning" not in proc.stderr  # alone, it clashes with nothing
+    job = write_job(tmp_path / "job.yaml", fake, [{"id": "y.reasoning", "prompt": "a"},
+                                                  {"id": "y", "prompt": "b"}])
+    proc = run_cli("run", str(job))
+    assert proc.returncode == 2 and "id 'y' clashes with 'y.reasoning'" in proc.stderr
+    assert fake.ledger.entries == []
+
+
 def test_a_job_file_may_not_pick_any_variable_as_its_key(tmp_path: Path, fake: FakeServer,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", CANARY)
