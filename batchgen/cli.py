@@ -199,12 +199,22 @@ def _print_plan(job: Job) -> None:
     if p.unknown_cost:
         unknown = ", ".join(sorted(p.unknown_cost))
         click.echo(f"  unknown cost:  {unknown} (no price; add `pricing:`)")
+    for note in _misspelt(job):
+        click.echo(f"  note:          {note}")
     if job.budget:
         click.echo(f"  budget:        {job.budget.max_cost:,.4f} {job.budget.currency}")
     for model, mode in job.info.schema_modes:
         click.echo(f"  schema:        {model}: {mode}")
     if job.table is not None:
         click.echo(f"  table:         {job.table.path} ({job.table.format})")
+
+
+def _misspelt(job: Job) -> list[str]:
+    from batchgen.cost.pricing import PriceBook, misspelt_notes
+
+    book = PriceBook(job.pricing)
+    e = job.endpoint
+    return misspelt_notes(book, book.list_for(e.base_url, e.region, e.local), job.info.models)
 
 
 def _print_summary(job: Job, summary: RunSummary) -> None:
@@ -252,7 +262,7 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
         raise
     env = job.endpoint.api_key_env
     notes = [n for n in (env and not os.environ.get(env) and f"{env} is not set; `batchgen "
-                         "run` needs it", key_note(job.endpoint)) if n]
+                         "run` needs it", key_note(job.endpoint)) if n] + _misspelt(job)
     if fmt == "json":
         click.echo(json.dumps({
             "file": file, "ok": True, "requests": job.info.requests,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -188,6 +189,41 @@ class PriceBook:
             if model.startswith(name + "-") and (best is None or len(name) > len(best)):
                 best = name
         return plist.models[best] if best else None
+
+
+    def misspelt(self, plist: PriceList | None, model: str) -> str | None:
+        """The listed model ``model`` is likely a misspelling of, when it has no
+        price: one typing slip away (a letter wrong, missing, added, or two
+        swapped: ``qwen-plsu`` for ``qwen-plus``), a mistake the first request's
+        "model not found" would otherwise tell. A newer model (``qwen3.5-plus``)
+        is further from every listed name than that."""
+        if plist is None or plist.free or len(model) < 6 or \
+                self.price(plist, model) is not None:
+            return None
+        return next((name for name in sorted(plist.models) if _one_slip(model, name)), None)
+
+
+def _one_slip(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one letter changed, removed, added, or two
+    neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    start = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                 min(len(a), len(b)))
+    a_rest, b_rest = a[start:], b[start:]
+    return (a_rest[1:] == b_rest[1:] or a_rest[1:] == b_rest or a_rest == b_rest[1:]
+            or (len(a_rest) > 1 and a_rest[:2] == b_rest[1::-1] and a_rest[2:] == b_rest[2:]))
+
+
+def misspelt_notes(book: PriceBook, plist: PriceList | None, models: Iterable[str]) -> list[str]:
+    """What ``validate`` and ``--dry-run`` say of models that look misspelt."""
+    notes = []
+    for model in models:
+        if (near := book.misspelt(plist, model)) is not None and plist is not None:
+            notes.append(f"model {model!r} is not in the {plist.name} price list: did you mean "
+                         f"{near!r}? (a model newer than the list needs its price in "
+                         "`pricing:`)")
+    return notes
 
 
 class StoreCosts:

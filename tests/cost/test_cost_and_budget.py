@@ -302,3 +302,38 @@ def test_dry_run_skips_only_what_is_done_as_the_job_says_it(
         out = CliRunner().invoke(main, ["run", str(job), "--dry-run"])
         assert out.exit_code == 0, out.output
         assert "to run:        3" in out.output and "to skip:       5" in out.output, lookup
+
+
+@pytest.mark.parametrize(("model", "near"), [
+    ("qwen-plsu", "qwen-plus"),  # two letters swapped
+    ("qwen-trubo", "qwen-turbo"),
+    ("qwen-pls", "qwen-plus"),  # one missing
+    ("qwen3-maxx", "qwen3-max"),  # one added
+    ("qwen-plus", None),  # listed
+    ("qwen-plus-2025-07-28", None),  # a snapshot of a listed model: priced as it
+    ("qwen3.5-plus", None),  # a model newer than the list, not a slip
+    ("deepseek-v3", None),
+])
+def test_a_model_one_typing_slip_from_a_listed_one_is_pointed_out(model: str,
+                                                                   near: str | None) -> None:
+    book = PriceBook()
+    plist = book.list_for("https://dashscope.aliyuncs.com/compatible-mode/v1")
+    assert book.misspelt(plist, model) == near
+    assert book.misspelt(book.list_for("http://127.0.0.1:8080/v1"), model) is None  # no list
+    assert book.misspelt(book.list_for("", local=True), model) is None  # free: any name
+
+
+def test_validate_and_the_dry_run_say_which_model_a_typo_meant(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"output_dir: {tmp_path / 'out'}\ndefaults: {{model: qwen-plsu}}\n"
+                   "prompts: [a, {prompt: b, model: qwen-plus}]\n")
+    said = ("model 'qwen-plsu' is not in the dashscope-cn price list: did you mean "
+            "'qwen-plus'? (a model newer than the list needs its price in `pricing:`)")
+    runner = CliRunner()
+    out = runner.invoke(main, ["validate", str(job)])
+    assert out.exit_code == 0 and f"  note: {said}\n" in out.output
+    out = runner.invoke(main, ["validate", str(job), "--format", "json"])
+    assert said in json.loads(out.output)["notes"]
+    out = runner.invoke(main, ["run", str(job), "--dry-run"], env={"DASHSCOPE_API_KEY": "x"})
+    assert out.exit_code == 0 and f"  note:          {said}\n" in out.output
+    assert out.output.count("did you mean") == 1
