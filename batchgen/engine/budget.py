@@ -173,6 +173,7 @@ class Plan:
     worst_case: dict[str, float] = field(default_factory=dict)
     unknown_cost: set[str] = field(default_factory=set)
     models: dict[str, int] = field(default_factory=dict)
+    changed: int = 0  # of to_run: answered before, in a version of the request since changed
 
 
 def plan(job: Job) -> Plan:
@@ -210,10 +211,16 @@ def _skipping_done(requests: Iterator[Request], store: RunStore | None,
     (counted into ``result.to_skip``), asked about ``LOOKUP`` at a time."""
     while chunk := list(itertools.islice(requests, LOOKUP)):
         done: set[tuple[str, str]] = set()
+        answered: dict[str, set[str]] = {}  # id -> the versions (fingerprints) answered
         if store is not None:
-            done = store.done_among([req.id for req in chunk])
+            ids = [req.id for req in chunk]
+            done = store.done_among(ids)
+            for request_id, fingerprint in store.answered_among(ids):
+                answered.setdefault(request_id, set()).add(fingerprint)
         for req in chunk:
             if (req.id, req.fingerprint) in done:
                 result.to_skip += 1
-            else:
-                yield req
+                continue
+            if answered.get(req.id, set()) - {req.fingerprint}:
+                result.changed += 1
+            yield req

@@ -306,6 +306,14 @@ class Runner:
         if store.meta("plan") != job.info.plan_digest:
             store.sync_requests(job.plan_rows())
             store.set_meta("plan", job.info.plan_digest)
+            again = store.answered_before()
+            if again:  # an edit bought everything again: said at once, Ctrl-C still helps
+                note = (f"{again:,} request{'s' if again != 1 else ''} answered before "
+                        f"{'are' if again != 1 else 'is'} bought again: "
+                        f"{'their' if again != 1 else 'its'} prompt, model or parameters "
+                        "changed since; `batchgen run --dry-run` says so before a run")
+                log.warning("%s", note)
+                self.notes.append(note)
             left_out = store.answers_not_in_job()
             if left_out:  # a job edited, or another job of the same name (a notebook's `job`)
                 note = (f"{left_out:,} answer{'s' if left_out != 1 else ''} in {job.run_dir} "

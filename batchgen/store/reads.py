@@ -223,6 +223,24 @@ class StoreReads(Reader):
         sql = f"SELECT id, fingerprint FROM requests WHERE state='done' AND id IN ({marks})"  # noqa: S608
         return {(r[0], r[1]) for r in self.db.execute(sql, ids)}
 
+    def answered_among(self, ids: list[str]) -> set[tuple[str, str]]:
+        """(id, fingerprint) of every version of ``ids`` that was answered (an
+        attempt done), the current one or an earlier (at most ~30,000 ids)."""
+        marks = ",".join("?" * len(ids))
+        sql = ("SELECT DISTINCT request_id, fingerprint FROM attempts "  # noqa: S608
+               f"WHERE status='done' AND request_id IN ({marks})")
+        return {(r[0], r[1]) for r in self.db.execute(sql, ids)}
+
+    def answered_before(self) -> int:
+        """Requests of the job to be answered again: an earlier version of
+        each (another prompt, model or parameters) has its answer."""
+        row = self.db.execute(  # from the answers: as many as were bought, not the job's size
+            "SELECT COUNT(DISTINCT a.request_id) FROM attempts a JOIN requests r "
+            "ON r.id = a.request_id WHERE a.status = 'done' AND a.fingerprint != r.fingerprint "
+            "AND r.position IS NOT NULL AND r.state != 'done'"
+        ).fetchone()
+        return int(row[0])
+
     # ------------------------------------------------------------ attempts
 
     def attempt_chain(self, request_id: str, fingerprint: str) -> list[tuple[Any, ...]]:

@@ -94,6 +94,31 @@ def test_changed_prompt_runs_again_and_keeps_old_attempt(tmp_path: Path, fake: F
     assert db.execute("SELECT COUNT(*) FROM attempts WHERE request_id='a'").fetchone()[0] == 2
 
 
+def test_answers_bought_again_after_an_edit_are_said_before_and_at_the_run(
+        tmp_path: Path, fake: FakeServer) -> None:
+    # raising defaults.max_tokens changes every request: all are bought again, and a
+    # dry run now says how many of those were answered before
+    prompts = [{"id": f"p{i}", "prompt": f"prompt {i}"} for i in range(3)]
+    job_file = write_job(tmp_path / "job.yaml", fake, prompts,
+                         defaults={"max_tokens": 100})
+    assert not run_job(load_job(job_file), opts()).notes
+    write_job(job_file, fake, prompts, defaults={"max_tokens": 200})
+    plan = run_cli("run", str(job_file), "--dry-run").stdout
+    assert ("to run:        3 (3 of them answered before, with a prompt, model or parameters "
+            "since changed: bought again)") in plan
+    summary = run_job(load_job(job_file), opts())
+    assert summary.done == 3 and summary.notes == [
+        "3 requests answered before are bought again: their prompt, model or parameters "
+        "changed since; `batchgen run --dry-run` says so before a run"]
+    plan = run_cli("run", str(job_file), "--dry-run").stdout
+    assert "to run:        0\n" in plan and "answered before" not in plan
+    assert not run_job(load_job(job_file), opts()).notes
+    # a new prompt is not 'answered before'
+    write_job(job_file, fake, [*prompts, {"id": "new", "prompt": "n"}],
+              defaults={"max_tokens": 200})
+    assert "to run:        1\n" in run_cli("run", str(job_file), "--dry-run").stdout
+
+
 def test_answers_the_job_no_longer_has_are_kept_and_said(tmp_path: Path,
                                                           fake: FakeServer) -> None:
     # a request removed from the job (or another job run under the same name, as two
