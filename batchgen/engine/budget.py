@@ -65,8 +65,12 @@ def check_budget(job: Job, book: PriceBook) -> Budget:
             raise UsageError(
                 f"a budget is set but model {model!r} has no price on this endpoint{where}; "
                 + how)
+        if plist is not None and plist.free and price.list_name == plist.name:
+            continue  # costs nothing, in any currency (the local endpoint)
         priced.setdefault(price.currency, model)
     if not budget.currency:
+        if not priced:  # every model free: the budget cannot be reached
+            return replace(budget, currency=plist.currency if plist is not None else "USD")
         if len(priced) == 1:
             return replace(budget, currency=next(iter(priced)))
         both = " and ".join(f"{c} ({m})" for c, m in priced.items())

@@ -337,3 +337,24 @@ def test_validate_and_the_dry_run_say_which_model_a_typo_meant(tmp_path: Path) -
     out = runner.invoke(main, ["run", str(job), "--dry-run"], env={"DASHSCOPE_API_KEY": "x"})
     assert out.exit_code == 0 and f"  note:          {said}\n" in out.output
     assert out.output.count("did you mean") == 1
+
+
+def test_a_budget_in_any_currency_holds_on_the_free_local_endpoint(tmp_path: Path) -> None:
+    # jobs/essays.yaml (a CNY budget) with --local was refused: "'qwen-plus' is
+    # priced in USD" — on the local endpoint it costs nothing, in any currency
+    job = tmp_path / "job.yaml"
+    job.write_text(f"output_dir: {tmp_path / 'out'}\ndefaults: {{model: qwen-plus}}\n"
+                   "budget: {max_cost: 20, currency: CNY}\nprompts: [a]\n")
+    out = CliRunner().invoke(main, ["run", str(job), "--local", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "budget:        20.0000 CNY" in out.output
+    bare = tmp_path / "bare.yaml"  # --max-cost alone: no currency to disagree with
+    bare.write_text(f"output_dir: {tmp_path / 'out'}\nprompts: [a]\n")
+    out = CliRunner().invoke(main, ["run", str(bare), "--local", "--dry-run", "--max-cost", "1"])
+    assert out.exit_code == 0 and "budget:        1.0000 USD" in out.output, out.output
+    # a price the job gives the local endpoint is a price: its currency must agree
+    job.write_text(job.read_text() + "pricing:\n  qwen-plus: {currency: USD, input: 1, "
+                   "output: 2}\n")
+    out = CliRunner().invoke(main, ["run", str(job), "--local", "--dry-run"])
+    assert out.exit_code == 2 and "the budget is in CNY but 'qwen-plus' is priced in USD" in \
+        out.output
