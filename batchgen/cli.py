@@ -189,8 +189,8 @@ def _print_plan(job: Job) -> None:
     click.echo(f"  endpoint:      {where}")
     if kept_back := key_note(job.endpoint):
         click.echo(f"  key:           not sent: {kept_back}")
-    again = (f" ({p.changed:,} of them answered before, with a prompt, model or parameters "
-             "since changed: bought again)") if p.changed else ""
+    again = (f" ({p.changed:,} of them answered before, with a prompt, model, parameters "
+             "or endpoint since changed: bought again)") if p.changed else ""
     click.echo(f"  to run:        {p.to_run}{again}")
     click.echo(f"  to skip:       {p.to_skip} (already done)")
     click.echo(f"  models:        {', '.join(f'{m} ×{n}' for m, n in p.models.items()) or '-'}")

@@ -310,8 +310,8 @@ class Runner:
             if again:  # an edit bought everything again: said at once, Ctrl-C still helps
                 note = (f"{again:,} request{'s' if again != 1 else ''} answered before "
                         f"{'are' if again != 1 else 'is'} bought again: "
-                        f"{'their' if again != 1 else 'its'} prompt, model or parameters "
-                        "changed since; `batchgen run --dry-run` says so before a run")
+                        f"{'their' if again != 1 else 'its'} prompt, model, parameters or "
+                        "endpoint changed since; `batchgen run --dry-run` says so before a run")
                 log.warning("%s", note)
                 self.notes.append(note)
             left_out = store.answers_not_in_job()

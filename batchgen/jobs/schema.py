@@ -199,7 +199,8 @@ def check_base_url(value: str) -> str:
         )
     if parts.query:
         raise ValueError("base_url may not carry a query string")
-    return value.rstrip("/")
+    # scheme and host written in capitals are the same endpoint: the same requests
+    return parts._replace(netloc=parts.netloc.lower()).geturl().rstrip("/")
 
 
 def plain_http_host(base_url: str) -> str | None:

@@ -109,6 +109,13 @@ def test_ids_are_stable_and_fingerprints_follow_the_request(tmp_path: Path) -> N
     moved = [r.fingerprint for r in load_job(
         path, Overrides(model="m", base_url="https://other.example/v1")).requests()]
     assert moved[0] != first[0][1]
+    # the same endpoint written with capitals or a final slash: the same requests (a
+    # job's answers are not bought again for it)
+    same = {next(load_job(path, Overrides(model="m", base_url=url)).requests()).fingerprint
+            for url in ("https://other.example/v1", "HTTPS://Other.Example/v1/")}
+    assert same == {moved[0]}
+    assert load_job(path, Overrides(model="m", base_url="HTTPS://Other.Example/v1/")
+                    ).endpoint.base_url == "https://other.example/v1"
 
 
 def test_batch_api_lines_keep_provider_keys(tmp_path: Path) -> None:

@@ -104,12 +104,12 @@ def test_answers_bought_again_after_an_edit_are_said_before_and_at_the_run(
     assert not run_job(load_job(job_file), opts()).notes
     write_job(job_file, fake, prompts, defaults={"max_tokens": 200})
     plan = run_cli("run", str(job_file), "--dry-run").stdout
-    assert ("to run:        3 (3 of them answered before, with a prompt, model or parameters "
-            "since changed: bought again)") in plan
+    assert ("to run:        3 (3 of them answered before, with a prompt, model, parameters "
+            "or endpoint since changed: bought again)") in plan
     summary = run_job(load_job(job_file), opts())
     assert summary.done == 3 and summary.notes == [
-        "3 requests answered before are bought again: their prompt, model or parameters "
-        "changed since; `batchgen run --dry-run` says so before a run"]
+        "3 requests answered before are bought again: their prompt, model, parameters or "
+        "endpoint changed since; `batchgen run --dry-run` says so before a run"]
     plan = run_cli("run", str(job_file), "--dry-run").stdout
     assert "to run:        0\n" in plan and "answered before" not in plan
     assert not run_job(load_job(job_file), opts()).notes
