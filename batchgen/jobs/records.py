@@ -53,12 +53,16 @@ class TableSettings:
     flatten: bool = False  # a column per top-level property of a JSON answer
     merge_path: str | None = None  # a shard's: where `batchgen merge` writes the whole table
     bom: bool = False  # the data file began with a UTF-8 BOM (Excel's): a CSV/TSV table does
+    # Parquet data: its Arrow schema (IPC bytes, base64), so a Parquet table gives the
+    # kept columns their types back (dates, decimals, lists, structs), where values fit
+    arrow_schema: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({"format": self.format, "path": self.path, "prefix": self.prefix,
                            "columns": list(self.columns) if self.columns is not None else None,
                            "flatten": self.flatten, "merge_path": self.merge_path,
-                           "bom": self.bom})
+                           "bom": self.bom,
+                           **({"arrow_schema": self.arrow_schema} if self.arrow_schema else {})})
 
 
 @dataclass(frozen=True)

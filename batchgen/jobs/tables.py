@@ -5,6 +5,7 @@ another format or is one of the job's own files)."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -37,7 +38,22 @@ def table_settings(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_d
     return TableSettings(format=fmt, path=path, prefix=out.prefix,
                          columns=tuple(out.columns) if out.columns is not None else None,
                          flatten=out.flatten, merge_path=merge_path,
-                         bom=data.path is not None and _has_bom(data.path))
+                         bom=data.path is not None and _has_bom(data.path),
+                         arrow_schema=_arrow_schema(data.path) if data.format == "parquet"
+                         and data.path is not None else None)
+
+
+def _arrow_schema(path: Path) -> str | None:
+    """A Parquet data file's Arrow schema (its footer only is read), without
+    its metadata (pandas' index notes), as base64 IPC bytes; None if unreadable
+    (reading the rows says why)."""
+    try:
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path).remove_metadata()
+    except (ImportError, OSError, ValueError):  # pyarrow's errors derive from these
+        return None
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
 
 
 def _has_bom(path: Path) -> bool:

@@ -14,8 +14,11 @@ writing it twice from the same store gives the same bytes.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
+import datetime
+import decimal
 import heapq
 import io
 import json
@@ -82,7 +85,8 @@ def settings_of(store: RunStore) -> TableSettings | None:
                          prefix=value.get("prefix", ""),
                          columns=tuple(columns) if columns is not None else None,
                          flatten=bool(value.get("flatten")),
-                         merge_path=value.get("merge_path"), bom=bool(value.get("bom")))
+                         merge_path=value.get("merge_path"), bom=bool(value.get("bom")),
+                         arrow_schema=value.get("arrow_schema"))
 
 
 def shape_of(stores: RunStore | Sequence[RunStore], settings: TableSettings | None) -> Shape:
@@ -232,7 +236,7 @@ def _write(stores: Sequence[RunStore], shape: Shape, body: Iterable[dict[str, An
     target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         with replacing(target) as tmp:
-            _write_parquet(tmp, shape, body, _input_types(stores, shape))
+            _write_parquet(tmp, shape, body, stores, settings)
     else:
         write_atomic(target, (jsonl(r) for r in body) if fmt == "jsonl"
                      else _delimited(shape, body, "\t" if fmt == "tsv" else ",",
@@ -311,16 +315,19 @@ GENERATED_TYPES = {"prompt_tokens": "int64", "completion_tokens": "int64", "cost
 
 
 def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
-                   types: dict[str, str]) -> None:
+                   stores: Sequence[RunStore], settings: TableSettings | None) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError("writing Parquet needs pyarrow: pip install 'batchgen[parquet]', or "
                          "choose output.format csv, tsv or jsonl") from None
+    types = _input_types(stores, shape)
+    original = _original_types(stores, shape, settings)
     arrow = {"string": pa.string(), "json": pa.string(), "int64": pa.int64(),
              "float64": pa.float64(), "bool": pa.bool_()}  # json: JSON text
-    fields = [pa.field(c, arrow[types[c]]) for c in shape.inputs]
+    fields = [pa.field(c, original[c] if c in original else arrow[types[c]])
+              for c in shape.inputs]
     fields += [pa.field(shape.prefix + c, arrow[GENERATED_TYPES.get(c, "string")])
                for c in (*GENERATED_COLUMNS, *[SEGMENTS] * shape.segments,
                          *SPEECH * shape.speech)]
@@ -328,7 +335,7 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
     flat = dict(zip((shape.prefix + c for c in shape.flat), shape.flat_types, strict=True))
     fields += [pa.field(c, arrow[t]) for c, t in flat.items()]
     schema = pa.schema(fields)
-    as_json = [c for c in shape.inputs if types[c] == "json"] + \
+    as_json = [c for c in shape.inputs if types[c] == "json" and c not in original] + \
         [shape.prefix + "json"] * shape.json + [c for c, t in flat.items() if t == "json"]
     typed = {c: t for c, t in flat.items() if t != "json"}
     with pq.ParquetWriter(str(target), schema) as writer:
@@ -339,12 +346,81 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
                     row[c] = json.dumps(row[c], ensure_ascii=False)
             for c, t in typed.items():
                 row[c] = _typed(row[c], t)
+            for c, kind in original.items():
+                row[c] = _revive(row[c], kind)
             batch.append(row)
             if len(batch) >= PARQUET_ROWS:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 batch.clear()
         if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+
+
+def _original_types(stores: Sequence[RunStore], shape: Shape,
+                    settings: TableSettings | None) -> dict[str, Any]:
+    """Per kept input column of Parquet data, its type in the data file (an
+    Arrow type), where every value, as the store keeps it, fits it again:
+    dates, times and decimals from their text, lists and structs as they are.
+    A column whose values do not (bytes, durations, a map) keeps the type
+    :func:`_input_types` gives it."""
+    if settings is None or not settings.arrow_schema or not shape.inputs:
+        return {}
+    import pyarrow as pa
+
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(settings.arrow_schema)))
+    kinds = {c: schema.field(c).type for c in shape.inputs if schema.get_field_index(c) >= 0
+             and not _as_it_is(schema.field(c).type)}
+    chunks: dict[str, list[Any]] = {c: [] for c in kinds}
+
+    def fits(column: str) -> bool:
+        try:
+            pa.array(chunks[column], type=kinds[column])
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            return False
+        finally:
+            chunks[column].clear()
+        return True
+
+    for raw in (raw for store in stores for raw in store.data_rows()):
+        data = json.loads(raw)
+        for c in list(kinds):
+            chunks[c].append(_revive(data.get(c), kinds[c]))
+            if len(chunks[c]) >= PARQUET_ROWS and not fits(c):
+                del kinds[c]
+    return {c: t for c, t in kinds.items() if fits(c)}
+
+
+def _as_it_is(kind: Any) -> bool:
+    """Types the store's values already have (string, int, float, bool, null),
+    and those it cannot give back (bytes kept as text, durations as text)."""
+    import pyarrow.types as pat
+
+    return bool(pat.is_string(kind) or pat.is_large_string(kind) or pat.is_int64(kind)
+                or pat.is_float64(kind) or pat.is_boolean(kind) or pat.is_null(kind)
+                or pat.is_binary(kind) or pat.is_large_binary(kind)
+                or pat.is_fixed_size_binary(kind) or pat.is_duration(kind)
+                or pat.is_map(kind))
+
+
+def _revive(value: Any, kind: Any) -> Any:
+    """A stored value (JSON's) as a value of its column's Arrow type: text back
+    to a date, a time, a timestamp or a decimal; the rest as it is."""
+    if not isinstance(value, str):
+        return value
+    import pyarrow.types as pat
+
+    try:
+        if pat.is_date(kind):
+            return datetime.date.fromisoformat(value)
+        if pat.is_timestamp(kind):
+            return datetime.datetime.fromisoformat(value)
+        if pat.is_time(kind):
+            return datetime.time.fromisoformat(value)
+        if pat.is_decimal(kind):
+            return decimal.Decimal(value)
+    except (ValueError, decimal.InvalidOperation):
+        return value  # and the column, not fitting, keeps its text
+    return value
 
 
 def _typed(value: Any, kind: str) -> Any:

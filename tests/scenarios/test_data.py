@@ -701,6 +701,54 @@ def test_no_table_is_written_over_the_jobs_own_files(tmp_path: Path, fake: FakeS
         "table and the results would overwrite each other" in proc.stderr
 
 
+def test_parquet_data_gives_a_parquet_table_its_column_types_back(tmp_path: Path,
+                                                                  fake: FakeServer) -> None:
+    """The kept columns of Parquet data were all text or JSON text in a Parquet
+    table (dates, decimals, lists, structs, int32): a data engineer's types come
+    back, where the values fit them; bytes and durations stay text."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    columns = {
+        "doc_id": pa.array(["d1", "d2", "d3"]),
+        "lang": pa.array(["French", "German", "Spanish"]).dictionary_encode(),
+        "text": pa.array(["a", "b", "c"]),
+        "day": pa.array([datetime.date(2024, 1, 2), None, datetime.date(1999, 12, 31)]),
+        "price": pa.array([decimal.Decimal("1.50"), decimal.Decimal("2"), None],
+                          pa.decimal128(6, 2)),
+        "tags": pa.array([["x", "y"], [], None]),
+        "meta": pa.array([{"k": 1, "s": "a"}, {"k": 2, "s": None}, None]),
+        "n": pa.array([1, 2, 3], pa.int32()),
+        "at": pa.array([when] * 3, pa.timestamp("us", tz="UTC")),
+        "raw": pa.array([b"ab", None, b"cd"]),
+        "wait": pa.array([datetime.timedelta(days=1)] * 3),
+    }
+    pq.write_table(pa.table(columns), tmp_path / "docs.parquet")
+    job = data_job(tmp_path, fake.base_url, {"path": "docs.parquet", "id": "doc_id"},
+                   template={"prompt": "[[len=3]] {{ text }}"})
+    assert run_cli("run", str(job), "-q").returncode == 0
+    run_dir = tmp_path / "out" / "translate"
+    table = pq.read_table(run_dir / "table.parquet")
+    kept = pa.table(columns).schema
+    for name in ("doc_id", "lang", "text", "day", "price", "tags", "meta", "n", "at"):
+        assert table.schema.field(name).type == kept.field(name).type, name
+    assert table.schema.field("raw").type == table.schema.field("wait").type == pa.string()
+    got = table.select(["day", "price", "tags", "meta", "n", "at"]).to_pylist()
+    assert got == pa.table(columns).select(["day", "price", "tags", "meta", "n", "at"]
+                                           ).to_pylist()
+    assert table.column("id").to_pylist() == ["d1", "d2", "d3"]
+    # export writes the same; a CSV table of the same data has the values as text
+    assert run_cli("export", str(run_dir), "-o", str(tmp_path / "again.parquet")
+                   ).returncode == 0
+    assert pq.read_table(tmp_path / "again.parquet").equals(table)
+    assert run_cli("export", str(run_dir), "-o", str(tmp_path / "t.csv")).returncode == 0
+    assert read_table(tmp_path / "t.csv")[0]["day"] == "2024-01-02"
+
+
 def test_a_parquet_table_without_pyarrow_is_refused_before_anything_is_bought(
         tmp_path: Path, fake: FakeServer) -> None:
     """Without pyarrow, ``output.format: parquet`` passed validation, every answer
