@@ -276,10 +276,27 @@ def _delimited(shape: Shape, body: Iterable[dict[str, Any]], delimiter: str,
     yield buf.getvalue().encode("utf-8")
 
 
-def _input_types(stores: Sequence[RunStore], shape: Shape) -> dict[str, str]:
+def _input_types(stores: Sequence[RunStore], shape: Shape, settings: TableSettings | None
+                 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Per kept input column, the one Parquet type its values share: string,
-    int64, float64 or bool; a column of mixed or nested values is JSON text."""
+    int64, float64 or bool; a column of mixed or nested values is JSON text.
+    And, for Parquet data, the columns whose values fit their type in the data
+    file again (:func:`_original_kinds`): Arrow types. One pass over the rows."""
     kinds: dict[str, set[str]] = {c: set() for c in shape.inputs}
+    original = _original_kinds(shape, settings)
+    chunks: dict[str, list[Any]] = {c: [] for c in original}
+
+    def fits(column: str) -> bool:
+        import pyarrow as pa
+
+        try:
+            pa.array(chunks[column], type=original[column])
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            return False
+        finally:
+            chunks[column].clear()
+        return True
+
     if shape.inputs:
         for raw in (raw for store in stores for raw in store.data_rows()):
             data = json.loads(raw)
@@ -287,6 +304,10 @@ def _input_types(stores: Sequence[RunStore], shape: Shape) -> dict[str, str]:
                 value = data.get(c)
                 if value is not None:
                     kinds[c].add(_kind(value))
+            for c in list(original):
+                chunks[c].append(_revive(data.get(c), original[c]))
+                if len(chunks[c]) >= PARQUET_ROWS and not fits(c):
+                    del original[c]
     out = {}
     for column, seen in kinds.items():
         if seen <= {"int64", "float64"} and "float64" in seen:
@@ -295,7 +316,7 @@ def _input_types(stores: Sequence[RunStore], shape: Shape) -> dict[str, str]:
             out[column] = seen.pop()
         else:
             out[column] = "string" if not seen else "json"
-    return out
+    return out, {c: t for c, t in original.items() if fits(c)}
 
 
 def _kind(value: Any) -> str:
@@ -322,8 +343,7 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
     except ImportError:
         raise UsageError("writing Parquet needs pyarrow: pip install 'batchgen[parquet]', or "
                          "choose output.format csv, tsv or jsonl") from None
-    types = _input_types(stores, shape)
-    original = _original_types(stores, shape, settings)
+    types, original = _input_types(stores, shape, settings)
     arrow = {"string": pa.string(), "json": pa.string(), "int64": pa.int64(),
              "float64": pa.float64(), "bool": pa.bool_()}  # json: JSON text
     fields = [pa.field(c, original[c] if c in original else arrow[types[c]])
@@ -356,38 +376,18 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
 
 
-def _original_types(stores: Sequence[RunStore], shape: Shape,
-                    settings: TableSettings | None) -> dict[str, Any]:
+def _original_kinds(shape: Shape, settings: TableSettings | None) -> dict[str, Any]:
     """Per kept input column of Parquet data, its type in the data file (an
-    Arrow type), where every value, as the store keeps it, fits it again:
-    dates, times and decimals from their text, lists and structs as they are.
-    A column whose values do not (bytes, durations, a map) keeps the type
-    :func:`_input_types` gives it."""
+    Arrow type), to give it back where every value, as the store keeps it,
+    fits: dates, times and decimals from their text, lists and structs as
+    they are. Columns of the types :func:`_as_it_is` names are left out."""
     if settings is None or not settings.arrow_schema or not shape.inputs:
         return {}
     import pyarrow as pa
 
     schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(settings.arrow_schema)))
-    kinds = {c: schema.field(c).type for c in shape.inputs if schema.get_field_index(c) >= 0
-             and not _as_it_is(schema.field(c).type)}
-    chunks: dict[str, list[Any]] = {c: [] for c in kinds}
-
-    def fits(column: str) -> bool:
-        try:
-            pa.array(chunks[column], type=kinds[column])
-        except (pa.ArrowException, ValueError, TypeError, OverflowError):
-            return False
-        finally:
-            chunks[column].clear()
-        return True
-
-    for raw in (raw for store in stores for raw in store.data_rows()):
-        data = json.loads(raw)
-        for c in list(kinds):
-            chunks[c].append(_revive(data.get(c), kinds[c]))
-            if len(chunks[c]) >= PARQUET_ROWS and not fits(c):
-                del kinds[c]
-    return {c: t for c, t in kinds.items() if fits(c)}
+    return {c: schema.field(c).type for c in shape.inputs if schema.get_field_index(c) >= 0
+            and not _as_it_is(schema.field(c).type)}
 
 
 def _as_it_is(kind: Any) -> bool:
