@@ -190,7 +190,6 @@ class PriceBook:
                 best = name
         return plist.models[best] if best else None
 
-
     def misspelt(self, plist: PriceList | None, model: str) -> str | None:
         """The listed model ``model`` is likely a misspelling of, when it has no
         price: one typing slip away (a letter wrong, missing, added, or two

@@ -175,9 +175,8 @@ class Runner:
             keyless_ok=self.job.endpoint.base_url.lower().startswith("http:"))
         self.job = check_job(self.job, self.book)
         if self.job.endpoint.key_withheld:
-            kept_back = withheld_note(*self.job.endpoint.key_withheld, self.job.endpoint.base_url)
-            log.warning("%s", kept_back)
-            self.notes.append(kept_back)
+            self._note(withheld_note(*self.job.endpoint.key_withheld,
+                                     self.job.endpoint.base_url))
         if not self.job.endpoint.local:  # a proxy batchgen cannot speak: said before anything
             from batchgen.wire.transport import proxy_for
 
@@ -186,9 +185,13 @@ class Runner:
         if self.job.run.via != "batch":  # streams: each holds an open file
             fits, note = fit_concurrency(self.job.run.concurrency)
             if note is not None:
-                log.warning("%s", note)
-                self.notes.append(note)
+                self._note(note)
                 self.job = replace(self.job, run=replace(self.job.run, concurrency=fits))
+
+    def _note(self, note: str) -> None:
+        """Said now (a warning: stderr), and again beside the run's summary."""
+        log.warning("%s", note)
+        self.notes.append(note)
 
     async def _shared_gate(self) -> SharedGate | None:
         job = self.job
@@ -306,23 +309,18 @@ class Runner:
         if store.meta("plan") != job.info.plan_digest:
             store.sync_requests(job.plan_rows())
             store.set_meta("plan", job.info.plan_digest)
-            again = store.answered_before()
-            if again:  # an edit bought everything again: said at once, Ctrl-C still helps
-                note = (f"{again:,} request{'s' if again != 1 else ''} answered before "
-                        f"{'are' if again != 1 else 'is'} bought again: "
-                        f"{'their' if again != 1 else 'its'} prompt, model, parameters or "
-                        "endpoint changed since; `batchgen run --dry-run` says so before a run")
-                log.warning("%s", note)
-                self.notes.append(note)
-            left_out = store.answers_not_in_job()
-            if left_out:  # a job edited, or another job of the same name (a notebook's `job`)
-                note = (f"{left_out:,} answer{'s' if left_out != 1 else ''} in {job.run_dir} "
-                        f"{'are' if left_out != 1 else 'is'} for requests the job no longer "
-                        "has (removed, data rows edited, or another job of this name): kept "
-                        "in run.db and texts/, left out of results.jsonl"
-                        + (" and the table" if job.table is not None else ""))
-                log.warning("%s", note)
-                self.notes.append(note)
+            if again := store.answered_before():  # an edit bought everything again
+                self._note(f"{again:,} request{'s' if again != 1 else ''} answered before "
+                           f"{'are' if again != 1 else 'is'} bought again: "
+                           f"{'their' if again != 1 else 'its'} prompt, model, parameters or "
+                           "endpoint changed since; `batchgen run --dry-run` says so before "
+                           "a run")
+            if left_out := store.answers_not_in_job():  # or another job of this name
+                self._note(f"{left_out:,} answer{'s' if left_out != 1 else ''} in "
+                           f"{job.run_dir} {'are' if left_out != 1 else 'is'} for requests "
+                           "the job no longer has (removed, data rows edited, or another job "
+                           "of this name): kept in run.db and texts/, left out of "
+                           "results.jsonl" + (" and the table" if job.table is not None else ""))
         if job.validation_key is not None:  # the next run of these inputs need not validate
             kept = validated.record(job.validation_key, job.info)
             if store.meta(validated.META_KEY) != kept:
