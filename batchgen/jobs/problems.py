@@ -65,6 +65,9 @@ def _unknown_key_hint(key: str, model: type[Spec] | None) -> str:
         return f"{key!r} is a provider parameter: put it under `extra_body:`"
     if key in ("api_key", "key", "apikey"):
         return USE_ENV
+    if key in ("stream", "stream_options"):
+        return (f"{key!r} is batchgen's to set: every request is streamed, with its usage "
+                "(stream: true, stream_options.include_usage); leave it out")
     known = sorted(model.keys()) if model is not None else []
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
     hint = f"unknown key {key!r}"

@@ -148,6 +148,13 @@ class PromptSpec(Params, Answer):
             )
         if self.prompt is not None and self.messages is not None:
             raise ValueError("give either `prompt:` or `messages:`, not both")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("the prompt is empty: write its text, or leave this prompt out")
+        for i, message in enumerate(self.messages or ()):
+            if message.role in ("user", "system") and isinstance(message.content, str) \
+                    and not message.content.strip():
+                raise ValueError(f"messages[{i}]: the {message.role} message is empty: write "
+                                 "its text, or leave the message out")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -522,3 +522,27 @@ def test_a_file_name_that_cannot_name_the_run_gets_a_name_to_use(tmp_path: Path)
     with pytest.raises(UsageError, match=r"cannot name a directory .*; pass --name x-y$"):
         load_job(tmp_path / "x y.jsonl", Overrides(model="m"))
     assert load_job(tmp_path / "essay job.yaml", Overrides(name="essay-job")).name == "essay-job"
+
+
+def test_an_empty_prompt_and_the_stream_keys_are_refused_naming_their_lines(
+        tmp_path: Path) -> None:
+    # an empty prompt was sent (a script's JSONL with a missing field), to fail at the
+    # provider one request at a time; `stream: false` was told "did you mean 'store'?"
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in (
+        {"id": "a", "prompt": ""}, {"id": "b", "prompt": " \n"},
+        {"id": "c", "messages": [{"role": "user", "content": ""}]},
+        {"id": "d", "prompt": "x", "stream": False},
+        {"id": "e", "prompt": "x", "stream_options": {"include_usage": False}},
+        {"id": "ok", "messages": [{"role": "assistant", "content": ""},
+                                  {"role": "user", "content": "go on"}]})))
+    with pytest.raises(JobFileError) as info:
+        load_job(path, Overrides(model="m"))
+    said = {(p.line, p.message) for p in info.value.problems}
+    empty = "the prompt is empty: write its text, or leave this prompt out"
+    streamed = ("is batchgen's to set: every request is streamed, with its usage (stream: "
+                "true, stream_options.include_usage); leave it out")
+    assert said == {(1, empty), (2, empty),
+                    (3, "messages[0]: the user message is empty: write its text, or leave the "
+                        "message out"),
+                    (4, f"'stream' {streamed}"), (5, f"'stream_options' {streamed}")}
