@@ -57,6 +57,8 @@ def _errors(func: F) -> F:
             raise Failure(f"{head}\n{exc}", exc.exit_code) from None
         except BatchgenError as exc:
             raise Failure(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:  # click would say "Aborted!" and exit 1, as for a failure
+            raise Failure("interrupted", ExitCode.INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -159,7 +161,11 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
     from batchgen.engine.progress import make_progress
     from batchgen.engine.runner import RunOptions, check_job, run_job
 
-    job = _load(file, kwargs, for_run=not dry_run)
+    try:
+        job = _load(file, kwargs, for_run=not dry_run)
+    except KeyboardInterrupt:  # reading a big job file: its run directory is not touched
+        raise Failure("interrupted while reading the job; nothing was run or written",
+                      ExitCode.INTERRUPTED) from None
     if dry_run:
         from batchgen.cost.pricing import PriceBook
 

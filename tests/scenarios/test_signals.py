@@ -105,6 +105,25 @@ def test_second_ctrl_c_exits_at_once(tmp_path: Path, fake_process: FakeProcess) 
     assert len(read_results(tmp_path / "out" / "t")) == 12
 
 
+def test_ctrl_c_while_a_big_job_is_read_exits_130_and_writes_nothing(tmp_path: Path) -> None:
+    """Reading and checking a million prompts takes seconds: a Ctrl-C then got
+    click's "Aborted!" and exit 1, which a cron wrapper reads as failed requests."""
+    job = tmp_path / "big.jsonl"
+    with job.open("w", encoding="utf-8") as fh:
+        for i in range(1_000_000):
+            fh.write(f'{{"id": "p{i}", "prompt": "prompt number {i}"}}\n')
+    proc = start(job, "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--out",
+                 str(tmp_path / "out"))
+    time.sleep(1.0)  # started, and reading (~10 s here)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip() == ("batchgen: interrupted while reading the job; nothing was run or "
+                           "written")
+    assert not (tmp_path / "out").exists()
+
+
 def test_kill_9_during_retry_backoff_resumes(tmp_path: Path) -> None:
     """Faults make requests sleep in back-off; kill -9 lands at random moments.
     Two servers (one per run) replay the same faults, so the texts must match."""
