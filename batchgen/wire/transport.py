@@ -53,6 +53,7 @@ import aiohttp
 from batchgen import __version__
 from batchgen.errors import AttemptError, RunFatalError, TransientError, UsageError
 from batchgen.jsonfast import dumps
+from batchgen.secrets import printable
 from batchgen.wire.retry import Redact, from_payload
 
 ERROR_BODY_CAP = 1 << 20  # bytes of an error answer read to say what went wrong
@@ -168,7 +169,8 @@ class Transport:
                             f"{type(exc.os_error).__name__}: {exc.os_error}"),
                 error_class="connection") from exc
         except aiohttp.ClientHttpProxyError as exc:  # the proxy answered CONNECT, not 200
-            raise proxy_refused(str(self.proxy), exc.status, exc.message) from exc
+            raise proxy_refused(str(self.proxy), exc.status,  # its words: one clean line
+                                self.redact(printable(exc.message))) from exc
         if not 200 <= response.status < 300:
             raw = bytearray()
             try:

@@ -226,6 +226,8 @@ def test_a_proxy_that_cannot_be_reached_is_named_without_its_credentials(
      "it wants credentials; put them in the proxy variable's URL"),
     ("403 Forbidden", RunFatalError, "access_denied", "add the host to no_proxy"),
     ("502 Bad Gateway", TransientError, "connection", "instead of connecting to the endpoint"),
+    # a reason phrase with a terminal escape and a key in it: one clean line, no key
+    (f"502 Bad \x1b[2J{CANARY}", TransientError, "connection", "HTTP 502 Bad \\x1b[2J***"),
 ])
 def test_a_proxy_that_will_not_open_the_tunnel(no_proxies: None, monkeypatch: pytest.MonkeyPatch,
                                                status: str, error: type[Exception],
@@ -242,7 +244,8 @@ def test_a_proxy_that_will_not_open_the_tunnel(no_proxies: None, monkeypatch: py
         err = info.value
         assert isinstance(err, AttemptError) and err.error_class == error_class
         assert err.message.startswith(f"the proxy http://127.0.0.1:{port} answered HTTP "
-                                      f"{status}") and says in err.message
+                                      f"{status[:3]}") and says in err.message
+        assert CANARY not in str(err) and "\x1b" not in str(err)
         return seen
 
     (line, headers, _), = asyncio.run(main())
