@@ -20,7 +20,8 @@ keep-alive connections) and sends each attempt as one ``POST
   ``https_proxy`` / ``HTTPS_PROXY`` for an ``https`` URL, ``http_proxy`` /
   ``HTTP_PROXY`` for ``http``, ``all_proxy`` / ``ALL_PROXY`` for either, and
   ``no_proxy`` / ``NO_PROXY`` (the standard library's reading of them, as
-  ``urllib`` does); credentials in the proxy's URL are sent to the proxy.
+  ``urllib`` does, and networks such as ``10.0.0.0/8``); credentials in
+  the proxy's URL are sent to the proxy.
   ``.netrc`` is not read. A proxy that cannot be reached, or that will not
   open the tunnel to an ``https`` endpoint, is named as the proxy in the error
   (:func:`proxy_refused`);
@@ -40,6 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ipaddress
 import os
 import ssl
 import urllib.request
@@ -100,7 +103,8 @@ def proxy_for(base_url: str) -> str | None:
     parts = urlsplit(base_url)
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme.lower()) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+    host = parts.hostname or ""
+    if not proxy or urllib.request.proxy_bypass(host) or _in_no_proxy_network(host):
         return None
     scheme = urlsplit(proxy if "://" in proxy else f"http://{proxy}").scheme.lower()
     if scheme not in ("http", "https"):
@@ -108,6 +112,23 @@ def proxy_for(base_url: str) -> str | None:
                          "speaks: use an http:// or https:// proxy, or add the endpoint's host "
                          "to no_proxy")
     return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _in_no_proxy_network(host: str) -> bool:
+    """Whether ``host`` is an IP address inside a network ``no_proxy`` names
+    (``10.0.0.0/8``, as curl and Go read it, and a Kubernetes cluster's
+    settings write it); the standard library's reading knows names and
+    addresses, not networks."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for entry in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").split(","):
+        if "/" in entry.strip():
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(entry.strip(), strict=False):
+                    return True
+    return False
 
 
 class Transport:

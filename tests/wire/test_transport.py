@@ -302,6 +302,17 @@ def test_which_proxy_the_environment_names(no_proxies: None,
         proxy_for("http://10.0.0.5:8000/v1")
 
 
+def test_no_proxy_may_name_networks(no_proxies: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster's NO_PROXY lists its networks (10.0.0.0/8), as curl and Go read
+    them: a vLLM at 10.1.2.3 went through the company proxy, which cannot reach it."""
+    monkeypatch.setenv("http_proxy", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost, 10.0.0.0/8,.svc,fd00::/8,not-a-net/99")
+    for url in ("http://10.1.2.3:8000/v1", "http://vllm.team.svc/v1", "http://[fd00::5]:8000/v1"):
+        assert proxy_for(url) is None, url
+    for url in ("http://11.1.2.3:8000/v1", "http://gpu-node:8000/v1", "http://[fe80::1]/v1"):
+        assert proxy_for(url) == "http://proxy.corp:3128", url
+
+
 def test_a_plain_http_endpoint_without_a_proxy_gets_a_context_that_trusts_no_one() -> None:
     for url in ("http://127.0.0.1:8080/v1", "HTTP://gpu-node:8000/v1"):
         ctx = tls_context(url, proxied=False)
