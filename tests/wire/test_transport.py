@@ -313,6 +313,17 @@ def test_no_proxy_may_name_networks(no_proxies: None, monkeypatch: pytest.Monkey
         assert proxy_for(url) == "http://proxy.corp:3128", url
 
 
+def test_this_machine_is_never_reached_through_a_proxy(no_proxies: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # a proxy elsewhere cannot reach this machine's loopback (the embedded llama-server)
+    monkeypatch.setenv("http_proxy", "http://proxy.corp:3128")
+    monkeypatch.setenv("all_proxy", "http://proxy.corp:3128")
+    for url in ("http://127.0.0.1:8080/v1", "http://localhost:8080/v1", "http://[::1]:8080/v1",
+                "http://127.8.9.10/v1", "https://localhost/v1", "http://app.localhost/v1"):
+        assert proxy_for(url) is None, url
+    assert proxy_for("http://10.0.0.1/v1") == "http://proxy.corp:3128"
+
+
 def test_a_plain_http_endpoint_without_a_proxy_gets_a_context_that_trusts_no_one() -> None:
     for url in ("http://127.0.0.1:8080/v1", "HTTP://gpu-node:8000/v1"):
         ctx = tls_context(url, proxied=False)
