@@ -177,10 +177,11 @@ class Runner:
         if self.job.endpoint.key_withheld:
             self._note(withheld_note(*self.job.endpoint.key_withheld,
                                      self.job.endpoint.base_url))
-        if not self.job.endpoint.local:  # a proxy batchgen cannot speak: said before anything
-            from batchgen.wire.transport import proxy_for
+        if not self.job.endpoint.local:  # a proxy batchgen cannot speak, certificates that
+            from batchgen.wire.transport import proxy_for, tls_context  # are not there: said
 
-            proxy_for(self.job.endpoint.base_url)
+            base_url = self.job.endpoint.base_url  # before anything is written
+            tls_context(base_url, proxied=proxy_for(base_url) is not None)
         check_store_not_lost(self.job.run_dir, self.opts.force)
         if self.job.run.via != "batch":  # streams: each holds an open file
             fits, note = fit_concurrency(self.job.run.concurrency)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import ipaddress
 import os
 import ssl
@@ -96,7 +97,24 @@ def tls_context(base_url: str, proxied: bool) -> ssl.SSLContext:
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname, no CAs
     cafile = os.environ.get("SSL_CERT_FILE") or None
     capath = None if cafile else os.environ.get("SSL_CERT_DIR") or None
-    return ssl.create_default_context(cafile=cafile, capath=capath)
+    return _trusting(cafile, capath)
+
+
+@functools.cache
+def _trusting(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    """The system's store (or the one named), loaded once a process: the run's
+    check loads it, and finds a variable naming what is not there, before
+    anything is written; the transport then uses the same context."""
+    try:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:  # a file not there, or not PEM certificates
+        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if cafile is None:
+            raise UsageError(f"cannot load the system's certificate store: {said}; name a "
+                             "PEM bundle with SSL_CERT_FILE") from None
+        raise UsageError(f"SSL_CERT_FILE={cafile}: cannot load certificates from it: {said}; "
+                         "point it at a PEM bundle of certificate authorities, or unset it "
+                         "(the system's store is used)") from None
 
 
 def proxy_for(base_url: str) -> str | None:

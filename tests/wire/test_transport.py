@@ -353,6 +353,23 @@ def test_tls_is_verified_against_the_system_store_or_ssl_cert_file(
     assert tls_context("https://x.example/v1", proxied=False).cert_store_stats()["x509_ca"] == 1
 
 
+def test_certificates_that_are_not_there_are_said_before_anything_is_written(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """SSL_CERT_FILE naming a file not there read "cannot write to outputs/...:
+    No such file or directory ... fix the disk" (exit 74): the run's check now
+    loads the store, and says what is wrong with it (exit 2, nothing written)."""
+    job = write_job(tmp_path / "job.yaml", None, [{"id": "a", "prompt": "hi"}])
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    for bundle, says in ((tmp_path / "gone.pem", "No such file or directory"),
+                         (tmp_path / "junk.pem", "NO_CERTIFICATE_OR_CRL_FOUND")):
+        done = run_cli("run", str(job), "--allow-key-env", KEY_ENV,
+                       env={"SSL_CERT_FILE": str(bundle), KEY_ENV: CANARY})
+        assert done.returncode == 2, done.stderr
+        assert f"SSL_CERT_FILE={bundle}: cannot load certificates from it: " in done.stderr
+        assert says in done.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_the_key_is_in_no_repr(no_proxies: None) -> None:
     async def main() -> str:
         transport = Transport("http://127.0.0.1:9/v1", CANARY, connect_timeout=1,
