@@ -391,12 +391,17 @@ class LocalServer:
         self.command = server_command(server, model, self.port, self.concurrency, extra)
         parent = os.getpid()
         with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own binary, no shell
-                self.command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                start_new_session=True,
-                # prctl(PR_SET_PDEATHSIG) has to run in the child; it only calls prctl
-                preexec_fn=lambda: _die_with_parent(parent),  # noqa: PLW1509
-            )
+            try:
+                self.proc = subprocess.Popen(  # noqa: S603 - our own binary, no shell
+                    self.command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                    start_new_session=True,
+                    # prctl(PR_SET_PDEATHSIG) has to run in the child; it only calls prctl
+                    preexec_fn=lambda: _die_with_parent(parent),  # noqa: PLW1509
+                )
+            except OSError as exc:  # not the disk's fault: the binary would not start
+                raise LocalEndpointError(
+                    f"llama-server ({server}) could not be started: {exc.strerror or exc}; "
+                    f"{INSTALL_HINT}") from None
         (self.run_dir / PID_FILE).write_text(f"{self.proc.pid}\n")
         try:
             await asyncio.to_thread(self._wait_healthy)

@@ -130,6 +130,21 @@ def test_a_binary_whose_help_crashes_too_gets_the_no_repack_start(
     assert [a for a in starts(argv)[1] if a.startswith("--no")] == ["--no-repack"]
 
 
+def test_a_server_binary_that_will_not_start_is_not_called_a_disk_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a binary whose interpreter is gone: it read "cannot write to outputs/job: [Errno 2]
+    # No such file or directory ... fix the disk and run again" (exit 74)
+    fake_llama(tmp_path, monkeypatch, "never")
+    script = tmp_path / "llama-server"
+    script.write_text("#!/nonexistent/interpreter\n")
+    proc = run_cli("run", str(local_job(tmp_path)), "-q")
+    assert proc.returncode == 1, proc.stderr  # as a server that will not start: not 74
+    assert f"llama-server ({script}) could not be started: No such file or directory" in \
+        proc.stderr
+    assert "disk" not in proc.stderr
+
+
 def test_help_flags_are_read_from_the_option_column_only() -> None:
     text = ("----- common params -----\n\n"
             "-h,    --help, --usage                  print usage and exit\n"
