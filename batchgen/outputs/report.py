@@ -47,6 +47,7 @@ import csv
 import io
 import json
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -360,11 +361,23 @@ def render(report: Report, fmt: str = "table") -> str:
     if fmt == "md":
         lines = [f"# Cost report: {', '.join(report.runs)}", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        lines += ["| " + " | ".join(map(_md_cell, cells)) + " |" for cells in body]
         lines += ["", *[f"- {line}" for line in _footer(report)], ""]
         return "\n".join(lines)
     table = [header, *body]
-    widths = [max(len(cells[i]) for cells in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-             for cells in table]
+    widths = [max(_width(cells[i]) for cells in table) for i in range(len(header))]
+    lines = ["  ".join(c + " " * (w - _width(c)) for c, w in zip(cells, widths, strict=True))
+             .rstrip() for cells in table]
     return "\n".join([*lines, "", *_footer(report)]) + "\n"
+
+
+def _width(text: str) -> int:
+    """Columns a terminal gives ``text``: two for a wide character (Chinese,
+    Japanese, Korean: tags in them line up), none for a combining mark."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else
+               0 if unicodedata.combining(ch) else 1 for ch in text)
+
+
+def _md_cell(text: str) -> str:
+    """A table cell of report.md: a tag's ``|`` or line break would end it."""
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")

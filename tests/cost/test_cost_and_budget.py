@@ -358,3 +358,24 @@ def test_a_budget_in_any_currency_holds_on_the_free_local_endpoint(tmp_path: Pat
     out = CliRunner().invoke(main, ["run", str(job), "--local", "--dry-run"])
     assert out.exit_code == 2 and "the budget is in CNY but 'qwen-plus' is priced in USD" in \
         out.output
+
+
+def test_tags_in_chinese_line_up_and_a_pipe_keeps_report_md_a_table(tmp_path: Path,
+                                                                   fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, [
+        {"id": "a", "prompt": "x", "tags": ["历史", "a|b"]}, {"id": "b", "prompt": "y"}])
+    run_job(load_job(job), opts())
+    report = build_report([tmp_path / "out" / "t"], group_by="tag")
+    head, *rows = render(report, "table").split("\n\n")[0].splitlines()
+    # the second column starts at one place on every line, as a terminal shows it
+    starts = {unicodedata_width(line[:line.index("  1") if "  1" in line else
+                                      line.index("  done")]) for line in (head, *rows)}
+    assert len(starts) == 1, (head, rows)
+    md = render(report, "md")
+    assert "| a\\|b | 1 |" in md and "| 历史 | 1 |" in md
+
+
+def unicodedata_width(text: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
