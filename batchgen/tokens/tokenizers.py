@@ -120,14 +120,14 @@ class ServerCounter:
         root = base_url.rstrip("/")
         self.url = (root[:-3] if root.endswith("/v1") else root) + "/tokenize"
         self.timeout = timeout
+        # direct: an http_proxy of the environment cannot reach this loopback server
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def count(self, text: str) -> int:
         request = urllib.request.Request(  # noqa: S310 - our own loopback server's URL
             self.url, data=json.dumps({"content": text}).encode(),
             headers={"Content-Type": "application/json"})
-        # direct: an http_proxy of the environment cannot reach this loopback server
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(request, timeout=self.timeout) as response:
+        with self.opener.open(request, timeout=self.timeout) as response:
             data: Any = json.loads(response.read())
         return len(data["tokens"])
 
