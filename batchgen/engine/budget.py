@@ -3,8 +3,10 @@
 Before a request starts, what the run directory has spent so far plus the
 worst case of every request in flight (its prompt estimate at the input price
 and its ``max_tokens`` at the higher of the output and thinking prices) must
-fit under ``max_cost``. When it would not, the run stops launching, lets
-in-flight requests finish, writes its report and exits 3. A request without
+fit under ``max_cost``. A request that fits but for what requests in flight
+hold waits for them to end; when nothing is in flight and it still does not
+fit, the run stops, writes its report, says why (:func:`refusal`) and exits 3.
+A request without
 ``max_tokens`` is assumed to produce at most 8,192 tokens here; set
 ``max_tokens`` for a hard bound.
 
@@ -103,6 +105,7 @@ class BudgetGuard:
         self.plist = endpoint_list(job, book)  # every model priced: see check_budget
         self.spent = spent(store, book, budget.currency)
         self.reserved: dict[str, float] = {}
+        self.refused: str | None = None  # why the last request was not admitted
 
     def _price(self, model: str) -> ModelPrice:
         price = self.book.price(self.plist, model)
@@ -112,7 +115,9 @@ class BudgetGuard:
     def admit(self, p: Pending) -> str | None:
         """None to go ahead (and reserve), or the reason to stop."""
         worst = worst_case(self._price(p.model), p.body, self.estimator)
-        if self.spent + sum(self.reserved.values()) + worst > self.budget.max_cost:
+        held = sum(self.reserved.values())
+        if self.spent + held + worst > self.budget.max_cost:
+            self.refused = refusal(self.budget, self.spent, p, worst)
             return "budget"
         self.reserved[p.id] = worst
         return None
@@ -126,6 +131,20 @@ class BudgetGuard:
 
     def release(self, p: Pending) -> None:
         self.reserved.pop(p.id, None)
+
+
+def refusal(budget: Budget, spent_so_far: float, p: Pending, worst: float) -> str:
+    """Why ``p`` does not fit, in figures, and what would let it."""
+    cur = budget.currency
+    bound = output_bound(p.body)
+    line = (f"budget: {spent_so_far:.4f} {cur} spent of {budget.max_cost:.4f} {cur}; the next "
+            f"request ({p.id}, {p.model}) may cost up to {worst:.4f} {cur}, with its prompt "
+            f"and {bound:,} output tokens")
+    if not (p.body.get("max_tokens") or p.body.get("max_completion_tokens")):
+        line += " (it sets no max_tokens: a lower one lets more run)"
+    if not spent_so_far:
+        line += "; not one request fits: set a lower max_tokens or raise the budget"
+    return line
 
 
 class BatchBudget:

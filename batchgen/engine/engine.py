@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.engine import structured
+from batchgen.engine.budget import BudgetGuard
 from batchgen.engine.continuation import (
     EchoFilter,
     continue_body,
@@ -147,12 +148,14 @@ class Engine(AttemptEndings):
                     room.release()
                     break
                 if self.d.budget is not None:
-                    reason = self.d.budget.admit(pending)
-                    if reason is not None:
+                    reason = await self._admit(self.d.budget, pending)
+                    if reason is not None or self.stopping:
                         # stop launching; what was admitted runs to its end
                         room.release()
-                        if self.outcome.stopped_by is None:
+                        if reason is not None and self.outcome.stopped_by is None:
                             self.outcome.stopped_by = reason
+                            if self.d.budget.refused:
+                                self.outcome.notes.append(self.d.budget.refused)
                         break
                 task = asyncio.create_task(self._request(pending))
                 self.tasks.add(task)
@@ -161,6 +164,22 @@ class Engine(AttemptEndings):
         finally:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def _admit(self, budget: BudgetGuard, pending: Pending) -> str | None:
+        """None once ``pending`` fits the budget (it is then reserved), or why not.
+
+        Each request in flight holds its worst case until it ends, and most
+        cost far less: while ``pending`` would fit but for what they hold, the
+        launch waits for one of them to end and asks again. The run stops only
+        when nothing is in flight and it still does not fit (or the run is
+        stopping: None then, nothing reserved)."""
+        while True:
+            reason = budget.admit(pending)
+            if reason is None or not self.tasks:
+                return reason
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+            if self.stopping:
+                return None
 
     # ------------------------------------------------------------ requests
 

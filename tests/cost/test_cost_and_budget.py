@@ -219,6 +219,38 @@ def test_budget_stops_with_exit_3_and_resumes_with_a_higher_one(tmp_path: Path) 
         server.stop()
 
 
+def test_a_budget_that_holds_many_answers_but_few_worst_cases_runs_them_all(
+        tmp_path: Path, fake: FakeServer) -> None:
+    # No max_tokens: each request holds 8,192 output tokens at qwen-max's 9.6 CNY/1M
+    # (~0.079 CNY) while in flight, and costs ~0.0003 CNY. Held worst cases used to
+    # stop the launching at the first that did not fit: 2 of 20 answers for 0.2 CNY.
+    items = [{"id": f"m{i}", "prompt": f"[[len=30]] question {i}"} for i in range(20)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-max"}, run={"concurrency": 4})
+    summary = run_job(load_job(job, Overrides(max_cost=0.2, currency="CNY")), opts())
+    assert summary.exit_code == 0 and summary.done == 20, summary
+
+
+def test_a_budget_stop_says_what_the_next_request_needed(tmp_path: Path,
+                                                          fake: FakeServer) -> None:
+    items = [{"id": f"m{i}", "prompt": f"[[len=30]] question {i}"} for i in range(5)]
+    job = write_job(tmp_path / "job.yaml", fake, items, endpoint={"region": "cn"},
+                    defaults={"model": "qwen-max"})
+    too_small = run_job(load_job(job, Overrides(max_cost=0.005, currency="CNY")), opts())
+    assert too_small.exit_code == 3 and too_small.done == 0
+    (note,) = too_small.notes
+    assert "the next request (m0, qwen-max) may cost up to 0.07" in note
+    assert "8,192 output tokens (it sets no max_tokens" in note
+    assert "not one request fits" in note
+    # room for three worst cases of 100 tokens (~0.001 CNY each) at once: the others
+    # wait for answers to settle, and every answer fits, with nothing to say
+    bounded_job = write_job(tmp_path / "b.yaml", fake, items, name="b",
+                            endpoint={"region": "cn"},
+                            defaults={"model": "qwen-max", "max_tokens": 100})
+    bounded = run_job(load_job(bounded_job, Overrides(max_cost=0.003, currency="CNY")), opts())
+    assert bounded.exit_code == 0 and bounded.done == 5 and not bounded.notes
+
+
 def test_budget_needs_prices_in_its_currency(tmp_path: Path, fake: FakeServer) -> None:
     job = write_job(tmp_path / "job.yaml", fake, [{"prompt": "x", "model": "mystery"}],
                     endpoint={"region": "cn"}, budget={"max_cost": 1, "currency": "CNY"})
