@@ -47,8 +47,8 @@ def outage_text(kept: str | None, running: bool, now: float | None = None) -> st
            f"{'s' if probes != 1 else ''}"
     if not running:
         return head + "; the run stopped waiting (run.outage_timeout): run it again"
-    wait = max(0.0, nxt - (time.time() if now is None else now))
-    return f"{head}, next try in {wait:.0f} s"
+    wait = nxt - (time.time() if now is None else now)
+    return f"{head}, next try in {wait:.0f} s" if wait >= 0.5 else f"{head}, trying now"
 
 
 def read_status(run_dir: Path, failed_limit: int = 10) -> Status:

@@ -156,7 +156,8 @@ class Outage:
 
     def describe(self, ended: bool = False) -> str:
         """``endpoint unreachable since 12:03:10 — connection refused; 3 probes, next
-        try in 40 s`` (``ended``: the wait is over, so ``…; 3 probes in 1800 s``)."""
+        try in 40 s`` (``…, trying now`` while a probe goes; ``ended``: the wait is
+        over, so ``…; 3 probes in 1800 s``)."""
         if self.since is None:
             return "the endpoint answers"
         since = time.strftime("%H:%M:%S", time.localtime(self.since))
@@ -164,7 +165,9 @@ class Outage:
                 f"{self.probes} probe{'s' if self.probes != 1 else ''}")
         if ended:
             return f"{head} in {self.clock() - self.since:.0f} s"
-        return f"{head}, next try in {max(0.0, self.next_probe - self.clock()):.0f} s"
+        wait = self.next_probe - self.clock()
+        return f"{head}, trying now" if self._probing or wait < 0.5 else \
+            f"{head}, next try in {wait:.0f} s"
 
     # ---------------------------------------------------------------- state
 

@@ -70,6 +70,31 @@ def test_no_response_for_several_requests_is_an_outage_and_one_requests_is_its_o
     assert "no response within run.idle_timeout" in outage.describe()
 
 
+def test_the_wait_says_when_the_next_probe_goes_or_that_one_is_going() -> None:
+    time = FakeTime()
+    outage = Outage(clock=time.clock, sleep=time.sleep, timeout=100)
+    outage.failed(refused(), answered=False, probe=False, request="a")
+    assert outage.describe().endswith("; 0 probes, next try in 1 s")
+
+    async def probe() -> None:
+        assert await outage.admit()
+
+    asyncio.run(probe())
+    # while the probe is out there is no next try to count down to (it read "in 0 s")
+    assert outage.describe().endswith("; 1 probe, trying now")
+    outage.failed(refused(), answered=False, probe=True, request="a")
+    outage.release()
+    assert outage.describe().endswith("; 1 probe, next try in 2 s")
+
+
+def test_status_says_a_probe_is_going_once_its_time_has_come() -> None:
+    from batchgen.outputs.status import outage_text
+
+    kept = '{"since": 100.0, "reason": "connection refused", "probes": 2, "next": 130.0}'
+    assert str(outage_text(kept, running=True, now=110.0)).endswith("2 probes, next try in 20 s")
+    assert str(outage_text(kept, running=True, now=131.0)).endswith("2 probes, trying now")
+
+
 def test_one_probe_at_a_time_1s_doubling_then_the_timeout() -> None:
     time = FakeTime()
     outage = Outage(clock=time.clock, sleep=time.sleep, timeout=100)
