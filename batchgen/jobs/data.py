@@ -142,11 +142,29 @@ def _delimited(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any],
                     continue
                 yield dict(zip(header, values, strict=True)), line
         except UnicodeDecodeError:
-            raise JobFileError([Problem(name, reader.line_num + 1, None,
-                                        "not UTF-8 text; save the data file as UTF-8")]) from None
+            # the error comes from a block decoded ahead of the reader: find the line
+            raise JobFileError([_not_utf8(data.path, name)]) from None
         except csv.Error as exc:
             raise JobFileError([Problem(name, reader.line_num, None,
                                         f"not readable as {data.format.upper()}: {exc}")]) from None
+
+
+def _not_utf8(path: Path | None, name: str) -> Problem:
+    """Where a delimited file stops being UTF-8: its line, the byte, and how the
+    usual culprit (Excel's "CSV", saved in the Windows code page) is fixed."""
+    line, where = None, ""
+    if path is not None:
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    line = number
+                    where = f" (byte 0x{raw[exc.start]:02x}, column {exc.start + 1})"
+                    break
+    return Problem(name, line, None,
+                   f"not UTF-8 text{where}; save the data file as UTF-8 (in Excel: "
+                   "\"CSV UTF-8\")")
 
 
 def _jsonl(data: DataFile, report: Report) -> Iterator[tuple[dict[str, Any], int]]:

@@ -154,6 +154,19 @@ def test_a_broken_header_is_refused(tmp_path: Path) -> None:
         read(tmp_path / "e.csv")
 
 
+def test_a_csv_in_the_windows_code_page_is_refused_at_its_line_and_byte(tmp_path: Path) -> None:
+    # Excel's plain "CSV" is saved in the Windows code page (é is 0xe9); the reader
+    # decodes ahead in blocks, so the line it stood at was not the line at fault
+    lines = ["name,topic", *(f"n{i},t{i}" for i in range(5000)), "José,café", "x,y"]
+    (tmp_path / "e.csv").write_bytes("\n".join(lines).encode("cp1252"))
+    with pytest.raises(JobFileError) as info:
+        read(tmp_path / "e.csv")
+    (problem,) = info.value.problems
+    assert problem.line == 5002
+    assert "not UTF-8 text (byte 0xe9, column 4)" in problem.message
+    assert '"CSV UTF-8"' in problem.message
+
+
 def test_a_folder_as_rows(tmp_path: Path) -> None:
     for name in ("b.jpg", "a.jpg", "sub/c.jpg", "d.txt"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
