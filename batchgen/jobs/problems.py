@@ -92,8 +92,8 @@ def _message(err: dict[str, Any], model: type[Spec] | None) -> str:
     if kind == "string_pattern_mismatch":
         if last in ("id", "custom_id", "name"):
             return (
-                f"{last} must match {ID_PATTERN} (letters, digits, '.', '_', '-'; "
-                "starts with a letter or digit; at most 128): it names files"
+                f"{last} {_shown(err.get('input'))} must match {ID_PATTERN} (letters, digits, "
+                "'.', '_', '-'; starts with a letter or digit; at most 128): it names files"
             )
         if last == "api_key_env":
             return (
