@@ -28,6 +28,8 @@ class Status:
     estimated_attempts: int = 0
     batched: int = 0
     failures: list[str] = field(default_factory=list)
+    # every failed request's reason, and how many failed for it: most first
+    failure_reasons: list[dict[str, Any]] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
     outage: str | None = None  # the endpoint unreachable: since when, why, the next try
     at_the_cap: int = 0  # done, but stopped at the output cap (finish_reason length)
@@ -81,13 +83,19 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
     for fail in store.failed_in_order():
         if len(st.failures) >= failed_limit:
             break
-        where = " ".join(
-            str(x) for x in (fail["error_class"],
-                             f"HTTP {fail['http_status']}" if fail["http_status"] else None,
-                             fail["error_code"]) if x
-        )
-        st.failures.append(f"{fail['id']}: {where}: {fail['error_message'] or ''}".rstrip())
+        st.failures.append(f"{fail['id']}: {_reason(fail)}")
+    st.failure_reasons = [{"reason": _reason(row), "requests": row["requests"]}
+                          for row in store.failure_reasons()]
     return st
+
+
+def _reason(fail: Any) -> str:
+    where = " ".join(
+        str(x) for x in (fail["error_class"],
+                         f"HTTP {fail['http_status']}" if fail["http_status"] else None,
+                         fail["error_code"]) if x
+    )
+    return f"{where}: {fail['error_message'] or ''}".rstrip()
 
 
 def render_status(path: Path, shown: str, fmt: str, failed_limit: int = 10) -> str:
@@ -151,5 +159,23 @@ def _lines(shown: str, st: Status) -> list[str]:
     lines.append(f"  tokens:    {st.prompt_tokens:,} prompt, "
                  f"{st.completion_tokens:,} completion{est}")
     lines += [f"  batch {batch}" for batch in st.batches]
+    lines += _reasons(st)
     lines += [f"  failed {fail}" for fail in st.failures]
     return lines
+
+
+REASONS_SHOWN = 5
+
+
+def _reasons(st: Status) -> list[str]:
+    """Why the failed requests failed, most common first, once more fail than
+    are listed by id (a wrong parameter fails them all alike)."""
+    if st.failed <= len(st.failures):
+        return []
+    out = [f"  failed for: {r['requests']:,} × {r['reason']}"
+           for r in st.failure_reasons[:REASONS_SHOWN]]
+    rest = len(st.failure_reasons) - REASONS_SHOWN
+    if rest > 0:
+        out.append(f"  failed for: {rest} other reason{'s' if rest != 1 else ''} "
+                   "(--format json lists them all)")
+    return out

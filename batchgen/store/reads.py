@@ -12,6 +12,20 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+# a failed request's error: its last attempt's, or why batchgen failed it itself
+_FAILED = (
+    "r.position, CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
+    " THEN 'internal_error' ELSE a.error_class END AS error_class, a.error_code, "
+    " a.http_status, COALESCE(r.reason, a.error_message) AS error_message "
+    "FROM requests r LEFT JOIN attempts a ON a.id = "
+    " (SELECT MAX(id) FROM attempts x WHERE x.request_id = r.id) "
+    "WHERE r.position IS NOT NULL AND r.state = 'failed'"
+)
+_FAILED_IN_ORDER = "SELECT r.id, r.body, r.tags, r.schema, " + _FAILED + " ORDER BY r.position"
+_FAILURE_REASONS = (
+    "SELECT error_class, error_code, http_status, error_message, COUNT(*) AS requests "
+    "FROM (SELECT " + _FAILED + ") GROUP BY 1, 2, 3, 4 ORDER BY requests DESC, MIN(position)"
+)
 
 class Reader:
     """What every part of the store's reads stands on: the connection and rows
@@ -165,16 +179,14 @@ class StoreReads(Reader):
         """Requests of the job that failed for good, with their last attempt's error."""
         cur = self.db.cursor()
         cur.row_factory = sqlite3.Row
-        yield from cur.execute(
-            "SELECT r.id, r.position, r.body, r.tags, r.schema, "
-            "CASE WHEN r.reason IS NOT NULL OR a.id IS NULL "
-            " THEN 'internal_error' ELSE a.error_class END AS error_class, a.error_code, "
-            " a.http_status, "
-            " COALESCE(r.reason, a.error_message) AS error_message "
-            "FROM requests r LEFT JOIN attempts a ON a.id = "
-            " (SELECT MAX(id) FROM attempts x WHERE x.request_id = r.id) "
-            "WHERE r.position IS NOT NULL AND r.state = 'failed' ORDER BY r.position"
-        )
+        yield from cur.execute(_FAILED_IN_ORDER)
+
+    def failure_reasons(self) -> list[sqlite3.Row]:
+        """Each error the job's failed requests ended with, and how many
+        (``requests``): most first."""
+        cur = self.db.cursor()
+        cur.row_factory = sqlite3.Row
+        return cur.execute(_FAILURE_REASONS).fetchall()
 
     def counts(self) -> dict[str, int]:
         """Requests by state: done, failed, pending, batched (in a provider batch)."""

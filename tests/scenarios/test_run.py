@@ -269,6 +269,25 @@ def test_cli_run_and_status(tmp_path: Path, fake: FakeServer) -> None:
     assert failure.startswith("b: http_404")
 
 
+def test_status_counts_failures_by_reason_once_more_fail_than_are_listed(
+        tmp_path: Path, fake: FakeServer) -> None:
+    # a parameter the endpoint refuses fails every request alike: ten lines of the
+    # same error said nothing of the other 26, nor that they all failed for it
+    items = [{"id": f"b{i:02d}", "prompt": f"[[faults=400]] {i}"} for i in range(30)]
+    items += [{"id": f"n{i}", "prompt": f"[[faults=404]] {i}"} for i in range(6)]
+    job_file = write_job(tmp_path / "job.yaml", fake, items)
+    assert run_cli("run", str(job_file), "--quiet").returncode == 1
+    run_dir = str(tmp_path / "out" / "t")
+    status = run_cli("status", run_dir).stdout
+    assert "  failed for: 30 × http_400 HTTP 400 invalid_parameter_error: fake 400\n" \
+           "  failed for: 6 × http_404 HTTP 404" in status, status
+    assert status.count("\n  failed b") == 10  # the first ten by id, as before
+    said = json.loads(run_cli("status", run_dir, "--format", "json").stdout)
+    assert [r["requests"] for r in said["failure_reasons"]] == [30, 6]
+    # as many listed as failed: no count to add
+    assert "failed for:" not in run_cli("status", run_dir, "--failed", "36").stdout
+
+
 def test_flags_override_the_job_file(tmp_path: Path, fake: FakeServer) -> None:
     job_file = write_job(tmp_path / "job.yaml", None, [{"prompt": "x"}])
     proc = run_cli("run", str(job_file), "--base-url", fake.base_url, "--name", "renamed",
