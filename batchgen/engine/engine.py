@@ -63,6 +63,8 @@ from batchgen.wire.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
+NAMED_PER_REASON = 10  # failed requests named in the log for one reason
+
 
 
 class _Stopped(Exception):
@@ -94,6 +96,7 @@ class Engine(AttemptEndings):
         self._blips: dict[str, float] = {}
         self._blip_count = 0
         self._blip_note: int | None = None
+        self._failed_for: dict[str, int] = {}  # requests failed for good, by reason
         self.outage = Outage(timeout=settings.outage_timeout, clock=deps.clock,
                              sleep=deps.sleep, on_change=self._outage_changed)
         self.max_active = max(2 * concurrency, concurrency + 4)
@@ -200,7 +203,7 @@ class Engine(AttemptEndings):
                 log.warning("stopping the run: %s", exc)
             self.stop("fatal")
         except (TransientError, RequestFatalError) as exc:
-            log.warning("%s failed for good: %s", p.id, exc)
+            self._say_failed(p, exc)
             self._fail(p, None)
         except asyncio.CancelledError:
             raise
@@ -210,6 +213,18 @@ class Engine(AttemptEndings):
         finally:
             if self.d.budget is not None:
                 self.d.budget.release(p)
+
+    def _say_failed(self, p: Pending, exc: Exception) -> None:
+        """One log line per failed request, up to :data:`NAMED_PER_REASON` for
+        one reason: a parameter the endpoint refuses fails every request alike,
+        and 10,000 lines of it bury the rest of a cron job's log."""
+        reason = str(exc)
+        n = self._failed_for[reason] = self._failed_for.get(reason, 0) + 1
+        if n <= NAMED_PER_REASON:
+            log.warning("%s failed for good: %s", p.id, exc)
+        if n == NAMED_PER_REASON:
+            log.warning("more requests that fail for this reason are not named here; "
+                        "`batchgen status %s` counts them", self.d.run_dir)
 
     def _fail(self, p: Pending, reason: str | None) -> None:
         try:

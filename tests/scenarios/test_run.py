@@ -276,8 +276,13 @@ def test_status_counts_failures_by_reason_once_more_fail_than_are_listed(
     items = [{"id": f"b{i:02d}", "prompt": f"[[faults=400]] {i}"} for i in range(30)]
     items += [{"id": f"n{i}", "prompt": f"[[faults=404]] {i}"} for i in range(6)]
     job_file = write_job(tmp_path / "job.yaml", fake, items)
-    assert run_cli("run", str(job_file), "--quiet").returncode == 1
+    proc = run_cli("run", str(job_file), "--quiet")
+    assert proc.returncode == 1
     run_dir = str(tmp_path / "out" / "t")
+    # the log names ten a reason, then says where the rest are counted
+    assert proc.stderr.count("failed for good: http_400") == 10, proc.stderr
+    assert proc.stderr.count("failed for good: http_404") == 6
+    assert proc.stderr.count(f"`batchgen status {run_dir}` counts them") == 1
     status = run_cli("status", run_dir).stdout
     assert "  failed for: 30 × http_400 HTTP 400 invalid_parameter_error: fake 400\n" \
            "  failed for: 6 × http_404 HTTP 404" in status, status
