@@ -41,6 +41,7 @@ from batchgen.engine.progress import make_progress
 from batchgen.engine.runner import Runner, RunOptions
 from batchgen.engine.summary import RunSummary
 from batchgen.errors import ExitCode, JobFileError, Problem, UsageError
+from batchgen.jobs.headers import check_header
 from batchgen.jobs.load import DICT_JOB, Job, Overrides, load_job, load_job_dict
 from batchgen.jobs.schema import MAX_CONCURRENCY
 from batchgen.jobs.shards import parse_shard
@@ -100,7 +101,8 @@ def run(job: str | os.PathLike[str] | Mapping[str, Any], *,
     ``overrides`` are the CLI's flags: ``name``, ``out``, ``model``, ``base_url``,
     ``allow_http``, ``api_key_env``, ``concurrency``, ``local``, ``max_cost``, ``currency``,
     ``shard`` (``"K/N"``, ``"index/N"`` or ``(K, N)``), ``via``, ``fallback``,
-    ``no_wait``; and ``force``. They are checked as the flags are.
+    ``no_wait``, ``media_root``, ``headers`` (``{"Name": "value"}``, each as
+    ``--header``); and ``force``. They are checked as the flags are.
     """
     force = bool(overrides.pop("force", False))
     ov = _overrides(overrides)
@@ -163,10 +165,28 @@ def _overrides(given: dict[str, Any]) -> Overrides:
     if max_cost is not None and (isinstance(max_cost, bool)
                                  or not isinstance(max_cost, int | float) or not max_cost > 0):
         raise UsageError(f"max_cost={max_cost!r}: a number above 0")
+    if "headers" in given:
+        given["headers"] = _headers(given["headers"])
     for key, allowed in (("via", ("stream", "batch")), ("fallback", ("batch", "stream"))):
         if key in given and given[key] not in allowed:
             raise UsageError(f"{key}={given[key]!r}: one of {', '.join(allowed)}")
     return Overrides(**given)
+
+
+def _headers(given: Any) -> tuple[tuple[str, str], ...]:
+    """``headers={"Name": "value"}``, checked as ``--header`` is."""
+    if not isinstance(given, Mapping):
+        raise UsageError(f"headers={given!r}: a mapping of header name to value")
+    out = []
+    for name, text in given.items():
+        if not (isinstance(name, str) and isinstance(text, str)):
+            raise UsageError(f"headers: {name!r}: a header's name and value are text")
+        try:
+            check_header(name, text)
+        except ValueError as exc:
+            raise UsageError(f"headers: {exc}") from None
+        out.append((name, text))
+    return tuple(out)
 
 
 def _load(job: str | os.PathLike[str] | Mapping[str, Any], ov: Overrides,

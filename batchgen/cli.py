@@ -76,6 +76,9 @@ def _job_options(func: F) -> F:
                      help="Environment variable that holds the API key."),
         click.option("--allow-key-env", "allow_key_env", metavar="VAR", multiple=True,
                      help="Let the job file name VAR as its key variable (besides *_API_KEY)."),
+        click.option("--header", "header", metavar="'NAME: VALUE'", multiple=True,
+                     help="One more header on every request (a gateway's); ${VAR} in VALUE "
+                          "is read from the environment. Replaces the job file's of that name."),
         click.option("--concurrency", type=click.IntRange(1, 4096),  # MAX_CONCURRENCY
                      help="Streams at once (default 8)."),
         click.option("--local", is_flag=True,
@@ -93,6 +96,7 @@ def _job_options(func: F) -> F:
 
 
 def _overrides(kwargs: dict[str, Any]) -> Overrides:
+    from batchgen.jobs.headers import parse_flag
     from batchgen.jobs.load import Overrides
     from batchgen.jobs.shards import parse_shard
 
@@ -106,6 +110,7 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
         max_cost=kwargs.get("max_cost"), currency=kwargs.get("currency"),
         allowed_key_envs=tuple(kwargs.get("allow_key_env") or ()),
         media_root=kwargs.get("media_root"),
+        headers=tuple(parse_flag(text) for text in kwargs.get("header") or ()),
     )
 
 
@@ -258,6 +263,7 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
 
     from batchgen.errors import BatchgenError, JobFileError
     from batchgen.jobs.endpoints import key_note
+    from batchgen.jobs.headers import env_names
 
     try:
         job = _load(file, kwargs)
@@ -270,7 +276,9 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
         raise
     env = job.endpoint.api_key_env
     notes = [n for n in (env and not os.environ.get(env) and f"{env} is not set; `batchgen "
-                         "run` needs it", key_note(job.endpoint)) if n] + _misspelt(job)
+                         "run` needs it", key_note(job.endpoint)) if n] + _misspelt(job) + [
+        f"{variable} is not set; the header {name!r} needs it" for name, text in
+        job.endpoint.headers for variable in env_names(text) if not os.environ.get(variable)]
     if fmt == "json":
         click.echo(json.dumps({
             "file": file, "ok": True, "requests": job.info.requests,
@@ -287,6 +295,8 @@ def validate(file: str, fmt: str, **kwargs: Any) -> None:
     click.echo(f"  models:   {', '.join(job.info.models)}")
     where = "embedded local model (llama.cpp)" if job.endpoint.local else job.endpoint.base_url
     click.echo(f"  endpoint: {where}")
+    if job.endpoint.headers:
+        click.echo(f"  headers:  {', '.join(name for name, _ in job.endpoint.headers)}")
     click.echo(f"  writes:   {job.run_dir}/")
     if job.table is not None:
         click.echo(f"  table:    {job.table.path} ({job.table.format})")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -77,15 +77,17 @@ def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def open_client(base_url: str, api_key: str, *, connect_timeout: float) -> Any:
+def open_client(base_url: str, api_key: str, *, connect_timeout: float,
+                headers: Mapping[str, str] | None = None) -> Any:
     """The openai SDK's async client for the Batch API: its own retries off
     (batchgen's Batch runner retries each step), redirects not followed (they
-    would carry the key to another origin)."""
+    would carry the key to another origin); ``headers``: the job's own."""
     import openai
 
     timeout = openai.Timeout(connect=connect_timeout, read=600.0, write=600.0, pool=None)
     return openai.AsyncOpenAI(
         api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
+        default_headers=dict(headers or {}),
         http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False))
 
 

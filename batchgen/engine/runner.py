@@ -18,7 +18,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from batchgen.engine.summary import RunSummary
 from batchgen.errors import StorageError, UsageError
 from batchgen.jobs import media, validated
 from batchgen.jobs.endpoints import withheld_note
+from batchgen.jobs.headers import resolve as resolve_headers
 from batchgen.jobs.load import Job
 from batchgen.outputs import table
 from batchgen.outputs.files import (
@@ -62,7 +63,8 @@ log = logging.getLogger(__name__)
 
 PREPARE_REPORTS_AFTER = 0.2  # s after the engine starts: its first requests go out first
 
-ClientFactory = Callable[[str, str, Job], Any]
+# (base URL, API key, job, its headers as sent, what scrubs both from text)
+ClientFactory = Callable[[str, str, Job, Mapping[str, str], Callable[[str], str]], Any]
 
 
 @dataclass
@@ -79,13 +81,15 @@ class RunOptions:
     force: bool = False  # run even where the store is gone but finished texts are not
 
 
-def default_client(base_url: str, api_key: str, job: Job) -> Any:
+def default_client(base_url: str, api_key: str, job: Job, headers: Mapping[str, str],
+                   redact: Callable[[str], str]) -> Any:
     """The streaming transport (no read timeout: idleness is the engine's
-    Watchdog's to judge, which knows when the process was stopped)."""
+    Watchdog's to judge, which knows when the process was stopped); ``headers``:
+    the job's own, as sent."""
     from batchgen.wire.stream import make_client
 
     return make_client(base_url, api_key, connect_timeout=job.run.connect_timeout,
-                       max_connections=job.run.concurrency, redact=Redactor(api_key))
+                       max_connections=job.run.concurrency, redact=redact, headers=headers)
 
 
 def run_job(job: Job, options: RunOptions | None = None) -> RunSummary:
@@ -142,6 +146,7 @@ class Runner:
         self.opts = opts
         self.book = PriceBook(job.pricing)
         self.api_key = ""
+        self.headers: dict[str, str] = {}  # endpoint.headers as sent
         self.redact = Redactor("")
         self.gate: SharedGate | None = None
         self.run_id = 0
@@ -157,7 +162,6 @@ class Runner:
         self.gate = await self._shared_gate()  # Redis answers, or nothing is written
         try:
             quiet_transport_logs()
-            self.redact = Redactor(self.api_key)
             with self.locked():
                 return await self._with_store()
         finally:
@@ -173,6 +177,8 @@ class Runner:
         self.api_key = api_key_from_env(  # plain http: a server of the user's own
             self.job.endpoint.api_key_env,
             keyless_ok=self.job.endpoint.base_url.lower().startswith("http:"))
+        self.headers, header_secrets = resolve_headers(self.job.endpoint.headers)
+        self.redact = Redactor(self.api_key, *header_secrets)
         self.job = check_job(self.job, self.book)
         if self.job.endpoint.key_withheld:
             self._note(withheld_note(*self.job.endpoint.key_withheld,
@@ -346,7 +352,8 @@ class Runner:
                 # second to load: it loads when a continuation or the refinement needs it)
                 self.estimator.counter_for = lambda model: counter_for(model, local_url,
                                                                        wait=False)
-                client = (opts.client_factory or default_client)(base_url, self.api_key, job)
+                client = (opts.client_factory or default_client)(
+                    base_url, self.api_key, job, self.headers, self.redact)
                 close = getattr(client, "close", None)
                 if close is not None:
                     stack.push_async_callback(close)
@@ -411,7 +418,8 @@ class Runner:
         job, opts = self.job, self.opts
         budget = (BatchBudget(job.budget, job, self.book, store, self.estimator)
                   if job.budget else None)
-        sdk = open_client(self.base_url, self.api_key, connect_timeout=job.run.connect_timeout)
+        sdk = open_client(self.base_url, self.api_key, connect_timeout=job.run.connect_timeout,
+                          headers=self.headers)
         try:
             runner = BatchRunner(store, sdk, job.run, run_id=self.run_id,
                                  progress=opts.progress, redact=self.redact, sleep=opts.sleep,

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from batchgen.jobs.records import Endpoint
 from batchgen.jobs.schema import is_loopback
+from batchgen.secrets import KEY_ENVS_VAR, allowed_key_env
 
 FORMS = ("partial", "prefix", "continue_final_message", "prefill", "none")
 
@@ -80,3 +81,24 @@ def key_note(endpoint: Endpoint) -> str | None:
     if endpoint.key_withheld is None:
         return None
     return withheld_note(*endpoint.key_withheld, endpoint.base_url)
+
+
+def header_env_refused(variable: str, header: str, base_url: str,
+                       allowed: set[str]) -> str | None:
+    """Why a job file may not send ``variable`` in ``header`` to ``base_url``
+    (the rules of ``api_key_env``: a job file from someone else must not pick
+    any variable, nor send a provider's key to a host of its own); None when
+    it may, as it may any variable the user allowed."""
+    if variable in allowed:
+        return None
+    if not allowed_key_env(variable):
+        return (f"header {header!r}: {variable} does not look like an API-key variable "
+                "(*_API_KEY); a job file may not send any variable to its endpoint. Allow it "
+                f"with --allow-key-env {variable} or {KEY_ENVS_VAR}={variable}")
+    provider = key_elsewhere(variable, base_url)
+    if provider is not None:
+        host = urlsplit(base_url).hostname or base_url
+        return (f"header {header!r}: {variable} holds a {provider} key, and {host} is not "
+                f"{provider}'s; to send it there (a gateway you trust), pass --allow-key-env "
+                f"{variable}")
+    return None

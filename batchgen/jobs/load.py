@@ -20,7 +20,9 @@ from typing import Any
 from batchgen.errors import JobFileError, Problem, UsageError
 from batchgen.jobs import validated
 from batchgen.jobs.endpoints import detect as detect_continuation
-from batchgen.jobs.endpoints import key_elsewhere
+from batchgen.jobs.endpoints import header_env_refused, key_elsewhere
+from batchgen.jobs.headers import env_names
+from batchgen.jobs.headers import merged as merged_headers
 from batchgen.jobs.ids import ClashFinder, clash_problems
 from batchgen.jobs.records import (
     Budget,
@@ -84,6 +86,7 @@ class Overrides:
     no_wait: bool = False  # --no-wait
     data: Path | None = None  # rows from elsewhere (Python's rows=): replaces data.path
     media_root: str | None = None  # --media-root: file:// may read here too
+    headers: tuple[tuple[str, str], ...] = ()  # --header 'Name: value', each
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,16 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
             and key_env not in user_allowed_key_envs(ov.allowed_key_envs) \
             and (provider := key_elsewhere(key_env, base_url)):
         withheld, key_env = (key_env, provider), None
+    allowed = user_allowed_key_envs(ov.allowed_key_envs)
+    flagged = {header.lower() for header, _ in ov.headers}  # a flag's replaces the file's
+    for header, text in ep.headers.items():
+        for variable in env_names(text) if header.lower() not in flagged else ():
+            refused = header_env_refused(variable, header, base_url, allowed)
+            if refused:
+                raise JobFileError([Problem(str(file), line_map.line_of(
+                    ("endpoint", "headers", header)), f"endpoint.headers.{header}", refused)])
     endpoint = Endpoint(
+        headers=merged_headers(ep.headers, ov.headers),
         base_url=base_url,
         api_key_env=key_env,
         key_withheld=withheld,

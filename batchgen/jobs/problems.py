@@ -10,6 +10,7 @@ from typing import Any, get_args, get_origin
 from pydantic_core import ValidationError
 
 from batchgen.errors import Problem
+from batchgen.jobs.headers import ENV_REF, RESERVED
 from batchgen.jobs.schema import ID_PATTERN, PROVIDER_KEYS
 from batchgen.jobs.spec import Spec
 
@@ -19,6 +20,12 @@ _SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+\S{16,})$")
 USE_ENV = (
     "looks like a literal API key; never put keys in job files: export it in an "
     "environment variable and name that variable in endpoint.api_key_env"
+)
+
+
+HEADER_USE_ENV = (
+    "looks like a literal key; never put keys in job files: export it in an environment "
+    "variable (a *_API_KEY one) and write ${THAT_VARIABLE} in the header's value"
 )
 
 
@@ -46,6 +53,9 @@ def secret_problems(
                 named = isinstance(key, str) and bool(_SECRET_KEY_NAMES.search(key))
                 if key in ("prompts", "messages", "prompt", "system"):
                     continue
+                if sub == ("endpoint", "headers") and isinstance(value, dict):
+                    found.extend(_header_secrets(value, file, line_of))
+                    continue
                 if (named and key != "api_key_env" and isinstance(value, str)) or (
                     looks_like_secret(value)
                 ):
@@ -57,6 +67,22 @@ def secret_problems(
                 walk(value, (*path, i))
 
     walk(data, ())
+    return found
+
+
+def _header_secrets(headers: dict[Any, Any], file: str,
+                    line_of: Callable[[tuple[Any, ...]], int | None]) -> list[Problem]:
+    """A header's key comes from ``${VARIABLE}``: a value that, but for those
+    parts, looks like a key, or a key-named header with no such part, is refused."""
+    found = []
+    for name, text in headers.items():
+        if not isinstance(text, str) or str(name).lower() in RESERVED:
+            continue  # the schema says what is wrong with it
+        literal = ENV_REF.sub("", text)
+        named = isinstance(name, str) and bool(_SECRET_KEY_NAMES.search(name))
+        if looks_like_secret(literal) or (named and literal.strip() and literal == text):
+            sub = ("endpoint", "headers", name)
+            found.append(Problem(file, line_of(sub), path_str(sub), HEADER_USE_ENV))
     return found
 
 

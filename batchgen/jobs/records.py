@@ -77,6 +77,8 @@ class Endpoint:
     # the key variable the job file chose, not sent: (variable, its provider),
     # as the job file named another host (batchgen.jobs.endpoints.key_elsewhere)
     key_withheld: tuple[str, str] | None = None
+    # more headers, as written (their ${NAME} parts read when the run starts)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+from batchgen.jobs.headers import check_headers
 from batchgen.jobs.spec import Spec, extras, field
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -233,6 +234,9 @@ class EndpointSpec(Spec):
     # how this endpoint continues an assistant message; default: detected from the URL
     continuation: Literal["partial", "prefix", "continue_final_message", "prefill",
                           "none"] | None = None
+    # more headers on every request (a gateway's key or route); ${NAME} reads the
+    # environment (batchgen.jobs.headers)
+    headers: dict[str, str] = field(factory=dict, after=check_headers)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from batchgen.errors import TransientError
@@ -63,11 +63,12 @@ RATELIMIT_HEADERS = (
 OnText = Callable[[str, str], None]
 
 def make_client(base_url: str, api_key: str, *, connect_timeout: float,
-                max_connections: int, redact: Redact = lambda text: text) -> Transport:
+                max_connections: int, redact: Redact = lambda text: text,
+                headers: Mapping[str, str] | None = None) -> Transport:
     """The transport a run streams through (see :class:`Transport`); made on the
     running event loop, closed with ``await client.close()``."""
     return Transport(base_url, api_key, connect_timeout=connect_timeout,
-                     max_connections=max_connections, redact=redact)
+                     max_connections=max_connections, redact=redact, headers=headers)
 
 
 def wire_body(body: dict[str, Any]) -> dict[str, Any]:

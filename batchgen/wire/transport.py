@@ -168,7 +168,8 @@ class Transport:
     transport.close()`` at the end. Made on the running event loop."""
 
     def __init__(self, base_url: str, api_key: str, *, connect_timeout: float,
-                 max_connections: int, redact: Redact) -> None:
+                 max_connections: int, redact: Redact,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.redact = redact
         self.proxy = proxy_for(base_url)
@@ -184,7 +185,8 @@ class Transport:
             where = urlsplit(self.proxy)
             self._proxy_address = (where.hostname, where.port or (
                 443 if where.scheme.lower() == "https" else 80))
-        self.headers = {
+        self.headers = {  # the job's own headers first: none of them is one of these
+            **(headers or {}),
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",

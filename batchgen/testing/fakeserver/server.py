@@ -182,7 +182,7 @@ class FakeServer:
                                  "stream": bool(body.get("stream")),
                                  "include_usage": bool((body.get("stream_options") or {})
                                                        .get("include_usage")),
-                                 "body": body, "received": received,
+                                 "body": body, "headers": headers, "received": received,
                                  "continued": plan.continued}
         with self._lock:
             self.ledger.entries.append(entry)
