@@ -66,7 +66,6 @@ log = logging.getLogger(__name__)
 NAMED_PER_REASON = 10  # failed requests named in the log for one reason
 
 
-
 class _Stopped(Exception):
     """The run stopped launching; this request stays pending."""
 
