@@ -133,16 +133,19 @@ class BudgetGuard:
         self.reserved.pop(p.id, None)
 
 
-def refusal(budget: Budget, spent_so_far: float, p: Pending, worst: float) -> str:
-    """Why ``p`` does not fit, in figures, and what would let it."""
+def refusal(budget: Budget, used: float, p: Pending, worst: float, *,
+            batch: bool = False) -> str:
+    """Why ``p`` does not fit, in figures, and what would let it. ``used``: what
+    the run has spent (``batch``: and what its open batches may still cost,
+    every figure at the Batch API's price)."""
     cur = budget.currency
-    bound = output_bound(p.body)
-    line = (f"budget: {spent_so_far:.4f} {cur} spent of {budget.max_cost:.4f} {cur}; the next "
-            f"request ({p.id}, {p.model}) may cost up to {worst:.4f} {cur}, with its prompt "
-            f"and {bound:,} output tokens")
+    line = (f"budget: {used:.4f} {cur} {'spent or held in open batches' if batch else 'spent'} "
+            f"of {budget.max_cost:.4f} {cur}; the next request ({p.id}, {p.model}) may cost up "
+            f"to {worst:.4f} {cur}{' at the batch price' if batch else ''}, with its prompt "
+            f"and {output_bound(p.body):,} output tokens")
     if not (p.body.get("max_tokens") or p.body.get("max_completion_tokens")):
         line += " (it sets no max_tokens: a lower one lets more run)"
-    if not spent_so_far:
+    if not used:
         line += "; not one request fits: set a lower max_tokens or raise the budget"
     return line
 
@@ -184,6 +187,11 @@ class BatchBudget:
                 self.worst(rid, model, body)
             held += self._worst[rid]
         return self.budget.max_cost - spent(self.store, self.book, self.budget.currency) - held
+
+    def refusal(self, p: Pending, worst: float, room: float) -> str:
+        """Why ``p`` waits outside new batches (``room``: what the budget leaves,
+        spending and the open batches' worst cases taken off)."""
+        return refusal(self.budget, self.budget.max_cost - room, p, worst, batch=True)
 
 
 @dataclass

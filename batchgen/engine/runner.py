@@ -432,7 +432,8 @@ class Runner:
                    else "budget" if result.over_budget else None)
         return Outcome(done=result.done, failed=result.failed, fatal=result.fatal,
                        stopped_by=stopped, notes=[*result.lines, *(
-                           [result.unavailable] if result.unavailable else [])]
+                           [result.unavailable] if result.unavailable else []), *(
+                           [result.over_budget_why] if result.over_budget_why else [])]
                        ), result.released
 
     def _refine(self, store: RunStore) -> None:

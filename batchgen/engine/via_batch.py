@@ -76,6 +76,7 @@ class BatchOutcome:
     fatal: RunFatalError | None = None
     lines: list[str] = field(default_factory=list)  # what to tell the user
     over_budget: int = 0  # pending requests the budget left out of the last new batches
+    over_budget_why: str | None = None  # the first of them, in figures
     unavailable: str | None = None  # the outage that outlasted run.outage_timeout
 
 
@@ -188,7 +189,7 @@ class BatchRunner:
         budget, in job order while their worst cases fit what it leaves."""
         by_model: dict[str, list[tuple[str, str, bytes]]] = {}
         room: float | None = None  # asked of the budget at the first request it decides
-        self.outcome.over_budget = 0
+        self.outcome.over_budget, self.outcome.over_budget_why = 0, None
         for p in self.store.pending():
             if p.id in self._released or p.id in self._failed:
                 continue  # streamed after the batches (--fallback stream); failed for good now
@@ -204,6 +205,8 @@ class BatchRunner:
                 room = self.budget.room() if room is None else room
                 worst = self.budget.worst(p.id, p.model, p.body)
                 if self.outcome.over_budget or worst > room:
+                    if not self.outcome.over_budget:
+                        self.outcome.over_budget_why = self.budget.refusal(p, worst, room)
                     self.outcome.over_budget += 1  # this one and the rest wait for room
                     continue
                 room -= worst

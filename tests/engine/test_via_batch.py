@@ -361,6 +361,10 @@ def test_a_budget_too_small_for_one_request_submits_nothing_and_exits_3(
     assert proc.returncode == 3, proc.stderr
     assert "stopped by the budget" in proc.stderr and "5 not run" in proc.stdout
     assert fake.batches.state.files == {} and fake.batches.state.order == []
+    # in figures: what the first request left out needed, and what was there
+    assert "budget: 0.0000 CNY spent or held in open batches of 0.0" in proc.stdout
+    assert f"may cost up to {worst:.4f} CNY at the batch price, with its prompt and 1,000 " \
+           "output tokens; not one request fits" in proc.stdout, proc.stdout
 
 
 def test_what_an_expired_batch_left_streams_within_what_the_batch_spent(
