@@ -5,10 +5,11 @@ worst case of every request in flight (its prompt estimate at the input price
 and its ``max_tokens`` at the higher of the output and thinking prices) must
 fit under ``max_cost``. A request that fits but for what requests in flight
 hold waits for them to end; when nothing is in flight and it still does not
-fit, the run stops, writes its report, says why (:func:`refusal`) and exits 3.
-A request without
-``max_tokens`` is assumed to produce at most 8,192 tokens here; set
-``max_tokens`` for a hard bound.
+fit, the run stops, writes its report, says why (:func:`over_budget_note`)
+and exits 3. A further attempt of a request — a retry, a continuation's next
+segment, an answer asked again for its schema — goes only while what was
+spent and what is held still fit. A request without ``max_tokens`` is assumed
+to produce at most 8,192 tokens here; set ``max_tokens`` for a hard bound.
 
 Through the provider's Batch API (``--via batch``) a batch is paid for as a
 whole once submitted, so the same rule decides what goes into a new batch:
@@ -117,7 +118,7 @@ class BudgetGuard:
         worst = worst_case(self._price(p.model), p.body, self.estimator)
         held = sum(self.reserved.values())
         if self.spent + held + worst > self.budget.max_cost:
-            self.refused = refusal(self.budget, self.spent, p, worst)
+            self.refused = over_budget_note(self.budget, self.spent, p, worst)
             return "budget"
         self.reserved[p.id] = worst
         return None
@@ -133,19 +134,22 @@ class BudgetGuard:
         self.reserved.pop(p.id, None)
 
 
-def refusal(budget: Budget, used: float, p: Pending, worst: float, *,
-            batch: bool = False) -> str:
+def over_budget_note(budget: Budget, used: float, p: Pending, worst: float, *,
+            batch: bool = False, again: bool = False) -> str:
     """Why ``p`` does not fit, in figures, and what would let it. ``used``: what
     the run has spent (``batch``: and what its open batches may still cost,
-    every figure at the Batch API's price)."""
+    every figure at the Batch API's price); ``again``: a further attempt of a
+    request under way (a retry, a continuation's next segment, a re-ask)."""
     cur = budget.currency
+    what = (f"the next attempt of {p.id} ({p.model}: a retry, a continuation or a re-ask)"
+            if again else f"the next request ({p.id}, {p.model})")
     line = (f"budget: {used:.4f} {cur} {'spent or held in open batches' if batch else 'spent'} "
-            f"of {budget.max_cost:.4f} {cur}; the next request ({p.id}, {p.model}) may cost up "
+            f"of {budget.max_cost:.4f} {cur}; {what} may cost up "
             f"to {worst:.4f} {cur}{' at the batch price' if batch else ''}, with its prompt "
             f"and {output_bound(p.body):,} output tokens")
     if not (p.body.get("max_tokens") or p.body.get("max_completion_tokens")):
         line += " (it sets no max_tokens: a lower one lets more run)"
-    if not used:
+    if not used and not again:
         line += "; not one request fits: set a lower max_tokens or raise the budget"
     return line
 
@@ -188,10 +192,10 @@ class BatchBudget:
             held += self._worst[rid]
         return self.budget.max_cost - spent(self.store, self.book, self.budget.currency) - held
 
-    def refusal(self, p: Pending, worst: float, room: float) -> str:
+    def over_budget_note(self, p: Pending, worst: float, room: float) -> str:
         """Why ``p`` waits outside new batches (``room``: what the budget leaves,
         spending and the open batches' worst cases taken off)."""
-        return refusal(self.budget, self.budget.max_cost - room, p, worst, batch=True)
+        return over_budget_note(self.budget, self.budget.max_cost - room, p, worst, batch=True)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.engine import structured
-from batchgen.engine.budget import BudgetGuard
+from batchgen.engine.budget import BudgetGuard, over_budget_note
 from batchgen.engine.continuation import (
     EchoFilter,
     continue_body,
@@ -278,8 +278,11 @@ class Engine(AttemptEndings):
                     raise _Stopped
                 tries[0] = number = number + 1
                 # cut at the cap and continued (the next segment), or an answer that did
-                # not fit the schema asked again (run.max_invalid): one more attempt
+                # not fit the schema asked again (run.max_invalid): one more attempt,
+                # which spends again, so only while the budget fits (as for a retry)
                 while await self._attempt(p, number, reserve, probe):
+                    if not self._retry_fits(p):
+                        raise _Stopped
                     tries[0] = number = number + 1
             finally:
                 self.limit.release()
@@ -319,12 +322,15 @@ class Engine(AttemptEndings):
                 "next": state.next_probe})
 
     def _retry_fits(self, p: Pending) -> bool:
-        """A retry spends again: it goes only while the budget still fits."""
+        """A retry, a continuation's next segment or a re-asked answer spends
+        again: it goes only while the budget still fits."""
         budget = self.d.budget
         if budget is None or budget.spent + sum(budget.reserved.values()) <= budget.budget.max_cost:
             return True
         if self.outcome.stopped_by is None:
             self.outcome.stopped_by = "budget"
+            self.outcome.notes.append(over_budget_note(budget.budget, budget.spent, p,
+                                              budget.reserved.get(p.id, 0.0), again=True))
         return False
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:

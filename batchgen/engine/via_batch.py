@@ -206,7 +206,7 @@ class BatchRunner:
                 worst = self.budget.worst(p.id, p.model, p.body)
                 if self.outcome.over_budget or worst > room:
                     if not self.outcome.over_budget:
-                        self.outcome.over_budget_why = self.budget.refusal(p, worst, room)
+                        self.outcome.over_budget_why = self.budget.over_budget_note(p, worst, room)
                     self.outcome.over_budget += 1  # this one and the rest wait for room
                     continue
                 room -= worst

@@ -3,6 +3,7 @@ segment after segment into one text, nothing repeated or lost at a seam."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from batchgen.testing.fakeserver import Config, FakeServer, plan_for
@@ -201,3 +202,33 @@ def test_a_batch_answer_cut_at_the_cap_goes_on_streamed(tmp_path: Path,
     (result,) = read_results(stopped / "out" / "t")
     assert result["finish_reason"] == "length" and result["content"] == whole()[:len(
         result["content"])]
+
+
+def test_a_budget_holds_across_the_segments_of_a_continued_answer(tmp_path: Path,
+                                                                  fake: FakeServer) -> None:
+    # Each segment re-sends the text so far and buys up to max_tokens more: a request
+    # holds one segment's worst case (~0.001 CNY at qwen-max's prices), so the next
+    # segment goes only while the budget still fits, as a retry does. Before, the
+    # segments ran on to the end: ~0.02 CNY against a budget of 0.003.
+    prompt = "[[len=1000]] a very long report"
+    path = write_job(tmp_path / "job.yaml", fake, [{"id": "doc", "prompt": prompt}],
+                     endpoint={"region": "cn"},
+                     defaults={"model": "qwen-max", "max_tokens": 100},
+                     run={"on_length": "continue"})
+    path.write_text(path.read_text().replace(
+        '"api_key_env"', '"continuation": "partial", "api_key_env"'))
+    proc = run_cli("run", str(path), "-q", "--max-cost", "0.003", "--currency", "CNY")
+    assert proc.returncode == 3, proc.stderr
+    assert "the next attempt of doc (qwen-max: a retry, a continuation or a re-ask) may " \
+           "cost up to 0.0010 CNY" in proc.stdout, proc.stdout
+    run_dir = tmp_path / "out" / "t"
+    report = json.loads((run_dir / "report.json").read_text())
+    (total,) = report["totals"]
+    assert 0 < total["cost"] <= 0.003, total
+    assert len(fake.ledger.entries) < 10
+    # the answer so far is kept, and a higher budget goes on from it to the end
+    proc = run_cli("run", str(path), "-q", "--max-cost", "1", "--currency", "CNY")
+    assert proc.returncode == 0, proc.stderr
+    body = {"model": "qwen-max", "messages": [{"role": "user", "content": prompt}]}
+    (result,) = read_results(run_dir)
+    assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
