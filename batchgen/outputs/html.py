@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
 from batchgen.outputs import charts
-from batchgen.outputs.report import Report, build_report
+from batchgen.outputs.report import Report, build_report, unfinished_line
 from batchgen.secrets import printable
 from batchgen.store.records import ESTIMATED, METHODS
 from batchgen.store.runstore import RunStore
@@ -267,6 +267,7 @@ def render_html(report: Report, run_dirs: list[Path]) -> str:
                  for m in METHODS if methods.get(m)],
         estimated_share=sum(n for m, n in methods.items() if m in ESTIMATED) / total_tokens,
         invocations=[(_stamp(t), costs, n) for t, costs, n in d.invocations],
+        unfinished=unfinished_line(report) if report.unfinished else None,
     )
 
 

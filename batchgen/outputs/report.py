@@ -22,7 +22,10 @@ USD are never added together.
      "failed": [{"id", "error_class", "http_status", "error_code", "message"}],
      "stopped_at_the_cap": requests done with finish_reason "length",
      "apart": [{"kind", "key", "currency", "attempts", "prompt_tokens",
-                "completion_tokens", "cost"}]}
+                "completion_tokens", "cost"}],
+     "unfinished": requests of the job neither done nor failed,
+     "stopped": [how the latest invocation ended, where it left some:
+                 "stopped:budget", "stopped:interrupt", "running", "killed", ...]}
 
 ``apart`` shows, per kind and model (or tag), attempts whose tokens bought
 nothing usable — already counted in ``rows`` and ``totals``, shown again on
@@ -54,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.cost.pricing import PriceBook, StoreCosts, overrides_from_json
+from batchgen.store.lock import RunLock
 from batchgen.store.records import ESTIMATED, METHODS
 from batchgen.store.runstore import RunStore
 
@@ -112,6 +116,10 @@ class Report:
     failed: list[dict[str, Any]] = field(default_factory=list)
     stopped_at_the_cap: int = 0  # done with finish_reason "length": cut at the output cap
     apart: list[Apart] = field(default_factory=list)
+    # requests of the job neither done nor failed, and how each directory's latest
+    # invocation ended where it left some (runs.status: stopped:budget, ...)
+    unfinished: int = 0
+    stopped: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +129,7 @@ class Report:
             "warnings": self.warnings, "batch": self.batch, "failed": self.failed,
             "stopped_at_the_cap": self.stopped_at_the_cap,
             "apart": [asdict(a) for a in self.apart],
+            "unfinished": self.unfinished, "stopped": self.stopped,
         }
 
 
@@ -151,6 +160,14 @@ def build_report(run_dirs: list[Path], group_by: str = "model") -> Report:
             _add_store(store, group_by, row, apart_row, seen_prices, unknown, report.batch,
                        text_priced)
             report.stopped_at_the_cap += store.at_the_cap()
+            counts = store.counts()
+            left = counts["pending"] + counts["batched"]
+            status = store.latest_status() if left else None
+            if status == "running" and not RunLock.is_held(run_dir):
+                status = "killed"  # its process died before it could say how it ended
+            report.unfinished += left
+            if status and status not in ("done", "failed") and status not in report.stopped:
+                report.stopped.append(status)
             for fail in store.failed_in_order():
                 if len(report.failed) >= MAX_FAILED:
                     break
@@ -336,12 +353,36 @@ def _footer(report: Report) -> list[str]:
                      f"{a.prompt_tokens:,} prompt + "
                      f"{a.completion_tokens:,} completion tokens, "
                      f"{_money(a.cost, a.currency)} (in the total above)")
+    if report.unfinished:
+        lines.append(unfinished_line(report))
     if report.stopped_at_the_cap:
         n = report.stopped_at_the_cap
         lines.append(f"stopped at the output cap: {n:,} answer{'s end' if n != 1 else ' ends'} "
                      "with finish_reason length")
     lines += [f"warning: {w}" for w in report.warnings]
     return lines
+
+
+# how a run that left requests unfinished ended (runs.status), in words
+STOPPED = {
+    "stopped:budget": "stopped at the budget (exit 3)",
+    "stopped:interrupt": "was interrupted (exit 130)",
+    "stopped:unavailable": "stopped waiting for the endpoint: run.outage_timeout (exit 69)",
+    "stopped:fatal": "stopped on an error that stops the run (exit 4)",
+    "stopped:storage": "stopped: the disk refused a write (exit 74)",
+    "stopped:submitted": "left them in batches at the provider (exit 5)",
+    "running": "is still running",
+    "killed": "ended without a word (killed, or it crashed)",
+}
+
+
+def unfinished_line(report: Report) -> str:
+    """``not finished: 32 requests pending; the latest run stopped at the budget
+    (exit 3)``: a report read after a cron run must not look complete."""
+    n = report.unfinished
+    why = "; ".join(STOPPED.get(s, s) for s in report.stopped)
+    return (f"not finished: {n:,} request{'s' if n != 1 else ''} pending"
+            + (f"; the latest run {why}" if why else "") + "; run the job again to go on")
 
 
 def render(report: Report, fmt: str = "table") -> str:

@@ -38,6 +38,12 @@ class CostedReads(Reader):
         self.db.create_function("bg_cost", 9, cost, deterministic=True)
         self.db.create_function("bg_currency", 2, pricer.currency, deterministic=True)
 
+    def latest_status(self) -> str | None:
+        """How the latest invocation ended (``runs.status``: done, failed,
+        stopped:<why>, running); None before the first."""
+        rows = list(self._rows("SELECT status FROM runs ORDER BY id DESC LIMIT 1"))
+        return str(rows[0]["status"]) if rows else None
+
     def runs(self) -> list[sqlite3.Row]:
         """Every invocation: id, started, ended, endpoint, base_url, region."""
         return list(self._rows(

@@ -240,6 +240,16 @@ def test_a_budget_stop_says_what_the_next_request_needed(tmp_path: Path,
     assert too_small.exit_code == 3 and too_small.done == 0
     (note,) = too_small.notes
     assert "the next request (m0, qwen-max) may cost up to 0.07" in note
+    # a report read after a cron run says it is not complete, and why
+    run_dir = tmp_path / "out" / "t"
+    said = "not finished: 5 requests pending; the latest run stopped at the budget (exit 3)"
+    assert f"- {said}; run the job again to go on" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "report.json").read_text())["unfinished"] == 5
+    assert f'data-unfinished="5">N{said[1:]}' in (run_dir / "report.html").read_text()
+    with sqlite3.connect(run_dir / "run.db") as db:  # as a kill -9 leaves it
+        db.execute("UPDATE runs SET status = 'running'")
+    assert "the latest run ended without a word (killed, or it crashed)" in \
+        render(build_report([run_dir]), "md")
     assert "8,192 output tokens (it sets no max_tokens" in note
     assert "not one request fits" in note
     # room for three worst cases of 100 tokens (~0.001 CNY each) at once: the others
@@ -249,6 +259,7 @@ def test_a_budget_stop_says_what_the_next_request_needed(tmp_path: Path,
                             defaults={"model": "qwen-max", "max_tokens": 100})
     bounded = run_job(load_job(bounded_job, Overrides(max_cost=0.003, currency="CNY")), opts())
     assert bounded.exit_code == 0 and bounded.done == 5 and not bounded.notes
+    assert "not finished" not in (tmp_path / "out" / "b" / "report.md").read_text()
 
 
 def test_budget_needs_prices_in_its_currency(tmp_path: Path, fake: FakeServer) -> None:
