@@ -380,9 +380,11 @@ def unfinished_line(report: Report) -> str:
     """``not finished: 32 requests pending; the latest run stopped at the budget
     (exit 3)``: a report read after a cron run must not look complete."""
     n = report.unfinished
-    why = "; ".join(STOPPED.get(s, s) for s in report.stopped)
-    return (f"not finished: {n:,} request{'s' if n != 1 else ''} pending"
-            + (f"; the latest run {why}" if why else "") + "; run the job again to go on")
+    said = [STOPPED.get(s, s) for s in report.stopped]
+    why = (f"; the latest run {said[0]}" if len(said) == 1 else
+           f"; the latest runs (one per directory): {', '.join(said)}" if said else "")
+    return (f"not finished: {n:,} request{'s' if n != 1 else ''} pending{why}; "
+            "run the job again to go on")
 
 
 def render(report: Report, fmt: str = "table") -> str:

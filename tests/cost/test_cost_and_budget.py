@@ -19,7 +19,7 @@ from batchgen.engine.runner import RunOptions
 from batchgen.errors import UsageError
 from batchgen.jobs.load import Overrides
 from batchgen.jobs.schema import PriceSpec
-from batchgen.outputs.report import build_report, render
+from batchgen.outputs.report import Report, build_report, render, unfinished_line
 from batchgen.testing.fakeserver import FakeServer
 from batchgen.testing.process import FakeProcess
 from tests.helpers import FakeTime, read_results, write_job
@@ -250,6 +250,11 @@ def test_a_budget_stop_says_what_the_next_request_needed(tmp_path: Path,
         db.execute("UPDATE runs SET status = 'running'")
     assert "the latest run ended without a word (killed, or it crashed)" in \
         render(build_report([run_dir]), "md")
+    shards = Report(runs=[], group_by="model", unfinished=7,
+                    stopped=["stopped:budget", "stopped:interrupt"])
+    assert unfinished_line(shards) == (
+        "not finished: 7 requests pending; the latest runs (one per directory): stopped at the "
+        "budget (exit 3), was interrupted (exit 130); run the job again to go on")
     assert "8,192 output tokens (it sets no max_tokens" in note
     assert "not one request fits" in note
     # room for three worst cases of 100 tokens (~0.001 CNY each) at once: the others
