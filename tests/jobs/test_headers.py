@@ -115,3 +115,12 @@ def test_header_flags_and_the_python_api_are_checked_as_the_file_is(tmp_path: Pa
         batchgen.run(str(job), headers=["X-Title: a"])
     with pytest.raises(UsageError, match="'Content-Type' is batchgen's to set"):
         batchgen.run(str(job), headers={"Content-Type": "text/plain"})
+
+
+def test_the_batch_api_calls_carry_the_headers_too(tmp_path: Path, fake: FakeServer) -> None:
+    job = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": "[[len=3]] hi"}],
+                    endpoint={"headers": {"X-Route": "${ROUTE_API_KEY}"}})
+    proc = run_cli("run", str(job), "-q", "--via", "batch", env={"ROUTE_API_KEY": GATEWAY_KEY})
+    assert proc.returncode == 0, proc.stderr
+    calls = fake.batches.state.headers
+    assert calls and all(h.get("x-route") == GATEWAY_KEY for h in calls), calls

@@ -41,6 +41,7 @@ class BatchState:
     order: list[str] = field(default_factory=list)  # batch ids, oldest first
     settings: dict[str, Any] = field(default_factory=lambda: {"end": "completed", "answer": 0})
     events: list[list[Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # of every call, in order
 
 
 def multipart(headers: dict[str, str], raw: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -78,6 +79,7 @@ class BatchAPI:
         route, _, query = path.partition("?")
         params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
         s = self.state
+        s.headers.append(headers)
         if s.settings.get("fail", 0) > 0:  # the next N calls fail, as an overloaded API does
             s.settings["fail"] -= 1
             return 503, {"error": {"message": "service busy", "code": "overloaded"}}, None
