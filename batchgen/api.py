@@ -145,6 +145,10 @@ def _overrides(given: dict[str, Any]) -> Overrides:
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}; a run takes "
                         f"{', '.join(sorted(_OVERRIDES | {'force', 'rows', 'progress'}))}")
     given = {k: v for k, v in given.items() if v is not None}
+    for key, value in given.items():
+        if isinstance(value, str) and not value.strip():
+            raise UsageError(f"{key}={value!r} is empty (an unset variable?): give it a value, "
+                             "or leave it out")
     shard = given.get("shard")
     if isinstance(shard, str):  # "K/N" or "index/N", as --shard takes it
         given["shard"] = parse_shard(shard)

@@ -96,10 +96,17 @@ def _job_options(func: F) -> F:
 
 
 def _overrides(kwargs: dict[str, Any]) -> Overrides:
+    from batchgen.errors import UsageError
     from batchgen.jobs.headers import parse_flag
     from batchgen.jobs.load import Overrides
     from batchgen.jobs.shards import parse_shard
 
+    for key in ("name", "out", "model", "base_url", "api_key_env", "currency", "media_root",
+                "shard"):
+        if kwargs.get(key) is not None and not str(kwargs[key]).strip():
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} is empty (an unset variable in a script?): give it a "
+                             "value, or leave the flag out")
     shard = parse_shard(kwargs["shard"]) if kwargs.get("shard") else None
     return Overrides(
         shard=shard, via=kwargs.get("via"), fallback=kwargs.get("fallback"),

@@ -293,6 +293,23 @@ def test_status_counts_failures_by_reason_once_more_fail_than_are_listed(
     assert "failed for:" not in run_cli("status", run_dir, "--failed", "36").stdout
 
 
+@pytest.mark.parametrize("flag", ["--base-url", "--model", "--name", "--out", "--api-key-env"])
+def test_an_empty_flag_is_refused_not_ignored(tmp_path: Path, flag: str) -> None:
+    # `--base-url "$VLLM_URL"` with the variable unset sent the job to the default
+    # endpoint (Model Studio) with the user's key; the others fell back silently
+    job_file = write_job(tmp_path / "job.yaml", None, [{"prompt": "x"}])
+    proc = run_cli("run", str(job_file), flag, "", "--dry-run")
+    assert proc.returncode == 2, proc.stdout
+    assert f"batchgen: {flag} is empty (an unset variable in a script?)" in proc.stderr
+    assert run_cli("validate", str(job_file), flag, " ").returncode == 2
+    import batchgen
+
+    empty: dict[str, Any] = {flag[2:].replace("-", "_"): ""}
+    with pytest.raises(UsageError, match="is empty"):
+        batchgen.run(str(job_file), **empty)
+    assert not (tmp_path / "out").exists()
+
+
 def test_flags_override_the_job_file(tmp_path: Path, fake: FakeServer) -> None:
     job_file = write_job(tmp_path / "job.yaml", None, [{"prompt": "x"}])
     proc = run_cli("run", str(job_file), "--base-url", fake.base_url, "--name", "renamed",
