@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.jobs.shards import find_shards
+from batchgen.outputs.report import STOPPED
 from batchgen.store.lock import RunLock
 from batchgen.store.runstore import RunStore
 
@@ -32,6 +33,8 @@ class Status:
     failure_reasons: list[dict[str, Any]] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
     outage: str | None = None  # the endpoint unreachable: since when, why, the next try
+    # how the latest run ended, when it left requests pending and none runs now
+    last_run: str | None = None
     at_the_cap: int = 0  # done, but stopped at the output cap (finish_reason length)
 
 
@@ -76,6 +79,10 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
                               f"{b.requests} request{'s' if b.requests != 1 else ''} of {b.model}")
     st.pending = counts["pending"] - st.streaming
     st.outage = outage_text(store.meta("outage"), st.running)
+    if not st.running and st.pending + st.batched:
+        status = store.latest_status()
+        status = "killed" if status == "running" else status  # its process died
+        st.last_run = STOPPED.get(status or "", None)
     st.at_the_cap = store.at_the_cap()
     row = store.usage_totals()
     st.attempts, st.prompt_tokens = row["n"], row["p"]
@@ -147,6 +154,8 @@ def _lines(shown: str, st: Status) -> list[str]:
         lines.append(f"  {st.outage}")
     lines += [f"  requests:  {st.total}", f"  done:      {st.done}",
               f"  streaming: {st.streaming}", f"  pending:   {st.pending}"]
+    if st.last_run:
+        lines.append(f"  last run:  {st.last_run}")
     if st.batched:
         lines.append(f"  batched:   {st.batched} (in a provider batch)")
     lines.append(f"  failed:    {st.failed}")

@@ -246,10 +246,15 @@ def test_a_budget_stop_says_what_the_next_request_needed(tmp_path: Path,
     assert f"- {said}; run the job again to go on" in (run_dir / "report.md").read_text()
     assert json.loads((run_dir / "report.json").read_text())["unfinished"] == 5
     assert f'data-unfinished="5">N{said[1:]}' in (run_dir / "report.html").read_text()
+    from batchgen.outputs.status import render_status
+
+    assert "  pending:   5\n  last run:  stopped at the budget (exit 3)\n" in \
+        render_status(run_dir, "d", "text")
     with sqlite3.connect(run_dir / "run.db") as db:  # as a kill -9 leaves it
         db.execute("UPDATE runs SET status = 'running'")
     assert "the latest run ended without a word (killed, or it crashed)" in \
         render(build_report([run_dir]), "md")
+    assert "last run:  ended without a word" in render_status(run_dir, "d", "text")
     shards = Report(runs=[], group_by="model", unfinished=7,
                     stopped=["stopped:budget", "stopped:interrupt"])
     assert unfinished_line(shards) == (
