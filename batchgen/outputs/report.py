@@ -370,7 +370,7 @@ STOPPED = {
     "stopped:unavailable": "stopped waiting for the endpoint: run.outage_timeout (exit 69)",
     "stopped:fatal": "stopped on an error that stops the run (exit 4)",
     "stopped:storage": "stopped: the disk refused a write (exit 74)",
-    "stopped:submitted": "left them in batches at the provider (exit 5)",
+    "stopped:submitted": "left requests in batches at the provider (exit 5)",
     "running": "is still running",
     "killed": "ended without a word (killed, or it crashed)",
 }
