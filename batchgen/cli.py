@@ -207,6 +207,8 @@ def _print_plan(job: Job) -> None:
     click.echo(f"  endpoint:      {where}")
     if kept_back := key_note(job.endpoint):
         click.echo(f"  key:           not sent: {kept_back}")
+    if job.endpoint.headers:
+        click.echo(f"  headers:       {', '.join(name for name, _ in job.endpoint.headers)}")
     again = (f" ({p.changed:,} of them answered before, with a prompt, model, parameters "
              "or endpoint since changed: bought again)") if p.changed else ""
     click.echo(f"  to run:        {p.to_run}{again}")

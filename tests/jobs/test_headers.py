@@ -101,6 +101,8 @@ def test_validate_names_the_headers_and_a_variable_not_set(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert "  headers:  X-Title, X-Key\n" in proc.stdout
     assert "note: UNSET_GATEWAY_API_KEY is not set; the header 'X-Key' needs it" in proc.stdout
+    dry = run_cli("run", str(job), "--dry-run")
+    assert dry.returncode == 0 and "  headers:       X-Title, X-Key\n" in dry.stdout
 
 
 def test_header_flags_and_the_python_api_are_checked_as_the_file_is(tmp_path: Path) -> None:
