@@ -19,8 +19,9 @@ request in a batch still open and of the request itself (:class:`BatchBudget`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -122,6 +123,30 @@ class BudgetGuard:
             return "budget"
         self.reserved[p.id] = worst
         return None
+
+    async def admit_settling(self, p: Pending, in_flight: Callable[[], set[asyncio.Task[None]]],
+                             stopping: Callable[[], bool]) -> str | None:
+        """:meth:`admit`, waiting while ``p`` would fit but for what requests in
+        flight hold: each holds its worst case until it ends, and most cost far
+        less. The reason to stop comes only when nothing is in flight and ``p``
+        still does not fit; None (nothing reserved) once the run is stopping."""
+        while True:
+            reason = self.admit(p)
+            tasks = in_flight()
+            if reason is None or not tasks:
+                return reason
+            await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+            if stopping():
+                return None
+
+    def again(self, p: Pending) -> str | None:
+        """None while a further attempt of ``p`` under way (a retry, a
+        continuation's next segment, an answer asked again) still fits what was
+        spent and what is held; else why not, in figures."""
+        if self.spent + sum(self.reserved.values()) <= self.budget.max_cost:
+            return None
+        return over_budget_note(self.budget, self.spent, p, self.reserved.get(p.id, 0.0),
+                                again=True)
 
     def charge(self, p: Pending, usage: Usage | None) -> None:
         if usage is not None:

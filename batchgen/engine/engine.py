@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.engine import structured
-from batchgen.engine.budget import BudgetGuard, over_budget_note
 from batchgen.engine.continuation import (
     EchoFilter,
     continue_body,
@@ -36,6 +35,7 @@ from batchgen.engine.endings import AttemptEndings
 from batchgen.engine.guards import RepetitionStop, guarded
 from batchgen.engine.journal import Journal, Live
 from batchgen.engine.memory import TRIM_EVERY, trim_heap
+from batchgen.engine.summary import FailedLog
 from batchgen.errors import (
     AttemptError,
     ModerationError,
@@ -62,9 +62,6 @@ from batchgen.wire.stream import StreamResult, stream_attempt
 from batchgen.wire.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-NAMED_PER_REASON = 10  # failed requests named in the log for one reason
-
 
 class _Stopped(Exception):
     """The run stopped launching; this request stays pending."""
@@ -95,7 +92,7 @@ class Engine(AttemptEndings):
         self._blips: dict[str, float] = {}
         self._blip_count = 0
         self._blip_note: int | None = None
-        self._failed_for: dict[str, int] = {}  # requests failed for good, by reason
+        self.failed_log = FailedLog(log, deps.run_dir)
         self.outage = Outage(timeout=settings.outage_timeout, clock=deps.clock,
                              sleep=deps.sleep, on_change=self._outage_changed)
         self.max_active = max(2 * concurrency, concurrency + 4)
@@ -150,7 +147,8 @@ class Engine(AttemptEndings):
                     room.release()
                     break
                 if self.d.budget is not None:
-                    reason = await self._admit(self.d.budget, pending)
+                    reason = await self.d.budget.admit_settling(
+                        pending, lambda: self.tasks, lambda: self.stopping)
                     if reason is not None or self.stopping:
                         # stop launching; what was admitted runs to its end
                         room.release()
@@ -166,22 +164,6 @@ class Engine(AttemptEndings):
         finally:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-    async def _admit(self, budget: BudgetGuard, pending: Pending) -> str | None:
-        """None once ``pending`` fits the budget (it is then reserved), or why not.
-
-        Each request in flight holds its worst case until it ends, and most
-        cost far less: while ``pending`` would fit but for what they hold, the
-        launch waits for one of them to end and asks again. The run stops only
-        when nothing is in flight and it still does not fit (or the run is
-        stopping: None then, nothing reserved)."""
-        while True:
-            reason = budget.admit(pending)
-            if reason is None or not self.tasks:
-                return reason
-            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
-            if self.stopping:
-                return None
 
     # ------------------------------------------------------------ requests
 
@@ -202,7 +184,7 @@ class Engine(AttemptEndings):
                 log.warning("stopping the run: %s", exc)
             self.stop("fatal")
         except (TransientError, RequestFatalError) as exc:
-            self._say_failed(p, exc)
+            self.failed_log.say(p.id, exc)
             self._fail(p, None)
         except asyncio.CancelledError:
             raise
@@ -212,18 +194,6 @@ class Engine(AttemptEndings):
         finally:
             if self.d.budget is not None:
                 self.d.budget.release(p)
-
-    def _say_failed(self, p: Pending, exc: Exception) -> None:
-        """One log line per failed request, up to :data:`NAMED_PER_REASON` for
-        one reason: a parameter the endpoint refuses fails every request alike,
-        and 10,000 lines of it bury the rest of a cron job's log."""
-        reason = str(exc)
-        n = self._failed_for[reason] = self._failed_for.get(reason, 0) + 1
-        if n <= NAMED_PER_REASON:
-            log.warning("%s failed for good: %s", p.id, exc)
-        if n == NAMED_PER_REASON:
-            log.warning("more requests that fail for this reason are not named here; "
-                        "`batchgen status %s` counts them", self.d.run_dir)
 
     def _fail(self, p: Pending, reason: str | None) -> None:
         try:
@@ -324,14 +294,11 @@ class Engine(AttemptEndings):
     def _retry_fits(self, p: Pending) -> bool:
         """A retry, a continuation's next segment or a re-asked answer spends
         again: it goes only while the budget still fits."""
-        budget = self.d.budget
-        if budget is None or budget.spent + sum(budget.reserved.values()) <= budget.budget.max_cost:
-            return True
-        if self.outcome.stopped_by is None:
+        why = self.d.budget.again(p) if self.d.budget is not None else None
+        if why is not None and self.outcome.stopped_by is None:
             self.outcome.stopped_by = "budget"
-            self.outcome.notes.append(over_budget_note(budget.budget, budget.spent, p,
-                                              budget.reserved.get(p.id, 0.0), again=True))
-        return False
+            self.outcome.notes.append(why)
+        return why is None
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         if not self.stopping:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from batchgen.engine.deps import EngineDeps, Outcome
 from batchgen.engine.engine import Engine
 from batchgen.engine.interrupt import Interrupt
 from batchgen.engine.journal import storage_error
+from batchgen.engine.memory import quiet_gc
 from batchgen.engine.openfiles import fit_concurrency
 from batchgen.engine.progress import NullProgress, Progress
 from batchgen.engine.rundir import check_store_not_lost, file_in_the_way
@@ -400,7 +400,7 @@ class Runner:
                 budget.spent = spent(store, self.book, job.budget.currency)
         if job.run.via != "batch" or (outcome.stopped_by is None and engine.only):
             self.interrupt.engine = engine  # a signal stops it and records what streamed
-            with _quiet_gc():  # streamed, or what an expired batch left (--fallback stream)
+            with quiet_gc():  # streamed, or what an expired batch left (--fallback stream)
                 streamed = await engine.run()
             streamed.done += outcome.done
             streamed.failed += outcome.failed
@@ -486,18 +486,3 @@ def _with_counts(error: StorageError, store: RunStore) -> StorageError:
     return StorageError(f"{error}: {done} request{'s' if done != 1 else ''} done, {left} not "
                         f"finished; {fix}",
                         path=error.path, no_space=error.no_space)
-
-
-@contextlib.contextmanager
-def _quiet_gc() -> Iterator[None]:
-    """Everything imported and built so far lives for the whole run: freeze it,
-    so the collector stops re-scanning it. Without this, a full collection of
-    the imported libraries' objects stalled the event loop ~0.1 s every few seconds, which at
-    512 streams delayed every stream (bench P2). The little garbage start-up
-    left (~700 objects) is frozen with it rather than collected first: that
-    full collection took ~40 ms before the first request."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()

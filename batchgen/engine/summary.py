@@ -3,6 +3,7 @@ exit code the CLI (and ``batchgen.run``) gives for it."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,3 +73,25 @@ class RunSummary:
             return (f"{n} request{'s were' if n != 1 else ' was'} not finished; run the "
                     "same command again")
         return None
+
+
+class FailedLog:
+    """One log line per request that failed for good, up to :attr:`named` for
+    one reason: a parameter the endpoint refuses fails every request alike,
+    and 10,000 lines of it bury the rest of a cron job's log."""
+
+    named = 10
+
+    def __init__(self, log: logging.Logger, run_dir: Path) -> None:
+        self.log = log
+        self.run_dir = run_dir
+        self.counts: dict[str, int] = {}
+
+    def say(self, request_id: str, error: Exception) -> None:
+        reason = str(error)
+        n = self.counts[reason] = self.counts.get(reason, 0) + 1
+        if n <= self.named:
+            self.log.warning("%s failed for good: %s", request_id, error)
+        if n == self.named:
+            self.log.warning("more requests that fail for this reason are not named here; "
+                             "`batchgen status %s` counts them", self.run_dir)
