@@ -46,8 +46,8 @@ from batchgen.jobs.load import DICT_JOB, Job, Overrides, load_job, load_job_dict
 from batchgen.jobs.schema import MAX_CONCURRENCY
 from batchgen.jobs.shards import parse_shard
 from batchgen.outputs.report import build_report
+from batchgen.outputs.table import arrow_table, settings_of, shape_of, typed_rows
 from batchgen.outputs.table import rows as table_rows
-from batchgen.outputs.table import settings_of, shape_of
 from batchgen.store.runstore import RunStore
 
 __all__ = ["RunResult", "arun", "run"]
@@ -80,15 +80,19 @@ class RunResult:
     def iter_rows(self) -> Iterator[dict[str, Any]]:
         """The same rows, one at a time (a million rows need not sit in memory)."""
         with RunStore.reading(self.run_dir) as store:
-            yield from table_rows(store, shape_of(store, settings_of(store)))
+            yield from typed_rows(store)
 
     def to_pandas(self) -> Any:
-        """The table as a pandas DataFrame (needs pandas)."""
+        """The table as a pandas DataFrame (needs pandas). For Parquet data, as
+        pandas reads ``table.parquet``: the input columns in their types."""
         try:
             import pandas as pd
         except ImportError:
             raise ImportError("to_pandas() needs pandas: pip install pandas") from None
         with RunStore.reading(self.run_dir) as store:
+            typed = arrow_table(store)
+            if typed is not None:
+                return typed.to_pandas()
             shape = shape_of(store, settings_of(store))
             return pd.DataFrame(list(table_rows(store, shape)), columns=shape.columns)
 

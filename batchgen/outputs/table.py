@@ -338,11 +338,54 @@ GENERATED_TYPES = {"prompt_tokens": "int64", "completion_tokens": "int64", "cost
 def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
                    stores: Sequence[RunStore], settings: TableSettings | None) -> None:
     try:
-        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError("writing Parquet needs pyarrow: pip install 'batchgen[parquet]', or "
                          "choose output.format csv, tsv or jsonl") from None
+    schema, parts = _arrow(shape, body, stores, settings)
+    with pq.ParquetWriter(str(target), schema) as writer:
+        for part in parts:
+            writer.write_table(part)
+
+
+def arrow_table(store: RunStore) -> Any | None:
+    """The table of a job whose data was Parquet as an Arrow table, each kept
+    input column in its type in the data file where its values fit it, as
+    ``table.parquet`` has them; None for other data, or without pyarrow."""
+    settings = settings_of(store)
+    if settings is None or not settings.arrow_schema:
+        return None
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return None
+    shape = shape_of(store, settings)
+    schema, parts = _arrow(shape, rows(store, shape), [store], settings)
+    return pa.Table.from_batches([b for part in parts for b in part.to_batches()],
+                                 schema=schema)
+
+
+def typed_rows(store: RunStore) -> Iterator[dict[str, Any]]:
+    """:func:`rows`, with the kept input columns of Parquet data in their types
+    in the data file (dates, times, decimals) where a value fits it."""
+    settings = settings_of(store)
+    shape = shape_of(store, settings)
+    try:
+        original = _original_kinds(shape, settings)
+    except ImportError:  # read where pyarrow is not installed: the text
+        original = {}
+    for row in rows(store, shape):
+        for c, kind in original.items():
+            row[c] = _revive(row[c], kind)
+        yield row
+
+
+def _arrow(shape: Shape, body: Iterable[dict[str, Any]], stores: Sequence[RunStore],
+           settings: TableSettings | None) -> tuple[Any, Iterator[Any]]:
+    """The table's Arrow schema, and its rows as Arrow tables of
+    :data:`PARQUET_ROWS` rows."""
+    import pyarrow as pa
+
     types, original = _input_types(stores, shape, settings)
     arrow = {"string": pa.string(), "json": pa.string(), "int64": pa.int64(),
              "float64": pa.float64(), "bool": pa.bool_()}  # json: JSON text
@@ -358,7 +401,8 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
     as_json = [c for c in shape.inputs if types[c] == "json" and c not in original] + \
         [shape.prefix + "json"] * shape.json + [c for c, t in flat.items() if t == "json"]
     typed = {c: t for c, t in flat.items() if t != "json"}
-    with pq.ParquetWriter(str(target), schema) as writer:
+
+    def parts() -> Iterator[Any]:
         batch: list[dict[str, Any]] = []
         for row in body:
             for c in as_json:  # a text property stays text
@@ -370,10 +414,12 @@ def _write_parquet(target: Path, shape: Shape, body: Iterable[dict[str, Any]],
                 row[c] = _revive(row[c], kind)
             batch.append(row)
             if len(batch) >= PARQUET_ROWS:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch.clear()
+                yield pa.Table.from_pylist(batch, schema=schema)
+                batch = []
         if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            yield pa.Table.from_pylist(batch, schema=schema)
+
+    return schema, parts()
 
 
 def _original_kinds(shape: Shape, settings: TableSettings | None) -> dict[str, Any]:
