@@ -153,7 +153,8 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (to run, to skip, tokens, worst-case cost); call nothing.")
 @click.option("--force", is_flag=True,
-              help="Run even though run.db is gone while finished texts remain (buys again).")
+              help="Run even though run.db is gone while finished texts remain, or provider "
+                   "batches are open at another endpoint (they are left): buys again.")
 @click.option("--via", type=click.Choice(["stream", "batch"]),
               help="stream (default), or batch: the provider's Batch API, at half the price "
                    "within 24 h.")

@@ -26,6 +26,7 @@ from batchgen import __version__
 from batchgen.cost.pricing import PriceBook, overrides_to_json
 from batchgen.engine.budget import BudgetGuard, check_budget, spent
 from batchgen.engine.deps import EngineDeps, Outcome
+from batchgen.engine.elsewhere import check_batches_here, leave_batches_elsewhere
 from batchgen.engine.engine import Engine
 from batchgen.engine.interrupt import Interrupt
 from batchgen.engine.journal import storage_error
@@ -189,6 +190,8 @@ class Runner:
             base_url = self.job.endpoint.base_url  # before anything is written
             tls_context(base_url, proxied=proxy_for(base_url) is not None)
         check_store_not_lost(self.job.run_dir, self.opts.force)
+        if not self.job.endpoint.local:  # a batch is looked up where it went
+            check_batches_here(self.job.run_dir, self.job.endpoint.base_url, self.opts.force)
         if self.job.run.via != "batch":  # streams: each holds an open file
             fits, note = fit_concurrency(self.job.run.concurrency)
             if note is not None:
@@ -297,6 +300,9 @@ class Runner:
         self.run_id = store.begin_run(endpoint=job.endpoint_id, base_url=job.endpoint.base_url,
                                       region=job.endpoint.region, pid=os.getpid(),
                                       version=__version__, now=opts.clock())
+        if opts.force and not job.endpoint.local:
+            for note in leave_batches_elsewhere(store, job.endpoint.base_url):
+                self._note(note)
         store.set_meta("pricing", overrides_to_json(job.pricing))
         if job.table is not None:  # what `batchgen export` writes for this run
             store.set_meta(table.META_KEY, job.table.to_json())
@@ -423,7 +429,7 @@ class Runner:
         try:
             runner = BatchRunner(store, sdk, job.run, run_id=self.run_id,
                                  progress=opts.progress, redact=self.redact, sleep=opts.sleep,
-                                 clock=opts.clock, budget=budget)
+                                 clock=opts.clock, budget=budget, base_url=self.base_url)
             result = await runner.run()
         finally:
             await sdk.close()

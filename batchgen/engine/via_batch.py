@@ -85,8 +85,9 @@ class BatchRunner:
                  progress: Progress, redact: retry.Redact,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.time,
-                 budget: BatchBudget | None = None) -> None:
+                 budget: BatchBudget | None = None, base_url: str) -> None:
         self.store = store
+        self.base_url = base_url  # where this run's batches go, and are looked up
         self.budget = budget
         self.batches = store.batches()
         self.remote = batchapi.Remote(client)
@@ -117,7 +118,7 @@ class BatchRunner:
         that keeps failing ends the run with a message — every step taken so far
         is recorded, so the same command goes on from there."""
         delay, failures = self.poll_first, 0
-        for b in self.batches.drop_stale():  # their requests changed: planned anew below
+        for b in self.batches.drop_stale(self.base_url):  # changed: planned anew below
             log.info("dropped batch %s (not created yet): a request in it changed", b.run_key)
         # those in open batches and those about to go into new ones
         self.progress.start(self._in_batches() + self.store.count_todo(), 0)
@@ -215,7 +216,8 @@ class BatchRunner:
         self.store.commit()
         for model, lines in by_model.items():
             for chunk in batchapi.chunks(lines):
-                batch = self.batches.plan(model, [(rid, fp) for rid, fp, _ in chunk])
+                batch = self.batches.plan(model, [(rid, fp) for rid, fp, _ in chunk],
+                                          self.base_url)
                 log.info("planned batch %s: %d requests of %s", batch.run_key, len(chunk), model)
 
     # ------------------------------------------------------------ remote steps

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS batches (
     requests INTEGER NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    note TEXT
+    note TEXT,
+    base_url TEXT
 );
 CREATE TABLE IF NOT EXISTS batch_items (
     batch INTEGER NOT NULL,
@@ -66,6 +67,9 @@ CREATE INDEX IF NOT EXISTS batch_items_request ON batch_items(request_id);
 
 OPEN_STATES = ("planned", "uploading", "uploaded", "creating", "submitted")
 NOT_CREATED = ("planned", "uploading", "uploaded")  # no batch at the provider yet
+CREATED = ("creating", "submitted")  # at the provider (or maybe): bought there
+_COLUMNS = ("id, run_key, model, state, file_id, batch_id, remote_status, counts, "
+            "output_file_id, error_file_id, requests, note")
 
 
 @dataclass
@@ -82,6 +86,7 @@ class BatchRow:
     error_file_id: str | None
     requests: int
     note: str | None
+    base_url: str | None = None  # the endpoint it went to; None in a store from before
 
     @property
     def filename(self) -> str:
@@ -111,19 +116,26 @@ class BatchStore:
         self.db = db
         if not readonly:
             db.executescript(SCHEMA)
+        have = {r[1] for r in db.execute("PRAGMA table_info(batches)")}
+        if have and "base_url" not in have and not readonly:  # a store from before
+            db.execute("ALTER TABLE batches ADD COLUMN base_url TEXT")
+            have.add("base_url")
+        self._columns = _COLUMNS + (", base_url" if "base_url" in have else ", NULL")
 
     def exists(self) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE name='batches'"
                                ).fetchone() is not None
 
-    def plan(self, model: str, items: list[tuple[str, str]]) -> BatchRow:
-        """Choose ``items`` (request id, fingerprint) for one new batch: they leave
-        streaming (state ``batched``) in the same transaction."""
+    def plan(self, model: str, items: list[tuple[str, str]], base_url: str) -> BatchRow:
+        """Choose ``items`` (request id, fingerprint) for one new batch at the
+        endpoint ``base_url``: they leave streaming (state ``batched``) in the same
+        transaction."""
         now = time.time()
         key = uuid.uuid4().hex
         cur = self.db.execute(
-            "INSERT INTO batches (run_key, model, state, requests, created, updated) "
-            "VALUES (?, ?, 'planned', ?, ?, ?)", (key, model, len(items), now, now))
+            "INSERT INTO batches (run_key, model, state, requests, created, updated, base_url) "
+            "VALUES (?, ?, 'planned', ?, ?, ?, ?)",
+            (key, model, len(items), now, now, endpoint_of(base_url)))
         assert cur.lastrowid is not None  # noqa: S101 - an invariant, for the type checker
         self.db.executemany("INSERT INTO batch_items VALUES (?, ?, ?)",
                             [(cur.lastrowid, rid, fp) for rid, fp in items])
@@ -134,22 +146,38 @@ class BatchStore:
 
     def get(self, batch: int) -> BatchRow:
         row = self.db.execute(
-            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "
-            "output_file_id, error_file_id, requests, note FROM batches WHERE id=?", (batch,)
+            f"SELECT {self._columns} FROM batches WHERE id=?", (batch,)  # noqa: S608
         ).fetchone()
         return _row(row)
 
     def open(self) -> list[BatchRow]:
         marks = ",".join("?" * len(OPEN_STATES))
         return [_row(r) for r in self.db.execute(
-            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "  # noqa: S608
-            "output_file_id, error_file_id, requests, note FROM batches "
+            f"SELECT {self._columns} FROM batches "  # noqa: S608
             f"WHERE state IN ({marks}) ORDER BY id", OPEN_STATES)]
 
     def all(self) -> list[BatchRow]:
         return [_row(r) for r in self.db.execute(
-            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "
-            "output_file_id, error_file_id, requests, note FROM batches ORDER BY id")]
+            f"SELECT {self._columns} FROM batches ORDER BY id")]  # noqa: S608
+
+    def elsewhere(self, base_url: str) -> list[BatchRow]:
+        """Batches created (or being created) at an endpoint other than
+        ``base_url`` and not collected: only there can they be looked up."""
+        marks = ",".join("?" * len(CREATED))
+        here = endpoint_of(base_url)
+        return [b for b in map(_row, self.db.execute(
+            f"SELECT {self._columns} FROM batches "  # noqa: S608
+            f"WHERE state IN ({marks}) ORDER BY id", CREATED))
+            if b.base_url is not None and b.base_url != here]
+
+    def leave(self, batch: BatchRow, base_url: str) -> None:
+        """Give up on a batch at another endpoint (``--force``): its requests go
+        back to streaming / the next batch here; what it answers is not collected."""
+        self.release([rid for rid, _ in self.items(batch.id)])
+        self.db.execute("UPDATE batches SET state='left', updated=?, note=? WHERE id=?",
+                        (time.time(), f"submitted to {batch.base_url}; left by a run at "
+                         f"{endpoint_of(base_url)} (--force)", batch.id))
+        self.db.commit()
 
     def step(self, batch: int, state: str, **fields: Any) -> None:
         """Record a step (and what it learned), committed before what comes next."""
@@ -166,22 +194,26 @@ class BatchStore:
             "SELECT request_id, fingerprint FROM batch_items WHERE batch=? ORDER BY request_id",
             (batch,))]
 
-    def drop_stale(self) -> list[BatchRow]:
-        """Open batches not yet created at the provider that hold a stale item:
-        dropped, their requests pending again; and a pending request an open
-        batch holds as it is now: batched again (committed)."""
+    def drop_stale(self, base_url: str) -> list[BatchRow]:
+        """Open batches not yet created at the provider that hold a stale item,
+        or were planned for an endpoint other than ``base_url``: dropped, their
+        requests pending again; and a pending request an open batch holds as it
+        is now: batched again (committed)."""
         marks = ",".join("?" * len(NOT_CREATED))
+        here = endpoint_of(base_url)
         rows = [_row(r) for r in self.db.execute(
-            "SELECT id, run_key, model, state, file_id, batch_id, remote_status, counts, "  # noqa: S608
-            "output_file_id, error_file_id, requests, note FROM batches b "
-            f"WHERE state IN ({marks}) AND EXISTS (SELECT 1 FROM batch_items i "
+            f"SELECT {self._columns} FROM batches b "  # noqa: S608
+            f"WHERE state IN ({marks}) AND (b.base_url IS NOT ? AND b.base_url IS NOT NULL "
+            " OR EXISTS (SELECT 1 FROM batch_items i "
             " LEFT JOIN requests r ON r.id = i.request_id WHERE i.batch = b.id AND "
-            " (r.fingerprint IS NOT i.fingerprint OR r.position IS NULL)) ORDER BY id",
-            NOT_CREATED)]
+            " (r.fingerprint IS NOT i.fingerprint OR r.position IS NULL))) ORDER BY id",
+            (*NOT_CREATED, here))]
         for b in rows:
             self.release([rid for rid, _ in self.items(b.id)])
+            why = "a request changed before it was sent" if b.base_url in (None, here) \
+                else f"planned for {b.base_url}, not sent there"
             self.db.execute("UPDATE batches SET state='dropped', updated=?, note=? WHERE id=?",
-                            (time.time(), "a request changed before it was sent", b.id))
+                            (time.time(), why, b.id))
         # a request pending while an open batch holds it as it is now (its edit
         # undone) is that batch's again, not sent in another
         open_marks = ",".join("?" * len(OPEN_STATES))
@@ -208,4 +240,9 @@ class BatchStore:
 
 def _row(r: Any) -> BatchRow:
     return BatchRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"), r[8],
-                    r[9], r[10], r[11])
+                    r[9], r[10], r[11], r[12])
+
+
+def endpoint_of(base_url: str) -> str:
+    """An endpoint as batches record it: its base URL without a trailing slash."""
+    return base_url.rstrip("/")

@@ -442,7 +442,8 @@ def test_an_unreachable_batch_api_is_an_outage_then_exit_69_and_nothing_sent_twi
     assert len(fake.batches.state.order) == 1
     assert set(complete_per_request(fake.ledger.entries).values()) == {1}
     status = run_cli("status", str(tmp_path / "out" / "t")).stdout
-    assert "(not created yet): dropped: a request changed before it was sent" in status, status
+    assert (f"(not created yet): dropped: planned for http://127.0.0.1:{closed}/v1, not "
+            "sent there") in status, status
 
 
 def test_a_prompt_edited_while_its_batch_runs_gets_the_answer_to_its_new_text(
