@@ -79,7 +79,9 @@ _MEANING = {
     ExitCode.RUN_FATAL: "stopped by a run-fatal API error (bad key, access denied, arrears, "
                         "quota used up)",
     ExitCode.SUBMITTED: "submitted to the provider's Batch API (`--no-wait`): run the same "
-                        "command again to collect",
+                        "command again to collect; a streamed run that leaves requests "
+                        "waiting in a batch an earlier run submitted: collect them with "
+                        "`--via batch`",
     ExitCode.UNAVAILABLE: "the endpoint was unreachable (connection refused, DNS, TLS, or only "
                           "server errors) for longer than `run.outage_timeout`; every unfinished "
                           "request is left pending, none failed: run the same command again",

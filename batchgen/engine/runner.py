@@ -282,6 +282,9 @@ class Runner:
         # in a batch still running at the provider (--no-wait) is not "not run"
         summary.pending = counts["pending"] + (counts["batched"] if job.run.via != "batch"
                                                or outcome.stopped_by != "submitted" else 0)
+        if job.run.via != "batch" and counts["batched"] and summary.stopped_by is None:
+            summary.pending -= counts["batched"]  # not streamed: --via batch collects them
+            summary.stopped_by, summary.batched = "submitted", counts["batched"]
         if summary.storage is not None:
             # the disk refused writes: what the store holds is what is done (an
             # answer whose commit the disk refused is pending), and outputs stay

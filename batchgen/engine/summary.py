@@ -24,6 +24,7 @@ class RunSummary:
     storage: StorageError | None = None
     stopped_by: str | None = None
     notes: list[str] = field(default_factory=list)
+    batched: int = 0  # a streamed run's requests left waiting in provider batches
 
     @property
     def exit_code(self) -> ExitCode:
@@ -54,6 +55,11 @@ class RunSummary:
     def why_stopped(self) -> str | None:
         """One line for stderr on why the run ended short of done, and what to
         do about it; None when there is nothing to say."""
+        if self.stopped_by == "submitted" and self.batched:
+            n = self.batched
+            return (f"{n} request{'s wait' if n != 1 else ' waits'} in the provider's Batch "
+                    "API, where an earlier run sent them; a streamed run does not send them "
+                    "again: run with --via batch to collect them (with --no-wait, to look once)")
         if self.stopped_by == "submitted":
             return ("submitted to the provider's Batch API; run the same command again to "
                     "collect")

@@ -5,7 +5,9 @@ batch ran, the next ``--via batch`` run bought every request again at the new
 endpoint, then asked the new endpoint for the old batch, got a 404, and ended
 with exit 1 and "run the same command again", which failed the same way each
 time: the answers of neither batch were ever collected. Now a run at another
-endpoint is refused before anything is sent, and ``--force`` leaves the batch."""
+endpoint is refused before anything is sent, and ``--force`` leaves the batch.
+And a streamed run says that what waits in a batch is collected with ``--via
+batch``."""
 
 from __future__ import annotations
 
@@ -88,3 +90,25 @@ def test_batches_of_a_store_from_before_are_looked_up_at_the_runs_endpoint(
     assert codes[-1] == 0, codes
     assert fake.batches.state.order == [batch_id]
     assert len(read_results(run_dir)) == 2
+
+
+def test_a_streamed_run_says_how_to_collect_what_waits_in_a_batch(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """After ``--via batch --no-wait``, a run without ``--via batch`` ended with
+    exit 1 and "2 requests were not finished; run the same command again",
+    which never finished them: a streamed run does not collect batches."""
+    job = write_job(tmp_path / "job.yaml", fake, prompts(2))
+    assert run_cli("run", str(job), "--via", "batch", "--no-wait").returncode == 5
+    streamed = run_cli("run", str(job))
+    assert streamed.returncode == 5, streamed.stderr
+    said = " ".join(streamed.stderr.split())
+    assert "2 requests wait in the provider's Batch API" in said
+    assert "run with --via batch to collect them" in said
+    assert not any(e.get("via") != "batch" for e in fake.ledger.entries)  # none streamed
+    report = (tmp_path / "out" / "t" / "report.md").read_text(encoding="utf-8")
+    assert "not finished: 2 requests pending; the latest run left requests in batches" \
+        in report
+    collected = [run_cli("run", str(job), "--via", "batch", "--no-wait").returncode
+                 for _ in range(4)]
+    assert collected[-1] == 0, collected
+    assert len(read_results(tmp_path / "out" / "t")) == 2
