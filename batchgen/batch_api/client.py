@@ -152,3 +152,15 @@ def batch_id(batch: Any) -> str:
 
 def files_of(batch: Any) -> tuple[str | None, str | None]:
     return _get(batch, "output_file_id"), _get(batch, "error_file_id")
+
+
+def errors_of(batch: Any) -> list[tuple[int | None, str | None, str]]:
+    """Why the provider failed a batch (its input did not pass validation), as
+    its ``errors`` list says: (the input file's line, 1-based, when one is
+    named; the code; the message)."""
+    out: list[tuple[int | None, str | None, str]] = []
+    for e in _get(_get(batch, "errors"), "data") or []:
+        line, code, message = _get(e, "line"), _get(e, "code"), _get(e, "message")
+        out.append((line if isinstance(line, int) and not isinstance(line, bool) else None,
+                    str(code) if code else None, str(message or "no reason given")))
+    return out

@@ -30,6 +30,21 @@ class Outcome:
 
 
 @dataclass
+class BatchOutcome:
+    """What a ``--via batch`` phase did (:mod:`batchgen.engine.via_batch`)."""
+
+    done: int = 0
+    failed: int = 0
+    submitted: bool = False  # batches still run at the provider (exit 5)
+    released: list[str] = field(default_factory=list)  # to stream (--fallback stream)
+    fatal: RunFatalError | None = None
+    lines: list[str] = field(default_factory=list)  # what to tell the user
+    over_budget: int = 0  # pending requests the budget left out of the last new batches
+    over_budget_why: str | None = None  # the first of them, in figures
+    unavailable: str | None = None  # the outage that outlasted run.outage_timeout
+
+
+@dataclass
 class EngineDeps:
     """Side effects, passed in: tests give a fake clock, sleep and client."""
 

@@ -25,6 +25,10 @@ run, with the same guarantees:
   waited out as a streamed run waits one (``batchgen.pacing.outage``: one try
   at a time, 1 s doubling to 60 s); past ``run.outage_timeout`` the run stops
   with every unfinished request pending (exit 69), and the same command goes on;
+- **a batch the provider fails** (its input file did not pass validation) is
+  not sent again and again: a line its ``errors`` name fails with the reason,
+  the others go into the next batch, and a reason of the whole file stops the
+  run (exit 4), every request pending;
 - ``--no-wait`` submits and exits 5; the same command later reports progress
   (exit 5 again) or, once the batches ended, collects (exit 0 or 1). Without
   it, the run polls with back-off until everything is collected; Ctrl-C leaves
@@ -40,11 +44,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchgen.batch_api import client as batchapi
 from batchgen.engine.continuation import refusal
+from batchgen.engine.deps import BatchOutcome
 from batchgen.engine.guards import loop_found
 from batchgen.engine.progress import Progress
 from batchgen.errors import BatchApiError, RequestFatalError, RunFatalError, TransientError
@@ -65,19 +69,6 @@ log = logging.getLogger(__name__)
 POLL_FIRST = 2.0
 POLL_CAP = 60.0
 STEP_RETRIES = 8  # consecutive failed Batch API calls before the run gives up (resumable)
-
-
-@dataclass
-class BatchOutcome:
-    done: int = 0
-    failed: int = 0
-    submitted: bool = False  # batches still run at the provider (exit 5)
-    released: list[str] = field(default_factory=list)  # to stream (--fallback stream)
-    fatal: RunFatalError | None = None
-    lines: list[str] = field(default_factory=list)  # what to tell the user
-    over_budget: int = 0  # pending requests the budget left out of the last new batches
-    over_budget_why: str | None = None  # the first of them, in figures
-    unavailable: str | None = None  # the outage that outlasted run.outage_timeout
 
 
 class BatchRunner:
@@ -151,6 +142,8 @@ class BatchRunner:
                             retry.backoff(failures, err.retry_after, self.rng))
                 await self.sleep(retry.backoff(failures, err.retry_after, self.rng))
                 continue
+            if self.outcome.fatal is not None:  # no request can succeed: stop here
+                return self.outcome
             if state == "ended":
                 break
             if state == "waiting":
@@ -283,6 +276,9 @@ class BatchRunner:
                         answered[str(entry.get("custom_id"))] = entry
         items = dict(self.batches.items(b.id))
         stale = self.batches.stale(b.id)
+        if status == "failed":
+            self._refused(b, remote, items, stale, counts)
+            return
         released = []
         done, failed = self.outcome.done, self.outcome.failed
         for rid, fingerprint in items.items():
@@ -367,6 +363,40 @@ class BatchRunner:
         if isinstance(err, RunFatalError) and self.outcome.fatal is None:
             self.outcome.fatal = err
         return False
+
+    def _refused(self, b: BatchRow, remote: Any, items: dict[str, str], stale: set[str],
+                 counts: dict[str, int]) -> None:
+        """A batch the provider failed (its input did not pass validation; no line
+        answered). A line it names fails with its reason; a reason of the whole
+        file, which a new batch would meet again, stops the run (exit 4), requests
+        pending. An attempt each: no file is sent again and again."""
+        reasons = batchapi.errors_of(remote)
+        by_line = {line: (code, message) for line, code, message in reasons if line}
+        whole = next(((code, message) for line, code, message in reasons if not line),
+                     None if by_line else (None, "it gave no reason"))
+        now, released, failed = time.time(), [], self.outcome.failed
+        for n, (rid, fingerprint) in enumerate(items.items(), start=1):  # the file's order
+            if rid not in stale:
+                code, message = by_line.get(n) or whole or (None, "another line of its file")
+                self.store.end_attempt(self._attempt(rid, fingerprint, b.model, now), AttemptEnd(
+                    status="error", error_class="batch_failed", error_code=code,
+                    error_message=f"the provider failed batch {b.batch_id}: {message}"),
+                    usage=None, now=now)
+                if n in by_line:
+                    self.store.mark(rid, "failed")
+                    self._failed.add(rid)
+                    self.outcome.failed += 1
+                else:
+                    released.append(rid)
+        self.batches.release(released)
+        self.progress.update(failed=self.outcome.failed - failed)
+        self.batches.step(b.id, "collected", remote_status="failed", counts=counts,
+                          note="; ".join(m for _, _, m in reasons[:3]) or "no reason given")
+        if whole is not None and self.outcome.fatal is None:
+            self.outcome.fatal = RunFatalError(
+                f"the provider failed batch {b.batch_id}: {whole[1].rstrip('. ')}; its "
+                f"{len(released)} requests are pending: fix what it names, then run again",
+                error_class="batch_failed", code=whole[0])
 
     def _goes_on(self, rid: str, fingerprint: str, sent: dict[str, Any], content: Any,
                  reasoning: Any, usage: Any) -> bool:

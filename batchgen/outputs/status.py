@@ -73,7 +73,7 @@ def _read(store: RunStore, run_dir: Path, failed_limit: int) -> Status:
         for b in batches.all():
             counted = f", {b.done_text()}" if b.counts else ""
             where = f"{b.where} ({b.state})" if b.where != b.state else b.state
-            if b.note and b.state in ("dropped", "left"):
+            if b.note and (b.state in ("dropped", "left") or b.where == "failed"):
                 where += f": {b.note}"
             st.batches.append(f"{b.name}: {where}{counted}; "
                               f"{b.requests} request{'s' if b.requests != 1 else ''} of {b.model}")

@@ -8,7 +8,14 @@ A batch moves one step each time it is retrieved — ``validating`` →
 ``in_progress`` → ``finalizing`` → how it ends, as ``POST /_control/batch``
 sets it: ``{"end": "completed" | "expired" | "failed" | "cancelled",
 "answer": N}`` (with expired / cancelled, the first N lines are answered and
-the rest never are); ``"fail": N`` makes the next N calls answer 503. Each
+the rest never are). A ``failed`` batch fails at ``validating``, as an input
+file that does not pass validation does, with no line answered and the
+reasons in its ``errors`` (``{"object": "list", "data": [{"code", "message",
+"param", "line"}]}``): ``"errors": [...]`` in the same control sets them
+(default: one for the whole file, no line named). A batch with a line whose
+prompt holds ``[[refuse_line]]`` fails so too, whatever the control says,
+its errors naming each such line. ``"fail": N`` makes the next N calls
+answer 503. Each
 line is answered as the streamed API would answer it (the same text, the same
 ``[[faults=...]]``: ``400``/``404`` give a 400 error line, ``429`` and 5xx a
 retryable one) and billed in the ledger (``"via": "batch"``).
@@ -144,7 +151,18 @@ class BatchAPI:
 
     def _advance(self, batch: dict[str, Any]) -> None:
         status = batch["status"]
-        if status in STEPS[:-1]:
+        refused = [{"code": "invalid_request", "line": n,
+                    "message": f"Line {n}: the request body is not valid."}
+                   for n, item in enumerate(self._lines(batch), start=1)
+                   if "[[refuse_line]]" in json.dumps(item.get("body"))]
+        if status == "validating" and (refused or self.state.settings["end"] == "failed"):
+            self._finish(batch, "failed")
+            batch["errors"] = {"object": "list", "data": [
+                {"code": e.get("code"), "message": e.get("message"), "param": None,
+                 "line": e.get("line")} for e in refused or self.state.settings.get("errors")
+                or [{"code": "invalid_request",
+                     "message": "The input file is not valid for this endpoint."}]]}
+        elif status in STEPS[:-1]:
             batch["status"] = STEPS[STEPS.index(status) + 1]
             if batch["status"] == "in_progress":
                 lines = self._lines(batch)
