@@ -183,6 +183,10 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
         from batchgen.cost.pricing import PriceBook
 
         job = check_job(job, PriceBook(job.pricing))  # what the run would refuse, the dry run too
+        if not job.endpoint.local:
+            from batchgen.engine.elsewhere import check_batches_here
+
+            check_batches_here(job.run_dir, job.endpoint.base_url, force)
         _print_plan(job)
         return
     if verbose:

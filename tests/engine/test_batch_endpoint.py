@@ -38,7 +38,7 @@ def test_a_run_at_another_endpoint_is_refused_and_the_batch_collected_where_it_w
     first = run_cli("run", str(job), "--via", "batch", "--no-wait")
     assert first.returncode == 5, first.stderr
     (batch_id,) = fake.batches.state.order
-    for via in (("--via", "batch", "--no-wait"), ("--via", "batch"), ()):
+    for via in (("--via", "batch", "--no-wait"), ("--via", "batch"), (), ("--dry-run",)):
         moved = run_cli("run", str(job), "--base-url", other.base_url, *via)
         assert moved.returncode == 2, moved.stderr
         said = " ".join(moved.stderr.split())
