@@ -25,10 +25,9 @@ run, with the same guarantees:
   waited out as a streamed run waits one (``batchgen.pacing.outage``: one try
   at a time, 1 s doubling to 60 s); past ``run.outage_timeout`` the run stops
   with every unfinished request pending (exit 69), and the same command goes on;
-- **a batch the provider fails** (its input file did not pass validation) is
-  not sent again and again: a line its ``errors`` name fails with the reason,
-  the others go into the next batch, and a reason of the whole file stops the
-  run (exit 4), every request pending;
+- **a batch the provider fails** (its input did not pass validation) is not
+  sent again and again: a line its ``errors`` name fails, the others go on, a
+  reason of the whole file stops the run (exit 4) (:meth:`BatchRunner._refused`);
 - ``--no-wait`` submits and exits 5; the same command later reports progress
   (exit 5 again) or, once the batches ended, collects (exit 0 or 1). Without
   it, the run polls with back-off until everything is collected; Ctrl-C leaves
@@ -110,9 +109,11 @@ class BatchRunner:
         is recorded, so the same command goes on from there."""
         delay, failures = self.poll_first, 0
         for b in self.batches.drop_stale(self.base_url):  # changed: planned anew below
-            log.info("dropped batch %s (not created yet): a request in it changed", b.run_key)
+            log.info("dropped batch %s (not created yet): a request or the endpoint changed",
+                     b.run_key)
         # those in open batches and those about to go into new ones
-        self.progress.start(self._in_batches() + self.store.count_todo(), 0)
+        self.progress.start(sum(b.requests for b in self.batches.open())
+                            + self.store.count_todo(), 0)
         while True:
             try:
                 state = await self._round()
@@ -149,7 +150,8 @@ class BatchRunner:
             if state == "waiting":
                 if self.no_wait:
                     self.outcome.submitted = True
-                    self.outcome.lines = [self._describe(b) for b in self.batches.open()]
+                    self.outcome.lines = [f"batch {b.name}: {b.where}, {b.done_text()} "
+                                          f"({b.model})" for b in self.batches.open()]
                     break
                 await self.sleep(delay)
                 delay = min(self.poll_cap, delay * 1.5)
@@ -174,9 +176,6 @@ class BatchRunner:
         return "collected" if ended else "waiting"
 
     # ------------------------------------------------------------ planning
-
-    def _in_batches(self) -> int:
-        return sum(b.requests for b in self.batches.open())
 
     def _plan_new(self) -> None:
         """Pending requests (with attempts left) into new batches, per model; with a
@@ -369,7 +368,7 @@ class BatchRunner:
         """A batch the provider failed (its input did not pass validation; no line
         answered). A line it names fails with its reason; a reason of the whole
         file, which a new batch would meet again, stops the run (exit 4), requests
-        pending. An attempt each: no file is sent again and again."""
+        pending, unless ``--fallback stream`` streams them. An attempt each."""
         reasons = batchapi.errors_of(remote)
         by_line = {line: (code, message) for line, code, message in reasons if line}
         whole = next(((code, message) for line, code, message in reasons if not line),
@@ -392,7 +391,10 @@ class BatchRunner:
         self.progress.update(failed=self.outcome.failed - failed)
         self.batches.step(b.id, "collected", remote_status="failed", counts=counts,
                           note="; ".join(m for _, _, m in reasons[:3]) or "no reason given")
-        if whole is not None and self.outcome.fatal is None:
+        if self.fallback == "stream":  # what the batch did not answer is streamed
+            self.outcome.released += released
+            self._released.update(released)
+        elif whole is not None and self.outcome.fatal is None:
             self.outcome.fatal = RunFatalError(
                 f"the provider failed batch {b.batch_id}: {whole[1].rstrip('. ')}; its "
                 f"{len(released)} requests are pending: fix what it names, then run again",
@@ -483,9 +485,6 @@ class BatchRunner:
     def _attempt(self, rid: str, fingerprint: str, model: str, now: float) -> int:
         return self.store.add_batch_attempt(rid, fingerprint, model, run_id=self.run_id,
                                             now=now)
-
-    def _describe(self, b: BatchRow) -> str:
-        return f"batch {b.name}: {b.where}, {b.done_text()} ({b.model})"
 
 
 def _ended(attempt: int, rid: str, now: float, usage: Any, content: Any, reasoning: Any, *,

@@ -52,3 +52,13 @@ def test_a_line_the_provider_names_fails_and_the_rest_go_into_the_next_batch(
     status = run_cli("status", str(run_dir)).stdout
     assert "the provider failed batch" in status and "Line 2: the request body is not valid" \
         in status, status
+
+
+def test_with_fallback_stream_what_a_refused_file_held_is_streamed(
+        tmp_path: Path, fake: FakeServer) -> None:
+    fake.batches.state.settings.update(end="failed")
+    job = write_job(tmp_path / "job.yaml", fake, prompts(3))
+    summary = batch_run(job, fallback="stream")
+    assert (summary.exit_code, summary.done, summary.failed) == (0, 3, 0)
+    assert len(fake.batches.state.order) == 1
+    assert sum(1 for e in fake.ledger.entries if e["complete"] and e.get("via") != "batch") == 3
