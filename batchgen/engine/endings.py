@@ -70,7 +70,8 @@ class AttemptEndings:
         take further: recorded as a segment (its usage, its text; the request
         stays open) and True. False where it ends here: another finish reason,
         on_length stop, a request that cannot be continued (thinking, tools,
-        n > 1), or a limit reached (max_continuations, max_total_tokens)."""
+        n > 1, or one whose continuation the endpoint refused), or a limit
+        reached (max_continuations, max_total_tokens)."""
         s = self.settings
         if result.finish_reason != "length" or s.on_length != "continue" \
                 or self.form == "none" or refusal(p.body) is not None or result.tool_calls:
@@ -82,8 +83,9 @@ class AttemptEndings:
             usage = estimate(body, content, reasoning, self.d.estimator)
         done = (resume.tokens if resume is not None else 0) + usage.completion_tokens
         if self.d.store.length_segments(p.id, p.fingerprint) >= s.max_continuations \
-                or (s.max_total_tokens is not None and done >= s.max_total_tokens):
-            return False
+                or (s.max_total_tokens is not None and done >= s.max_total_tokens) \
+                or self.d.store.attempts_of_class(p.id, p.fingerprint, "continuation_refused"):
+            return False  # the endpoint refused to go on: a fresh answer would be cut again
         self._end(live, p, AttemptEnd(status="aborted", error_class="length",
                                       finish_reason="length",
                                       error_message="cut at the output cap: continued",

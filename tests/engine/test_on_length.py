@@ -232,3 +232,24 @@ def test_a_budget_holds_across_the_segments_of_a_continued_answer(tmp_path: Path
     body = {"model": "qwen-max", "messages": [{"role": "user", "content": prompt}]}
     (result,) = read_results(run_dir)
     assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
+
+
+def test_an_endpoint_that_refuses_to_continue_ends_it_at_the_cap(tmp_path: Path,
+                                                                  fake: FakeServer) -> None:
+    """After the endpoint refused a continuation, each fresh attempt was cut at
+    the cap again and taken for a segment to continue, which could not be:
+    one answer of 50 tokens at a cap of 10 bought 17 attempts, 170 tokens.
+    Now the fresh attempt's answer is kept, ending at length."""
+    prompt = "[[len=50]] [[nocontinue=1]] a long answer"
+    path = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": prompt}],
+                     defaults={"model": "qwen-plus", "max_tokens": 10},
+                     run={"on_length": "continue"}, endpoint={"continuation": "partial"})
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = read_results(tmp_path / "out" / "t")
+    assert result["finish_reason"] == "length"
+    assert result["content"] == "".join(plan_for(
+        {"model": "qwen-plus", "messages": [{"role": "user", "content": prompt}]}, 1,
+        Config()).tokens[:10])
+    # the first answer, the refused continuation, one fresh answer: 20 tokens bought
+    assert [e["completion_tokens"] for e in fake.ledger.entries] == [10, 0, 10]
