@@ -77,6 +77,8 @@ class AttemptEndings:
                 or self.form == "none" or refusal(p.body) is not None or result.tool_calls:
             return False
         content, reasoning = "".join(live.content), "".join(live.reasoning)
+        if reasoning:  # it thought, unannounced (a model not known to): it cannot go on
+            return False
         try:
             usage = from_report(result.usage, body, content, reasoning, self.d.estimator)
         except Exception:  # accounting: estimated rather than lost

@@ -18,9 +18,10 @@ from typing import Any
 THINKING_MODELS = re.compile(
     r"^(qwq|qvq)|thinking|reason|deepseek-r1|-r1\b|^o[1345](-|$)|gpt-oss", re.IGNORECASE)
 # Qwen3 open-source models think unless told not to (enable_thinking: false);
-# their -instruct-2507 versions never think (and -thinking-2507 always do)
-THINKING_BY_DEFAULT = re.compile(r"^qwen3-(\d+(\.\d+)?b|\d+b-a\d+b)(?!.*instruct)",
-                                 re.IGNORECASE)
+# their -instruct-2507 versions never think (and -thinking-2507 always do). So
+# do Model Studio's Qwen3.5 models (qwen3.5-plus, qwen3.5-flash, ...).
+THINKING_BY_DEFAULT = re.compile(
+    r"^qwen3-(\d+(\.\d+)?b|\d+b-a\d+b)(?!.*instruct)|^qwen3\.5-", re.IGNORECASE)
 
 
 def thinks(body: dict[str, Any]) -> bool:

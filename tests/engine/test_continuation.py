@@ -161,6 +161,7 @@ def test_detected_forms() -> None:
     ({"model": "qwen-plus", "extra_body": {"enable_thinking": True}}, "thinking"),
     ({"model": "qwq-plus"}, "thinking"),
     ({"model": "qwen3-32b"}, "thinking"),
+    ({"model": "qwen3.5-plus"}, "thinking"),  # thinks unless told not to
     ({"model": "qwen-plus", "tools": [{"type": "function"}]}, "tools"),
     ({"model": "qwen-plus", "n": 2}, "n > 1"),
     ({"model": "qwen-plus", "messages": [{"role": "assistant", "content": "x"}]},
@@ -169,6 +170,7 @@ def test_detected_forms() -> None:
 def test_what_is_never_continued(body: dict[str, Any], why: str) -> None:
     assert refusal(body) == why
     assert refusal({"model": "qwen3-32b", "extra_body": {"enable_thinking": False}}) is None
+    assert refusal({"model": "qwen3.5-flash", "extra_body": {"enable_thinking": False}}) is None
     # Qwen3's 2507 instruct models never think: their answers continue
     assert refusal({"model": "qwen3-235b-a22b-instruct-2507"}) is None
     assert refusal({"model": "qwen3-30b-a3b-thinking-2507"}) == "thinking"

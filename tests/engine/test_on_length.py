@@ -253,3 +253,19 @@ def test_an_endpoint_that_refuses_to_continue_ends_it_at_the_cap(tmp_path: Path,
         Config()).tokens[:10])
     # the first answer, the refused continuation, one fresh answer: 20 tokens bought
     assert [e["completion_tokens"] for e in fake.ledger.entries] == [10, 0, 10]
+
+
+def test_an_answer_that_thought_unannounced_ends_at_the_cap(tmp_path: Path,
+                                                            fake: FakeServer) -> None:
+    """A model not known to think sent reasoning: its answer cannot go on from
+    its text, so each fresh attempt was taken for a segment, cut again, up to
+    run.max_continuations (17 attempts). Now the first is kept, at length."""
+    prompt = "[[len=50]] [[think=5]] a long answer"
+    path = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": prompt}],
+                     defaults={"model": "qwen-plus", "max_tokens": 10},
+                     run={"on_length": "continue"}, endpoint={"continuation": "partial"})
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = read_results(tmp_path / "out" / "t")
+    assert result["finish_reason"] == "length" and result["reasoning_content"]
+    assert len(fake.ledger.entries) == 1

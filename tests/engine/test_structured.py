@@ -115,7 +115,7 @@ def test_auto_is_the_best_the_endpoint_takes() -> None:
     assert auto_mode(studio, False, {**thinking, "model": "qwen-plus"}, PERSON) == "prompt"
     # a Qwen3 open-source model thinks unless told not to: a response_format
     # would be refused (it got json_object); QwQ and DeepSeek-R1 always think
-    for model in ("qwen3-235b-a22b", "qwen3-32b", "qwq-plus", "deepseek-r1"):
+    for model in ("qwen3-235b-a22b", "qwen3-32b", "qwen3.5-plus", "qwq-plus", "deepseek-r1"):
         assert auto_mode(studio, False, {**body, "model": model}, PERSON) == "prompt", model
     off = {**body, "model": "qwen3-32b", "extra_body": {"enable_thinking": False}}
     assert auto_mode(studio, False, off, PERSON) == "json_object"
