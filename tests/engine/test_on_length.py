@@ -234,6 +234,17 @@ def test_a_budget_holds_across_the_segments_of_a_continued_answer(tmp_path: Path
     assert result["content"] == "".join(plan_for(body, 1, Config()).tokens)
 
 
+def capped_run(tmp_path: Path, fake: FakeServer, prompt: str) -> dict[str, object]:
+    """One answer at a cap of 10 tokens, continued in partial mode: its result."""
+    path = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": prompt}],
+                     defaults={"model": "qwen-plus", "max_tokens": 10},
+                     run={"on_length": "continue"}, endpoint={"continuation": "partial"})
+    proc = run_cli("run", str(path), "-q")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = read_results(tmp_path / "out" / "t")
+    return result
+
+
 def test_an_endpoint_that_refuses_to_continue_ends_it_at_the_cap(tmp_path: Path,
                                                                   fake: FakeServer) -> None:
     """After the endpoint refused a continuation, each fresh attempt was cut at
@@ -241,12 +252,7 @@ def test_an_endpoint_that_refuses_to_continue_ends_it_at_the_cap(tmp_path: Path,
     one answer of 50 tokens at a cap of 10 bought 17 attempts, 170 tokens.
     Now the fresh attempt's answer is kept, ending at length."""
     prompt = "[[len=50]] [[nocontinue=1]] a long answer"
-    path = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": prompt}],
-                     defaults={"model": "qwen-plus", "max_tokens": 10},
-                     run={"on_length": "continue"}, endpoint={"continuation": "partial"})
-    proc = run_cli("run", str(path), "-q")
-    assert proc.returncode == 0, proc.stderr
-    (result,) = read_results(tmp_path / "out" / "t")
+    result = capped_run(tmp_path, fake, prompt)
     assert result["finish_reason"] == "length"
     assert result["content"] == "".join(plan_for(
         {"model": "qwen-plus", "messages": [{"role": "user", "content": prompt}]}, 1,
@@ -261,11 +267,6 @@ def test_an_answer_that_thought_unannounced_ends_at_the_cap(tmp_path: Path,
     its text, so each fresh attempt was taken for a segment, cut again, up to
     run.max_continuations (17 attempts). Now the first is kept, at length."""
     prompt = "[[len=50]] [[think=5]] a long answer"
-    path = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": prompt}],
-                     defaults={"model": "qwen-plus", "max_tokens": 10},
-                     run={"on_length": "continue"}, endpoint={"continuation": "partial"})
-    proc = run_cli("run", str(path), "-q")
-    assert proc.returncode == 0, proc.stderr
-    (result,) = read_results(tmp_path / "out" / "t")
+    result = capped_run(tmp_path, fake, prompt)
     assert result["finish_reason"] == "length" and result["reasoning_content"]
     assert len(fake.ledger.entries) == 1
