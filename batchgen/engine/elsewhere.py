@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchgen.errors import UsageError
-from batchgen.store.batches import BatchRow
+from batchgen.store.batches import BatchRow, endpoint_of
 from batchgen.store.runstore import RunStore
 
 LISTED = 3  # batches named in the refusal; the rest are counted
@@ -33,15 +33,17 @@ def check_batches_here(run_dir: Path, base_url: str, force: bool) -> None:
     named = "; ".join(f"batch {b.name} ({_requests(b)} of {b.model}) was submitted to "
                       f"{b.base_url}" for b in away[:LISTED])
     more = f" (and {len(away) - LISTED} more)" if len(away) > LISTED else ""
-    it, is_, its = ("it", "is", "its") if len(away) == 1 else ("them", "are", "their")
+    one = len(away) == 1
+    it, they = ("it", "it") if one else ("them", "they")
     targets = sorted({b.base_url or "" for b in away})
     raise UsageError(
-        f"{named}{more}: not collected yet. This run's endpoint is {base_url.rstrip('/')}, "
-        f"where {'it' if len(away) == 1 else 'they'} cannot be looked up. Collect {it} "
-        f"first: run with --base-url {targets[0]} (or that endpoint in the job file) and "
-        "--via batch" + (" at each of " + ", ".join(targets) if len(targets) > 1 else "")
-        + f"; or run with --force to leave {it} (what {it} answer{'s' if it == 'it' else ''} "
-        f"{is_} not collected, and {its} requests are bought again here)")
+        f"{named}{more}: not collected yet. This run's endpoint is {endpoint_of(base_url)}, "
+        f"where {they} cannot be looked up. Collect {it} first: run with --base-url "
+        f"{targets[0]} (or that endpoint in the job file) and --via batch"
+        + (" at each of " + ", ".join(targets) if len(targets) > 1 else "")
+        + f"; or run with --force to leave {it} (what {they} answer"
+        f"{'s' if one else ''} is not collected, and {'its' if one else 'their'} requests "
+        "are bought again here)")
 
 
 def leave_batches_elsewhere(store: RunStore, base_url: str) -> list[str]:
