@@ -153,7 +153,8 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (to run, to skip, tokens, worst-case cost); call nothing.")
 @click.option("--force", is_flag=True,
-              help="Run even though run.db is gone while finished texts remain, or provider "
+              help="Run even though run.db is gone while finished texts remain, the job's "
+                   "answers sit in its shards (or its run without --shard), or provider "
                    "batches are open at another endpoint (they are left): buys again.")
 @click.option("--via", type=click.Choice(["stream", "batch"]),
               help="stream (default), or batch: the provider's Batch API, at half the price "
@@ -183,6 +184,9 @@ def run(file: str, quiet: bool, verbose: bool, progress_mode: str, dry_run: bool
         from batchgen.cost.pricing import PriceBook
 
         job = check_job(job, PriceBook(job.pricing))  # what the run would refuse, the dry run too
+        from batchgen.engine.rundir import check_answers_seen
+
+        check_answers_seen(job, force)
         if not job.endpoint.local:
             from batchgen.engine.elsewhere import check_batches_here
 

@@ -74,7 +74,8 @@ _MEANING = {
                      "`batchgen status`); `merge`: some shards are incomplete",
     ExitCode.USAGE: "bad usage, bad job file, missing API key, Redis unreachable, a "
                     "stream-only model sent `--via batch`, a file where the run directory "
-                    "goes — nothing was written or sent",
+                    "goes, answers this run would not see (a lost `run.db`, the job's "
+                    "shards) — nothing was written or sent",
     ExitCode.BUDGET: "stopped by the budget",
     ExitCode.RUN_FATAL: "stopped by a run-fatal API error (bad key, access denied, arrears, "
                         "quota used up)",

@@ -33,7 +33,7 @@ from batchgen.engine.journal import storage_error
 from batchgen.engine.memory import quiet_gc
 from batchgen.engine.openfiles import fit_concurrency
 from batchgen.engine.progress import NullProgress, Progress
-from batchgen.engine.rundir import check_store_not_lost, file_in_the_way
+from batchgen.engine.rundir import check_answers_seen, file_in_the_way
 from batchgen.engine.summary import RunSummary
 from batchgen.errors import StorageError, UsageError
 from batchgen.jobs import media, validated
@@ -174,7 +174,8 @@ class Runner:
     def check(self) -> None:
         """Everything that can refuse the run before anything is written: the
         API key, the job itself (:func:`check_job`), a proxy of a kind the
-        transport does not speak, a lost store."""
+        transport does not speak, answers it would not see (a lost store, the
+        job's shards)."""
         self.api_key = api_key_from_env(  # plain http: a server of the user's own
             self.job.endpoint.api_key_env,
             keyless_ok=self.job.endpoint.base_url.lower().startswith("http:"))
@@ -189,7 +190,7 @@ class Runner:
 
             base_url = self.job.endpoint.base_url  # before anything is written
             tls_context(base_url, proxied=proxy_for(base_url) is not None)
-        check_store_not_lost(self.job.run_dir, self.opts.force)
+        check_answers_seen(self.job, self.opts.force)
         if not self.job.endpoint.local:  # a batch is looked up where it went
             check_batches_here(self.job.run_dir, self.job.endpoint.base_url, self.opts.force)
         if self.job.run.via != "batch":  # streams: each holds an open file

@@ -180,7 +180,8 @@ def test_merge_refuses_shards_of_different_versions(tmp_path: Path, fake: FakeSe
     assert not (tmp_path / "out" / "t" / "results.jsonl").exists()
     run_shard(job, 2, 2)  # the same version everywhere: it merges
     assert run_cli("merge", str(tmp_path / "out" / "t")).returncode == 0
-    run_shard(job, 1, 3)  # a shard of another split
+    run_job(load_job(job, Overrides(shard=(1, 3))),  # another split: forced, as it is
+            RunOptions(sleep=no_sleep, force=True))  # refused over the answers of 2
     other = run_cli("merge", str(tmp_path / "out" / "t"))
     assert other.returncode == 2 and "different splits" in other.stderr
     mixed = run_cli("report", str(tmp_path / "out" / "t"))  # would count requests twice
@@ -199,6 +200,46 @@ def test_a_half_finished_set_merges_what_is_done(tmp_path: Path, fake: FakeServe
     status = run_cli("status", str(tmp_path / "out" / "t"))
     assert "not started: shard-2-of-3" in status.stdout
 
+
+
+def test_a_run_in_another_layout_refuses_to_buy_the_answers_again(tmp_path: Path,
+                                                                   fake: FakeServer) -> None:
+    """Each layout keeps its own store: a run without --shard after the job ran
+    in shards (to finish what a failed pod left), or shards of another N, saw
+    none of their answers and bought every request again. Now it is refused
+    before anything is sent or written (the dry run too), saying how to go on;
+    --force runs it anyway."""
+    job = write_job(tmp_path / "job.yaml", fake, prompts(12))
+    job_dir = tmp_path / "out" / "t"
+    for k in (1, 2):
+        run_shard(job, k, 2)
+    sent = fake.ledger.requests
+    for args in ([], ["--dry-run"], ["--shard", "1/4"]):
+        proc = run_cli("run", str(job), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert "shard-1-of-2, shard-2-of-2" in proc.stderr
+        assert "--shard K/2 for each K from 1 to 2" in proc.stderr and "--force" in proc.stderr
+    assert fake.ledger.requests == sent
+    assert not (job_dir / "run.db").exists() and not (job_dir / "shard-1-of-4").exists()
+    assert run_cli("merge", str(job_dir)).returncode == 0
+    merged = run_cli("run", str(job))  # merged texts, no store: the shards are why
+    assert merged.returncode == 2 and "shard-1-of-2" in merged.stderr
+    assert run_cli("run", str(job), "--shard", "2/2").returncode == 0  # as they ran: skipped
+    assert fake.ledger.requests == sent
+    forced = run_cli("run", str(job), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert fake.ledger.requests == sent + 12
+
+    other = write_job(tmp_path / "other.yaml", fake, prompts(12), name="u")
+    run_job(load_job(other), RunOptions(sleep=no_sleep))  # without --shard first
+    sent = fake.ledger.requests
+    proc = run_cli("run", str(other), "--shard", "1/2")
+    assert proc.returncode == 2 and "from a run without --shard" in proc.stderr
+    assert "run without --shard;" in proc.stderr and fake.ledger.requests == sent
+    assert run_cli("run", str(other), "--shard", "1/2", "--force").returncode == 0
+    # shards of 2 are started now: the next one goes on without --force
+    assert run_cli("run", str(other), "--shard", "2/2").returncode == 0
+    assert fake.ledger.requests == sent + 12
 
 def test_redis_unreachable_at_start_sends_and_writes_nothing(tmp_path: Path,
                                                            fake: FakeServer) -> None:
