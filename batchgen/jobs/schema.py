@@ -197,9 +197,20 @@ def is_loopback(host: str) -> bool:
 def check_base_url(value: str) -> str:
     """An http(s) URL without credentials or a query (plain http is for
     :func:`plain_http_host` to judge, with ``allow_http`` at hand)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"base_url {value!r} holds a space or a control character, which no "
+                         "URL has: check the quotes around it (percent-encode a space as %20)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url {value!r} is not an http(s) URL")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ValueError(f"base_url {value!r}: its port is not a number from 1 to 65535")
+    if "#" in value:
+        raise ValueError("base_url may not carry a fragment (#...)")
     if parts.username or parts.password:
         raise ValueError(
             "base_url may not carry credentials; put the key in an environment "

@@ -226,6 +226,10 @@ class Transport:
         except aiohttp.ClientHttpProxyError as exc:  # the proxy answered CONNECT, not 200
             raise proxy_refused(str(self.proxy), exc.status,  # its words: one clean line
                                 self.redact(printable(exc.message))) from exc
+        except aiohttp.InvalidURL as exc:  # no request can go there: not the endpoint down
+            raise RunFatalError(self.redact(f"the endpoint's URL {self.url} cannot be sent to "
+                                            f"({printable(str(exc))}): check base_url"),
+                                error_class="bad_url") from exc
         if not 200 <= response.status < 300:
             raw = bytearray()
             try:

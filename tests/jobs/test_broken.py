@@ -100,6 +100,12 @@ CASES: list[tuple[str, str, str, int | None, str]] = [
      "could not determine a constructor"),
     ("http-base-url", "j.yaml", "endpoint: {base_url: 'http://api.example.com/v1'}\n"
      "defaults: {model: m}\nprompts: [{prompt: x}]\n", 1, "https://"),
+    ("space-in-url", "j.yaml", "endpoint: {base_url: 'https://api.example.com/v1\n"
+     "  region: cn'}\ndefaults: {model: m}\nprompts: [{prompt: x}]\n", 1, "holds a space"),
+    ("port-out-of-range", "j.yaml", "endpoint: {base_url: 'https://api.example.com:99999/v1'}\n"
+     "defaults: {model: m}\nprompts: [{prompt: x}]\n", 1, "port is not a number"),
+    ("port-not-a-number", "j.yaml", "endpoint: {base_url: 'https://api.example.com:44x/v1'}\n"
+     "defaults: {model: m}\nprompts: [{prompt: x}]\n", 1, "port is not a number"),
     ("creds-in-url", "j.yaml", "endpoint: {base_url: 'https://u:p@api.example.com/v1'}\n"
      "defaults: {model: m}\nprompts: [{prompt: x}]\n", 1, "credentials"),
     ("literal-key", "j.yaml", "endpoint:\n  api_key: sk-abcdef0123456789abcdef\n"

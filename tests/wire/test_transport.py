@@ -370,6 +370,16 @@ def test_certificates_that_are_not_there_are_said_before_anything_is_written(
         assert not (tmp_path / "out").exists()
 
 
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:99999/v1", "http://127.0.0.1:abc/v1"])
+def test_a_url_no_request_can_go_to_stops_the_run(no_proxies: None, base_url: str) -> None:
+    """Not the endpoint being down (the run would wait out an "outage" that
+    never ends): validation refuses such a URL, and were one to get here,
+    the run stops at once."""
+    with pytest.raises(RunFatalError) as info:
+        asyncio.run(through(base_url, {"model": "m"}))
+    assert info.value.error_class == "bad_url" and base_url in str(info.value)
+
 def test_the_key_is_in_no_repr(no_proxies: None) -> None:
     async def main() -> str:
         transport = Transport("http://127.0.0.1:9/v1", CANARY, connect_timeout=1,
