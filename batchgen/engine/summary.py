@@ -72,8 +72,10 @@ class RunSummary:
         if self.stopped_by == "interrupt":
             return "interrupted; run the same command again to resume"
         if self.stopped_by == "unavailable":
-            return (f"stopped: the endpoint stayed unreachable; {self.pending} requests are "
-                    "pending, none failed: run the same command again to continue")
+            n = self.pending
+            return (f"stopped: the endpoint stayed unreachable; {n} request"
+                    f"{'s are' if n != 1 else ' is'} pending, none failed: run the same "
+                    "command again to continue")
         if self.pending:
             n = self.pending
             return (f"{n} request{'s were' if n != 1 else ' was'} not finished; run the "

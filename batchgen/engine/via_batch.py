@@ -397,7 +397,8 @@ class BatchRunner:
         elif whole is not None and self.outcome.fatal is None:
             self.outcome.fatal = RunFatalError(
                 f"the provider failed batch {b.batch_id}: {whole[1].rstrip('. ')}; its "
-                f"{len(released)} requests are pending: fix what it names, then run again",
+                f"{len(released)} request{'s are' if len(released) != 1 else ' is'} pending: fix "
+                "what it names, then run again",
                 error_class="batch_failed", code=whole[0])
 
     def _goes_on(self, rid: str, fingerprint: str, sent: dict[str, Any], content: Any,

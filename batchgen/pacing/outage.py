@@ -25,6 +25,7 @@ key) is not an outage. The clock and the sleep come in as parameters.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -202,12 +203,21 @@ class Outage:
 
 
 def _reason(err: AttemptError) -> str:
+    untrusted = _UNTRUSTED.search(err.message)
+    if untrusted:  # the certificate, not the network: say which, and what to do
+        why = untrusted[1].rstrip(".")
+        fix = ("base_url's host is not one the certificate names" if "mismatch" in why.lower()
+               else "an endpoint of your own: name its CA with SSL_CERT_FILE")
+        return f"the server's certificate is not trusted: {why} ({fix})"
     said = _cause(err.message.lower())
     if err.message.startswith("the proxy "):  # the way to the endpoint is what is down
         answered = err.message.partition(" answered ")[2].partition(" instead")[0]
         return f"{err.message.split(' ')[2]} (the proxy): " + (
             f"it answered {answered}" if answered else said)
     return said
+
+
+_UNTRUSTED = re.compile(r"certificate verify failed: (.+?)(?: \(_ssl\.c|'?\)?\]|$)")
 
 
 def _cause(text: str) -> str:

@@ -172,6 +172,7 @@ def test_a_host_name_that_does_not_resolve_is_an_outage(tmp_path: Path) -> None:
                                            "https://no-such-host.invalid/v1"))
     proc = run_cli("run", str(job), "-q", timeout=60)
     assert proc.returncode == 69, proc.stderr
+    assert "1 request is pending, none failed" in proc.stderr  # was "1 requests are"
     assert (tmp_path / "out" / "t" / "failed.jsonl").read_text() == ""
     kept = json.loads(_meta(tmp_path / "out" / "t", "outage"))
     assert kept["reason"] == "the host name does not resolve", kept

@@ -31,6 +31,7 @@ from batchgen.errors import (
 )
 from batchgen.pacing.outage import _reason as outage_reason
 from batchgen.testing.fakeserver import FakeServer
+from batchgen.wire.retry import classify
 from batchgen.wire.transport import Transport, proxy_for, tls_context
 from tests.helpers import CANARY, KEY_ENV, ROOT, run_cli, write_job
 
@@ -50,10 +51,11 @@ def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 Handler = Callable[[str, dict[str, str], bytes], bytes]
 
 
-async def serve(handler: Handler) -> tuple[asyncio.Server, int, list[tuple[str, dict[str, str],
-                                                                          bytes]]]:
-    """A raw HTTP/1.1 server on a free loopback port: it records each request
-    (request line, headers, body) and answers ``handler``'s bytes."""
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None,
+                ) -> tuple[asyncio.Server, int, list[tuple[str, dict[str, str], bytes]]]:
+    """A raw HTTP/1.1 server on a free loopback port (over TLS with ``tls``):
+    it records each request (request line, headers, body) and answers
+    ``handler``'s bytes."""
     seen: list[tuple[str, dict[str, str], bytes]] = []
 
     async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,7 +69,7 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, int, list[tuple[str, 
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(one, "127.0.0.1", 0)
+    server = await asyncio.start_server(one, "127.0.0.1", 0, ssl=tls)
     return server, server.sockets[0].getsockname()[1], seen
 
 
@@ -370,6 +372,36 @@ def test_certificates_that_are_not_there_are_said_before_anything_is_written(
         assert not (tmp_path / "out").exists()
 
 
+
+
+def test_a_certificate_the_store_does_not_trust_is_named_with_what_to_do(
+        no_proxies: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A self-hosted endpoint whose CA the system does not trust. Its attempts
+    are transport failures (an outage: a captive portal's certificate passes),
+    and the outage line said only "the TLS handshake failed"; it now says the
+    certificate is why, and what to do. Its CA named in SSL_CERT_FILE, it answers."""
+    import trustme
+
+    ca = trustme.CA()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(served)
+
+    async def main() -> tuple[AttemptError, bytes]:
+        server, port, _ = await serve(stream_ok, tls=served)
+        async with server:
+            with pytest.raises(OSError) as info:  # aiohttp's: the attempt classifies it
+                await through(f"https://127.0.0.1:{port}/v1", {"model": "m"})
+            ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+            monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+            return classify(info.value), await through(f"https://127.0.0.1:{port}/v1",
+                                                       {"model": "m"})
+
+    refused, got = asyncio.run(main())
+    assert isinstance(refused, TransientError) and refused.error_class == "connection"
+    assert outage_reason(refused) == (
+        "the server's certificate is not trusted: unable to get local issuer certificate "
+        "(an endpoint of your own: name its CA with SSL_CERT_FILE)")
+    assert got == SSE_BODY
 
 @pytest.mark.parametrize("base_url", ["http://127.0.0.1:99999/v1", "http://127.0.0.1:abc/v1"])
 def test_a_url_no_request_can_go_to_stops_the_run(no_proxies: None, base_url: str) -> None:
