@@ -43,6 +43,9 @@ BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 300.0
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+# A server that does not do what was asked (a static file server, a wrong
+# port): the same answer every time, so not retried
+NEVER_RETRY_STATUS = frozenset({501, 505})
 MODERATION_CODES = frozenset(
     {"data_inspection_failed", "datainspectionfailed", "content_filter", "content_policy_violation"}
 )
@@ -184,7 +187,7 @@ def from_payload(
                              "does not follow redirects for API calls: set base_url to the "
                              "address that answers")),
             error_class="redirect", **fields)
-    if status in RETRY_STATUS or status >= 500:
+    if status in RETRY_STATUS or (status >= 500 and status not in NEVER_RETRY_STATUS):
         label = {429: "rate_limited", 408: "timeout", 409: "conflict"}.get(status, "server_error")
         return TransientError(text, error_class=label, **fields)
     return RequestFatalError(text, error_class=f"http_{status}", **fields)

@@ -100,6 +100,8 @@ FATAL_FOR_REQUEST = [
     ("400", "http_400", 400),
     ("404", "http_404", 404),
     ("413", "http_413", 413),
+    ("501", "http_501", 501),  # a server that does not do this (was retried as a 5xx)
+    ("505", "http_505", 505),
     ("inspect", "moderation", 400),
     ("inspect@3", "moderation", None),
 ]

@@ -220,7 +220,8 @@ class FakeServer:
                      key: str) -> bool:
         fault = plan.fault
         name, _, arg = fault.partition("@")
-        status_faults = {"408", "409", "500", "502", "503", "504", "529", "400", "404", "413"}
+        status_faults = {"408", "409", "500", "502", "503", "504", "529", "400", "404", "413",
+                         "501", "505"}
         if name.partition(":")[0] in hostile.FAULTS:
             return await hostile.reply(fault, plan.tokens, plan.headers, writer, entry)
         if fault == "reset":
@@ -244,7 +245,8 @@ class FakeServer:
         if name in status_faults:
             entry["status"] = int(name)
             code = {"400": "invalid_parameter_error", "404": "model_not_found",
-                    "413": "request_too_large"}.get(name, "internal_error")
+                    "413": "request_too_large", "501": "not_implemented",
+                    "505": "http_version_not_supported"}.get(name, "internal_error")
             await http11.send_error(writer, int(name), code, f"fake {name}", code,
                               extra_headers=plan.headers)
             return True
