@@ -46,6 +46,8 @@ from batchgen.jobs.schema import (
 )
 from batchgen.jobs.shards import shard_dir, shard_of
 from batchgen.jobs.sources import (
+    DATA_NOT_JOB,
+    DATA_ONLY_SUFFIXES,
     MAX_YAML_BYTES,
     Source,
     file_stat,
@@ -172,6 +174,8 @@ def load_job(path: str | os.PathLike[str], overrides: Overrides | None = None, *
     so that running the job need not resolve it a second time.
     """
     file = Path(path)
+    if file.suffix.lower() in DATA_ONLY_SUFFIXES:
+        raise JobFileError([Problem(str(file), None, None, DATA_NOT_JOB)])
     jsonl = is_jsonl_job(file)
     raw = read_checked(file, MAX_YAML_BYTES if not jsonl else None)
     return _load(file, raw, overrides or Overrides(), for_run, jsonl)

@@ -64,6 +64,12 @@ class Rows:
     columns: tuple[str, ...] | None = None  # input columns kept in the table (None: all)
 
 
+# tables that only `data:` reads: given as the job file, said so
+DATA_ONLY_SUFFIXES = frozenset({".csv", ".tsv", ".parquet"})
+DATA_NOT_JOB = ("a table of data, not a job file: name it in a job file's `data:`, with a "
+                "`template:` that writes each row's prompt (docs/data.md)")
+
+
 def is_jsonl(file: Path) -> bool:
     return file.suffix.lower() in JSONL_SUFFIXES
 
@@ -205,8 +211,12 @@ def yaml_sources(file: Path, text: str, spec: JobSpec, line_map: LineMap,
                 str(file), where, "prompts_file",
                 "must be a path inside the job file's folder (no absolute paths, no '..')")])
         if not is_jsonl(pf):
+            rows = pf.suffix.lower() in DATA_ONLY_SUFFIXES
             raise JobFileError([Problem(str(file), where, "prompts_file",
-                                        "must be a .jsonl file (one prompt object a line)")])
+                                        "must be a .jsonl file (one prompt object a line)"
+                                        + ("; a table of rows goes in `data:`, with a "
+                                           "`template:` that writes each row's prompt"
+                                           if rows else ""))])
         full = file.parent / pf
         try:
             read_checked(full, None)

@@ -116,6 +116,11 @@ CASES: list[tuple[str, str, str, int | None, str]] = [
      "inside the job file's folder"),
     ("prompts-file-missing", "j.yaml", GOOD_HEAD + "prompts_file: nothere.jsonl\n", 4,
      "cannot read"),
+    # a table of data where a job file goes (`batchgen run rows.csv`), or as prompts_file
+    ("data-as-job", "rows.csv", "topic\nrain\n", None, "not a job file: name it in a job "
+     "file's `data:`, with a `template:`"),
+    ("data-as-prompts-file", "j.yaml", GOOD_HEAD + "prompts_file: rows.csv\n", 4,
+     "a table of rows goes in `data:`"),
     ("jsonl-syntax", "j.jsonl", '{"prompt": "x", "model": "m"}\n{"prompt": "y",\n', 2,
      "JSON syntax error"),
     ("jsonl-not-object", "j.jsonl", '{"prompt": "x", "model": "m"}\n["y"]\n', 2, "JSON object"),
