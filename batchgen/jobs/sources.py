@@ -242,16 +242,21 @@ def data_source(file: Path, spec: JobSpec, line_map: LineMap,
     problems = [Problem(name, line_map.line_of(("template", key)), f"template.{key}",
                         f"not a key of a prompt; use one of: {', '.join(sorted(PROMPT_KEYS))}")
                 for key in spec.template if key not in PROMPT_KEYS]
-    from batchgen.jobs.media import roots_from
+    from batchgen.jobs.media import MediaProblem, inside, roots_from
     from batchgen.jobs.templates import Template
 
     base = file.parent
-    template = Template(spec.template, name, line_map.line_of, base,
-                        roots_from(media_root or spec.run.media_root, base))
+    roots = roots_from(media_root or spec.run.media_root, base)
+    template = Template(spec.template, name, line_map.line_of, base, roots)
     problems += template.problems
     if problems:
         raise JobFileError(problems)
     path = rows_file or (file.parent / given.path if given.path is not None else None)
+    if rows_file is None and given.path is not None:
+        try:  # a link to a file elsewhere is read only where file:// media may be
+            inside(given.path, base, roots)
+        except MediaProblem as exc:
+            raise JobFileError([Problem(name, where, "data", str(exc))]) from None
     data = DataFile(path=path,
                     glob=given.glob, base=file.parent, id_column=given.id, limit=given.limit,
                     where=where)

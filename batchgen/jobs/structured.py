@@ -55,8 +55,12 @@ def load_schema(value: dict[str, Any] | str, base: Path,
         if path.is_absolute() or ".." in path.parts:
             raise SchemaProblem("a schema file is a path inside the job file's folder "
                                 "(no absolute paths, no '..')")
+        full = (base / path).resolve()
+        if not full.is_relative_to(base.resolve()):  # a link to a file elsewhere
+            raise SchemaProblem(f"{value} resolves to {full}, outside the job file's folder; "
+                                "put the schema there")
         try:
-            schema = json.loads((base / path).read_text(encoding="utf-8-sig"))
+            schema = json.loads(full.read_text(encoding="utf-8-sig"))
         except OSError as exc:
             raise SchemaProblem(f"{value}: cannot read: {exc.strerror or exc}") from None
         except ValueError as exc:

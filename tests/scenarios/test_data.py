@@ -245,6 +245,34 @@ def test_a_data_file_without_rows_or_not_readable_says_so(tmp_path: Path, fake: 
     assert not (tmp_path / "out").exists()
 
 
+
+def test_a_data_file_or_schema_linked_from_elsewhere_is_read_only_from_a_media_root(
+        tmp_path: Path, fake: FakeServer) -> None:
+    """`data:` and a schema file were checked by their text alone (no absolute
+    path, no '..'): a link in the job's folder to a file elsewhere was read and
+    its rows sent, so a shared job folder could send any table of yours. Now,
+    as file:// media and read_text(): inside the job's folder or a media root,
+    after links, or refused before anything is sent or written."""
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    write_rows(outside / "rows.csv", [{"doc_id": "s1", "lang": "French", "text": "secret"}])
+    (tmp_path / "rows.csv").symlink_to(outside / "rows.csv")
+    job = data_job(tmp_path, fake.base_url, "rows.csv")
+    proc = run_cli("run", str(job))
+    assert proc.returncode == 2, proc.stderr
+    assert f": data: rows.csv resolves to {outside / 'rows.csv'}, outside the job file's " \
+        "folder and the media roots" in proc.stderr
+    assert fake.ledger.requests == 0 and not (tmp_path / "out").exists()
+    assert run_cli("run", str(job), "-q", "--media-root", str(outside)).returncode == 0
+    assert fake.ledger.requests == 1
+    (outside / "answer.json").write_text('{"type": "object"}', encoding="utf-8")
+    (tmp_path / "answer.json").symlink_to(outside / "answer.json")
+    job = data_job(tmp_path, fake.base_url, "rows.csv",
+                   defaults={"model": "qwen-plus", "schema": "answer.json"})
+    proc = run_cli("validate", str(job), "--media-root", str(outside))
+    assert proc.returncode == 2
+    assert "defaults.schema: answer.json resolves to" in proc.stderr
+
 def test_a_numeric_parameter_renders_to_a_number(tmp_path: Path, fake: FakeServer) -> None:
     write_rows(tmp_path / "docs.csv", [{"doc_id": "d1", "n": "7", "t": "0.5", "text": "x"}])
     job = data_job(tmp_path, fake.base_url, {"path": "docs.csv", "id": "doc_id"})
