@@ -55,7 +55,6 @@ def check_store_not_lost(run_dir: Path, force: bool) -> None:
         )
 
 
-
 def _has_store(run_dir: Path) -> bool:
     db = run_dir / "run.db"
     return db.exists() and db.stat().st_size > 0
