@@ -25,6 +25,7 @@ stops waiting at once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import math
@@ -111,7 +112,7 @@ def run(job: str | os.PathLike[str] | Mapping[str, Any], *,
     force = bool(overrides.pop("force", False))
     ov = _overrides(overrides)
     with _rows_file(rows) as rows_path:
-        loaded = _load(job, replace(ov, data=rows_path) if rows_path else ov, rows_path)
+        loaded = _load(job, _with_rows(ov, rows, rows_path), rows_path)
         return _in_worker_thread(loaded, progress, force)
 
 
@@ -123,8 +124,8 @@ async def arun(job: str | os.PathLike[str] | Mapping[str, Any], *,
     force = bool(overrides.pop("force", False))
     ov = _overrides(overrides)
     with _rows_file(rows) as rows_path:
-        loaded = await asyncio.to_thread(_load, job, replace(ov, data=rows_path)
-                                         if rows_path else ov, rows_path)
+        loaded = await asyncio.to_thread(_load, job, _with_rows(ov, rows, rows_path),
+                                         rows_path)
         runner = Runner(loaded, _options(loaded, progress, force))
         task = asyncio.ensure_future(runner.run())
         try:
@@ -277,6 +278,34 @@ def _result(summary: RunSummary) -> RunResult:
     return RunResult(run_dir=summary.run_dir, exit_code=int(summary.exit_code),
                      counts={k: counts[k] for k in ("done", "failed", "pending")},
                      cost=cost, summary=summary)
+
+
+def _with_rows(ov: Overrides, given: Any, rows_path: Path | None) -> Overrides:
+    """The flags, with ``rows=`` as the job's data (and a DataFrame's types)."""
+    if rows_path is None:
+        return ov
+    return replace(ov, data=rows_path, data_types=_arrow_types(given))
+
+
+def _arrow_types(given: Any) -> str | None:
+    """A DataFrame's columns as Arrow types (base64 IPC bytes, as a Parquet data
+    file's are kept), so that the table, ``rows()`` and ``to_pandas()`` give its
+    dates, timestamps, decimals, categories and lists back. None where there
+    are none, for other rows, without pyarrow, or where a column has no one
+    Arrow type (objects of mixed kinds): its values are then as JSON has them."""
+    if not (hasattr(given, "to_dict") and hasattr(given, "columns")):
+        return None
+    try:
+        import pyarrow as pa
+
+        schema = pa.Schema.from_pandas(given, preserve_index=False).remove_metadata()
+    except (ImportError, TypeError, ValueError, NotImplementedError):  # pyarrow's errors too
+        return None
+    plain = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
+             pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
+    if all(any(is_(t) for is_ in plain) for t in schema.types):
+        return None  # JSON holds every value as it is
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
 
 
 @contextlib.contextmanager

@@ -87,6 +87,7 @@ class Overrides:
     fallback: str | None = None  # --fallback batch|stream
     no_wait: bool = False  # --no-wait
     data: Path | None = None  # rows from elsewhere (Python's rows=): replaces data.path
+    data_types: str | None = None  # a DataFrame's Arrow schema (base64 IPC), for the table
     media_root: str | None = None  # --media-root: file:// may read here too
     headers: tuple[tuple[str, str], ...] = ()  # --header 'Name: value', each
 
@@ -381,5 +382,5 @@ def _assemble(file: Path, spec: JobSpec, ov: Overrides, sources: tuple[Source, .
         defaults=defaults, info=JobInfo(0, ()), budget=budget,
         pricing=dict(spec.pricing or {}), sources=sources, shard=ov.shard, job_dir=job_dir,
         table=table_settings(file, spec, sources, run_dir,
-                             job_dir if ov.shard is not None else None),
+                             job_dir if ov.shard is not None else None, ov.data_types),
     )

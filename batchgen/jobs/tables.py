@@ -20,9 +20,11 @@ from batchgen.jobs.yamlmarks import LineMap
 
 
 def table_settings(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_dir: Path,
-                   job_dir: Path | None) -> TableSettings | None:
+                   job_dir: Path | None, types: str | None = None) -> TableSettings | None:
     """Where and how a job with ``data:`` writes its table (None: no data);
-    ``job_dir`` for a shard, where merging its job's shards writes the whole."""
+    ``job_dir`` for a shard, where merging its job's shards writes the whole;
+    ``types``: the rows' Arrow schema where they came with one (a DataFrame
+    given as ``rows=``), as a Parquet data file has it."""
     data = next((s.rows.data for s in sources if s.rows is not None), None)
     if data is None:
         return None
@@ -39,8 +41,9 @@ def table_settings(file: Path, spec: JobSpec, sources: tuple[Source, ...], run_d
                          columns=tuple(out.columns) if out.columns is not None else None,
                          flatten=out.flatten, merge_path=merge_path,
                          bom=data.path is not None and _has_bom(data.path),
-                         arrow_schema=_arrow_schema(data.path) if data.format == "parquet"
-                         and data.path is not None else None)
+                         arrow_schema=types or (_arrow_schema(data.path)
+                                                if data.format == "parquet"
+                                                and data.path is not None else None))
 
 
 def _arrow_schema(path: Path) -> str | None:

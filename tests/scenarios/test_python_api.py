@@ -53,7 +53,8 @@ def test_run_from_python_with_rows_and_a_dataframe(tmp_path: Path, fake: FakeSer
 def test_missing_values_of_a_dataframe_are_null_not_text(tmp_path: Path,
                                                          fake: FakeServer) -> None:
     """NaN, NaT and pandas' NA are null in the row (not "NaT" or "<NA>" in the
-    prompt); times are ISO 8601; a NumPy array in a cell is a list."""
+    prompt); times are ISO 8601 in the prompt, and times again in the table's
+    rows; a NumPy array in a cell is a list."""
     import numpy as np
     import pandas as pd
 
@@ -67,7 +68,7 @@ def test_missing_values_of_a_dataframe_are_null_not_text(tmp_path: Path,
     assert result.ok
     table = result.rows()
     assert [(r["word"], r["n"], r["x"], r["when"], r["v"]) for r in table] == [
-        ("one", 1, 1.5, "2024-01-02T00:00:00", [1, 2]), (None, None, None, None, [3])]
+        ("one", 1, 1.5, datetime.datetime(2024, 1, 2), [1, 2]), (None, None, None, None, [3])]
     sent = [e["body"]["messages"][0]["content"] for e in fake.ledger.entries]
     assert sent == ["Say one", "Say "]  # a null writes nothing
 
@@ -218,3 +219,38 @@ def test_the_table_of_parquet_data_has_its_types_in_python_too(tmp_path: Path,
     write_rows(tmp_path / "c" / "docs.csv", ROWS[:1])
     csv_job = data_job(tmp_path / "c", fake.base_url, "docs.csv")
     assert batchgen.run(csv_job, progress=False).rows()[0]["lang"] == "French"
+
+
+def test_a_dataframe_s_types_come_back_in_its_table(tmp_path: Path, fake: FakeServer) -> None:
+    """A DataFrame given as ``rows=`` gave its dates, timestamps, decimals and
+    categories back as text (``rows()``, ``to_pandas()``, ``table.parquet``),
+    as Parquet data did before: they come back as the DataFrame had them, as
+    pandas reads them from Parquet. A column of mixed objects keeps the values
+    as JSON holds them, and so does every column with it."""
+    import pandas as pd
+
+    when = pd.to_datetime(["2024-01-01 10:00", None], utc=True)
+    frame = pd.DataFrame({
+        "word": ["one", "two"], "day": [datetime.date(2024, 1, 2), None],
+        "price": [decimal.Decimal("1.10"), decimal.Decimal("2.25")], "at": when,
+        "kind": pd.Categorical(["a", "b"])})
+    job = {**python_job(tmp_path, fake), "output": {"format": "parquet"}}
+    result = batchgen.run(job, rows=frame, progress=False)
+    assert result.ok
+    first = result.rows()[0]
+    assert (first["day"], first["price"], first["at"], first["kind"]) == (
+        datetime.date(2024, 1, 2), decimal.Decimal("1.10"),
+        datetime.datetime(2024, 1, 1, 10, tzinfo=datetime.UTC), "a")
+    got = result.to_pandas()
+    assert str(got["at"].dtype) == "datetime64[us, UTC]" and got["at"].isna().tolist() == [
+        False, True]
+    assert isinstance(got["kind"].dtype, pd.CategoricalDtype)
+    read = pd.read_parquet(result.run_dir / "table.parquet")
+    assert got.dtypes.equals(read.dtypes)
+    assert got.drop(columns=["content"]).equals(read.drop(columns=["content"]))
+    sent = [e["body"]["messages"][0]["content"] for e in fake.ledger.entries]
+    assert sent == ["Say one", "Say two"]
+    mixed = batchgen.run({**python_job(tmp_path, fake), "name": "mixed"},
+                         rows=pd.DataFrame({"word": [1, "a"], "at": when}), progress=False)
+    assert [(r["word"], r["at"]) for r in mixed.rows()] == [
+        (1, "2024-01-01T10:00:00+00:00"), ("a", None)]
