@@ -25,7 +25,6 @@ stops waiting at once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import math
@@ -46,6 +45,7 @@ from batchgen.jobs.headers import check_header
 from batchgen.jobs.load import DICT_JOB, Job, Overrides, load_job, load_job_dict
 from batchgen.jobs.schema import MAX_CONCURRENCY
 from batchgen.jobs.shards import parse_shard
+from batchgen.jobs.tables import frame_types
 from batchgen.outputs.report import build_report
 from batchgen.outputs.table import arrow_table, settings_of, shape_of, typed_rows
 from batchgen.outputs.table import rows as table_rows
@@ -284,28 +284,7 @@ def _with_rows(ov: Overrides, given: Any, rows_path: Path | None) -> Overrides:
     """The flags, with ``rows=`` as the job's data (and a DataFrame's types)."""
     if rows_path is None:
         return ov
-    return replace(ov, data=rows_path, data_types=_arrow_types(given))
-
-
-def _arrow_types(given: Any) -> str | None:
-    """A DataFrame's columns as Arrow types (base64 IPC bytes, as a Parquet data
-    file's are kept), so that the table, ``rows()`` and ``to_pandas()`` give its
-    dates, timestamps, decimals, categories and lists back. None where there
-    are none, for other rows, without pyarrow, or where a column has no one
-    Arrow type (objects of mixed kinds): its values are then as JSON has them."""
-    if not (hasattr(given, "to_dict") and hasattr(given, "columns")):
-        return None
-    try:
-        import pyarrow as pa
-
-        schema = pa.Schema.from_pandas(given, preserve_index=False).remove_metadata()
-    except (ImportError, TypeError, ValueError, NotImplementedError):  # pyarrow's errors too
-        return None
-    plain = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
-             pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
-    if all(any(is_(t) for is_ in plain) for t in schema.types):
-        return None  # JSON holds every value as it is
-    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+    return replace(ov, data=rows_path, data_types=frame_types(given))
 
 
 @contextlib.contextmanager

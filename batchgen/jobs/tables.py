@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from batchgen.errors import Problem
 from batchgen.jobs.records import GENERATED_COLUMNS, TableSettings
@@ -56,6 +57,28 @@ def _arrow_schema(path: Path) -> str | None:
         schema = pq.read_schema(path).remove_metadata()
     except (ImportError, OSError, ValueError):  # pyarrow's errors derive from these
         return None
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def frame_types(given: Any) -> str | None:
+    """A DataFrame's columns as Arrow types, kept as :func:`_arrow_schema` keeps
+    a Parquet data file's, so that the table, ``rows()`` and ``to_pandas()``
+    give its dates, timestamps, decimals, categories and lists back. None where
+    there are none, for rows that are not a DataFrame, without pyarrow, or
+    where a column has no one Arrow type (objects of mixed kinds): the values
+    are then as JSON holds them."""
+    if not (hasattr(given, "to_dict") and hasattr(given, "columns")):
+        return None
+    try:
+        import pyarrow as pa
+
+        schema = pa.Schema.from_pandas(given, preserve_index=False).remove_metadata()
+    except (ImportError, TypeError, ValueError, NotImplementedError):  # pyarrow's errors too
+        return None
+    plain = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
+             pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
+    if all(any(is_(t) for is_ in plain) for t in schema.types):
+        return None  # JSON holds every value as it is
     return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
 
 
