@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import functools
 import json
+import logging
 import os
 import shutil
 import stat
@@ -27,6 +28,8 @@ from batchgen.jobs.schema import ID_RE
 from batchgen.jobs.structured import answer_value
 from batchgen.outputs.audio import seconds_of, wav_path
 from batchgen.store.runstore import RunStore
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -441,8 +444,13 @@ def to_step_summary(markdown: str | Path) -> None:
     """Append the markdown report (its text, or its file) to the GitHub Actions
     job's summary, where ``GITHUB_STEP_SUMMARY`` names its file."""
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
+    if not summary:
+        return
+    try:  # a summary file not there (the variable passed into a container) fails no run
         if isinstance(markdown, Path):
             markdown = markdown.read_text(encoding="utf-8")
         with open(summary, "a", encoding="utf-8") as fh:
             fh.write(markdown + "\n")
+    except OSError as exc:
+        log.warning("the cost report was not added to GITHUB_STEP_SUMMARY (%s): %s; "
+                    "report.md has it", summary, exc.strerror or exc)

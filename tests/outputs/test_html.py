@@ -20,7 +20,7 @@ from batchgen import load_job, run_job
 from batchgen.engine.runner import RunOptions
 from batchgen.outputs import html
 from batchgen.testing.fakeserver import FakeServer
-from tests.helpers import CANARY, ROOT, no_sleep, run_cli, write_job
+from tests.helpers import CANARY, ROOT, no_sleep, read_results, run_cli, write_job
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -132,6 +132,15 @@ def test_the_markdown_report_goes_to_the_github_step_summary(tmp_path: Path,
     assert again.returncode == 0, again.stderr
     assert summary.read_text() == (tmp_path / "out" / "t" / "report.md").read_text() + "\n"
     assert fake.ledger.requests == 1
+    # the variable naming a file not there (passed into a container without its
+    # folder): the run was "stopped: cannot write to out/t" with exit 74; now a warning
+    gone = str(tmp_path / "not-mounted" / "summary.md")
+    job = write_job(tmp_path / "job.yaml", fake, [{"id": "a", "prompt": "x"},
+                                                  {"id": "b", "prompt": "y"}])
+    third = run_cli("run", str(job), env={"GITHUB_STEP_SUMMARY": gone})
+    assert third.returncode == 0, third.stderr
+    assert f"not added to GITHUB_STEP_SUMMARY ({gone}): No such file" in third.stderr
+    assert [r["id"] for r in read_results(tmp_path / "out" / "t")] == ["a", "b"]
 
 
 def test_a_deleted_report_html_is_written_again(tmp_path: Path, fake: FakeServer) -> None:
