@@ -41,12 +41,10 @@ def check_store_not_lost(run_dir: Path, force: bool) -> None:
     db = run_dir / "run.db"
     texts = run_dir / "texts"
     try:
-        lost = not db.exists() or db.stat().st_size == 0
-        finished = next((p for p in texts.iterdir() if p.suffix == ".md"), None) \
-            if lost and texts.is_dir() else None
+        lost = not _has_store(run_dir) and _has_answers(run_dir)
     except OSError:
         return  # unreadable: the open below says what is wrong
-    if finished is not None and not force:
+    if lost and not force:
         state = "is empty" if db.exists() else "is missing"
         raise UsageError(
             f"{db} {state}, but {texts} holds finished answers: a run would buy every one "
